@@ -1,0 +1,195 @@
+//! `charrnn bench`: training and sampling speed of a model configuration on this machine,
+//! beside the machine's own GEMM rate, so the numbers carry their yardstick with them.
+
+use std::time::Instant;
+
+use anyhow::Result;
+use candle_core::{DType, Device, Tensor};
+use rand::{rngs::StdRng, Rng, SeedableRng};
+use serde::Serialize;
+
+use crate::data::Batch;
+use crate::model::{Config, Model};
+use crate::optim::Adam;
+use crate::sample::Sampler;
+use crate::train::train_step;
+
+pub struct BenchOptions {
+    pub config: Config,
+    pub batch_size: usize,
+    pub seq_len: usize,
+    pub batches: usize,
+    pub gen_chars: usize,
+    pub device: Device,
+}
+
+#[derive(Serialize, Debug)]
+pub struct BenchReport {
+    pub device: String,
+    pub threads: usize,
+    pub batch_size: usize,
+    pub seq_len: usize,
+    pub embedding_dim: usize,
+    pub rnn_units: usize,
+    pub vocab_size: usize,
+    pub train_ms_per_batch: f64,
+    pub train_ms_per_batch_all: Vec<f64>,
+    pub train_chars_per_s: f64,
+    pub flops_per_batch: f64,
+    pub achieved_gflops: f64,
+    pub gemm_gflops: f64,
+    pub gemm_fraction: f64,
+    pub gen_chars_per_s: f64,
+    pub peak_rss_mib: f64,
+}
+
+/// The floating-point work a training batch cannot avoid: the recurrent product forward, for
+/// dh and for dW_hh (2·B·T·H·3H each), and the output layer's three products (2·B·T·H·V each).
+pub fn unavoidable_flops(c: &Config, batch: usize, steps: usize) -> f64 {
+    let (b, t, h, v) = (
+        batch as f64,
+        steps as f64,
+        c.rnn_units as f64,
+        c.vocab_size as f64,
+    );
+    3.0 * 2.0 * b * t * h * 3.0 * h + 3.0 * 2.0 * b * t * h * v
+}
+
+fn median(xs: &[f64]) -> f64 {
+    let mut s = xs.to_vec();
+    s.sort_by(f64::total_cmp);
+    let n = s.len();
+    if n % 2 == 1 {
+        s[n / 2]
+    } else {
+        (s[n / 2 - 1] + s[n / 2]) / 2.0
+    }
+}
+
+/// GFLOP/s of a square f32 matrix product on `device` (median of a few runs after warm-up).
+pub fn gemm_gflops(device: &Device, n: usize) -> Result<f64> {
+    let a = Tensor::randn(0f32, 1.0, (n, n), device)?;
+    let b = Tensor::randn(0f32, 1.0, (n, n), device)?;
+    let mut times = Vec::new();
+    for i in 0..4 {
+        let t0 = Instant::now();
+        let c = a.matmul(&b)?;
+        c.device().synchronize()?;
+        if i > 0 {
+            times.push(t0.elapsed().as_secs_f64());
+        }
+    }
+    Ok(2.0 * (n as f64).powi(3) / median(&times) / 1e9)
+}
+
+/// Peak resident memory of this process, from /proc (0 where unavailable).
+pub fn peak_rss_mib() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
+        })
+        .map_or(0.0, |kib| kib / 1024.0)
+}
+
+pub fn run(o: &BenchOptions) -> Result<BenchReport> {
+    let mut rng = StdRng::seed_from_u64(0);
+    let c = &o.config;
+    let model = Model::new_random(c.clone(), DType::F32, &o.device, &mut rng)?;
+    let mut adam = Adam::new(model.vars(), 1e-3)?;
+    let n = o.batch_size * o.seq_len;
+    let random_ids = |rng: &mut StdRng| {
+        (0..n)
+            .map(|_| rng.random_range(0..c.vocab_size as u32))
+            .collect()
+    };
+    let batch = Batch {
+        inputs: random_ids(&mut rng),
+        targets: random_ids(&mut rng),
+        batch_size: o.batch_size,
+        seq_len: o.seq_len,
+    };
+    train_step(&model, &mut adam, &batch)?; // warm-up
+    let mut times = Vec::new();
+    for _ in 0..o.batches {
+        let t0 = Instant::now();
+        train_step(&model, &mut adam, &batch)?;
+        o.device.synchronize()?;
+        times.push(t0.elapsed().as_secs_f64());
+    }
+    let per_batch = median(&times);
+    let flops = unavoidable_flops(c, o.batch_size, o.seq_len);
+    let gemm = gemm_gflops(&o.device, 2048)?;
+
+    let mut sampler = Sampler::new(&model)?;
+    for i in 0..100 {
+        sampler.step(i % c.vocab_size as u32);
+    }
+    let t0 = Instant::now();
+    for i in 0..o.gen_chars {
+        sampler.step((i % c.vocab_size) as u32);
+    }
+    let gen_rate = o.gen_chars as f64 / t0.elapsed().as_secs_f64();
+    let achieved = flops / per_batch / 1e9;
+    Ok(BenchReport {
+        device: format!("{:?}", o.device.location()),
+        threads: rayon::current_num_threads(),
+        batch_size: o.batch_size,
+        seq_len: o.seq_len,
+        embedding_dim: c.embedding_dim,
+        rnn_units: c.rnn_units,
+        vocab_size: c.vocab_size,
+        train_ms_per_batch: per_batch * 1e3,
+        train_ms_per_batch_all: times.iter().map(|t| t * 1e3).collect(),
+        train_chars_per_s: n as f64 / per_batch,
+        flops_per_batch: flops,
+        achieved_gflops: achieved,
+        gemm_gflops: gemm,
+        gemm_fraction: achieved / gemm,
+        gen_chars_per_s: gen_rate,
+        peak_rss_mib: peak_rss_mib(),
+    })
+}
+
+pub fn print_table(r: &BenchReport) {
+    println!(
+        "model: embedding {} -> GRU {} -> dense {}; batch {} x {} characters; {} on {} threads",
+        r.embedding_dim, r.rnn_units, r.vocab_size, r.batch_size, r.seq_len, r.device, r.threads
+    );
+    let rows = [
+        (
+            "training, ms per batch (median)",
+            format!("{:.1}", r.train_ms_per_batch),
+        ),
+        (
+            "training, characters per second",
+            format!("{:.0}", r.train_chars_per_s),
+        ),
+        (
+            "unavoidable GFLOP per batch",
+            format!("{:.1}", r.flops_per_batch / 1e9),
+        ),
+        ("achieved GFLOP/s", format!("{:.1}", r.achieved_gflops)),
+        (
+            "machine GEMM GFLOP/s (2048^3)",
+            format!("{:.1}", r.gemm_gflops),
+        ),
+        (
+            "achieved / GEMM",
+            format!("{:.0}%", r.gemm_fraction * 100.0),
+        ),
+        (
+            "generation, characters per second (batch 1)",
+            format!("{:.0}", r.gen_chars_per_s),
+        ),
+        (
+            "peak resident memory, MiB",
+            format!("{:.0}", r.peak_rss_mib),
+        ),
+    ];
+    for (k, v) in rows {
+        println!("  {k:<46} {v:>10}");
+    }
+}

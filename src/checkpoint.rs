@@ -1,0 +1,230 @@
+//! The checkpoint format: one safetensors file with PyTorch's tensor names (f32), and in its
+//! metadata everything needed to sample without the corpus — the vocabulary, the model
+//! configuration and the provenance — plus a SHA-256 of the tensor data so that corruption
+//! is caught on load rather than sampled from.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use anyhow::{anyhow, bail, Context, Result};
+use candle_core::{DType, Device, Tensor};
+use safetensors::tensor::{Dtype, SafeTensors, TensorView};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::model::{Config, Model};
+use crate::vocab::Vocab;
+
+pub const FORMAT: &str = "charrnn";
+pub const FORMAT_VERSION: u32 = 1;
+
+/// Where a checkpoint came from.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Provenance {
+    pub epoch: usize,
+    pub step: u64,
+    pub train_loss: Option<f64>,
+    pub val_loss: Option<f64>,
+    pub seed: u64,
+    pub corpus_sha256: String,
+    pub charrnn_version: String,
+}
+
+pub struct Checkpoint {
+    pub model: Model,
+    pub vocab: Vocab,
+    pub provenance: Provenance,
+}
+
+/// The file name of the checkpoint written after `epoch`.
+pub fn file_name(epoch: usize) -> String {
+    format!("ckpt_{epoch}.safetensors")
+}
+
+fn tensors_digest<'a>(tensors: impl IntoIterator<Item = (&'a str, &'a [u8])>) -> String {
+    let mut sorted: Vec<_> = tensors.into_iter().collect();
+    sorted.sort_by_key(|(name, _)| *name);
+    let mut h = Sha256::new();
+    for (name, data) in sorted {
+        h.update(name.as_bytes());
+        h.update(data);
+    }
+    hex(&h.finalize())
+}
+
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Serialises a model to safetensors bytes.
+pub fn to_bytes(model: &Model, vocab: &Vocab, provenance: &Provenance) -> Result<Vec<u8>> {
+    let mut buffers = Vec::new();
+    for (name, var) in model.named() {
+        let values = var
+            .as_tensor()
+            .to_dtype(DType::F32)?
+            .flatten_all()?
+            .to_vec1::<f32>()?;
+        let bytes: Vec<u8> = values.iter().flat_map(|x| x.to_le_bytes()).collect();
+        buffers.push((name, var.dims().to_vec(), bytes));
+    }
+    let digest = tensors_digest(buffers.iter().map(|(n, _, b)| (*n, b.as_slice())));
+    let vocab_json: Vec<String> = vocab.chars().iter().map(|c| c.to_string()).collect();
+    let metadata = HashMap::from([
+        ("format".to_string(), FORMAT.to_string()),
+        ("format_version".to_string(), FORMAT_VERSION.to_string()),
+        ("vocab".to_string(), serde_json::to_string(&vocab_json)?),
+        ("config".to_string(), serde_json::to_string(&model.config)?),
+        ("provenance".to_string(), serde_json::to_string(provenance)?),
+        ("tensors_sha256".to_string(), digest),
+    ]);
+    let views = buffers
+        .iter()
+        .map(|(name, shape, bytes)| Ok((*name, TensorView::new(Dtype::F32, shape.clone(), bytes)?)))
+        .collect::<Result<Vec<_>>>()?;
+    Ok(safetensors::serialize(views, Some(metadata))?)
+}
+
+/// Saves atomically: the previous file at `path` survives any failure.
+pub fn save(path: &Path, model: &Model, vocab: &Vocab, provenance: &Provenance) -> Result<()> {
+    crate::atomic::write(path, &to_bytes(model, vocab, provenance)?)
+}
+
+/// Loads and validates a checkpoint; every problem is an error naming the file.
+pub fn load(path: &Path, device: &Device) -> Result<Checkpoint> {
+    let bytes = std::fs::read(path).with_context(|| {
+        format!(
+            "cannot read checkpoint {}; pass --checkpoint FILE, or train one with `charrnn train`",
+            path.display()
+        )
+    })?;
+    from_bytes(&bytes, device).with_context(|| format!("invalid checkpoint {}", path.display()))
+}
+
+pub fn from_bytes(bytes: &[u8], device: &Device) -> Result<Checkpoint> {
+    let corrupt = |e: safetensors::SafeTensorError| {
+        anyhow!("not a readable safetensors file (truncated or corrupted?): {e}")
+    };
+    let (_, header) = SafeTensors::read_metadata(bytes).map_err(corrupt)?;
+    let st = SafeTensors::deserialize(bytes).map_err(corrupt)?;
+    let meta = header
+        .metadata()
+        .as_ref()
+        .ok_or_else(|| anyhow!("no charrnn metadata (not written by charrnn?)"))?;
+    let field = |key: &str| {
+        meta.get(key)
+            .ok_or_else(|| anyhow!("metadata field `{key}` is missing"))
+    };
+    if field("format")? != FORMAT {
+        bail!(
+            "metadata says format `{}`, expected `{FORMAT}`",
+            field("format")?
+        );
+    }
+    let version: u32 = field("format_version")?
+        .parse()
+        .context("bad format_version")?;
+    if version != FORMAT_VERSION {
+        bail!("format version {version} is not supported (this charrnn reads version {FORMAT_VERSION})");
+    }
+    let vocab_strings: Vec<String> =
+        serde_json::from_str(field("vocab")?).context("bad vocab metadata")?;
+    let mut chars = Vec::with_capacity(vocab_strings.len());
+    for s in &vocab_strings {
+        let mut it = s.chars();
+        match (it.next(), it.next()) {
+            (Some(c), None) => chars.push(c),
+            _ => bail!("vocab entry {s:?} is not a single character"),
+        }
+    }
+    let vocab = Vocab::from_chars(chars).context("bad vocab metadata")?;
+    let config: Config = serde_json::from_str(field("config")?).context("bad config metadata")?;
+    let provenance: Provenance =
+        serde_json::from_str(field("provenance")?).context("bad provenance metadata")?;
+    if config.vocab_size != vocab.len() {
+        bail!(
+            "config says {} characters but the vocabulary has {}",
+            config.vocab_size,
+            vocab.len()
+        );
+    }
+    config.validate()?;
+
+    let expected = config.parameter_shapes();
+    let mut found: Vec<(String, TensorView)> = st.tensors();
+    found.sort_by(|a, b| a.0.cmp(&b.0));
+    let extra: Vec<&str> = found
+        .iter()
+        .map(|(n, _)| n.as_str())
+        .filter(|n| !expected.iter().any(|(e, _)| e == n))
+        .collect();
+    if !extra.is_empty() {
+        bail!("unexpected tensors: {}", extra.join(", "));
+    }
+    let mut tensors = Vec::new();
+    for (name, shape) in &expected {
+        let view = found
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v)
+            .ok_or_else(|| anyhow!("tensor {name} is missing"))?;
+        if view.dtype() != Dtype::F32 {
+            bail!("tensor {name} is {:?}, expected F32", view.dtype());
+        }
+        if view.shape() != shape.as_slice() {
+            bail!(
+                "tensor {name} has shape {:?} but the metadata (vocab {}, config {:?}) implies {shape:?}",
+                view.shape(),
+                vocab.len(),
+                config
+            );
+        }
+        let values: Vec<f32> = view
+            .data()
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect();
+        tensors.push((
+            name.to_string(),
+            Tensor::from_vec(values, shape.clone(), device)?,
+        ));
+    }
+    let digest = tensors_digest(found.iter().map(|(n, v)| (n.as_str(), v.data())));
+    if &digest != field("tensors_sha256")? {
+        bail!("tensor data does not match its checksum: the file is corrupted");
+    }
+    let model = Model::from_tensors(config, tensors)?;
+    Ok(Checkpoint {
+        model,
+        vocab,
+        provenance,
+    })
+}
+
+/// A checkpoint file given directly, or the newest `ckpt_{epoch}.safetensors` in a folder.
+pub fn resolve(path: &Path) -> Result<PathBuf> {
+    if !path.is_dir() {
+        return Ok(path.to_path_buf());
+    }
+    let entries =
+        std::fs::read_dir(path).with_context(|| format!("cannot list {}", path.display()))?;
+    let newest = entries
+        .filter_map(|e| e.ok())
+        .filter_map(|e| {
+            let name = e.file_name().into_string().ok()?;
+            let epoch: usize = name
+                .strip_prefix("ckpt_")?
+                .strip_suffix(".safetensors")?
+                .parse()
+                .ok()?;
+            Some((epoch, e.path()))
+        })
+        .max_by_key(|(epoch, _)| *epoch);
+    match newest {
+        Some((_, p)) => Ok(p),
+        None => bail!(
+            "no checkpoint (ckpt_N.safetensors) in {}; train one with `charrnn train` or pass --checkpoint FILE",
+            path.display()
+        ),
+    }
+}

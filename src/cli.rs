@@ -1,0 +1,270 @@
+//! Command-line definitions and dispatch; the work itself lives in the other modules.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Result;
+use clap::{Args, Parser, Subcommand};
+use rand::{rngs::StdRng, SeedableRng};
+
+use crate::device::{self, DeviceChoice};
+use crate::model::Config;
+use crate::{bench, checkpoint, download, sample, train};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "charrnn",
+    version,
+    about = "Train character-level recurrent language models on any UTF-8 text and sample from them",
+    after_help = "Example:\n  charrnn download\n  charrnn train --epochs 10\n  charrnn generate --start \"ROMEO: \" --temperature 1.0"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Download a corpus (by default the tutorial's Shakespeare), checksum-verified
+    #[command(after_help = "Example:\n  charrnn download --output data/shakespeare.txt")]
+    Download(DownloadArgs),
+    /// Train a model and write checkpoints
+    #[command(after_help = "Example:\n  charrnn train --epochs 10 --rnn-units 1024 --seed 1")]
+    Train(TrainArgs),
+    /// Sample text from a checkpoint
+    #[command(
+        after_help = "Example:\n  charrnn generate --start \"ROMEO: \" --length 500 --temperature 0.8"
+    )]
+    Generate(GenerateArgs),
+    /// Measure training and sampling speed against this machine's GEMM rate
+    #[command(after_help = "Example:\n  charrnn bench --rnn-units 256 --json")]
+    Bench(BenchArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct DownloadArgs {
+    /// Where to fetch the text from
+    #[arg(long, default_value = download::DEFAULT_URL)]
+    pub url: String,
+    /// Where to write it
+    #[arg(long, default_value = "data/shakespeare.txt")]
+    pub output: PathBuf,
+    /// Expected SHA-256 (hex); the default URL's is built in
+    #[arg(long)]
+    pub sha256: Option<String>,
+    /// Replace an existing output file with a different content
+    #[arg(long)]
+    pub force: bool,
+    /// Give up after this many seconds
+    #[arg(long, default_value_t = 120, value_parser = positive_u64)]
+    pub timeout: u64,
+}
+
+#[derive(Args, Debug)]
+pub struct TrainArgs {
+    /// UTF-8 text to train on
+    #[arg(long, default_value = "data/shakespeare.txt")]
+    pub data: PathBuf,
+    /// Passes over the training data
+    #[arg(long, default_value_t = 10, value_parser = positive)]
+    pub epochs: usize,
+    /// Sequences per batch
+    #[arg(long, default_value_t = 64, value_parser = positive)]
+    pub batch_size: usize,
+    /// Characters per training sequence
+    #[arg(long, default_value_t = 100, value_parser = positive)]
+    pub seq_len: usize,
+    /// Shuffle buffer size, in sequences (tf.data's shuffle)
+    #[arg(long, default_value_t = 10000, value_parser = positive)]
+    pub buffer_size: usize,
+    /// Width of the character embedding
+    #[arg(long, default_value_t = 256, value_parser = positive)]
+    pub embedding_dim: usize,
+    /// Width of the GRU state
+    #[arg(long, default_value_t = 1024, value_parser = positive)]
+    pub rnn_units: usize,
+    /// Adam step size
+    #[arg(long, default_value_t = 0.001, value_parser = positive_f64)]
+    pub learning_rate: f64,
+    /// Share of the text (its end) held out for validation; 0 reproduces the tutorial
+    #[arg(long, default_value_t = 0.1, value_parser = fraction)]
+    pub val_fraction: f64,
+    /// Where checkpoints go
+    #[arg(long, default_value = "checkpoints")]
+    pub checkpoint_dir: PathBuf,
+    /// Save a checkpoint every N epochs (and after the last)
+    #[arg(long, default_value_t = 5, value_parser = positive)]
+    pub save_every: usize,
+    /// Seed for initialisation and shuffling (random if not given; printed either way)
+    #[arg(long)]
+    pub seed: Option<u64>,
+    #[arg(long, value_enum, default_value_t = DeviceChoice::Auto)]
+    pub device: DeviceChoice,
+}
+
+#[derive(Args, Debug)]
+pub struct GenerateArgs {
+    /// A checkpoint file, or a folder to take the newest ckpt_N.safetensors from
+    #[arg(long, default_value = "checkpoints")]
+    pub checkpoint: PathBuf,
+    /// Text to start from (and to print first)
+    #[arg(long, default_value = "ROMEO: ")]
+    pub start: String,
+    /// Characters to generate
+    #[arg(long, default_value_t = 1000, value_parser = positive)]
+    pub length: usize,
+    /// Softmax temperature: lower is more predictable; 0 always takes the most likely character
+    #[arg(long, default_value_t = 1.0, value_parser = temperature)]
+    pub temperature: f32,
+    /// Seed for sampling (random if not given)
+    #[arg(long)]
+    pub seed: Option<u64>,
+    #[arg(long, value_enum, default_value_t = DeviceChoice::Auto)]
+    pub device: DeviceChoice,
+}
+
+#[derive(Args, Debug)]
+pub struct BenchArgs {
+    /// Training batches to time (after one warm-up); the median is reported
+    #[arg(long, default_value_t = 5, value_parser = positive)]
+    pub batches: usize,
+    /// Characters to generate for the sampling rate
+    #[arg(long, default_value_t = 5000, value_parser = positive)]
+    pub gen_chars: usize,
+    #[arg(long, default_value_t = 64, value_parser = positive)]
+    pub batch_size: usize,
+    #[arg(long, default_value_t = 100, value_parser = positive)]
+    pub seq_len: usize,
+    #[arg(long, default_value_t = 256, value_parser = positive)]
+    pub embedding_dim: usize,
+    #[arg(long, default_value_t = 1024, value_parser = positive)]
+    pub rnn_units: usize,
+    /// Vocabulary size (Shakespeare's is 65)
+    #[arg(long, default_value_t = 65, value_parser = positive)]
+    pub vocab_size: usize,
+    #[arg(long, value_enum, default_value_t = DeviceChoice::Auto)]
+    pub device: DeviceChoice,
+    /// Print one JSON object instead of a table
+    #[arg(long)]
+    pub json: bool,
+}
+
+fn positive(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(0) => Err("must be at least 1".into()),
+        Ok(n) => Ok(n),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+fn positive_u64(s: &str) -> Result<u64, String> {
+    positive(s).map(|n| n as u64)
+}
+
+fn positive_f64(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(x) if x.is_finite() && x > 0.0 => Ok(x),
+        Ok(x) => Err(format!("must be a positive number, got {x}")),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+fn fraction(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(x) if (0.0..1.0).contains(&x) => Ok(x),
+        Ok(x) => Err(format!("must be in [0, 1), got {x}")),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+fn temperature(s: &str) -> Result<f32, String> {
+    match s.parse::<f32>() {
+        Ok(x) if x.is_finite() && x >= 0.0 => Ok(x),
+        Ok(x) => Err(format!("must be 0 (greedy) or a positive number, got {x}")),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+pub fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Download(a) => {
+            let outcome = download::run(&download::DownloadOptions {
+                url: a.url,
+                output: a.output.clone(),
+                sha256: a.sha256,
+                force: a.force,
+                timeout: Duration::from_secs(a.timeout),
+            })?;
+            match outcome {
+                download::Outcome::AlreadyPresent => {
+                    eprintln!("{} already present (checksum verified)", a.output.display())
+                }
+                download::Outcome::Downloaded { bytes, sha256 } => {
+                    eprintln!(
+                        "wrote {} ({bytes} bytes, SHA-256 {sha256})",
+                        a.output.display()
+                    )
+                }
+            }
+            Ok(())
+        }
+        Command::Train(a) => train::run(&train::TrainOptions {
+            device: device::select(a.device)?,
+            data: a.data,
+            epochs: a.epochs,
+            batch_size: a.batch_size,
+            seq_len: a.seq_len,
+            buffer_size: a.buffer_size,
+            embedding_dim: a.embedding_dim,
+            rnn_units: a.rnn_units,
+            learning_rate: a.learning_rate,
+            val_fraction: a.val_fraction,
+            checkpoint_dir: a.checkpoint_dir,
+            save_every: a.save_every,
+            seed: a.seed,
+        }),
+        Command::Generate(a) => {
+            device::select(a.device)?;
+            let path = checkpoint::resolve(&a.checkpoint)?;
+            // Sampling at batch 1 runs on the CPU kernels whatever the training device was.
+            let ckpt = checkpoint::load(&path, &candle_core::Device::Cpu)?;
+            eprintln!(
+                "checkpoint {} (epoch {})",
+                path.display(),
+                ckpt.provenance.epoch
+            );
+            let mut sampler = sample::Sampler::new(&ckpt.model)?;
+            let mut rng = StdRng::seed_from_u64(a.seed.unwrap_or_else(rand::random));
+            let stdout = std::io::stdout();
+            let mut out = stdout.lock();
+            sample::generate(
+                &mut sampler,
+                &ckpt.vocab,
+                &a.start,
+                a.length,
+                a.temperature,
+                &mut rng,
+                &mut out,
+            )?;
+            out.flush()?;
+            Ok(())
+        }
+        Command::Bench(a) => {
+            let report = bench::run(&bench::BenchOptions {
+                config: Config::gru(a.vocab_size, a.embedding_dim, a.rnn_units),
+                batch_size: a.batch_size,
+                seq_len: a.seq_len,
+                batches: a.batches,
+                gen_chars: a.gen_chars,
+                device: device::select(a.device)?,
+            })?;
+            if a.json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                bench::print_table(&report);
+            }
+            Ok(())
+        }
+    }
+}

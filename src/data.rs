@@ -1,0 +1,197 @@
+//! The input pipeline, as the tutorial's tf.data one: chunk the id stream into sequences of
+//! seq_len + 1, split each into input (all but last) and target (all but first), shuffle with
+//! a fixed-size buffer, batch, drop the remainder. Plus the contiguous validation split.
+
+use std::path::Path;
+
+use anyhow::{bail, Context, Result};
+use rand::Rng;
+
+/// Reads a corpus, refusing missing, empty and non-UTF-8 files with a message that says why.
+pub fn read_corpus(path: &Path) -> Result<String> {
+    let bytes = std::fs::read(path).with_context(|| {
+        format!(
+            "cannot read the corpus {}; run `charrnn download` or pass --data FILE",
+            path.display()
+        )
+    })?;
+    if bytes.is_empty() {
+        bail!(
+            "the corpus {} is empty; pass a text file with --data",
+            path.display()
+        );
+    }
+    match String::from_utf8(bytes) {
+        Ok(text) => Ok(text),
+        Err(e) => bail!(
+            "the corpus {} is not valid UTF-8 (bad byte at offset {}); convert it to UTF-8, e.g. with iconv",
+            path.display(),
+            e.utf8_error().valid_up_to()
+        ),
+    }
+}
+
+/// Splits the id stream: the last `val_fraction` is held out, contiguous and unshuffled.
+pub fn split_validation(ids: &[u32], val_fraction: f64) -> (&[u32], &[u32]) {
+    let train_len = ((ids.len() as f64) * (1.0 - val_fraction)).floor() as usize;
+    ids.split_at(train_len.min(ids.len()))
+}
+
+/// Consecutive non-overlapping chunks of `seq_len + 1` ids; the remainder is dropped.
+#[derive(Clone, Copy)]
+pub struct Sequences<'a> {
+    ids: &'a [u32],
+    seq_len: usize,
+}
+
+impl<'a> Sequences<'a> {
+    pub fn new(ids: &'a [u32], seq_len: usize) -> Self {
+        Sequences { ids, seq_len }
+    }
+
+    pub fn len(&self) -> usize {
+        self.ids.len() / (self.seq_len + 1)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    pub fn seq_len(&self) -> usize {
+        self.seq_len
+    }
+
+    /// The i-th chunk: seq_len + 1 ids.
+    pub fn chunk(&self, i: usize) -> &'a [u32] {
+        let n = self.seq_len + 1;
+        &self.ids[i * n..(i + 1) * n]
+    }
+
+    /// Inputs and targets of the chosen sequences, row-major [indices.len(), seq_len].
+    pub fn batch(&self, indices: &[usize]) -> Batch {
+        let mut inputs = Vec::with_capacity(indices.len() * self.seq_len);
+        let mut targets = Vec::with_capacity(indices.len() * self.seq_len);
+        for &i in indices {
+            let c = self.chunk(i);
+            inputs.extend_from_slice(&c[..self.seq_len]);
+            targets.extend_from_slice(&c[1..]);
+        }
+        Batch {
+            inputs,
+            targets,
+            batch_size: indices.len(),
+            seq_len: self.seq_len,
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Batch {
+    pub inputs: Vec<u32>,
+    pub targets: Vec<u32>,
+    pub batch_size: usize,
+    pub seq_len: usize,
+}
+
+/// tf.data's `shuffle(buffer_size)`: a buffer filled from the stream; each output is a
+/// uniformly chosen buffer slot, which is then refilled with the next element (or removed once
+/// the stream is exhausted). Returns the order of `0..n`.
+pub fn shuffle_buffer(n: usize, buffer_size: usize, rng: &mut impl Rng) -> Vec<usize> {
+    let mut buffer: Vec<usize> = (0..n.min(buffer_size)).collect();
+    let mut next = buffer.len();
+    let mut order = Vec::with_capacity(n);
+    while !buffer.is_empty() {
+        let slot = rng.random_range(0..buffer.len());
+        order.push(buffer[slot]);
+        if next < n {
+            buffer[slot] = next;
+            next += 1;
+        } else {
+            buffer.swap_remove(slot);
+        }
+    }
+    order
+}
+
+/// One epoch's batches: shuffled sequence indices in groups of `batch_size`, the remainder
+/// dropped (the tutorial's `batch(drop_remainder=True)`).
+pub fn epoch_batches(
+    n_sequences: usize,
+    batch_size: usize,
+    buffer_size: usize,
+    rng: &mut impl Rng,
+) -> Vec<Vec<usize>> {
+    shuffle_buffer(n_sequences, buffer_size, rng)
+        .chunks_exact(batch_size)
+        .map(<[usize]>::to_vec)
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::{rngs::StdRng, SeedableRng};
+
+    #[test]
+    fn the_tutorials_hello_example() {
+        let vocab = crate::vocab::Vocab::from_text("Hello");
+        let ids = vocab.encode("Hello").unwrap();
+        let seqs = Sequences::new(&ids, 4);
+        assert_eq!(seqs.len(), 1);
+        let b = seqs.batch(&[0]);
+        assert_eq!(vocab.decode(&b.inputs), "Hell");
+        assert_eq!(vocab.decode(&b.targets), "ello");
+    }
+
+    #[test]
+    fn chunks_drop_the_remainder() {
+        let ids: Vec<u32> = (0..23).collect();
+        let seqs = Sequences::new(&ids, 4);
+        assert_eq!(seqs.len(), 4);
+        assert_eq!(seqs.chunk(3), &[15, 16, 17, 18, 19]);
+        let b = seqs.batch(&[2, 0]);
+        assert_eq!(b.inputs, vec![10, 11, 12, 13, 0, 1, 2, 3]);
+        assert_eq!(b.targets, vec![11, 12, 13, 14, 1, 2, 3, 4]);
+    }
+
+    #[test]
+    fn shuffle_is_a_bounded_seeded_permutation() {
+        let (n, buf) = (500, 37);
+        let a = shuffle_buffer(n, buf, &mut StdRng::seed_from_u64(1));
+        let b = shuffle_buffer(n, buf, &mut StdRng::seed_from_u64(1));
+        let c = shuffle_buffer(n, buf, &mut StdRng::seed_from_u64(2));
+        assert_eq!(a, b, "same seed, same order");
+        assert_ne!(a, c, "different seed, different order");
+        let mut sorted = a.clone();
+        sorted.sort_unstable();
+        assert_eq!(sorted, (0..n).collect::<Vec<_>>(), "a permutation");
+        for (pos, &elem) in a.iter().enumerate() {
+            assert!(
+                elem < pos + buf,
+                "element {elem} came out at {pos}: too early"
+            );
+        }
+        // The bound is tight: some element does come out exactly buffer_size - 1 early.
+        assert!(a.iter().enumerate().any(|(pos, &e)| e == pos + buf - 1));
+    }
+
+    #[test]
+    fn each_epoch_reshuffles() {
+        let mut rng = StdRng::seed_from_u64(7);
+        let e1 = epoch_batches(100, 8, 50, &mut rng);
+        let e2 = epoch_batches(100, 8, 50, &mut rng);
+        assert_eq!(e1.len(), 12);
+        assert!(e1.iter().all(|b| b.len() == 8));
+        assert_ne!(e1, e2);
+    }
+
+    #[test]
+    fn validation_is_the_contiguous_tail() {
+        let ids: Vec<u32> = (0..100).collect();
+        let (train, val) = split_validation(&ids, 0.1);
+        assert_eq!(train.len(), 90);
+        assert_eq!(val, &ids[90..]);
+        let (train, val) = split_validation(&ids, 0.0);
+        assert_eq!((train.len(), val.len()), (100, 0));
+    }
+}

@@ -1,0 +1,93 @@
+//! The scalar type the fused kernels are generic over (f32 for work, f64 for gradient checks),
+//! with activations that vectorise.
+//!
+//! `f32::exp` is a library call that LLVM cannot vectorise, and the GRU evaluates ~20 million
+//! sigmoids and tanhs per tutorial batch, so f32 uses a branch-free polynomial exp (Cephes'
+//! expf, accurate to a couple of ulp). f64 keeps the standard library functions: it exists only
+//! to check gradients, where exactness matters more than speed.
+
+use candle_core::WithDType;
+
+pub trait Float:
+    num_traits::Float + std::ops::AddAssign + WithDType + Send + Sync + Default + 'static
+{
+    fn sigmoid(x: Self) -> Self;
+    fn tanh_(x: Self) -> Self;
+}
+
+impl Float for f64 {
+    #[inline(always)]
+    fn sigmoid(x: f64) -> f64 {
+        1.0 / (1.0 + (-x).exp())
+    }
+    #[inline(always)]
+    fn tanh_(x: f64) -> f64 {
+        x.tanh()
+    }
+}
+
+impl Float for f32 {
+    #[inline(always)]
+    fn sigmoid(x: f32) -> f32 {
+        1.0 / (1.0 + exp_f32(-x))
+    }
+    #[inline(always)]
+    fn tanh_(x: f32) -> f32 {
+        // tanh(x) = 1 - 2 / (exp(2x) + 1); exact limits at both ends, no NaN for large |x|.
+        1.0 - 2.0 / (exp_f32(2.0 * x) + 1.0)
+    }
+}
+
+/// e^x for f32 without a library call: x = n·ln2 + r with |r| ≤ ln2/2, e^r by a degree-6
+/// polynomial, 2^n assembled in the exponent bits. Inputs are clamped to the finite range.
+#[inline(always)]
+pub fn exp_f32(x: f32) -> f32 {
+    const LOG2E: f32 = std::f32::consts::LOG2_E;
+    const LN2_HI: f32 = 0.693_359_4;
+    const LN2_LO: f32 = -2.121_944_4e-4;
+    let x = x.clamp(-87.0, 88.0);
+    let n = (x * LOG2E + 0.5).floor();
+    let r = x - n * LN2_HI - n * LN2_LO;
+    let r2 = r * r;
+    let p = ((((1.987_569_1e-4 * r + 1.398_2e-3) * r + 8.333_452e-3) * r + 4.166_579_6e-2) * r
+        + 1.666_666_5e-1)
+        * r
+        + 0.5;
+    let er = p * r2 + r + 1.0;
+    let two_n = f32::from_bits(((n as i32 + 127) as u32) << 23);
+    er * two_n
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exp_matches_std_to_a_few_ulp() {
+        let mut worst = 0.0f64;
+        let mut x = -80.0f32;
+        while x < 80.0 {
+            let want = (x as f64).exp();
+            let got = exp_f32(x) as f64;
+            worst = worst.max(((got - want) / want).abs());
+            x += 0.0137;
+        }
+        assert!(worst < 5e-7, "worst relative error {worst}");
+    }
+
+    #[test]
+    fn activations_match_std_and_saturate() {
+        for i in -2000..2000 {
+            let x = i as f32 * 0.01;
+            let s = <f32 as Float>::sigmoid(x) as f64;
+            let t = <f32 as Float>::tanh_(x) as f64;
+            let xd = x as f64;
+            assert!((s - 1.0 / (1.0 + (-xd).exp())).abs() < 1e-6, "sigmoid({x})");
+            assert!((t - xd.tanh()).abs() < 1e-6, "tanh({x})");
+        }
+        assert_eq!(<f32 as Float>::tanh_(1e4), 1.0);
+        assert_eq!(<f32 as Float>::tanh_(-1e4), -1.0);
+        assert!(<f32 as Float>::sigmoid(-1e4) < 1e-37);
+        assert_eq!(<f32 as Float>::sigmoid(1e4), 1.0);
+    }
+}

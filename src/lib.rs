@@ -1,0 +1,17 @@
+//! charrnn: character-level recurrent language models — train on any UTF-8 text, sample.
+
+pub mod atomic;
+pub mod bench;
+pub mod blas;
+pub mod checkpoint;
+pub mod cli;
+pub mod data;
+pub mod device;
+pub mod download;
+pub mod float;
+pub mod gru;
+pub mod model;
+pub mod optim;
+pub mod sample;
+pub mod train;
+pub mod vocab;
