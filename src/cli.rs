@@ -85,10 +85,10 @@ pub struct TrainArgs {
     #[arg(long, default_value_t = 1024, value_parser = positive)]
     pub rnn_units: usize,
     /// Adam step size
-    #[arg(long, default_value_t = 0.001, value_parser = positive_f64)]
+    #[arg(long, default_value_t = 0.001, value_parser = positive_f64, allow_negative_numbers = true)]
     pub learning_rate: f64,
     /// Share of the text (its end) held out for validation; 0 reproduces the tutorial
-    #[arg(long, default_value_t = 0.1, value_parser = fraction)]
+    #[arg(long, default_value_t = 0.1, value_parser = fraction, allow_negative_numbers = true)]
     pub val_fraction: f64,
     /// Where checkpoints go
     #[arg(long, default_value = "checkpoints")]
@@ -115,7 +115,7 @@ pub struct GenerateArgs {
     #[arg(long, default_value_t = 1000, value_parser = positive)]
     pub length: usize,
     /// Softmax temperature: lower is more predictable; 0 always takes the most likely character
-    #[arg(long, default_value_t = 1.0, value_parser = temperature)]
+    #[arg(long, default_value_t = 1.0, value_parser = temperature, allow_negative_numbers = true)]
     pub temperature: f32,
     /// Seed for sampling (random if not given)
     #[arg(long)]

@@ -16,13 +16,17 @@ pub fn select(choice: DeviceChoice) -> Result<Device> {
     let device = match choice {
         DeviceChoice::Cpu => Device::Cpu,
         DeviceChoice::Cuda => cuda()?,
-        DeviceChoice::Auto => match cuda() {
+        DeviceChoice::Auto if cfg!(feature = "cuda") => match cuda() {
             Ok(d) => d,
             Err(e) => {
-                eprintln!("device: cpu ({e:#})");
+                eprintln!(
+                    "device: cpu, {} threads ({e:#})",
+                    rayon::current_num_threads()
+                );
                 return Ok(Device::Cpu);
             }
         },
+        DeviceChoice::Auto => Device::Cpu,
     };
     match &device {
         Device::Cpu => eprintln!("device: cpu, {} threads", rayon::current_num_threads()),

@@ -6,7 +6,7 @@ use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{bail, Context, Result};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use sha2::{Digest, Sha256};
 
@@ -76,7 +76,8 @@ pub fn run(o: &DownloadOptions) -> Result<Outcome> {
         .connect_timeout(o.timeout)
         .timeout(o.timeout)
         .build()?;
-    let fail = |e: reqwest::Error| anyhow!("download of {} failed: {e}", o.url);
+    let fail =
+        |e: reqwest::Error| anyhow::Error::new(e).context(format!("download of {} failed", o.url));
     let mut response = client.get(&o.url).send().map_err(fail)?;
     let status = response.status();
     if status.is_client_error() || status.is_server_error() {

@@ -1,0 +1,220 @@
+//! Checkpoints: exact round trip, self-describing metadata, and a clear error for every kind
+//! of bad file.
+
+use std::collections::HashMap;
+
+use candle_core::{DType, Device};
+use charrnn::checkpoint::{self, Provenance};
+use charrnn::model::{ids_tensor, Config, Model};
+use charrnn::vocab::Vocab;
+use rand::{rngs::StdRng, SeedableRng};
+use safetensors::tensor::{Dtype, SafeTensors, TensorView};
+
+fn fixture() -> (Model, Vocab, Provenance) {
+    let vocab = Vocab::from_text("To be, or not to be: that is the question.\n");
+    let mut rng = StdRng::seed_from_u64(4);
+    let model = Model::new_random(
+        Config::gru(vocab.len(), 6, 10),
+        DType::F32,
+        &Device::Cpu,
+        &mut rng,
+    )
+    .unwrap();
+    let prov = Provenance {
+        epoch: 3,
+        step: 42,
+        train_loss: Some(1.5),
+        seed: 4,
+        ..Default::default()
+    };
+    (model, vocab, prov)
+}
+
+fn logits(model: &Model) -> Vec<f32> {
+    let ids = ids_tensor(&[0, 1, 2, 3, 4, 5], 2, 3, &Device::Cpu).unwrap();
+    model
+        .forward(&ids, false)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1()
+        .unwrap()
+}
+
+#[test]
+fn save_then_load_gives_identical_logits_and_metadata() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join(checkpoint::file_name(3));
+    let (model, vocab, prov) = fixture();
+    checkpoint::save(&path, &model, &vocab, &prov).unwrap();
+    let loaded = checkpoint::load(&path, &Device::Cpu).unwrap();
+    assert_eq!(logits(&loaded.model), logits(&model));
+    assert_eq!(loaded.vocab, vocab);
+    assert_eq!(loaded.model.config, model.config);
+    assert_eq!(loaded.provenance, prov);
+
+    // The metadata is readable by any safetensors reader: vocabulary and configuration as JSON.
+    let bytes = std::fs::read(&path).unwrap();
+    let (_, header) = SafeTensors::read_metadata(&bytes).unwrap();
+    let meta = header.metadata().as_ref().unwrap();
+    let v: Vec<String> = serde_json::from_str(&meta["vocab"]).unwrap();
+    assert_eq!(v.concat().chars().collect::<Vec<_>>(), vocab.chars());
+    let c: serde_json::Value = serde_json::from_str(&meta["config"]).unwrap();
+    assert_eq!(c["rnn_units"], 10);
+    assert_eq!(c["embedding_dim"], 6);
+    // PyTorch names and shapes
+    let st = SafeTensors::deserialize(&bytes).unwrap();
+    assert_eq!(st.tensor("gru.weight_hh_l0").unwrap().shape(), &[30, 10]);
+    assert_eq!(
+        st.tensor("embedding.weight").unwrap().shape(),
+        &[vocab.len(), 6]
+    );
+}
+
+#[test]
+fn a_folder_resolves_to_its_newest_epoch() {
+    let dir = tempfile::tempdir().unwrap();
+    let (model, vocab, prov) = fixture();
+    for epoch in [2, 10, 9] {
+        checkpoint::save(
+            &dir.path().join(checkpoint::file_name(epoch)),
+            &model,
+            &vocab,
+            &prov,
+        )
+        .unwrap();
+    }
+    assert_eq!(
+        checkpoint::resolve(dir.path()).unwrap(),
+        dir.path().join("ckpt_10.safetensors")
+    );
+    let empty = tempfile::tempdir().unwrap();
+    let err = checkpoint::resolve(empty.path()).unwrap_err().to_string();
+    assert!(
+        err.contains("no checkpoint") && err.contains("charrnn train"),
+        "{err}"
+    );
+}
+
+fn load_err(bytes: &[u8]) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bad.safetensors");
+    std::fs::write(&path, bytes).unwrap();
+    match checkpoint::load(&path, &Device::Cpu) {
+        Ok(_) => panic!("a bad checkpoint loaded"),
+        Err(e) => {
+            let msg = format!("{e:#}");
+            assert!(
+                msg.contains("bad.safetensors"),
+                "the error names the file: {msg}"
+            );
+            msg
+        }
+    }
+}
+
+/// Rewrites a valid checkpoint with edited metadata and tensors.
+fn rewrite(
+    bytes: &[u8],
+    edit_meta: impl FnOnce(&mut HashMap<String, String>),
+    edit_tensors: impl FnOnce(&mut Vec<(String, Dtype, Vec<usize>, Vec<u8>)>),
+) -> Vec<u8> {
+    let (_, header) = SafeTensors::read_metadata(bytes).unwrap();
+    let mut meta = header.metadata().clone().unwrap();
+    edit_meta(&mut meta);
+    let st = SafeTensors::deserialize(bytes).unwrap();
+    let mut tensors: Vec<_> = st
+        .tensors()
+        .into_iter()
+        .map(|(n, v)| (n, v.dtype(), v.shape().to_vec(), v.data().to_vec()))
+        .collect();
+    edit_tensors(&mut tensors);
+    let views: Vec<_> = tensors
+        .iter()
+        .map(|(n, d, s, b)| (n.clone(), TensorView::new(*d, s.clone(), b).unwrap()))
+        .collect();
+    safetensors::serialize(views, Some(meta)).unwrap()
+}
+
+#[test]
+fn every_bad_checkpoint_is_a_clear_error() {
+    let (model, vocab, prov) = fixture();
+    let good = checkpoint::to_bytes(&model, &vocab, &prov).unwrap();
+    assert!(checkpoint::from_bytes(&good, &Device::Cpu).is_ok());
+
+    let missing = checkpoint::load(
+        std::path::Path::new("/no/such/ckpt.safetensors"),
+        &Device::Cpu,
+    );
+    let msg = format!("{:#}", missing.err().unwrap());
+    assert!(
+        msg.contains("/no/such/ckpt.safetensors") && msg.contains("cannot read"),
+        "{msg}"
+    );
+
+    let msg = load_err(&good[..good.len() / 2]);
+    assert!(msg.contains("truncated or corrupted"), "{msg}");
+
+    let msg = load_err(&good[..5]);
+    assert!(msg.contains("truncated or corrupted"), "{msg}");
+
+    let mut flipped = good.clone();
+    let last = flipped.len() - 3;
+    flipped[last] ^= 0x40;
+    let msg = load_err(&flipped);
+    assert!(msg.contains("checksum"), "{msg}");
+
+    let msg = load_err(b"this is not a checkpoint at all, just some text");
+    assert!(msg.contains("truncated or corrupted"), "{msg}");
+
+    let msg = load_err(&rewrite(
+        &good,
+        |m| m.remove("vocab").map(drop).unwrap_or(()),
+        |_| {},
+    ));
+    assert!(msg.contains("`vocab` is missing"), "{msg}");
+
+    let smaller: Vec<String> = vocab.chars()[1..].iter().map(|c| c.to_string()).collect();
+    let msg = load_err(&rewrite(
+        &good,
+        |m| drop(m.insert("vocab".into(), serde_json::to_string(&smaller).unwrap())),
+        |_| {},
+    ));
+    assert!(msg.contains("characters but the vocabulary has"), "{msg}");
+
+    let wider = serde_json::to_string(&Config::gru(vocab.len(), 7, 10)).unwrap();
+    let msg = load_err(&rewrite(
+        &good,
+        |m| drop(m.insert("config".into(), wider)),
+        |_| {},
+    ));
+    assert!(
+        msg.contains("embedding.weight has shape [") && msg.contains("implies"),
+        "{msg}"
+    );
+
+    let msg = load_err(&rewrite(
+        &good,
+        |_| {},
+        |t| t.retain(|(n, ..)| n != "dense.bias"),
+    ));
+    assert!(msg.contains("dense.bias is missing"), "{msg}");
+
+    let msg = load_err(&rewrite(
+        &good,
+        |_| {},
+        |t| t.push(("extra.weight".into(), Dtype::F32, vec![1], vec![0; 4])),
+    ));
+    assert!(msg.contains("unexpected tensors: extra.weight"), "{msg}");
+
+    let msg = load_err(&rewrite(
+        &good,
+        |_| {},
+        |t| {
+            let bias = t.iter_mut().find(|(n, ..)| n == "dense.bias").unwrap();
+            bias.1 = Dtype::F64;
+            bias.3 = [bias.3.clone(), bias.3.clone()].concat();
+        },
+    ));
+    assert!(msg.contains("dense.bias is F64, expected F32"), "{msg}");
+}
