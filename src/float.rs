@@ -8,8 +8,10 @@
 
 use candle_core::WithDType;
 
+use crate::blas::PackedMatmul;
+
 pub trait Float:
-    num_traits::Float + std::ops::AddAssign + WithDType + Send + Sync + Default + 'static
+    num_traits::Float + std::ops::AddAssign + WithDType + PackedMatmul + Send + Sync + Default + 'static
 {
     fn sigmoid(x: Self) -> Self;
     fn tanh_(x: Self) -> Self;

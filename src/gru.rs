@@ -8,8 +8,8 @@
 //! h' = (1 − z) ⊙ n + z ⊙ h
 //! ```
 //!
-//! `x` is the input projection `W_ih e + b_ih`, computed by the caller (for an embedding input
-//! it is a row of a V×3H table). Per time step the forward pass does one [B×H]·[H×3H] product
+//! `x` is the input projection `W_ih e + b_ih`; for an embedding input it is a row of the V×3H
+//! table `E·W_ihᵀ + b_ih`, so the layer takes that table and the token ids and looks rows up. Per time step the forward pass does one [B×H]·[H×3H] product
 //! and one fused, multi-threaded pass over the gates; the backward pass does one [B×3H]·[3H×H]
 //! product per step and, after the sweep, dW_hh as one [3H × T·B]·[T·B × H] product.
 //!
@@ -24,7 +24,7 @@ use candle_core::{
 use multiversion::multiversion;
 use rayon::prelude::*;
 
-use crate::blas::{matmul, transpose, View};
+use crate::blas::{matmul, View};
 use crate::float::Float;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -34,19 +34,25 @@ pub struct Dims {
     pub hidden: usize,
 }
 
-/// What the forward pass keeps for the backward pass: h for every step ([T, B, H]) and, per
-/// step and row, the activations r, z, n and the recurrent n-term W_hn h + b_hn ([T, B, 4H]).
-pub struct Tape<T> {
+/// What the forward pass keeps for the backward pass: the input ids, h for every step
+/// ([T, B, H]) and, per step and row, the activations r, z, n and the recurrent n-term
+/// W_hn h + b_hn ([T, B, 4H]).
+pub struct Tape<T: Float> {
     pub dims: Dims,
-    pub w_hh: Vec<T>,
+    /// Rows of the input table: V.
+    vocab: usize,
+    /// [B, T]
+    ids: Vec<u32>,
+    /// W_hh [3H, H] packed as the right operand of dh = dgh · W_hh.
+    w_hh: T::Packed,
     pub hs: Vec<T>,
     pub gates: Vec<T>,
 }
 
 /// Gradients of the fused layer with respect to its three inputs.
 pub struct Grads<T> {
-    /// [B, T, 3H], the gradient of the input projection.
-    pub x_proj: Vec<T>,
+    /// [V, 3H], the gradient of the input table.
+    pub table: Vec<T>,
     /// [3H, H]
     pub w_hh: Vec<T>,
     /// [3H]
@@ -126,18 +132,25 @@ pub fn gate_backward<T: Float>(
     }
 }
 
-/// The forward pass from a zero initial state. `x_proj` is [B, T, 3H], `w_hh` [3H, H],
-/// `b_hh` [3H]. Returns the tape; its `hs` holds the outputs (time-major).
-pub fn forward<T: Float>(dims: Dims, x_proj: &[T], w_hh: &[T], b_hh: &[T]) -> Tape<T> {
+/// The forward pass from a zero initial state. The input projection of token `ids[b·T + t]`
+/// is row `ids[b·T + t]` of `table` ([V, 3H]); `w_hh` is [3H, H], `b_hh` [3H]. Returns the
+/// tape; its `hs` holds the outputs (time-major).
+pub fn forward<T: Float>(dims: Dims, table: &[T], ids: &[u32], w_hh: &[T], b_hh: &[T]) -> Tape<T> {
     let Dims {
         batch,
         steps,
         hidden: h,
     } = dims;
-    assert_eq!(x_proj.len(), batch * steps * 3 * h);
+    let vocab = table.len() / (3 * h);
+    assert_eq!(table.len(), vocab * 3 * h);
+    assert_eq!(ids.len(), batch * steps);
+    assert!(
+        ids.iter().all(|&i| (i as usize) < vocab),
+        "token id outside the table"
+    );
     assert_eq!(w_hh.len(), 3 * h * h);
     assert_eq!(b_hh.len(), 3 * h);
-    let w_t = transpose(w_hh, 3 * h, h); // [H, 3H]: a contiguous right operand is much faster
+    let w_t = T::pack(View::rows(w_hh, 3 * h, h).t()); // W_hhᵀ [H, 3H], packed once for all steps
     let zeros = vec![T::zero(); h];
     let mut hs = vec![T::zero(); steps * batch * h];
     let mut gates = vec![T::zero(); steps * batch * 4 * h];
@@ -147,12 +160,7 @@ pub fn forward<T: Float>(dims: Dims, x_proj: &[T], w_hh: &[T], b_hh: &[T]) -> Ta
         let h_now = &mut rest[..batch * h];
         let h_prev = (t > 0).then(|| &done[(t - 1) * batch * h..]);
         if let Some(prev) = h_prev {
-            matmul(
-                &mut gh,
-                false,
-                View::rows(prev, batch, h),
-                View::rows(&w_t, h, 3 * h),
-            );
+            T::matmul_packed(&mut gh, false, View::rows(prev, batch, h), &w_t);
         }
         let g_now = &mut gates[t * batch * 4 * h..(t + 1) * batch * 4 * h];
         h_now
@@ -160,14 +168,17 @@ pub fn forward<T: Float>(dims: Dims, x_proj: &[T], w_hh: &[T], b_hh: &[T]) -> Ta
             .zip(g_now.par_chunks_mut(4 * h))
             .enumerate()
             .for_each(|(b, (h_row, g_row))| {
-                let x = &x_proj[(b * steps + t) * 3 * h..][..3 * h];
+                let id = ids[b * steps + t] as usize;
+                let x = &table[id * 3 * h..(id + 1) * 3 * h];
                 let prev = h_prev.map_or(&zeros[..], |p| &p[b * h..(b + 1) * h]);
                 gate_forward(h_row, g_row, x, &gh[b * 3 * h..(b + 1) * 3 * h], b_hh, prev);
             });
     }
     Tape {
         dims,
-        w_hh: w_hh.to_vec(),
+        vocab,
+        ids: ids.to_vec(),
+        w_hh: T::pack(View::rows(w_hh, 3 * h, h)),
         hs,
         gates,
     }
@@ -202,20 +213,22 @@ impl<T: Float> Tape<T> {
         } = self.dims;
         assert_eq!(grad_out.len(), batch * steps * h);
         let zeros = vec![T::zero(); h];
-        let mut dx = vec![T::zero(); batch * steps * 3 * h];
+        let mut dx = vec![T::zero(); steps * batch * 3 * h];
         let mut dgh = vec![T::zero(); steps * batch * 3 * h];
+        let mut db = vec![T::zero(); 3 * h];
         let mut dh = vec![T::zero(); batch * h];
         for t in (0..steps).rev() {
-            let dgh_now = &mut dgh[t * batch * 3 * h..(t + 1) * batch * 3 * h];
+            let rows = t * batch * 3 * h..(t + 1) * batch * 3 * h;
             let h_prev = (t > 0).then(|| &self.hs[(t - 1) * batch * h..t * batch * h]);
             let g_now = &self.gates[t * batch * 4 * h..(t + 1) * batch * 4 * h];
-            dx.par_chunks_mut(steps * 3 * h)
-                .zip(dgh_now.par_chunks_mut(3 * h))
+            dx[rows.clone()]
+                .par_chunks_mut(3 * h)
+                .zip(dgh[rows.clone()].par_chunks_mut(3 * h))
                 .zip(dh.par_chunks_mut(h))
                 .enumerate()
-                .for_each(|(b, ((dx_rows, dgh_row), dh_row))| {
+                .for_each(|(b, ((dx_row, dgh_row), dh_row))| {
                     gate_backward(
-                        &mut dx_rows[t * 3 * h..(t + 1) * 3 * h],
+                        dx_row,
                         dgh_row,
                         dh_row,
                         &grad_out[(b * steps + t) * h..(b * steps + t + 1) * h],
@@ -223,15 +236,13 @@ impl<T: Float> Tape<T> {
                         h_prev.map_or(&zeros[..], |p| &p[b * h..(b + 1) * h]),
                     );
                 });
+            let dgh_now = &dgh[rows];
+            for row in dgh_now.chunks_exact(3 * h) {
+                add_assign(&mut db, row);
+            }
             if t > 0 {
                 // dL/dh_prev += dgh · W_hh
-                let dgh_now = &dgh[t * batch * 3 * h..(t + 1) * batch * 3 * h];
-                matmul(
-                    &mut dh,
-                    true,
-                    View::rows(dgh_now, batch, 3 * h),
-                    View::rows(&self.w_hh, 3 * h, h),
-                );
+                T::matmul_packed(&mut dh, true, View::rows(dgh_now, batch, 3 * h), &self.w_hh);
             }
         }
         // dW_hh = Σ_t dgh_tᵀ · h_{t-1}: one product over all steps (step 0 has h_prev = 0).
@@ -247,30 +258,60 @@ impl<T: Float> Tape<T> {
             );
         }
         Grads {
-            x_proj: dx,
+            table: self.scatter_rows(&dx),
             w_hh: dw,
-            b_hh: column_sums(&dgh, 3 * h),
+            b_hh: db,
         }
+    }
+
+    /// The table gradient: each token's input gradient added into its id's row. Threads take
+    /// disjoint column blocks, so no two write the same value.
+    fn scatter_rows(&self, dx: &[T]) -> Vec<T> {
+        const BLOCK: usize = 64;
+        let Dims {
+            batch,
+            steps,
+            hidden: h,
+        } = self.dims;
+        let width = 3 * h;
+        let mut blocks: Vec<Vec<T>> = (0..width.div_ceil(BLOCK))
+            .into_par_iter()
+            .map(|k| {
+                let cols = k * BLOCK..width.min((k + 1) * BLOCK);
+                let mut acc = vec![T::zero(); self.vocab * cols.len()];
+                for t in 0..steps {
+                    for b in 0..batch {
+                        let id = self.ids[b * steps + t] as usize;
+                        let src = &dx[(t * batch + b) * width..][cols.clone()];
+                        add_assign(&mut acc[id * cols.len()..(id + 1) * cols.len()], src);
+                    }
+                }
+                acc
+            })
+            .collect();
+        let mut table = vec![T::zero(); self.vocab * width];
+        for (k, block) in blocks.iter_mut().enumerate() {
+            let w = block.len() / self.vocab;
+            for (v, row) in block.chunks_exact(w).enumerate() {
+                table[v * width + k * BLOCK..][..w].copy_from_slice(row);
+            }
+        }
+        table
     }
 }
 
-/// Sums of the columns of a row-major matrix with `cols` columns.
-fn column_sums<T: Float>(m: &[T], cols: usize) -> Vec<T> {
-    const BLOCK: usize = 256;
-    let mut sums = vec![T::zero(); cols];
-    sums.par_chunks_mut(BLOCK).enumerate().for_each(|(k, acc)| {
-        for row in m.chunks_exact(cols) {
-            for (a, v) in acc.iter_mut().zip(&row[k * BLOCK..]) {
-                *a += *v;
-            }
-        }
-    });
-    sums
+fn add_assign<T: Float>(acc: &mut [T], x: &[T]) {
+    for (a, v) in acc.iter_mut().zip(x) {
+        *a += *v;
+    }
 }
 
 /// The fused layer as a candle operation, so that autograd reaches the input projection (and
 /// through it the embedding and W_ih) as well as W_hh and b_hh.
 struct FusedGru {
+    ids: Vec<u32>,
+    batch: usize,
+    steps: usize,
     keep_tape: bool,
     tape: Mutex<Option<AnyTape>>,
 }
@@ -291,29 +332,33 @@ fn contiguous<'a, T: WithDType>(s: &'a CpuStorage, l: &Layout) -> Result<&'a [T]
 impl FusedGru {
     fn run<T: Float>(
         &self,
-        x: (&CpuStorage, &Layout),
+        table: (&CpuStorage, &Layout),
         w: (&CpuStorage, &Layout),
         b: (&CpuStorage, &Layout),
         wrap: fn(Tape<T>) -> AnyTape,
     ) -> Result<(CpuStorage, Shape)> {
-        let (batch, steps, g3) = x.1.shape().dims3()?;
+        let (vocab, g3) = table.1.shape().dims2()?;
         let hidden = g3 / 3;
         if g3 % 3 != 0 || w.1.shape().dims() != [g3, hidden] || b.1.shape().dims() != [g3] {
             bail!(
-                "fused GRU: shapes x {:?}, w_hh {:?}, b_hh {:?} do not fit together",
-                x.1.shape(),
+                "fused GRU: shapes table {:?}, w_hh {:?}, b_hh {:?} do not fit together",
+                table.1.shape(),
                 w.1.shape(),
                 b.1.shape()
             );
         }
+        if let Some(bad) = self.ids.iter().find(|&&i| i as usize >= vocab) {
+            bail!("fused GRU: token id {bad} is outside the table of {vocab} rows");
+        }
         let dims = Dims {
-            batch,
-            steps,
+            batch: self.batch,
+            steps: self.steps,
             hidden,
         };
         let tape = forward(
             dims,
-            contiguous(x.0, x.1)?,
+            contiguous(table.0, table.1)?,
+            &self.ids,
             contiguous(w.0, w.1)?,
             contiguous(b.0, b.1)?,
         );
@@ -323,7 +368,7 @@ impl FusedGru {
         }
         Ok((
             T::to_cpu_storage_owned(out),
-            Shape::from((batch, steps, hidden)),
+            Shape::from((self.batch, self.steps, hidden)),
         ))
     }
 }
@@ -366,41 +411,44 @@ impl CustomOp3 for FusedGru {
             AnyTape::F32(t) => {
                 let g = t.backward(&grad.to_vec1::<f32>()?);
                 (
-                    Tensor::new(g.x_proj, dev)?,
-                    Tensor::new(g.w_hh, dev)?,
-                    Tensor::new(g.b_hh, dev)?,
+                    Tensor::from_vec(g.table, x.shape(), dev)?,
+                    Tensor::from_vec(g.w_hh, w.shape(), dev)?,
+                    Tensor::from_vec(g.b_hh, b.shape(), dev)?,
                 )
             }
             AnyTape::F64(t) => {
                 let g = t.backward(&grad.to_vec1::<f64>()?);
                 (
-                    Tensor::new(g.x_proj, dev)?,
-                    Tensor::new(g.w_hh, dev)?,
-                    Tensor::new(g.b_hh, dev)?,
+                    Tensor::from_vec(g.table, x.shape(), dev)?,
+                    Tensor::from_vec(g.w_hh, w.shape(), dev)?,
+                    Tensor::from_vec(g.b_hh, b.shape(), dev)?,
                 )
             }
         };
-        Ok((
-            Some(gx.reshape(x.shape())?),
-            Some(gw.reshape(w.shape())?),
-            Some(gb.reshape(b.shape())?),
-        ))
+        Ok((Some(gx), Some(gw), Some(gb)))
     }
 }
 
-/// Runs the GRU over `x_proj` ([B, T, 3H]) from a zero state and returns every h ([B, T, H]).
-/// With `for_training` the activations are kept so that `backward` can reach the inputs.
+/// Runs the GRU from a zero state over the tokens `ids` ([B, T], u32), whose input
+/// projections are the rows of `table` ([V, 3H]); returns every h ([B, T, H]). With
+/// `for_training` the activations are kept so that `backward` reaches table, W_hh and b_hh.
 pub fn gru_sequence(
-    x_proj: &Tensor,
+    table: &Tensor,
+    ids: &Tensor,
     w_hh: &Tensor,
     b_hh: &Tensor,
     for_training: bool,
 ) -> Result<Tensor> {
+    let (batch, steps) = ids.dims2()?;
+    let ids = ids.flatten_all()?.to_vec1::<u32>()?;
     let op = FusedGru {
+        ids,
+        batch,
+        steps,
         keep_tape: for_training,
         tape: Mutex::new(None),
     };
-    let (x, w, b) = (x_proj.contiguous()?, w_hh.contiguous()?, b_hh.contiguous()?);
+    let (x, w, b) = (table.contiguous()?, w_hh.contiguous()?, b_hh.contiguous()?);
     // Always registered with backward support: without a tape, a backward call fails loudly
     // instead of silently producing no gradient.
     x.apply_op3(&w, &b, op)

@@ -163,12 +163,9 @@ impl Model {
     pub fn forward(&self, inputs: &Tensor, for_training: bool) -> Result<Tensor> {
         let (b, t) = inputs.dims2()?;
         let (h, v) = (self.config.rnn_units, self.config.vocab_size);
-        let x = self
-            .input_table()?
-            .index_select(&inputs.flatten_all()?, 0)?
-            .reshape((b, t, 3 * h))?;
         let hs = gru_sequence(
-            &x,
+            &self.input_table()?,
+            inputs,
             self.param("gru.weight_hh_l0"),
             self.param("gru.bias_hh_l0"),
             for_training,

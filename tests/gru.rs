@@ -81,14 +81,21 @@ fn max_rel_diff(a: &Tensor, b: &Tensor) -> f64 {
 
 fn fused_and_reference(dtype: DType, tol_fwd: f64, tol_grad: f64) {
     let mut rng = StdRng::seed_from_u64(11);
-    let (b, t, h) = (3, 7, 20);
-    let x = random(&[b, t, 3 * h], 1.5, dtype, &mut rng);
+    let (b, t, h, v) = (3, 7, 20, 5);
+    let table = random(&[v, 3 * h], 1.5, dtype, &mut rng);
+    let id_values: Vec<u32> = (0..b * t).map(|_| rng.random_range(0..v as u32)).collect();
+    let ids = Tensor::from_vec(id_values, (b, t), &Device::Cpu).unwrap();
     let w = random(&[3 * h, h], 0.4, dtype, &mut rng);
     let bias = random(&[3 * h], 0.3, dtype, &mut rng);
     // A loss that weighs every output differently, so each output's gradient matters.
     let weights = random(&[b, t, h], 1.0, dtype, &mut rng);
 
-    let fused = gru_sequence(&x, &w, &bias, true).unwrap();
+    let fused = gru_sequence(&table, &ids, &w, &bias, true).unwrap();
+    let x = table
+        .index_select(&ids.flatten_all().unwrap(), 0)
+        .unwrap()
+        .reshape((b, t, 3 * h))
+        .unwrap();
     let reference = reference_gru(&x, &w, &bias);
     let fwd = max_rel_diff(&fused, &reference);
     assert!(fwd <= tol_fwd, "forward differs by {fwd:e} (relative)");
@@ -103,7 +110,7 @@ fn fused_and_reference(dtype: DType, tol_fwd: f64, tol_grad: f64) {
     };
     let gf = grads_of(&fused);
     let gr = grads_of(&reference);
-    for (name, v) in [("x_proj", &x), ("w_hh", &w), ("b_hh", &bias)] {
+    for (name, v) in [("table", &table), ("w_hh", &w), ("b_hh", &bias)] {
         let d = max_rel_diff(gf.get(v).unwrap(), gr.get(v).unwrap());
         assert!(
             d <= tol_grad,
@@ -259,9 +266,10 @@ fn loss_falls_on_a_tiny_repetitive_corpus() {
 #[test]
 fn backward_without_a_training_forward_is_an_error_not_a_silent_zero() {
     let mut rng = StdRng::seed_from_u64(2);
-    let x = random(&[1, 2, 6], 1.0, DType::F32, &mut rng);
+    let table = random(&[3, 6], 1.0, DType::F32, &mut rng);
+    let ids = Tensor::new(&[[0u32, 2]], &Device::Cpu).unwrap();
     let w = random(&[6, 2], 1.0, DType::F32, &mut rng);
     let b = random(&[6], 1.0, DType::F32, &mut rng);
-    let out = gru_sequence(&x, &w, &b, false).unwrap();
+    let out = gru_sequence(&table, &ids, &w, &b, false).unwrap();
     assert!(out.sum_all().unwrap().backward().is_err());
 }
