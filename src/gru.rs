@@ -213,16 +213,16 @@ impl<T: Float> Tape<T> {
         } = self.dims;
         assert_eq!(grad_out.len(), batch * steps * h);
         let zeros = vec![T::zero(); h];
-        let mut dx = vec![T::zero(); steps * batch * 3 * h];
+        let mut dx = vec![T::zero(); batch * 3 * h]; // this step's input gradients
         let mut dgh = vec![T::zero(); steps * batch * 3 * h];
+        let mut d_table = vec![T::zero(); self.vocab * 3 * h];
         let mut db = vec![T::zero(); 3 * h];
         let mut dh = vec![T::zero(); batch * h];
         for t in (0..steps).rev() {
             let rows = t * batch * 3 * h..(t + 1) * batch * 3 * h;
             let h_prev = (t > 0).then(|| &self.hs[(t - 1) * batch * h..t * batch * h]);
             let g_now = &self.gates[t * batch * 4 * h..(t + 1) * batch * 4 * h];
-            dx[rows.clone()]
-                .par_chunks_mut(3 * h)
+            dx.par_chunks_mut(3 * h)
                 .zip(dgh[rows.clone()].par_chunks_mut(3 * h))
                 .zip(dh.par_chunks_mut(h))
                 .enumerate()
@@ -237,9 +237,21 @@ impl<T: Float> Tape<T> {
                     );
                 });
             let dgh_now = &dgh[rows];
-            for row in dgh_now.chunks_exact(3 * h) {
-                add_assign(&mut db, row);
-            }
+            // Row sums that several batch rows may share a target of (same token id), so
+            // each runs in one thread; the two run side by side.
+            rayon::join(
+                || {
+                    for row in dgh_now.chunks_exact(3 * h) {
+                        add_assign(&mut db, row);
+                    }
+                },
+                || {
+                    for (b, row) in dx.chunks_exact(3 * h).enumerate() {
+                        let id = self.ids[b * steps + t] as usize;
+                        add_assign(&mut d_table[id * 3 * h..(id + 1) * 3 * h], row);
+                    }
+                },
+            );
             if t > 0 {
                 // dL/dh_prev += dgh · W_hh
                 T::matmul_packed(&mut dh, true, View::rows(dgh_now, batch, 3 * h), &self.w_hh);
@@ -258,45 +270,10 @@ impl<T: Float> Tape<T> {
             );
         }
         Grads {
-            table: self.scatter_rows(&dx),
+            table: d_table,
             w_hh: dw,
             b_hh: db,
         }
-    }
-
-    /// The table gradient: each token's input gradient added into its id's row. Threads take
-    /// disjoint column blocks, so no two write the same value.
-    fn scatter_rows(&self, dx: &[T]) -> Vec<T> {
-        const BLOCK: usize = 64;
-        let Dims {
-            batch,
-            steps,
-            hidden: h,
-        } = self.dims;
-        let width = 3 * h;
-        let mut blocks: Vec<Vec<T>> = (0..width.div_ceil(BLOCK))
-            .into_par_iter()
-            .map(|k| {
-                let cols = k * BLOCK..width.min((k + 1) * BLOCK);
-                let mut acc = vec![T::zero(); self.vocab * cols.len()];
-                for t in 0..steps {
-                    for b in 0..batch {
-                        let id = self.ids[b * steps + t] as usize;
-                        let src = &dx[(t * batch + b) * width..][cols.clone()];
-                        add_assign(&mut acc[id * cols.len()..(id + 1) * cols.len()], src);
-                    }
-                }
-                acc
-            })
-            .collect();
-        let mut table = vec![T::zero(); self.vocab * width];
-        for (k, block) in blocks.iter_mut().enumerate() {
-            let w = block.len() / self.vocab;
-            for (v, row) in block.chunks_exact(w).enumerate() {
-                table[v * width + k * BLOCK..][..w].copy_from_slice(row);
-            }
-        }
-        table
     }
 }
 
