@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::model::{Config, Model};
+use crate::optim::Adam;
 use crate::vocab::Vocab;
 
 pub const FORMAT: &str = "charrnn";
@@ -227,4 +228,137 @@ pub fn resolve(path: &Path) -> Result<PathBuf> {
             path.display()
         ),
     }
+}
+
+/// The optimizer-state file that sits beside a checkpoint for an exact resume.
+pub fn optim_path(model_path: &Path) -> PathBuf {
+    model_path.with_extension("optim.safetensors")
+}
+
+/// Adam's moments (`m.NAME`, `v.NAME`) and the training position (JSON under `state` in the
+/// metadata), written atomically.
+pub fn save_optim(
+    path: &Path,
+    model: &Model,
+    adam: &Adam,
+    state: &serde_json::Value,
+) -> Result<()> {
+    let mut buffers = Vec::new();
+    for (i, (name, var)) in model.named().enumerate() {
+        for (prefix, t) in [("m", &adam.m[i]), ("v", &adam.v[i])] {
+            let values = t.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+            let bytes: Vec<u8> = values.iter().flat_map(|x| x.to_le_bytes()).collect();
+            buffers.push((format!("{prefix}.{name}"), var.dims().to_vec(), bytes));
+        }
+    }
+    let metadata = HashMap::from([
+        ("format".to_string(), format!("{FORMAT}-optim")),
+        ("format_version".to_string(), FORMAT_VERSION.to_string()),
+        ("adam_step".to_string(), adam.step.to_string()),
+        ("state".to_string(), serde_json::to_string(state)?),
+    ]);
+    let views = buffers
+        .iter()
+        .map(|(name, shape, bytes)| {
+            Ok((
+                name.clone(),
+                TensorView::new(Dtype::F32, shape.clone(), bytes)?,
+            ))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    crate::atomic::write(path, &safetensors::serialize(views, Some(metadata))?)
+}
+
+/// Reads what [`save_optim`] wrote into `adam` (whose shapes come from `model`) and returns
+/// the training position.
+pub fn load_optim(path: &Path, model: &Model, adam: &mut Adam) -> Result<serde_json::Value> {
+    let ctx = || format!("invalid optimizer state {}", path.display());
+    let bytes = std::fs::read(path).with_context(|| {
+        format!(
+            "cannot read the optimizer state {} needed to resume",
+            path.display()
+        )
+    })?;
+    let (_, header) = SafeTensors::read_metadata(&bytes)
+        .map_err(|e| anyhow!("{e}"))
+        .with_context(ctx)?;
+    let st = SafeTensors::deserialize(&bytes)
+        .map_err(|e| anyhow!("{e}"))
+        .with_context(ctx)?;
+    let meta = header
+        .metadata()
+        .as_ref()
+        .ok_or_else(|| anyhow!("no metadata"))
+        .with_context(ctx)?;
+    let get = |k: &str| {
+        meta.get(k)
+            .ok_or_else(|| anyhow!("metadata field `{k}` is missing"))
+            .with_context(ctx)
+    };
+    adam.step = get("adam_step")?.parse().with_context(ctx)?;
+    let state: serde_json::Value = serde_json::from_str(get("state")?).with_context(ctx)?;
+    for (i, (name, var)) in model.named().enumerate() {
+        for (prefix, slot) in [("m", &mut adam.m[i]), ("v", &mut adam.v[i])] {
+            let key = format!("{prefix}.{name}");
+            let view = st
+                .tensor(&key)
+                .map_err(|e| anyhow!("{key}: {e}"))
+                .with_context(ctx)?;
+            if view.dtype() != Dtype::F32 || view.shape() != var.dims() {
+                return Err(anyhow!("{key} has the wrong dtype or shape")).with_context(ctx);
+            }
+            let values: Vec<f32> = view
+                .data()
+                .chunks_exact(4)
+                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                .collect();
+            *slot = Tensor::from_vec(values, var.dims(), var.device())?.to_dtype(var.dtype())?;
+        }
+    }
+    Ok(state)
+}
+
+/// The provenance of a checkpoint, read from its header only.
+pub fn read_provenance(path: &Path) -> Result<Provenance> {
+    let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let (_, header) = SafeTensors::read_metadata(&bytes)
+        .map_err(|e| anyhow!("{}: not a readable checkpoint: {e}", path.display()))?;
+    let text = header
+        .metadata()
+        .as_ref()
+        .and_then(|m| m.get("provenance"))
+        .ok_or_else(|| anyhow!("{}: no provenance metadata", path.display()))?;
+    Ok(serde_json::from_str(text)?)
+}
+
+/// The checkpoint to resume from: a file given directly, or the one with the most training
+/// steps among those in a folder that have their optimizer state beside them.
+pub fn resolve_resumable(path: &Path) -> Result<PathBuf> {
+    if !path.is_dir() {
+        return Ok(path.to_path_buf());
+    }
+    let mut best: Option<(u64, PathBuf)> = None;
+    for entry in
+        std::fs::read_dir(path).with_context(|| format!("cannot list {}", path.display()))?
+    {
+        let p = entry?.path();
+        let name = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
+        if !p.is_file()
+            || !name.ends_with(".safetensors")
+            || name.ends_with(".optim.safetensors")
+            || !optim_path(&p).exists()
+        {
+            continue;
+        }
+        let step = read_provenance(&p)?.step;
+        if best.as_ref().is_none_or(|(s, _)| step > *s) {
+            best = Some((step, p));
+        }
+    }
+    best.map(|(_, p)| p).ok_or_else(|| {
+        anyhow!(
+            "nothing to resume in {}: no checkpoint with its .optim.safetensors beside it",
+            path.display()
+        )
+    })
 }

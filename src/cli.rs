@@ -10,7 +10,7 @@ use rand::{rngs::StdRng, SeedableRng};
 
 use crate::device::{self, DeviceChoice};
 use crate::model::Config;
-use crate::{bench, checkpoint, download, sample, train};
+use crate::{bench, checkpoint, download, eval, sample, train};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -37,6 +37,14 @@ pub enum Command {
         after_help = "Example:\n  charrnn generate --start \"ROMEO: \" --length 500 --temperature 0.8"
     )]
     Generate(GenerateArgs),
+    /// Score a text under a model: loss per character, bits per character, perplexity
+    #[command(
+        after_help = "Example:\n  charrnn eval --checkpoint checkpoints/best.safetensors --data data/shakespeare.txt"
+    )]
+    Eval(EvalArgs),
+    /// Show a checkpoint's configuration, vocabulary, size, provenance and metrics
+    #[command(after_help = "Example:\n  charrnn info checkpoints/ckpt_10.safetensors --json")]
+    Info(InfoArgs),
     /// Measure training and sampling speed against this machine's GEMM rate
     #[command(after_help = "Example:\n  charrnn bench --rnn-units 256 --json")]
     Bench(BenchArgs),
@@ -101,6 +109,60 @@ pub struct TrainArgs {
     pub seed: Option<u64>,
     #[arg(long, value_enum, default_value_t = DeviceChoice::Auto)]
     pub device: DeviceChoice,
+    /// Continue a run exactly where it stopped: from this checkpoint, or the newest resumable
+    /// one in this folder (default: the --checkpoint-dir); new checkpoints go beside it
+    #[arg(long, num_args = 0..=1, value_name = "FILE|DIR")]
+    pub resume: Option<Option<PathBuf>>,
+    /// Keep only the newest N periodic checkpoints
+    #[arg(long, value_parser = positive)]
+    pub keep: Option<usize>,
+}
+
+/// Settings of `train` that the user may have typed; the rest come from defaults.
+pub const TRAIN_SETTINGS: [&str; 13] = [
+    "checkpoint_dir",
+    "data",
+    "epochs",
+    "batch_size",
+    "seq_len",
+    "buffer_size",
+    "embedding_dim",
+    "rnn_units",
+    "learning_rate",
+    "val_fraction",
+    "save_every",
+    "keep",
+    "seed",
+];
+
+#[derive(Args, Debug)]
+pub struct EvalArgs {
+    /// A checkpoint file, or a folder to take the newest ckpt_N.safetensors from
+    #[arg(long, default_value = "checkpoints")]
+    pub checkpoint: PathBuf,
+    /// UTF-8 text to score
+    #[arg(long)]
+    pub data: PathBuf,
+    /// Characters per scored sequence (each starts from a zero state, as in training)
+    #[arg(long, default_value_t = 100, value_parser = positive)]
+    pub seq_len: usize,
+    #[arg(long, default_value_t = 64, value_parser = positive)]
+    pub batch_size: usize,
+    /// Print one JSON object instead of text
+    #[arg(long)]
+    pub json: bool,
+    #[arg(long, value_enum, default_value_t = DeviceChoice::Auto)]
+    pub device: DeviceChoice,
+}
+
+#[derive(Args, Debug)]
+pub struct InfoArgs {
+    /// A checkpoint file, or a folder to take the newest ckpt_N.safetensors from
+    #[arg(default_value = "checkpoints")]
+    pub checkpoint: PathBuf,
+    /// Print one JSON object instead of text
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Args, Debug)]
@@ -150,6 +212,18 @@ pub struct BenchArgs {
     pub json: bool,
 }
 
+/// The `train` settings given on the command line (not taken from defaults).
+pub fn explicit_train_settings(matches: &clap::ArgMatches) -> Vec<String> {
+    let Some(("train", m)) = matches.subcommand() else {
+        return Vec::new();
+    };
+    TRAIN_SETTINGS
+        .iter()
+        .filter(|id| m.value_source(id) == Some(clap::parser::ValueSource::CommandLine))
+        .map(|id| id.to_string())
+        .collect()
+}
+
 fn positive(s: &str) -> Result<usize, String> {
     match s.parse::<usize>() {
         Ok(0) => Err("must be at least 1".into()),
@@ -186,7 +260,9 @@ fn temperature(s: &str) -> Result<f32, String> {
     }
 }
 
-pub fn run(cli: Cli) -> Result<()> {
+/// Runs a parsed command line. `explicit` names the `train` settings typed on the command
+/// line (see [`explicit_train_settings`]).
+pub fn run(cli: Cli, explicit: Vec<String>) -> Result<()> {
     match cli.command {
         Command::Download(a) => {
             let outcome = download::run(&download::DownloadOptions {
@@ -209,21 +285,63 @@ pub fn run(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
-        Command::Train(a) => train::run(&train::TrainOptions {
-            device: device::select(a.device)?,
-            data: a.data,
-            epochs: a.epochs,
-            batch_size: a.batch_size,
-            seq_len: a.seq_len,
-            buffer_size: a.buffer_size,
-            embedding_dim: a.embedding_dim,
-            rnn_units: a.rnn_units,
-            learning_rate: a.learning_rate,
-            val_fraction: a.val_fraction,
-            checkpoint_dir: a.checkpoint_dir,
-            save_every: a.save_every,
-            seed: a.seed,
-        }),
+        Command::Train(a) => {
+            let resume = a
+                .resume
+                .map(|p| p.unwrap_or_else(|| a.checkpoint_dir.clone()));
+            train::run(&train::TrainOptions {
+                device: device::select(a.device)?,
+                settings: train::Settings {
+                    data: a.data,
+                    epochs: a.epochs,
+                    batch_size: a.batch_size,
+                    seq_len: a.seq_len,
+                    buffer_size: a.buffer_size,
+                    embedding_dim: a.embedding_dim,
+                    rnn_units: a.rnn_units,
+                    learning_rate: a.learning_rate,
+                    val_fraction: a.val_fraction,
+                    save_every: a.save_every,
+                    keep: a.keep,
+                    seed: a.seed.unwrap_or_else(rand::random),
+                },
+                checkpoint_dir: match &resume {
+                    // A resumed run writes where it was found unless told otherwise.
+                    Some(r) if !explicit.iter().any(|e| e == "checkpoint_dir") => {
+                        match r.is_dir() {
+                            true => r.clone(),
+                            false => r.parent().map_or_else(|| PathBuf::from("."), PathBuf::from),
+                        }
+                    }
+                    _ => a.checkpoint_dir,
+                },
+                resume,
+                explicit,
+            })
+        }
+        Command::Eval(a) => {
+            let device = device::select(a.device)?;
+            let path = checkpoint::resolve(&a.checkpoint)?;
+            let ckpt = checkpoint::load(&path, &device)?;
+            let text = crate::data::read_corpus(&a.data)?;
+            let score = eval::score(&ckpt.model, &ckpt.vocab, &text, a.seq_len, a.batch_size)?;
+            if a.json {
+                println!("{}", serde_json::to_string_pretty(&score)?);
+            } else {
+                println!("{}", score.describe(&path, &a.data));
+            }
+            Ok(())
+        }
+        Command::Info(a) => {
+            let path = checkpoint::resolve(&a.checkpoint)?;
+            let report = eval::info(&path)?;
+            if a.json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print!("{}", eval::describe_info(&report));
+            }
+            Ok(())
+        }
         Command::Generate(a) => {
             device::select(a.device)?;
             let path = checkpoint::resolve(&a.checkpoint)?;

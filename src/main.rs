@@ -2,11 +2,15 @@ use std::process::ExitCode;
 
 use charrnn::cli::{self, Cli};
 use charrnn::train::Interrupted;
-use clap::Parser;
+use clap::{CommandFactory, FromArgMatches};
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
-    match cli::run(cli) {
+    let matches = Cli::command().get_matches();
+    let cli = match Cli::from_arg_matches(&matches) {
+        Ok(cli) => cli,
+        Err(e) => e.exit(),
+    };
+    match cli::run(cli, cli::explicit_train_settings(&matches)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) if e.is::<Interrupted>() => ExitCode::from(130),
         Err(e) if is_broken_pipe(&e) => ExitCode::SUCCESS, // e.g. `charrnn generate | head`

@@ -1,7 +1,7 @@
 //! The training loop: the tutorial's pipeline, model, loss and optimizer, with validation,
 //! progress, atomic checkpoints and a clean stop on Ctrl-C.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
@@ -10,15 +10,19 @@ use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use rand::{rngs::StdRng, SeedableRng};
+use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::checkpoint::{self, Provenance};
 use crate::data::{epoch_batches, read_corpus, split_validation, Batch, Sequences};
+use crate::metrics::{Metrics, Record};
 use crate::model::{ids_tensor, loss, Config, Model};
 use crate::optim::Adam;
 use crate::vocab::Vocab;
 
-pub struct TrainOptions {
+/// Everything that defines a training run; saved with each resumable checkpoint.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Settings {
     pub data: PathBuf,
     pub epochs: usize,
     pub batch_size: usize,
@@ -28,10 +32,33 @@ pub struct TrainOptions {
     pub rnn_units: usize,
     pub learning_rate: f64,
     pub val_fraction: f64,
-    pub checkpoint_dir: PathBuf,
     pub save_every: usize,
-    pub seed: Option<u64>,
+    pub keep: Option<usize>,
+    pub seed: u64,
+}
+
+pub struct TrainOptions {
+    pub settings: Settings,
+    pub checkpoint_dir: PathBuf,
     pub device: Device,
+    /// Continue from this checkpoint (or the newest resumable one in this folder).
+    pub resume: Option<PathBuf>,
+    /// The settings the user gave on the command line (clap ids, e.g. `rnn_units`); on
+    /// resume, these must agree with the saved run, except those that may change.
+    pub explicit: Vec<String>,
+}
+
+/// Where a run stands: saved beside each resumable checkpoint.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct Position {
+    settings: Settings,
+    /// Epochs completed.
+    epoch: usize,
+    /// Batches completed in the next epoch.
+    batch: usize,
+    /// Sum of the batch losses so far in that epoch.
+    epoch_loss_sum: f64,
+    best_val_loss: Option<f64>,
 }
 
 /// Training stopped by Ctrl-C / SIGTERM after saving; the binary exits with status 130.
@@ -115,35 +142,209 @@ fn progress_bar(total: u64) -> ProgressBar {
 
 const NATS_PER_BIT: f64 = std::f64::consts::LN_2;
 
+/// The data order of one epoch depends only on the seed and the epoch number, so a resumed
+/// run shuffles exactly as an uninterrupted one.
+fn epoch_rng(seed: u64, epoch: usize) -> StdRng {
+    let mut bytes = [0u8; 32];
+    bytes[..8].copy_from_slice(&seed.to_le_bytes());
+    bytes[8..16].copy_from_slice(&(epoch as u64).to_le_bytes());
+    bytes[16..24].copy_from_slice(b"shuffle\0");
+    StdRng::from_seed(bytes)
+}
+
+/// The saved settings with the command line's changes that a resumed run allows: more epochs,
+/// another save schedule. Anything else that differs is refused.
+fn merge_settings(
+    saved: &Settings,
+    given: &Settings,
+    explicit: &[String],
+    done: usize,
+) -> Result<Settings> {
+    let flag = |id: &str| format!("--{}", id.replace('_', "-"));
+    let fixed: [(&str, String, String); 9] = [
+        (
+            "data",
+            saved.data.display().to_string(),
+            given.data.display().to_string(),
+        ),
+        (
+            "batch_size",
+            saved.batch_size.to_string(),
+            given.batch_size.to_string(),
+        ),
+        (
+            "seq_len",
+            saved.seq_len.to_string(),
+            given.seq_len.to_string(),
+        ),
+        (
+            "buffer_size",
+            saved.buffer_size.to_string(),
+            given.buffer_size.to_string(),
+        ),
+        (
+            "embedding_dim",
+            saved.embedding_dim.to_string(),
+            given.embedding_dim.to_string(),
+        ),
+        (
+            "rnn_units",
+            saved.rnn_units.to_string(),
+            given.rnn_units.to_string(),
+        ),
+        (
+            "learning_rate",
+            saved.learning_rate.to_string(),
+            given.learning_rate.to_string(),
+        ),
+        (
+            "val_fraction",
+            saved.val_fraction.to_string(),
+            given.val_fraction.to_string(),
+        ),
+        ("seed", saved.seed.to_string(), given.seed.to_string()),
+    ];
+    for (id, was, now) in fixed {
+        if explicit.iter().any(|e| e == id) && was != now {
+            bail!(
+                "{} {now} differs from the resumed run's {was}; a resumed run keeps its settings (start a new run in another --checkpoint-dir to change it)",
+                flag(id)
+            );
+        }
+    }
+    let mut merged = saved.clone();
+    if explicit.iter().any(|e| e == "epochs") {
+        if given.epochs < done {
+            bail!(
+                "--epochs {} is fewer than the {done} epochs already trained",
+                given.epochs
+            );
+        }
+        merged.epochs = given.epochs;
+    }
+    if explicit.iter().any(|e| e == "save_every") {
+        merged.save_every = given.save_every;
+    }
+    if explicit.iter().any(|e| e == "keep") {
+        merged.keep = given.keep;
+    }
+    Ok(merged)
+}
+
+/// Deletes all but the newest `keep` periodic checkpoints (and their optimizer states).
+fn prune(dir: &Path, keep: usize) -> Result<()> {
+    let mut epochs: Vec<usize> = std::fs::read_dir(dir)?
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .filter_map(|n| {
+            n.strip_prefix("ckpt_")?
+                .strip_suffix(".safetensors")?
+                .parse()
+                .ok()
+        })
+        .collect();
+    epochs.sort_unstable_by(|a, b| b.cmp(a));
+    for epoch in epochs.into_iter().skip(keep) {
+        let path = dir.join(checkpoint::file_name(epoch));
+        std::fs::remove_file(&path).with_context(|| format!("cannot remove {}", path.display()))?;
+        let _ = std::fs::remove_file(checkpoint::optim_path(&path));
+    }
+    Ok(())
+}
+
 pub fn run(o: &TrainOptions) -> Result<()> {
-    let text = read_corpus(&o.data)?;
+    let dir = &o.checkpoint_dir;
+    // Resume: weights, optimizer, position and settings from the checkpoint.
+    let resumed = match &o.resume {
+        None => None,
+        Some(p) => {
+            let path = checkpoint::resolve_resumable(p)?;
+            let ckpt = checkpoint::load(&path, &o.device)?;
+            let mut adam = Adam::new(ckpt.model.vars(), 0.0)?;
+            let state =
+                checkpoint::load_optim(&checkpoint::optim_path(&path), &ckpt.model, &mut adam)?;
+            let pos: Position = serde_json::from_value(state)
+                .context("bad training position in the optimizer state")?;
+            if adam.step != ckpt.provenance.step {
+                bail!(
+                    "{} is at step {} but its optimizer state at step {}; resume from another checkpoint",
+                    path.display(),
+                    ckpt.provenance.step,
+                    adam.step
+                );
+            }
+            Some((path, ckpt, adam, pos))
+        }
+    };
+    let settings = match &resumed {
+        Some((_, _, _, pos)) => merge_settings(&pos.settings, &o.settings, &o.explicit, pos.epoch)?,
+        None => o.settings.clone(),
+    };
+    let s = &settings;
+
+    let text = read_corpus(&s.data)?;
     let vocab = Vocab::from_text(&text);
     let ids = vocab.encode(&text)?;
     let corpus_sha256 = checkpoint::hex(&Sha256::digest(text.as_bytes()));
-    let (train_ids, val_ids) = split_validation(&ids, o.val_fraction);
-    let train = Sequences::new(train_ids, o.seq_len);
-    let val = Sequences::new(val_ids, o.seq_len);
-    if train.len() < o.batch_size {
-        let need = ((o.batch_size * (o.seq_len + 1)) as f64 / (1.0 - o.val_fraction)).ceil();
+    let (train_ids, val_ids) = split_validation(&ids, s.val_fraction);
+    let train = Sequences::new(train_ids, s.seq_len);
+    let val = Sequences::new(val_ids, s.seq_len);
+    if train.len() < s.batch_size {
+        let need = ((s.batch_size * (s.seq_len + 1)) as f64 / (1.0 - s.val_fraction)).ceil();
         bail!(
             "the corpus {} is too short: one batch of {} sequences of {} characters needs at least {} characters{}, it has {}. Use a longer text or lower --batch-size / --seq-len",
-            o.data.display(),
-            o.batch_size,
-            o.seq_len + 1,
+            s.data.display(),
+            s.batch_size,
+            s.seq_len + 1,
             need,
-            if o.val_fraction > 0.0 { format!(" (with --val-fraction {})", o.val_fraction) } else { String::new() },
+            if s.val_fraction > 0.0 { format!(" (with --val-fraction {})", s.val_fraction) } else { String::new() },
             ids.len()
         );
     }
-    let seed = o.seed.unwrap_or_else(rand::random);
-    let mut rng = StdRng::seed_from_u64(seed);
-    let config = Config::gru(vocab.len(), o.embedding_dim, o.rnn_units);
-    let model = Model::new_random(config.clone(), DType::F32, &o.device, &mut rng)?;
-    let batches_per_epoch = train.len() / o.batch_size;
+
+    let (model, mut adam, pos) = match resumed {
+        Some((path, ckpt, mut adam, pos)) => {
+            if ckpt.provenance.corpus_sha256 != corpus_sha256 {
+                bail!(
+                    "{} differs from the text {} was trained on (SHA-256 {}); resume with the same corpus",
+                    s.data.display(),
+                    path.display(),
+                    ckpt.provenance.corpus_sha256
+                );
+            }
+            adam.learning_rate = s.learning_rate;
+            eprintln!(
+                "resuming {} at epoch {} batch {}",
+                path.display(),
+                pos.epoch + 1,
+                pos.batch
+            );
+            (ckpt.model, adam, pos)
+        }
+        None => {
+            let config = Config::gru(vocab.len(), s.embedding_dim, s.rnn_units);
+            let model = Model::new_random(
+                config,
+                DType::F32,
+                &o.device,
+                &mut StdRng::seed_from_u64(s.seed),
+            )?;
+            let adam = Adam::new(model.vars(), s.learning_rate)?;
+            let pos = Position {
+                settings: settings.clone(),
+                epoch: 0,
+                batch: 0,
+                epoch_loss_sum: 0.0,
+                best_val_loss: None,
+            };
+            (model, adam, pos)
+        }
+    };
+    let config = &model.config;
+    let batches_per_epoch = train.len() / s.batch_size;
 
     eprintln!(
         "corpus {}: {} characters, {} unique",
-        o.data.display(),
+        s.data.display(),
         ids.len(),
         vocab.len()
     );
@@ -152,9 +353,9 @@ pub fn run(o: &TrainOptions) -> Result<()> {
         train_ids.len(),
         val_ids.len(),
         train.len(),
-        o.seq_len + 1,
+        s.seq_len + 1,
         batches_per_epoch,
-        o.batch_size
+        s.batch_size
     );
     let layers: Vec<String> = config
         .layer_sizes()
@@ -166,57 +367,97 @@ pub fn run(o: &TrainOptions) -> Result<()> {
         layers.join(" | "),
         config.parameter_count()
     );
-    eprintln!("seed {seed} (pass --seed {seed} to repeat this run)");
+    eprintln!(
+        "seed {} (pass --seed {} to repeat this run)",
+        s.seed, s.seed
+    );
+    if pos.epoch >= s.epochs {
+        eprintln!(
+            "already trained {} epochs; pass a larger --epochs to continue",
+            pos.epoch
+        );
+        return Ok(());
+    }
 
-    std::fs::create_dir_all(&o.checkpoint_dir).with_context(|| {
-        format!(
-            "cannot create the checkpoint folder {}",
-            o.checkpoint_dir.display()
-        )
-    })?;
-    let interrupted = interrupt_flag(o.checkpoint_dir.clone());
-    let mut adam = Adam::new(model.vars(), o.learning_rate)?;
-    let pb = progress_bar((batches_per_epoch * o.epochs) as u64);
-    let chars_per_batch = (o.batch_size * o.seq_len) as f64;
+    std::fs::create_dir_all(dir)
+        .with_context(|| format!("cannot create the checkpoint folder {}", dir.display()))?;
+    let resume_hint = format!("charrnn train --resume {}", dir.display());
+    let interrupted = interrupt_flag(dir.clone());
+    let mut metrics = Metrics::open(dir, (adam.step > 0).then_some(adam.step))?;
+    let pb = progress_bar((batches_per_epoch * (s.epochs - pos.epoch) - pos.batch) as u64);
+    let chars_per_batch = (s.batch_size * s.seq_len) as f64;
     let mut provenance = Provenance {
-        seed,
+        seed: s.seed,
         corpus_sha256,
         charrnn_version: env!("CARGO_PKG_VERSION").to_string(),
         ..Default::default()
     };
+    let mut best_val_loss = pos.best_val_loss;
+    // Weights and optimizer state together (optimizer first: a crash in between leaves a pair
+    // whose steps differ, which resume detects).
+    let save_point =
+        |path: &Path, adam: &Adam, provenance: &Provenance, position: &Position| -> Result<()> {
+            checkpoint::save_optim(
+                &checkpoint::optim_path(path),
+                &model,
+                adam,
+                &serde_json::to_value(position)?,
+            )?;
+            checkpoint::save(path, &model, &vocab, provenance)
+        };
 
-    for epoch in 1..=o.epochs {
+    for epoch in pos.epoch + 1..=s.epochs {
         let started = Instant::now();
-        let mut loss_sum = 0.0f64;
-        let batches = epoch_batches(train.len(), o.batch_size, o.buffer_size, &mut rng);
-        for (n, indices) in batches.iter().enumerate() {
+        let batches = epoch_batches(
+            train.len(),
+            s.batch_size,
+            s.buffer_size,
+            &mut epoch_rng(s.seed, epoch),
+        );
+        let first = if epoch == pos.epoch + 1 { pos.batch } else { 0 };
+        let mut loss_sum = if first > 0 { pos.epoch_loss_sum } else { 0.0 };
+        for (n, indices) in batches.iter().enumerate().skip(first) {
             let t0 = Instant::now();
-            let l = train_step(&model, &mut adam, &train.batch(indices))?;
+            let l = train_step(&model, &mut adam, &train.batch(indices))
+                .with_context(|| format!("epoch {epoch} batch {n}"))?;
             loss_sum += l as f64;
+            let chars_per_s = chars_per_batch / t0.elapsed().as_secs_f64();
             if n % 100 == 0 {
                 pb.suspend(|| eprintln!("Epoch {epoch} Batch {n} Loss {l:.4}"));
+                metrics.push(Record::Step {
+                    epoch,
+                    step: adam.step,
+                    loss: l as f64,
+                    learning_rate: adam.learning_rate,
+                    chars_per_s,
+                })?;
             }
-            pb.set_message(format!(
-                "loss {l:.4}  {:.0} chars/s",
-                chars_per_batch / t0.elapsed().as_secs_f64()
-            ));
+            pb.set_message(format!("loss {l:.4}  {chars_per_s:.0} chars/s"));
             pb.inc(1);
             if interrupted.load(Ordering::SeqCst) {
-                provenance.step = adam.step;
                 provenance.epoch = epoch - 1;
-                let path = o.checkpoint_dir.join("interrupted.safetensors");
-                checkpoint::save(&path, &model, &vocab, &provenance)?;
+                provenance.step = adam.step;
+                let position = Position {
+                    settings: settings.clone(),
+                    epoch: epoch - 1,
+                    batch: n + 1,
+                    epoch_loss_sum: loss_sum,
+                    best_val_loss,
+                };
+                let path = dir.join("interrupted.safetensors");
+                save_point(&path, &adam, &provenance, &position)?;
                 pb.abandon();
                 eprintln!(
-                    "stopped in epoch {epoch} after batch {}; weights saved to {}",
+                    "stopped in epoch {epoch} after batch {}; saved {}",
                     n + 1,
                     path.display()
                 );
+                eprintln!("continue with: {resume_hint}");
                 return Err(Interrupted.into());
             }
         }
         let train_loss = loss_sum / batches.len() as f64;
-        let val_loss = evaluate(&model, &val, o.batch_size)?;
+        let val_loss = evaluate(&model, &val, s.batch_size)?;
         let seconds = started.elapsed().as_secs_f64();
         pb.suspend(|| {
             eprintln!("Epoch {epoch} Loss: {train_loss:.4}");
@@ -229,13 +470,38 @@ pub fn run(o: &TrainOptions) -> Result<()> {
             }
             eprintln!("Time taken for 1 epoch {seconds:.2} sec");
         });
+        metrics.push(Record::Epoch {
+            epoch,
+            step: adam.step,
+            train_loss,
+            val_loss,
+            val_bits_per_char: val_loss.map(|v| v / NATS_PER_BIT),
+            seconds,
+        })?;
+        metrics.plot()?;
         provenance.epoch = epoch;
         provenance.step = adam.step;
         provenance.train_loss = Some(train_loss);
         provenance.val_loss = val_loss;
-        if epoch % o.save_every == 0 || epoch == o.epochs {
-            let path = o.checkpoint_dir.join(checkpoint::file_name(epoch));
-            checkpoint::save(&path, &model, &vocab, &provenance)?;
+        if let Some(v) = val_loss {
+            if best_val_loss.is_none_or(|b| v < b) {
+                best_val_loss = Some(v);
+                checkpoint::save(&dir.join("best.safetensors"), &model, &vocab, &provenance)?;
+            }
+        }
+        if epoch % s.save_every == 0 || epoch == s.epochs {
+            let path = dir.join(checkpoint::file_name(epoch));
+            let position = Position {
+                settings: settings.clone(),
+                epoch,
+                batch: 0,
+                epoch_loss_sum: 0.0,
+                best_val_loss,
+            };
+            save_point(&path, &adam, &provenance, &position)?;
+            if let Some(keep) = s.keep {
+                prune(dir, keep)?;
+            }
             pb.suspend(|| eprintln!("saved {}", path.display()));
         }
     }

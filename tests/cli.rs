@@ -150,13 +150,169 @@ fn ctrl_c_saves_and_exits_130() {
         rest.iter().any(|l| l.contains("interrupted.safetensors")),
         "{rest:?}"
     );
-    charrnn::checkpoint::load(&saved, &candle_core::Device::Cpu).expect("the saved weights load");
+    let done = charrnn::checkpoint::load(&saved, &candle_core::Device::Cpu)
+        .expect("the saved weights load");
     let stray: Vec<_> = std::fs::read_dir(&ckpt)
         .unwrap()
         .map(|e| e.unwrap().file_name().into_string().unwrap())
         .filter(|n| n.ends_with(".tmp"))
         .collect();
     assert!(stray.is_empty(), "{stray:?}");
+
+    // Resuming from the middle of an epoch ends exactly where an uninterrupted run does.
+    let epochs = (done.provenance.epoch + 1).to_string();
+    let o = charrnn(&[
+        "train",
+        "--data",
+        &data,
+        "--resume",
+        ckpt.to_str().unwrap(),
+        "--epochs",
+        &epochs,
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stderr(&o).contains("resuming"), "{}", stderr(&o));
+    let straight = dir.path().join("straight");
+    let seed = done.provenance.seed.to_string();
+    let mut args = vec![
+        "train", "--data", &data, "--epochs", &epochs, "--seed", &seed,
+    ];
+    args.extend(["--checkpoint-dir", straight.to_str().unwrap()]);
+    args.extend_from_slice(SMALL);
+    assert!(charrnn(&args).status.success());
+    let name = format!("ckpt_{epochs}.safetensors");
+    assert_eq!(
+        tensor_bytes(&ckpt.join(&name)),
+        tensor_bytes(&straight.join(&name))
+    );
+}
+
+/// Every tensor's name and raw bytes.
+fn tensor_bytes(path: &Path) -> Vec<(String, Vec<u8>)> {
+    let bytes = std::fs::read(path).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let mut v: Vec<_> = st
+        .tensors()
+        .into_iter()
+        .map(|(n, t)| (n, t.data().to_vec()))
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn two_epochs_equal_one_plus_a_resumed_one_bit_for_bit() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = tiny_corpus(dir.path());
+    let run = |sub: &str, extra: &[&str]| {
+        let d = dir.path().join(sub);
+        let mut a = vec!["train", "--data", &data, "--seed", "3", "--save-every", "1"];
+        let d_s = d.to_str().unwrap().to_string();
+        a.extend(["--checkpoint-dir", &d_s]);
+        a.extend_from_slice(SMALL);
+        a.extend_from_slice(extra);
+        let o = charrnn(&a);
+        assert!(o.status.success(), "{}", stderr(&o));
+        d
+    };
+    let straight = run("a", &["--epochs", "2"]);
+    let split = run("b", &["--epochs", "1"]);
+    let o = charrnn(&[
+        "train",
+        "--data",
+        &data,
+        "--checkpoint-dir",
+        split.to_str().unwrap(),
+        "--resume",
+        "--epochs",
+        "2",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(
+        tensor_bytes(&straight.join("ckpt_2.safetensors")),
+        tensor_bytes(&split.join("ckpt_2.safetensors"))
+    );
+    assert_eq!(
+        tensor_bytes(&straight.join("ckpt_2.optim.safetensors")),
+        tensor_bytes(&split.join("ckpt_2.optim.safetensors"))
+    );
+
+    // Settings that would change the run are refused; nothing is written.
+    let o = charrnn(&[
+        "train",
+        "--checkpoint-dir",
+        split.to_str().unwrap(),
+        "--resume",
+        "--rnn-units",
+        "32",
+    ]);
+    assert_fails_with(&o, "--rnn-units 32 differs from the resumed run's 16");
+    let o = charrnn(&[
+        "train",
+        "--checkpoint-dir",
+        split.to_str().unwrap(),
+        "--resume",
+        "--epochs",
+        "1",
+    ]);
+    assert_fails_with(&o, "fewer than the 2 epochs already trained");
+    let empty = dir.path().join("empty");
+    std::fs::create_dir(&empty).unwrap();
+    let o = charrnn(&[
+        "train",
+        "--checkpoint-dir",
+        empty.to_str().unwrap(),
+        "--resume",
+    ]);
+    assert_fails_with(&o, "nothing to resume");
+
+    // Metrics, plot, best checkpoint; --keep prunes old periodic checkpoints.
+    let metrics = std::fs::read_to_string(straight.join("metrics.jsonl")).unwrap();
+    let epochs: Vec<serde_json::Value> = metrics
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|v| v["kind"] == "epoch")
+        .collect();
+    assert_eq!(epochs.len(), 2);
+    assert!(epochs[1]["val_loss"].as_f64().unwrap() > 0.0);
+    assert!(std::fs::read_to_string(straight.join("loss.svg"))
+        .unwrap()
+        .contains("<polyline"));
+    assert!(straight.join("best.safetensors").exists());
+    let kept = run("c", &["--epochs", "3", "--keep", "1"]);
+    let mut names: Vec<String> = std::fs::read_dir(&kept)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    names.sort();
+    assert_eq!(
+        names,
+        [
+            "best.safetensors",
+            "ckpt_3.optim.safetensors",
+            "ckpt_3.safetensors",
+            "loss.svg",
+            "metrics.jsonl"
+        ]
+    );
+
+    // info, human-readable and JSON
+    let o = charrnn(&[
+        "info",
+        straight.join("ckpt_2.safetensors").to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let text = String::from_utf8(o.stdout).unwrap();
+    assert!(
+        text.contains("embedding 8 -> 1 layer(s) of gru 16") && text.contains("resumable   yes"),
+        "{text}"
+    );
+    assert!(text.contains("epoch    2  train"), "{text}");
+    let o = charrnn(&["info", straight.to_str().unwrap(), "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["provenance"]["epoch"], 2);
+    assert_eq!(v["provenance"]["seed"], 3);
+    assert_eq!(v["config"]["rnn_units"], 16);
 }
 
 #[test]
@@ -268,4 +424,89 @@ fn generate_refuses_bad_checkpoints_and_unknown_start_characters() {
         o.stdout.is_empty(),
         "nothing is printed before the start is checked"
     );
+}
+
+#[test]
+fn a_failed_checkpoint_write_stops_training_and_keeps_the_previous_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = tiny_corpus(dir.path());
+    let ck = dir.path().join("ck");
+    // A folder where the second checkpoint should go: the rename onto it fails.
+    std::fs::create_dir_all(ck.join("ckpt_2.safetensors/blocker")).unwrap();
+    let mut a = vec![
+        "train",
+        "--data",
+        &data,
+        "--epochs",
+        "3",
+        "--save-every",
+        "1",
+        "--checkpoint-dir",
+        ck.to_str().unwrap(),
+    ];
+    a.extend_from_slice(SMALL);
+    let o = charrnn(&a);
+    assert_fails_with(&o, "cannot write");
+    assert!(stderr(&o).contains("ckpt_2.safetensors"), "{}", stderr(&o));
+    assert!(
+        !stderr(&o).contains("Epoch 3"),
+        "training stopped at the failure"
+    );
+    charrnn::checkpoint::load(&ck.join("ckpt_1.safetensors"), &candle_core::Device::Cpu)
+        .expect("epoch 1 intact");
+    let stray: Vec<_> = std::fs::read_dir(&ck)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|n| n.ends_with(".tmp"))
+        .collect();
+    assert!(stray.is_empty(), "{stray:?}");
+    // What is left still resumes from epoch 1.
+    let o = charrnn(&[
+        "train",
+        "--data",
+        &data,
+        "--resume",
+        ck.to_str().unwrap(),
+        "--epochs",
+        "1",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("already trained 1 epochs"),
+        "{}",
+        stderr(&o)
+    );
+}
+
+#[test]
+fn eval_through_the_binary() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = tiny_corpus(dir.path());
+    let ck = dir.path().join("ck");
+    let mut a = vec![
+        "train",
+        "--data",
+        &data,
+        "--epochs",
+        "1",
+        "--checkpoint-dir",
+        ck.to_str().unwrap(),
+    ];
+    a.extend_from_slice(SMALL);
+    assert!(charrnn(&a).status.success());
+    let other = dir.path().join("other.txt");
+    std::fs::write(&other, "the quick brown fox! THE END").unwrap();
+    let o = charrnn(&[
+        "eval",
+        "--checkpoint",
+        ck.to_str().unwrap(),
+        "--data",
+        other.to_str().unwrap(),
+        "--json",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["skipped"], 7, "{v}"); // ! T H E E N D
+    let nats = v["nats_per_char"].as_f64().unwrap();
+    assert!(nats > 0.0 && (v["perplexity"].as_f64().unwrap() - nats.exp()).abs() < 1e-9);
 }

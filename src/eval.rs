@@ -1,0 +1,194 @@
+//! `charrnn eval` (how well a model predicts a text) and `charrnn info` (what a checkpoint is).
+
+use std::collections::BTreeSet;
+use std::fmt::Write as _;
+use std::path::Path;
+
+use anyhow::{bail, Result};
+use serde::Serialize;
+
+use crate::checkpoint::{self, Provenance};
+use crate::data::Sequences;
+use crate::metrics::{self, Metrics, Record};
+use crate::model::{Config, Model};
+use crate::train::evaluate;
+use crate::vocab::Vocab;
+
+#[derive(Debug, Serialize)]
+pub struct Score {
+    /// Characters predicted and scored.
+    pub characters: usize,
+    /// Characters of the text outside the model's vocabulary, left out before scoring.
+    pub skipped: usize,
+    pub unknown_characters: Vec<String>,
+    pub nats_per_char: f64,
+    pub bits_per_char: f64,
+    pub perplexity: f64,
+}
+
+impl Score {
+    pub fn describe(&self, checkpoint: &Path, data: &Path) -> String {
+        let mut s = format!(
+            "{} under {}: {:.4} nats/char, {:.4} bits/char, perplexity {:.3} over {} characters",
+            data.display(),
+            checkpoint.display(),
+            self.nats_per_char,
+            self.bits_per_char,
+            self.perplexity,
+            self.characters
+        );
+        if self.skipped > 0 {
+            let _ = write!(
+                s,
+                "\nskipped {} characters outside the vocabulary: {}",
+                self.skipped,
+                self.unknown_characters.join(" ")
+            );
+        }
+        s
+    }
+}
+
+/// Mean cross-entropy of `text` under `model`, scored in consecutive sequences of `seq_len`
+/// predictions from a zero state (as the validation loss during training). Characters outside
+/// the vocabulary are counted and dropped from the stream.
+pub fn score(
+    model: &Model,
+    vocab: &Vocab,
+    text: &str,
+    seq_len: usize,
+    batch_size: usize,
+) -> Result<Score> {
+    let mut ids = Vec::with_capacity(text.len());
+    let mut skipped = 0;
+    let mut unknown = BTreeSet::new();
+    for c in text.chars() {
+        match vocab.id(c) {
+            Some(id) => ids.push(id),
+            None => {
+                skipped += 1;
+                unknown.insert(c);
+            }
+        }
+    }
+    if ids.len() < 2 {
+        bail!(
+            "the text has {} characters the model knows; at least 2 are needed to score it",
+            ids.len()
+        );
+    }
+    let seq_len = seq_len.min(ids.len() - 1);
+    let seqs = Sequences::new(&ids, seq_len);
+    let nats = evaluate(model, &seqs, batch_size)?.expect("at least one sequence");
+    Ok(Score {
+        characters: seqs.len() * seq_len,
+        skipped,
+        unknown_characters: unknown.iter().map(|c| format!("{c:?}")).collect(),
+        nats_per_char: nats,
+        bits_per_char: nats / std::f64::consts::LN_2,
+        perplexity: nats.exp(),
+    })
+}
+
+#[derive(Debug, Serialize)]
+pub struct Info {
+    pub path: String,
+    pub config: Config,
+    pub vocab: Vec<String>,
+    pub parameters: usize,
+    pub layer_parameters: Vec<(String, usize)>,
+    pub provenance: Provenance,
+    pub resumable: bool,
+    /// The epoch records of `metrics.jsonl` beside the checkpoint, up to its step.
+    pub epochs: Vec<Record>,
+}
+
+pub fn info(path: &Path) -> Result<Info> {
+    let ckpt = checkpoint::load(path, &candle_core::Device::Cpu)?;
+    let config = ckpt.model.config.clone();
+    let log = path.with_file_name(Metrics::FILE);
+    let epochs = if log.exists() {
+        metrics::read(&log)?
+            .into_iter()
+            .filter(|r| matches!(r, Record::Epoch { .. }) && r.step() <= ckpt.provenance.step)
+            .collect()
+    } else {
+        Vec::new()
+    };
+    Ok(Info {
+        path: path.display().to_string(),
+        vocab: ckpt.vocab.chars().iter().map(|c| c.to_string()).collect(),
+        parameters: config.parameter_count(),
+        layer_parameters: config
+            .layer_sizes()
+            .iter()
+            .map(|(n, c)| (n.to_string(), *c))
+            .collect(),
+        provenance: ckpt.provenance,
+        resumable: checkpoint::optim_path(path).exists(),
+        epochs,
+        config,
+    })
+}
+
+pub fn describe_info(i: &Info) -> String {
+    let c = &i.config;
+    let p = &i.provenance;
+    let mut s = String::new();
+    let _ = writeln!(s, "checkpoint  {}", i.path);
+    let _ = writeln!(
+        s,
+        "model       embedding {} -> {} layer(s) of {} {} -> dense {}",
+        c.embedding_dim, c.layers, c.cell, c.rnn_units, c.vocab_size
+    );
+    let layers: Vec<String> = i
+        .layer_parameters
+        .iter()
+        .map(|(n, k)| format!("{n} {k}"))
+        .collect();
+    let _ = writeln!(s, "parameters  {} ({})", i.parameters, layers.join(", "));
+    let _ = writeln!(
+        s,
+        "vocabulary  {} characters: {:?}",
+        i.vocab.len(),
+        i.vocab.concat()
+    );
+    let loss = |l: Option<f64>| l.map_or("-".to_string(), |v| format!("{v:.4}"));
+    let _ = writeln!(
+        s,
+        "trained     epoch {}, step {}, train loss {}, validation loss {}",
+        p.epoch,
+        p.step,
+        loss(p.train_loss),
+        loss(p.val_loss)
+    );
+    let _ = writeln!(s, "seed        {}", p.seed);
+    let _ = writeln!(s, "corpus      SHA-256 {}", p.corpus_sha256);
+    let _ = writeln!(s, "written by  charrnn {}", p.charrnn_version);
+    let _ = writeln!(
+        s,
+        "resumable   {}",
+        if i.resumable {
+            "yes"
+        } else {
+            "no (no optimizer state beside it)"
+        }
+    );
+    for r in &i.epochs {
+        if let Record::Epoch {
+            epoch,
+            train_loss,
+            val_loss,
+            seconds,
+            ..
+        } = r
+        {
+            let _ = writeln!(
+                s,
+                "epoch {epoch:>4}  train {train_loss:.4}  validation {}  {seconds:.1} s",
+                loss(*val_loss)
+            );
+        }
+    }
+    s
+}
