@@ -123,13 +123,13 @@ pub fn run(o: &BenchOptions) -> Result<BenchReport> {
     let flops = unavoidable_flops(c, o.batch_size, o.seq_len);
     let gemm = gemm_gflops(&o.device, 2048)?;
 
-    let mut sampler = Sampler::new(&model)?;
+    let mut sampler = Sampler::new(&model, 1)?;
     for i in 0..100 {
-        sampler.step(i % c.vocab_size as u32);
+        sampler.step(&[i % c.vocab_size as u32]);
     }
     let t0 = Instant::now();
     for i in 0..o.gen_chars {
-        sampler.step((i % c.vocab_size) as u32);
+        sampler.step(&[(i % c.vocab_size) as u32]);
     }
     let gen_rate = o.gen_chars as f64 / t0.elapsed().as_secs_f64();
     let achieved = flops / per_batch / 1e9;

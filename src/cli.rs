@@ -4,7 +4,7 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
 use rand::{rngs::StdRng, SeedableRng};
 
@@ -176,9 +176,21 @@ pub struct GenerateArgs {
     /// Characters to generate
     #[arg(long, default_value_t = 1000, value_parser = positive)]
     pub length: usize,
+    /// Read the start text from this file instead
+    #[arg(long, conflicts_with = "start")]
+    pub start_file: Option<PathBuf>,
     /// Softmax temperature: lower is more predictable; 0 always takes the most likely character
     #[arg(long, default_value_t = 1.0, value_parser = temperature, allow_negative_numbers = true)]
     pub temperature: f32,
+    /// Sample only from the K most likely characters
+    #[arg(long, value_parser = positive)]
+    pub top_k: Option<usize>,
+    /// Sample only from the most likely characters that together have probability P (nucleus)
+    #[arg(long, value_parser = probability, allow_negative_numbers = true)]
+    pub top_p: Option<f32>,
+    /// Generate N samples together (one batch), printed one after the other
+    #[arg(long, default_value_t = 1, value_parser = positive)]
+    pub num_samples: usize,
     /// Seed for sampling (random if not given)
     #[arg(long)]
     pub seed: Option<u64>,
@@ -248,6 +260,14 @@ fn fraction(s: &str) -> Result<f64, String> {
     match s.parse::<f64>() {
         Ok(x) if (0.0..1.0).contains(&x) => Ok(x),
         Ok(x) => Err(format!("must be in [0, 1), got {x}")),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+fn probability(s: &str) -> Result<f32, String> {
+    match s.parse::<f32>() {
+        Ok(x) if x > 0.0 && x <= 1.0 => Ok(x),
+        Ok(x) => Err(format!("must be in (0, 1], got {x}")),
         Err(e) => Err(e.to_string()),
     }
 }
@@ -352,16 +372,26 @@ pub fn run(cli: Cli, explicit: Vec<String>) -> Result<()> {
                 path.display(),
                 ckpt.provenance.epoch
             );
-            let mut sampler = sample::Sampler::new(&ckpt.model)?;
+            let start = match &a.start_file {
+                Some(f) => std::fs::read_to_string(f).with_context(|| {
+                    format!(
+                        "cannot read --start-file {} (it must be UTF-8 text)",
+                        f.display()
+                    )
+                })?,
+                None => a.start.clone(),
+            };
+            let mut sampler = sample::Sampler::new(&ckpt.model, a.num_samples)?;
+            let mut picker = sample::Picker::new(a.temperature, a.top_k, a.top_p);
             let mut rng = StdRng::seed_from_u64(a.seed.unwrap_or_else(rand::random));
             let stdout = std::io::stdout();
             let mut out = stdout.lock();
             sample::generate(
                 &mut sampler,
                 &ckpt.vocab,
-                &a.start,
+                &start,
                 a.length,
-                a.temperature,
+                &mut picker,
                 &mut rng,
                 &mut out,
             )?;

@@ -1,6 +1,7 @@
-//! Generation at batch 1: no autograd and no allocation per character. Each step is a table
-//! lookup for the input projection, a multi-threaded matrix-vector product with W_hh, the same
-//! gate kernel training uses, and the dense layer; then temperature sampling.
+//! Generation without autograd and without allocation per character. Each step is a table
+//! lookup for the input projection, the recurrent product (a multi-threaded matrix-vector
+//! product at batch 1, a packed matrix product for several samples at once), the same gate
+//! kernel training uses, and the dense layer; then sampling.
 
 use std::io::Write;
 
@@ -8,15 +9,25 @@ use anyhow::{bail, Result};
 use candle_core::DType;
 use rand::Rng;
 
-use crate::blas::gemv;
+use crate::blas::{gemv, matmul_packed, Packed, View};
 use crate::gru::gate_forward;
 use crate::model::Model;
 use crate::vocab::Vocab;
 
+/// The recurrent product of one step: W_hh·h for each of the `batch` states.
+enum Recurrence {
+    /// Batch 1: W_hh as it is, [3H, H], for row dot products.
+    Vector(Vec<f32>),
+    /// Several samples: W_hhᵀ and W_denseᵀ packed for the matrix kernel.
+    Matrix { w_hh_t: Packed, dense_t: Packed },
+}
+
 pub struct Sampler {
+    batch: usize,
     hidden: usize,
+    vocab: usize,
     table: Vec<f32>,
-    w_hh: Vec<f32>,
+    recurrence: Recurrence,
     b_hh: Vec<f32>,
     dense_w: Vec<f32>,
     dense_b: Vec<f32>,
@@ -32,22 +43,37 @@ fn host_f32(t: &candle_core::Tensor) -> Result<Vec<f32>> {
 }
 
 impl Sampler {
-    pub fn new(model: &Model) -> Result<Self> {
-        let h = model.config.rnn_units;
-        let v = model.config.vocab_size;
+    /// A sampler for `batch` independent sequences.
+    pub fn new(model: &Model, batch: usize) -> Result<Self> {
+        let (h, v) = (model.config.rnn_units, model.config.vocab_size);
+        let w_hh = host_f32(model.param("gru.weight_hh_l0"))?;
+        let dense_w = host_f32(model.param("dense.weight"))?;
+        let recurrence = match batch {
+            1 => Recurrence::Vector(w_hh),
+            _ => Recurrence::Matrix {
+                w_hh_t: Packed::new(View::rows(&w_hh, 3 * h, h).t()),
+                dense_t: Packed::new(View::rows(&dense_w, v, h).t()),
+            },
+        };
         Ok(Sampler {
+            batch,
             hidden: h,
+            vocab: v,
             table: host_f32(&model.input_table()?)?,
-            w_hh: host_f32(model.param("gru.weight_hh_l0"))?,
+            recurrence,
             b_hh: host_f32(model.param("gru.bias_hh_l0"))?,
-            dense_w: host_f32(model.param("dense.weight"))?,
+            dense_w,
             dense_b: host_f32(model.param("dense.bias"))?,
-            h: vec![0.0; h],
-            h_next: vec![0.0; h],
-            gh: vec![0.0; 3 * h],
+            h: vec![0.0; batch * h],
+            h_next: vec![0.0; batch * h],
+            gh: vec![0.0; batch * 3 * h],
             gates: vec![0.0; 4 * h],
-            logits: vec![0.0; v],
+            logits: vec![0.0; batch * v],
         })
+    }
+
+    pub fn batch(&self) -> usize {
+        self.batch
     }
 
     /// Back to the zero state.
@@ -55,57 +81,131 @@ impl Sampler {
         self.h.fill(0.0);
     }
 
-    /// Feeds one character and returns the logits for the next.
-    pub fn step(&mut self, id: u32) -> &[f32] {
-        let h = self.hidden;
-        let x = &self.table[id as usize * 3 * h..(id as usize + 1) * 3 * h];
-        gemv(&mut self.gh, &self.w_hh, &self.h, None);
-        gate_forward(
-            &mut self.h_next,
-            &mut self.gates,
-            x,
-            &self.gh,
-            &self.b_hh,
-            &self.h,
-        );
+    /// Feeds one character to each sequence and returns the logits for the next, [batch, V].
+    pub fn step(&mut self, ids: &[u32]) -> &[f32] {
+        assert_eq!(ids.len(), self.batch);
+        let (h, v) = (self.hidden, self.vocab);
+        match &self.recurrence {
+            Recurrence::Vector(w_hh) => gemv(&mut self.gh, w_hh, &self.h, None),
+            Recurrence::Matrix { w_hh_t, .. } => matmul_packed(
+                &mut self.gh,
+                false,
+                View::rows(&self.h, self.batch, h),
+                w_hh_t,
+            ),
+        }
+        for (b, &id) in ids.iter().enumerate() {
+            let x = &self.table[id as usize * 3 * h..(id as usize + 1) * 3 * h];
+            let row = b * h..(b + 1) * h;
+            gate_forward(
+                &mut self.h_next[row.clone()],
+                &mut self.gates,
+                x,
+                &self.gh[b * 3 * h..(b + 1) * 3 * h],
+                &self.b_hh,
+                &self.h[row],
+            );
+        }
         std::mem::swap(&mut self.h, &mut self.h_next);
-        gemv(
-            &mut self.logits,
-            &self.dense_w,
-            &self.h,
-            Some(&self.dense_b),
-        );
+        match &self.recurrence {
+            Recurrence::Vector(_) => gemv(
+                &mut self.logits,
+                &self.dense_w,
+                &self.h,
+                Some(&self.dense_b),
+            ),
+            Recurrence::Matrix { dense_t, .. } => {
+                matmul_packed(
+                    &mut self.logits,
+                    false,
+                    View::rows(&self.h, self.batch, h),
+                    dense_t,
+                );
+                for row in self.logits.chunks_exact_mut(v) {
+                    for (l, b) in row.iter_mut().zip(&self.dense_b) {
+                        *l += b;
+                    }
+                }
+            }
+        }
         &self.logits
     }
 }
 
-/// Draws an id from softmax(logits / temperature); temperature 0 takes the most likely id.
-pub fn pick(logits: &[f32], temperature: f32, rng: &mut impl Rng) -> u32 {
-    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    if temperature == 0.0 {
-        return logits.iter().position(|&l| l == max).unwrap_or(0) as u32;
-    }
-    let weight = |l: f32| (((l - max) / temperature) as f64).exp();
-    let total: f64 = logits.iter().map(|&l| weight(l)).sum();
-    let mut u = rng.random::<f64>() * total;
-    for (i, &l) in logits.iter().enumerate() {
-        u -= weight(l);
-        if u < 0.0 {
-            return i as u32;
-        }
-    }
-    // Rounding can leave a sliver of mass past the end: give it to the last likely id.
-    logits.iter().rposition(|&l| weight(l) > 0.0).unwrap_or(0) as u32
+/// How the next character is drawn from the logits.
+pub struct Picker {
+    /// 0 means greedy: always the most likely character.
+    pub temperature: f32,
+    /// Only the k most likely characters.
+    pub top_k: Option<usize>,
+    /// Only the most likely characters whose probabilities add up to at least p (nucleus).
+    pub top_p: Option<f32>,
+    /// (probability, id), reused from character to character.
+    scratch: Vec<(f32, u32)>,
 }
 
-/// Warms the state on `start`, then samples `length` characters, writing `start` and each
-/// character to `out` as soon as it exists. An empty start primes the state with a newline.
+impl Picker {
+    pub fn new(temperature: f32, top_k: Option<usize>, top_p: Option<f32>) -> Self {
+        Picker {
+            temperature,
+            top_k,
+            top_p,
+            scratch: Vec::new(),
+        }
+    }
+
+    pub fn pick(&mut self, logits: &[f32], rng: &mut impl Rng) -> u32 {
+        let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        if self.temperature == 0.0 {
+            return logits.iter().position(|&l| l == max).unwrap_or(0) as u32;
+        }
+        let c = &mut self.scratch;
+        c.clear();
+        c.extend(
+            logits
+                .iter()
+                .enumerate()
+                .map(|(i, &l)| (((l - max) / self.temperature).exp(), i as u32)),
+        );
+        if self.top_k.is_some() || self.top_p.is_some() {
+            // Most likely first; ties keep the lower id first.
+            c.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
+            let mut keep = self.top_k.unwrap_or(c.len()).clamp(1, c.len());
+            if let Some(p) = self.top_p {
+                let total: f32 = c[..keep].iter().map(|x| x.0).sum();
+                let mut running = 0.0;
+                let nucleus = c[..keep].iter().take_while(|x| {
+                    let inside = running < p * total;
+                    running += x.0;
+                    inside
+                });
+                keep = nucleus.count().max(1);
+            }
+            c.truncate(keep);
+        }
+        let total: f32 = c.iter().map(|x| x.0).sum();
+        let mut u = rng.random::<f32>() * total;
+        for &(w, id) in c.iter() {
+            u -= w;
+            if u < 0.0 {
+                return id;
+            }
+        }
+        // Rounding can leave a sliver of mass past the end: give it to the last candidate
+        // with any weight.
+        c.iter().rev().find(|x| x.0 > 0.0).map_or(c[0].1, |x| x.1)
+    }
+}
+
+/// Warms each sequence's state on `start`, then samples `length` characters per sequence. One
+/// sequence is written as it is produced, `start` first; several are written one after the
+/// other, each under a header line. An empty start primes the state with a newline.
 pub fn generate(
     sampler: &mut Sampler,
     vocab: &Vocab,
     start: &str,
     length: usize,
-    temperature: f32,
+    picker: &mut Picker,
     rng: &mut impl Rng,
     out: &mut impl Write,
 ) -> Result<()> {
@@ -119,21 +219,42 @@ pub fn generate(
             anyhow::anyhow!("--start: {e}; use only characters the model was trained on")
         })?
     };
+    let n = sampler.batch();
     sampler.reset();
-    let mut logits: &[f32] = &[];
+    let mut ids = vec![0u32; n];
     for &id in &prime {
-        logits = sampler.step(id);
+        ids.fill(id);
+        sampler.step(&ids);
     }
-    out.write_all(start.as_bytes())?;
-    out.flush()?;
+    let streaming = n == 1;
+    if streaming {
+        out.write_all(start.as_bytes())?;
+        out.flush()?;
+    }
+    let mut texts = vec![String::from(start); if streaming { 0 } else { n }];
     let mut buf = [0u8; 4];
     for _ in 0..length {
-        let id = pick(logits, temperature, rng);
-        out.write_all(vocab.char(id).encode_utf8(&mut buf).as_bytes())?;
-        out.flush()?;
-        logits = sampler.step(id);
+        for (b, id) in ids.iter_mut().enumerate() {
+            *id = picker.pick(
+                &sampler.logits[b * sampler.vocab..(b + 1) * sampler.vocab],
+                rng,
+            );
+            let c = vocab.char(*id);
+            if streaming {
+                out.write_all(c.encode_utf8(&mut buf).as_bytes())?;
+                out.flush()?;
+            } else {
+                texts[b].push(c);
+            }
+        }
+        sampler.step(&ids);
     }
-    out.write_all(b"\n")?;
+    if streaming {
+        out.write_all(b"\n")?;
+    }
+    for (b, text) in texts.iter().enumerate() {
+        writeln!(out, "--- sample {} of {n} ---\n{text}", b + 1)?;
+    }
     out.flush()?;
     Ok(())
 }
@@ -143,36 +264,57 @@ mod tests {
     use super::*;
     use rand::{rngs::StdRng, SeedableRng};
 
+    fn frequencies(picker: &mut Picker, logits: &[f32], n: usize) -> Vec<f64> {
+        let mut rng = StdRng::seed_from_u64(42);
+        let mut counts = vec![0usize; logits.len()];
+        for _ in 0..n {
+            counts[picker.pick(logits, &mut rng) as usize] += 1;
+        }
+        counts.iter().map(|&c| c as f64 / n as f64).collect()
+    }
+
     #[test]
     fn greedy_takes_the_argmax() {
         let mut rng = StdRng::seed_from_u64(0);
-        assert_eq!(pick(&[0.1, 3.0, -1.0, 2.9], 0.0, &mut rng), 1);
+        assert_eq!(
+            Picker::new(0.0, None, None).pick(&[0.1, 3.0, -1.0, 2.9], &mut rng),
+            1
+        );
     }
 
     #[test]
     fn sampling_follows_the_tempered_softmax() {
         let logits = [0.0f32, (3.0f32).ln(), f32::NEG_INFINITY];
-        let mut rng = StdRng::seed_from_u64(42);
-        let n = 40_000;
-        let mut counts = [0usize; 3];
-        for _ in 0..n {
-            counts[pick(&logits, 1.0, &mut rng) as usize] += 1;
-        }
         // p = (1/4, 3/4, 0)
-        assert_eq!(counts[2], 0);
-        assert!(
-            (counts[1] as f64 / n as f64 - 0.75).abs() < 0.01,
-            "{counts:?}"
-        );
+        let f = frequencies(&mut Picker::new(1.0, None, None), &logits, 40_000);
+        assert_eq!(f[2], 0.0);
+        assert!((f[1] - 0.75).abs() < 0.01, "{f:?}");
         // temperature 2 flattens: p1 / p0 = sqrt(3)
-        let mut counts = [0usize; 3];
-        for _ in 0..n {
-            counts[pick(&logits, 2.0, &mut rng) as usize] += 1;
-        }
+        let f = frequencies(&mut Picker::new(2.0, None, None), &logits, 40_000);
         let p1 = 3f64.sqrt() / (1.0 + 3f64.sqrt());
-        assert!(
-            (counts[1] as f64 / n as f64 - p1).abs() < 0.01,
-            "{counts:?}"
+        assert!((f[1] - p1).abs() < 0.01, "{f:?}");
+    }
+
+    #[test]
+    fn top_k_and_top_p_cut_the_tail_and_renormalise() {
+        // p = (0.1, 0.2, 0.3, 0.4)
+        let logits: Vec<f32> = [0.1f32, 0.2, 0.3, 0.4].iter().map(|p| p.ln()).collect();
+        let f = frequencies(&mut Picker::new(1.0, Some(2), None), &logits, 40_000);
+        assert_eq!((f[0], f[1]), (0.0, 0.0), "{f:?}");
+        assert!((f[3] - 4.0 / 7.0).abs() < 0.01, "{f:?}");
+        // The nucleus for p = 0.65 is {0.4, 0.3} (0.7 ≥ 0.65); for 0.75 it also takes 0.2.
+        let f = frequencies(&mut Picker::new(1.0, None, Some(0.65)), &logits, 40_000);
+        assert_eq!((f[0], f[1]), (0.0, 0.0), "{f:?}");
+        let f = frequencies(&mut Picker::new(1.0, None, Some(0.75)), &logits, 40_000);
+        assert!(f[0] == 0.0 && (f[1] - 2.0 / 9.0).abs() < 0.01, "{f:?}");
+        // Both: top-k first, then the nucleus within it.
+        let f = frequencies(&mut Picker::new(1.0, Some(3), Some(0.5)), &logits, 10_000);
+        assert!(f[0] == 0.0 && f[1] == 0.0 && f[2] > 0.0, "{f:?}");
+        let mut rng = StdRng::seed_from_u64(1);
+        assert_eq!(
+            Picker::new(1.0, Some(1), None).pick(&logits, &mut rng),
+            3,
+            "top-1 is greedy"
         );
     }
 }

@@ -6,7 +6,7 @@ use charrnn::data::Sequences;
 use charrnn::gru::gru_sequence;
 use charrnn::model::{ids_tensor, loss, Config, Model};
 use charrnn::optim::Adam;
-use charrnn::sample::Sampler;
+use charrnn::sample::{Picker, Sampler};
 use charrnn::train::train_step;
 use rand::{rngs::StdRng, Rng, SeedableRng};
 
@@ -213,10 +213,10 @@ fn stepwise_sampling_matches_the_sequence_forward() {
         .unwrap();
     assert_eq!(logits.dims(), &[1, 40, 11]);
     let logits = logits.i(0).unwrap().to_vec2::<f32>().unwrap();
-    let mut sampler = Sampler::new(&model).unwrap();
+    let mut sampler = Sampler::new(&model, 1).unwrap();
     let mut worst = 0.0f32;
     for (t, &id) in ids.iter().enumerate() {
-        let step = sampler.step(id);
+        let step = sampler.step(&[id]);
         for (a, b) in step.iter().zip(&logits[t]) {
             worst = worst.max((a - b).abs());
         }
@@ -257,10 +257,36 @@ fn loss_falls_on_a_tiny_repetitive_corpus() {
         "loss {last} after 40 steps, ln(V) = {initial}"
     );
     // and the trained model has really learnt the cycle: greedy continuation of "abc"
-    let mut sampler = Sampler::new(&model).unwrap();
+    let mut sampler = Sampler::new(&model, 1).unwrap();
+    let mut greedy = Picker::new(0.0, None, None);
     let mut out = Vec::new();
-    charrnn::sample::generate(&mut sampler, &vocab, "abc", 10, 0.0, &mut rng, &mut out).unwrap();
+    charrnn::sample::generate(
+        &mut sampler,
+        &vocab,
+        "abc",
+        10,
+        &mut greedy,
+        &mut rng,
+        &mut out,
+    )
+    .unwrap();
     assert_eq!(String::from_utf8(out).unwrap(), "abcdefghabcde\n");
+    // Several samples at once take the batched path and agree with the single one.
+    let mut batched = Sampler::new(&model, 3).unwrap();
+    let mut out = Vec::new();
+    charrnn::sample::generate(
+        &mut batched,
+        &vocab,
+        "abc",
+        10,
+        &mut greedy,
+        &mut rng,
+        &mut out,
+    )
+    .unwrap();
+    let text = String::from_utf8(out).unwrap();
+    assert_eq!(text.matches("abcdefghabcde\n").count(), 3, "{text}");
+    assert!(text.starts_with("--- sample 1 of 3 ---\n"), "{text}");
 }
 
 #[test]

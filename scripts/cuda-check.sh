@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# Type-checks and lints the `cuda` feature without a GPU or CUDA toolkit (see fake-nvcc).
+# Uses its own target folder so the CPU build is not invalidated.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+stand_in=$(mktemp -d)
+trap 'rm -rf "$stand_in"' EXIT
+install -m 755 scripts/fake-nvcc "$stand_in/nvcc"
+export PATH="$stand_in:$PATH" NVCC="$stand_in/nvcc" CUDA_COMPUTE_CAP=90 CUDARC_CUDA_VERSION=13000
+cargo clippy --release --all-targets --features cuda --target-dir target/cuda-check -- -D warnings
