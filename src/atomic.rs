@@ -8,21 +8,15 @@ use std::path::Path;
 use anyhow::{Context, Result};
 
 /// Writes `path` atomically with whatever `fill` writes.
-pub fn write_with(
-    path: &Path,
-    fill: impl FnOnce(&mut dyn Write) -> std::io::Result<()>,
-) -> Result<()> {
+pub fn write_with(path: &Path, fill: impl FnOnce(&mut dyn Write) -> std::io::Result<()>) -> Result<()> {
     let dir = match path.parent() {
         Some(p) if !p.as_os_str().is_empty() => p,
         _ => Path::new("."),
     };
     let fail = || format!("cannot write {}", path.display());
     // The temporary file is removed on every early return (its destructor deletes it).
-    let mut tmp = tempfile::Builder::new()
-        .prefix(".charrnn-")
-        .suffix(".tmp")
-        .tempfile_in(dir)
-        .with_context(fail)?;
+    let mut tmp =
+        tempfile::Builder::new().prefix(".charrnn-").suffix(".tmp").tempfile_in(dir).with_context(fail)?;
     fill(tmp.as_file_mut()).with_context(fail)?;
     tmp.as_file_mut().flush().with_context(fail)?;
     tmp.as_file().sync_all().with_context(fail)?;
@@ -54,10 +48,7 @@ mod tests {
         .unwrap_err();
         assert!(format!("{err:#}").contains("disk full"), "{err:#}");
         assert_eq!(std::fs::read(&path).unwrap(), b"old");
-        let names: Vec<_> = std::fs::read_dir(dir.path())
-            .unwrap()
-            .map(|e| e.unwrap().file_name())
-            .collect();
+        let names: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
         assert_eq!(names, vec![std::ffi::OsString::from("f.bin")]);
         write(&path, b"new").unwrap();
         assert_eq!(std::fs::read(&path).unwrap(), b"new");
@@ -66,9 +57,6 @@ mod tests {
     #[test]
     fn a_missing_folder_is_a_clear_error() {
         let err = write(Path::new("/nonexistent-dir-xyz/f.bin"), b"x").unwrap_err();
-        assert!(
-            format!("{err:#}").contains("cannot write /nonexistent-dir-xyz/f.bin"),
-            "{err:#}"
-        );
+        assert!(format!("{err:#}").contains("cannot write /nonexistent-dir-xyz/f.bin"), "{err:#}");
     }
 }

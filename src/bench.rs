@@ -12,7 +12,7 @@ use crate::data::Batch;
 use crate::model::{Config, Model};
 use crate::optim::Adam;
 use crate::sample::Sampler;
-use crate::train::train_step;
+use crate::train::{train_step, StepOptions};
 
 pub struct BenchOptions {
     pub config: Config,
@@ -46,12 +46,7 @@ pub struct BenchReport {
 /// The floating-point work a training batch cannot avoid: the recurrent product forward, for
 /// dh and for dW_hh (2·B·T·H·3H each), and the output layer's three products (2·B·T·H·V each).
 pub fn unavoidable_flops(c: &Config, batch: usize, steps: usize) -> f64 {
-    let (b, t, h, v) = (
-        batch as f64,
-        steps as f64,
-        c.rnn_units as f64,
-        c.vocab_size as f64,
-    );
+    let (b, t, h, v) = (batch as f64, steps as f64, c.rnn_units as f64, c.vocab_size as f64);
     3.0 * 2.0 * b * t * h * 3.0 * h + 3.0 * 2.0 * b * t * h * v
 }
 
@@ -98,24 +93,21 @@ pub fn run(o: &BenchOptions) -> Result<BenchReport> {
     let mut rng = StdRng::seed_from_u64(0);
     let c = &o.config;
     let model = Model::new_random(c.clone(), DType::F32, &o.device, &mut rng)?;
-    let mut adam = Adam::new(model.vars(), 1e-3)?;
+    let mut adam = Adam::new(model.vars())?;
+    let step = StepOptions::plain(1e-3);
     let n = o.batch_size * o.seq_len;
-    let random_ids = |rng: &mut StdRng| {
-        (0..n)
-            .map(|_| rng.random_range(0..c.vocab_size as u32))
-            .collect()
-    };
+    let random_ids = |rng: &mut StdRng| (0..n).map(|_| rng.random_range(0..c.vocab_size as u32)).collect();
     let batch = Batch {
         inputs: random_ids(&mut rng),
         targets: random_ids(&mut rng),
         batch_size: o.batch_size,
         seq_len: o.seq_len,
     };
-    train_step(&model, &mut adam, &batch)?; // warm-up
+    train_step(&model, &mut adam, &batch, &step)?; // warm-up
     let mut times = Vec::new();
     for _ in 0..o.batches {
         let t0 = Instant::now();
-        train_step(&model, &mut adam, &batch)?;
+        train_step(&model, &mut adam, &batch, &step)?;
         o.device.synchronize()?;
         times.push(t0.elapsed().as_secs_f64());
     }
@@ -159,35 +151,14 @@ pub fn print_table(r: &BenchReport) {
         r.embedding_dim, r.rnn_units, r.vocab_size, r.batch_size, r.seq_len, r.device, r.threads
     );
     let rows = [
-        (
-            "training, ms per batch (median)",
-            format!("{:.1}", r.train_ms_per_batch),
-        ),
-        (
-            "training, characters per second",
-            format!("{:.0}", r.train_chars_per_s),
-        ),
-        (
-            "unavoidable GFLOP per batch",
-            format!("{:.1}", r.flops_per_batch / 1e9),
-        ),
+        ("training, ms per batch (median)", format!("{:.1}", r.train_ms_per_batch)),
+        ("training, characters per second", format!("{:.0}", r.train_chars_per_s)),
+        ("unavoidable GFLOP per batch", format!("{:.1}", r.flops_per_batch / 1e9)),
         ("achieved GFLOP/s", format!("{:.1}", r.achieved_gflops)),
-        (
-            "machine GEMM GFLOP/s (2048^3)",
-            format!("{:.1}", r.gemm_gflops),
-        ),
-        (
-            "achieved / GEMM",
-            format!("{:.0}%", r.gemm_fraction * 100.0),
-        ),
-        (
-            "generation, characters per second (batch 1)",
-            format!("{:.0}", r.gen_chars_per_s),
-        ),
-        (
-            "peak resident memory, MiB",
-            format!("{:.0}", r.peak_rss_mib),
-        ),
+        ("machine GEMM GFLOP/s (2048^3)", format!("{:.1}", r.gemm_gflops)),
+        ("achieved / GEMM", format!("{:.0}%", r.gemm_fraction * 100.0)),
+        ("generation, characters per second (batch 1)", format!("{:.0}", r.gen_chars_per_s)),
+        ("peak resident memory, MiB", format!("{:.0}", r.peak_rss_mib)),
     ];
     for (k, v) in rows {
         println!("  {k:<46} {v:>10}");

@@ -21,13 +21,7 @@ pub struct View<'a, T> {
 impl<'a, T> View<'a, T> {
     /// A contiguous row-major matrix.
     pub fn rows(data: &'a [T], rows: usize, cols: usize) -> Self {
-        View {
-            data,
-            rows,
-            cols,
-            row_stride: cols,
-            col_stride: 1,
-        }
+        View { data, rows, cols, row_stride: cols, col_stride: 1 }
     }
 
     /// The transpose, without copying.
@@ -50,12 +44,7 @@ impl<'a, T> View<'a, T> {
 }
 
 /// `out = a · b` (or `out += a · b` when `accumulate`), `out` contiguous row-major.
-pub fn matmul<T: 'static + Copy + num_traits::One>(
-    out: &mut [T],
-    accumulate: bool,
-    a: View<T>,
-    b: View<T>,
-) {
+pub fn matmul<T: 'static + Copy + num_traits::One>(out: &mut [T], accumulate: bool, a: View<T>, b: View<T>) {
     assert_eq!(a.cols, b.rows, "inner dimensions differ");
     assert_eq!(out.len(), a.rows * b.cols, "output has the wrong size");
     a.assert_in_bounds();
@@ -110,15 +99,13 @@ impl Packed {
         let (k, n) = (b.rows, b.cols);
         let panels = n.div_ceil(PANEL);
         let mut data = vec![0.0f32; panels * k * PANEL];
-        data.par_chunks_mut(k * PANEL)
-            .enumerate()
-            .for_each(|(p, panel)| {
-                for (kk, row) in panel.chunks_exact_mut(PANEL).enumerate() {
-                    for (c, v) in row.iter_mut().enumerate().take(n.saturating_sub(p * PANEL)) {
-                        *v = b.data[kk * b.row_stride + (p * PANEL + c) * b.col_stride];
-                    }
+        data.par_chunks_mut(k * PANEL).enumerate().for_each(|(p, panel)| {
+            for (kk, row) in panel.chunks_exact_mut(PANEL).enumerate() {
+                for (c, v) in row.iter_mut().enumerate().take(n.saturating_sub(p * PANEL)) {
+                    *v = b.data[kk * b.row_stride + (p * PANEL + c) * b.col_stride];
                 }
-            });
+            }
+        });
         Packed { data, k, n }
     }
 
@@ -271,9 +258,7 @@ impl Tile<'_> {
     fn accumulate_avx512<const MR: usize>(&self, acc: &mut [[f32; PANEL]; MR]) {
         use std::arch::x86_64::*;
         assert!(self.panel.len() >= self.k * PANEL);
-        assert!(
-            MR == 0 || (MR - 1) * self.a_rs + self.k.saturating_sub(1) * self.a_cs < self.a.len()
-        );
+        assert!(MR == 0 || (MR - 1) * self.a_rs + self.k.saturating_sub(1) * self.a_cs < self.a.len());
         let mut lo = [_mm512_setzero_ps(); MR];
         let mut hi = [_mm512_setzero_ps(); MR];
         let a = self.a.as_ptr();
@@ -317,15 +302,13 @@ pub fn gemv(out: &mut [f32], w: &[f32], x: &[f32], bias: Option<&[f32]>) {
     let cols = x.len();
     assert_eq!(w.len(), out.len() * cols, "matrix and vector sizes differ");
     const ROWS_PER_TASK: usize = 128;
-    out.par_chunks_mut(ROWS_PER_TASK)
-        .enumerate()
-        .for_each(|(chunk, out)| {
-            let first = chunk * ROWS_PER_TASK;
-            for (k, o) in out.iter_mut().enumerate() {
-                let row = &w[(first + k) * cols..(first + k + 1) * cols];
-                *o = dot(row, x) + bias.map_or(0.0, |b| b[first + k]);
-            }
-        });
+    out.par_chunks_mut(ROWS_PER_TASK).enumerate().for_each(|(chunk, out)| {
+        let first = chunk * ROWS_PER_TASK;
+        for (k, o) in out.iter_mut().enumerate() {
+            let row = &w[(first + k) * cols..(first + k + 1) * cols];
+            *o = dot(row, x) + bias.map_or(0.0, |b| b[first + k]);
+        }
+    });
 }
 
 /// A dot product with independent accumulators so the compiler can vectorise it.
@@ -362,9 +345,7 @@ mod tests {
     }
 
     fn seq(n: usize, scale: f64) -> Vec<f64> {
-        (0..n)
-            .map(|i| ((i * 7919 % 101) as f64 - 50.0) * scale)
-            .collect()
+        (0..n).map(|i| ((i * 7919 % 101) as f64 - 50.0) * scale).collect()
     }
 
     #[test]
@@ -376,12 +357,7 @@ mod tests {
         let at = transpose(&a, m, k);
         let bt = transpose(&b, k, n);
         let mut out = vec![0.0; m * n];
-        matmul(
-            &mut out,
-            false,
-            View::rows(&at, k, m).t(),
-            View::rows(&bt, n, k).t(),
-        );
+        matmul(&mut out, false, View::rows(&at, k, m).t(), View::rows(&bt, n, k).t());
         for (o, w) in out.iter().zip(&want) {
             assert!((o - w).abs() < 1e-12);
         }
@@ -401,10 +377,7 @@ mod tests {
         let a32: Vec<f32> = a.iter().map(|&x| x as f32).collect();
         let b32: Vec<f32> = b.iter().map(|&x| x as f32).collect();
         let bt = transpose(&b32, k, n);
-        for packed in [
-            Packed::new(View::rows(&b32, k, n)),
-            Packed::new(View::rows(&bt, n, k).t()),
-        ] {
+        for packed in [Packed::new(View::rows(&b32, k, n)), Packed::new(View::rows(&bt, n, k).t())] {
             let mut out = vec![1.0f32; m * n];
             matmul_packed(&mut out, false, View::rows(&a32, m, k), &packed);
             for (o, w) in out.iter().zip(&want) {
@@ -426,14 +399,9 @@ mod tests {
         let mut out = vec![0.0; rows];
         gemv(&mut out, &w, &x, Some(&bias));
         for i in 0..rows {
-            let want: f64 = bias[i] as f64
-                + (0..cols)
-                    .map(|j| w[i * cols + j] as f64 * x[j] as f64)
-                    .sum::<f64>();
-            assert!(
-                (out[i] as f64 - want).abs() < 1e-4 * want.abs().max(1.0),
-                "row {i}"
-            );
+            let want: f64 =
+                bias[i] as f64 + (0..cols).map(|j| w[i * cols + j] as f64 * x[j] as f64).sum::<f64>();
+            assert!((out[i] as f64 - want).abs() < 1e-4 * want.abs().max(1.0), "row {i}");
         }
     }
 }

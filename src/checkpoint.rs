@@ -61,11 +61,7 @@ pub fn hex(bytes: &[u8]) -> String {
 pub fn to_bytes(model: &Model, vocab: &Vocab, provenance: &Provenance) -> Result<Vec<u8>> {
     let mut buffers = Vec::new();
     for (name, var) in model.named() {
-        let values = var
-            .as_tensor()
-            .to_dtype(DType::F32)?
-            .flatten_all()?
-            .to_vec1::<f32>()?;
+        let values = var.as_tensor().to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
         let bytes: Vec<u8> = values.iter().flat_map(|x| x.to_le_bytes()).collect();
         buffers.push((name, var.dims().to_vec(), bytes));
     }
@@ -108,28 +104,17 @@ pub fn from_bytes(bytes: &[u8], device: &Device) -> Result<Checkpoint> {
     };
     let (_, header) = SafeTensors::read_metadata(bytes).map_err(corrupt)?;
     let st = SafeTensors::deserialize(bytes).map_err(corrupt)?;
-    let meta = header
-        .metadata()
-        .as_ref()
-        .ok_or_else(|| anyhow!("no charrnn metadata (not written by charrnn?)"))?;
-    let field = |key: &str| {
-        meta.get(key)
-            .ok_or_else(|| anyhow!("metadata field `{key}` is missing"))
-    };
+    let meta =
+        header.metadata().as_ref().ok_or_else(|| anyhow!("no charrnn metadata (not written by charrnn?)"))?;
+    let field = |key: &str| meta.get(key).ok_or_else(|| anyhow!("metadata field `{key}` is missing"));
     if field("format")? != FORMAT {
-        bail!(
-            "metadata says format `{}`, expected `{FORMAT}`",
-            field("format")?
-        );
+        bail!("metadata says format `{}`, expected `{FORMAT}`", field("format")?);
     }
-    let version: u32 = field("format_version")?
-        .parse()
-        .context("bad format_version")?;
+    let version: u32 = field("format_version")?.parse().context("bad format_version")?;
     if version != FORMAT_VERSION {
         bail!("format version {version} is not supported (this charrnn reads version {FORMAT_VERSION})");
     }
-    let vocab_strings: Vec<String> =
-        serde_json::from_str(field("vocab")?).context("bad vocab metadata")?;
+    let vocab_strings: Vec<String> = serde_json::from_str(field("vocab")?).context("bad vocab metadata")?;
     let mut chars = Vec::with_capacity(vocab_strings.len());
     for s in &vocab_strings {
         let mut it = s.chars();
@@ -143,22 +128,15 @@ pub fn from_bytes(bytes: &[u8], device: &Device) -> Result<Checkpoint> {
     let provenance: Provenance =
         serde_json::from_str(field("provenance")?).context("bad provenance metadata")?;
     if config.vocab_size != vocab.len() {
-        bail!(
-            "config says {} characters but the vocabulary has {}",
-            config.vocab_size,
-            vocab.len()
-        );
+        bail!("config says {} characters but the vocabulary has {}", config.vocab_size, vocab.len());
     }
     config.validate()?;
 
     let expected = config.parameter_shapes();
     let mut found: Vec<(String, TensorView)> = st.tensors();
     found.sort_by(|a, b| a.0.cmp(&b.0));
-    let extra: Vec<&str> = found
-        .iter()
-        .map(|(n, _)| n.as_str())
-        .filter(|n| !expected.iter().any(|(e, _)| e == n))
-        .collect();
+    let extra: Vec<&str> =
+        found.iter().map(|(n, _)| n.as_str()).filter(|n| !expected.iter().any(|(e, _)| e == n)).collect();
     if !extra.is_empty() {
         bail!("unexpected tensors: {}", extra.join(", "));
     }
@@ -180,26 +158,16 @@ pub fn from_bytes(bytes: &[u8], device: &Device) -> Result<Checkpoint> {
                 config
             );
         }
-        let values: Vec<f32> = view
-            .data()
-            .chunks_exact(4)
-            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-            .collect();
-        tensors.push((
-            name.to_string(),
-            Tensor::from_vec(values, shape.clone(), device)?,
-        ));
+        let values: Vec<f32> =
+            view.data().chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
+        tensors.push((name.to_string(), Tensor::from_vec(values, shape.clone(), device)?));
     }
     let digest = tensors_digest(found.iter().map(|(n, v)| (n.as_str(), v.data())));
     if &digest != field("tensors_sha256")? {
         bail!("tensor data does not match its checksum: the file is corrupted");
     }
     let model = Model::from_tensors(config, tensors)?;
-    Ok(Checkpoint {
-        model,
-        vocab,
-        provenance,
-    })
+    Ok(Checkpoint { model, vocab, provenance })
 }
 
 /// A checkpoint file given directly, or the newest `ckpt_{epoch}.safetensors` in a folder.
@@ -207,17 +175,12 @@ pub fn resolve(path: &Path) -> Result<PathBuf> {
     if !path.is_dir() {
         return Ok(path.to_path_buf());
     }
-    let entries =
-        std::fs::read_dir(path).with_context(|| format!("cannot list {}", path.display()))?;
+    let entries = std::fs::read_dir(path).with_context(|| format!("cannot list {}", path.display()))?;
     let newest = entries
         .filter_map(|e| e.ok())
         .filter_map(|e| {
             let name = e.file_name().into_string().ok()?;
-            let epoch: usize = name
-                .strip_prefix("ckpt_")?
-                .strip_suffix(".safetensors")?
-                .parse()
-                .ok()?;
+            let epoch: usize = name.strip_prefix("ckpt_")?.strip_suffix(".safetensors")?.parse().ok()?;
             Some((epoch, e.path()))
         })
         .max_by_key(|(epoch, _)| *epoch);
@@ -237,12 +200,7 @@ pub fn optim_path(model_path: &Path) -> PathBuf {
 
 /// Adam's moments (`m.NAME`, `v.NAME`) and the training position (JSON under `state` in the
 /// metadata), written atomically.
-pub fn save_optim(
-    path: &Path,
-    model: &Model,
-    adam: &Adam,
-    state: &serde_json::Value,
-) -> Result<()> {
+pub fn save_optim(path: &Path, model: &Model, adam: &Adam, state: &serde_json::Value) -> Result<()> {
     let mut buffers = Vec::new();
     for (i, (name, var)) in model.named().enumerate() {
         for (prefix, t) in [("m", &adam.m[i]), ("v", &adam.v[i])] {
@@ -259,12 +217,7 @@ pub fn save_optim(
     ]);
     let views = buffers
         .iter()
-        .map(|(name, shape, bytes)| {
-            Ok((
-                name.clone(),
-                TensorView::new(Dtype::F32, shape.clone(), bytes)?,
-            ))
-        })
+        .map(|(name, shape, bytes)| Ok((name.clone(), TensorView::new(Dtype::F32, shape.clone(), bytes)?)))
         .collect::<Result<Vec<_>>>()?;
     crate::atomic::write(path, &safetensors::serialize(views, Some(metadata))?)
 }
@@ -273,45 +226,24 @@ pub fn save_optim(
 /// the training position.
 pub fn load_optim(path: &Path, model: &Model, adam: &mut Adam) -> Result<serde_json::Value> {
     let ctx = || format!("invalid optimizer state {}", path.display());
-    let bytes = std::fs::read(path).with_context(|| {
-        format!(
-            "cannot read the optimizer state {} needed to resume",
-            path.display()
-        )
-    })?;
-    let (_, header) = SafeTensors::read_metadata(&bytes)
-        .map_err(|e| anyhow!("{e}"))
-        .with_context(ctx)?;
-    let st = SafeTensors::deserialize(&bytes)
-        .map_err(|e| anyhow!("{e}"))
-        .with_context(ctx)?;
-    let meta = header
-        .metadata()
-        .as_ref()
-        .ok_or_else(|| anyhow!("no metadata"))
-        .with_context(ctx)?;
-    let get = |k: &str| {
-        meta.get(k)
-            .ok_or_else(|| anyhow!("metadata field `{k}` is missing"))
-            .with_context(ctx)
-    };
+    let bytes = std::fs::read(path)
+        .with_context(|| format!("cannot read the optimizer state {} needed to resume", path.display()))?;
+    let (_, header) = SafeTensors::read_metadata(&bytes).map_err(|e| anyhow!("{e}")).with_context(ctx)?;
+    let st = SafeTensors::deserialize(&bytes).map_err(|e| anyhow!("{e}")).with_context(ctx)?;
+    let meta = header.metadata().as_ref().ok_or_else(|| anyhow!("no metadata")).with_context(ctx)?;
+    let get =
+        |k: &str| meta.get(k).ok_or_else(|| anyhow!("metadata field `{k}` is missing")).with_context(ctx);
     adam.step = get("adam_step")?.parse().with_context(ctx)?;
     let state: serde_json::Value = serde_json::from_str(get("state")?).with_context(ctx)?;
     for (i, (name, var)) in model.named().enumerate() {
         for (prefix, slot) in [("m", &mut adam.m[i]), ("v", &mut adam.v[i])] {
             let key = format!("{prefix}.{name}");
-            let view = st
-                .tensor(&key)
-                .map_err(|e| anyhow!("{key}: {e}"))
-                .with_context(ctx)?;
+            let view = st.tensor(&key).map_err(|e| anyhow!("{key}: {e}")).with_context(ctx)?;
             if view.dtype() != Dtype::F32 || view.shape() != var.dims() {
                 return Err(anyhow!("{key} has the wrong dtype or shape")).with_context(ctx);
             }
-            let values: Vec<f32> = view
-                .data()
-                .chunks_exact(4)
-                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-                .collect();
+            let values: Vec<f32> =
+                view.data().chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
             *slot = Tensor::from_vec(values, var.dims(), var.device())?.to_dtype(var.dtype())?;
         }
     }
@@ -338,9 +270,7 @@ pub fn resolve_resumable(path: &Path) -> Result<PathBuf> {
         return Ok(path.to_path_buf());
     }
     let mut best: Option<(u64, PathBuf)> = None;
-    for entry in
-        std::fs::read_dir(path).with_context(|| format!("cannot list {}", path.display()))?
-    {
+    for entry in std::fs::read_dir(path).with_context(|| format!("cannot list {}", path.display()))? {
         let p = entry?.path();
         let name = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
         if !p.is_file()

@@ -10,6 +10,7 @@ use rand::{rngs::StdRng, SeedableRng};
 
 use crate::device::{self, DeviceChoice};
 use crate::model::Config;
+use crate::train::LrSchedule;
 use crate::{bench, checkpoint, download, eval, sample, train};
 
 #[derive(Parser, Debug)]
@@ -116,10 +117,34 @@ pub struct TrainArgs {
     /// Keep only the newest N periodic checkpoints
     #[arg(long, value_parser = positive)]
     pub keep: Option<usize>,
+    /// Rescale gradients whose global L2 norm exceeds X (off by default)
+    #[arg(long, value_parser = positive_f64, value_name = "X")]
+    pub clip_grad_norm: Option<f64>,
+    /// Learning-rate schedule after the warm-up
+    #[arg(long, value_enum, default_value_t = LrSchedule::Constant)]
+    pub lr_schedule: LrSchedule,
+    /// Steps of linear learning-rate warm-up
+    #[arg(long, default_value_t = 0)]
+    pub warmup_steps: u64,
+    /// Final learning rate of the cosine schedule
+    #[arg(long, default_value_t = 0.0, value_parser = non_negative_f64)]
+    pub min_lr: f64,
+    /// Decoupled weight decay (AdamW); 0 is the tutorial's plain Adam
+    #[arg(long, default_value_t = 0.0, value_parser = non_negative_f64)]
+    pub weight_decay: f64,
+    /// Dropout probability before the output layer (training only)
+    #[arg(long, default_value_t = 0.0, value_parser = fraction, allow_negative_numbers = true)]
+    pub dropout: f64,
 }
 
 /// Settings of `train` that the user may have typed; the rest come from defaults.
-pub const TRAIN_SETTINGS: [&str; 13] = [
+pub const TRAIN_SETTINGS: [&str; 19] = [
+    "clip_grad_norm",
+    "lr_schedule",
+    "warmup_steps",
+    "min_lr",
+    "weight_decay",
+    "dropout",
     "checkpoint_dir",
     "data",
     "epochs",
@@ -256,6 +281,14 @@ fn positive_f64(s: &str) -> Result<f64, String> {
     }
 }
 
+fn non_negative_f64(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(x) if x.is_finite() && x >= 0.0 => Ok(x),
+        Ok(x) => Err(format!("must be 0 or more, got {x}")),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
 fn fraction(s: &str) -> Result<f64, String> {
     match s.parse::<f64>() {
         Ok(x) if (0.0..1.0).contains(&x) => Ok(x),
@@ -297,18 +330,13 @@ pub fn run(cli: Cli, explicit: Vec<String>) -> Result<()> {
                     eprintln!("{} already present (checksum verified)", a.output.display())
                 }
                 download::Outcome::Downloaded { bytes, sha256 } => {
-                    eprintln!(
-                        "wrote {} ({bytes} bytes, SHA-256 {sha256})",
-                        a.output.display()
-                    )
+                    eprintln!("wrote {} ({bytes} bytes, SHA-256 {sha256})", a.output.display())
                 }
             }
             Ok(())
         }
         Command::Train(a) => {
-            let resume = a
-                .resume
-                .map(|p| p.unwrap_or_else(|| a.checkpoint_dir.clone()));
+            let resume = a.resume.map(|p| p.unwrap_or_else(|| a.checkpoint_dir.clone()));
             train::run(&train::TrainOptions {
                 device: device::select(a.device)?,
                 settings: train::Settings {
@@ -324,15 +352,19 @@ pub fn run(cli: Cli, explicit: Vec<String>) -> Result<()> {
                     save_every: a.save_every,
                     keep: a.keep,
                     seed: a.seed.unwrap_or_else(rand::random),
+                    clip_grad_norm: a.clip_grad_norm,
+                    lr_schedule: a.lr_schedule,
+                    warmup_steps: a.warmup_steps,
+                    min_lr: a.min_lr,
+                    weight_decay: a.weight_decay,
+                    dropout: a.dropout,
                 },
                 checkpoint_dir: match &resume {
                     // A resumed run writes where it was found unless told otherwise.
-                    Some(r) if !explicit.iter().any(|e| e == "checkpoint_dir") => {
-                        match r.is_dir() {
-                            true => r.clone(),
-                            false => r.parent().map_or_else(|| PathBuf::from("."), PathBuf::from),
-                        }
-                    }
+                    Some(r) if !explicit.iter().any(|e| e == "checkpoint_dir") => match r.is_dir() {
+                        true => r.clone(),
+                        false => r.parent().map_or_else(|| PathBuf::from("."), PathBuf::from),
+                    },
                     _ => a.checkpoint_dir,
                 },
                 resume,
@@ -367,17 +399,10 @@ pub fn run(cli: Cli, explicit: Vec<String>) -> Result<()> {
             let path = checkpoint::resolve(&a.checkpoint)?;
             // Sampling at batch 1 runs on the CPU kernels whatever the training device was.
             let ckpt = checkpoint::load(&path, &candle_core::Device::Cpu)?;
-            eprintln!(
-                "checkpoint {} (epoch {})",
-                path.display(),
-                ckpt.provenance.epoch
-            );
+            eprintln!("checkpoint {} (epoch {})", path.display(), ckpt.provenance.epoch);
             let start = match &a.start_file {
                 Some(f) => std::fs::read_to_string(f).with_context(|| {
-                    format!(
-                        "cannot read --start-file {} (it must be UTF-8 text)",
-                        f.display()
-                    )
+                    format!("cannot read --start-file {} (it must be UTF-8 text)", f.display())
                 })?,
                 None => a.start.clone(),
             };
@@ -386,15 +411,7 @@ pub fn run(cli: Cli, explicit: Vec<String>) -> Result<()> {
             let mut rng = StdRng::seed_from_u64(a.seed.unwrap_or_else(rand::random));
             let stdout = std::io::stdout();
             let mut out = stdout.lock();
-            sample::generate(
-                &mut sampler,
-                &ckpt.vocab,
-                &start,
-                a.length,
-                &mut picker,
-                &mut rng,
-                &mut out,
-            )?;
+            sample::generate(&mut sampler, &ckpt.vocab, &start, a.length, &mut picker, &mut rng, &mut out)?;
             out.flush()?;
             Ok(())
         }

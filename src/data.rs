@@ -10,16 +10,10 @@ use rand::Rng;
 /// Reads a corpus, refusing missing, empty and non-UTF-8 files with a message that says why.
 pub fn read_corpus(path: &Path) -> Result<String> {
     let bytes = std::fs::read(path).with_context(|| {
-        format!(
-            "cannot read the corpus {}; run `charrnn download` or pass --data FILE",
-            path.display()
-        )
+        format!("cannot read the corpus {}; run `charrnn download` or pass --data FILE", path.display())
     })?;
     if bytes.is_empty() {
-        bail!(
-            "the corpus {} is empty; pass a text file with --data",
-            path.display()
-        );
+        bail!("the corpus {} is empty; pass a text file with --data", path.display());
     }
     match String::from_utf8(bytes) {
         Ok(text) => Ok(text),
@@ -76,12 +70,7 @@ impl<'a> Sequences<'a> {
             inputs.extend_from_slice(&c[..self.seq_len]);
             targets.extend_from_slice(&c[1..]);
         }
-        Batch {
-            inputs,
-            targets,
-            batch_size: indices.len(),
-            seq_len: self.seq_len,
-        }
+        Batch { inputs, targets, batch_size: indices.len(), seq_len: self.seq_len }
     }
 }
 
@@ -121,10 +110,7 @@ pub fn epoch_batches(
     buffer_size: usize,
     rng: &mut impl Rng,
 ) -> Vec<Vec<usize>> {
-    shuffle_buffer(n_sequences, buffer_size, rng)
-        .chunks_exact(batch_size)
-        .map(<[usize]>::to_vec)
-        .collect()
+    shuffle_buffer(n_sequences, buffer_size, rng).chunks_exact(batch_size).map(<[usize]>::to_vec).collect()
 }
 
 #[cfg(test)]
@@ -166,10 +152,7 @@ mod tests {
         sorted.sort_unstable();
         assert_eq!(sorted, (0..n).collect::<Vec<_>>(), "a permutation");
         for (pos, &elem) in a.iter().enumerate() {
-            assert!(
-                elem < pos + buf,
-                "element {elem} came out at {pos}: too early"
-            );
+            assert!(elem < pos + buf, "element {elem} came out at {pos}: too early");
         }
         // The bound is tight: some element does come out exactly buffer_size - 1 early.
         assert!(a.iter().enumerate().any(|(pos, &e)| e == pos + buf - 1));

@@ -19,10 +19,7 @@ pub fn select(choice: DeviceChoice) -> Result<Device> {
         DeviceChoice::Auto if cfg!(feature = "cuda") => match cuda() {
             Ok(d) => d,
             Err(e) => {
-                eprintln!(
-                    "device: cpu, {} threads ({e:#})",
-                    rayon::current_num_threads()
-                );
+                eprintln!("device: cpu, {} threads ({e:#})", rayon::current_num_threads());
                 return Ok(Device::Cpu);
             }
         },
@@ -37,8 +34,7 @@ pub fn select(choice: DeviceChoice) -> Result<Device> {
 
 #[cfg(feature = "cuda")]
 fn cuda() -> Result<Device> {
-    Device::new_cuda(0)
-        .map_err(|e| anyhow::anyhow!("no usable CUDA GPU (driver or device missing?): {e}"))
+    Device::new_cuda(0).map_err(|e| anyhow::anyhow!("no usable CUDA GPU (driver or device missing?): {e}"))
 }
 
 #[cfg(not(feature = "cuda"))]

@@ -13,8 +13,7 @@ use sha2::{Digest, Sha256};
 use crate::checkpoint::hex;
 
 /// The tutorial's corpus and its SHA-256.
-pub const DEFAULT_URL: &str =
-    "https://storage.googleapis.com/download.tensorflow.org/data/shakespeare.txt";
+pub const DEFAULT_URL: &str = "https://storage.googleapis.com/download.tensorflow.org/data/shakespeare.txt";
 pub const DEFAULT_SHA256: &str = "86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed";
 
 pub struct DownloadOptions {
@@ -33,8 +32,7 @@ pub enum Outcome {
 }
 
 fn file_sha256(path: &Path) -> Result<String> {
-    let mut f =
-        std::fs::File::open(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let mut f = std::fs::File::open(path).with_context(|| format!("cannot read {}", path.display()))?;
     let mut h = Sha256::new();
     std::io::copy(&mut f, &mut h)?;
     Ok(hex(&h.finalize()))
@@ -59,11 +57,7 @@ pub fn run(o: &DownloadOptions) -> Result<Outcome> {
         bail!(
             "{} already exists{}; pass --force to replace it",
             o.output.display(),
-            if expected.is_some() {
-                " with a different SHA-256"
-            } else {
-                ""
-            }
+            if expected.is_some() { " with a different SHA-256" } else { "" }
         );
     }
     let dir = match o.output.parent() {
@@ -72,12 +66,9 @@ pub fn run(o: &DownloadOptions) -> Result<Outcome> {
     };
     std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
 
-    let client = reqwest::blocking::Client::builder()
-        .connect_timeout(o.timeout)
-        .timeout(o.timeout)
-        .build()?;
-    let fail =
-        |e: reqwest::Error| anyhow::Error::new(e).context(format!("download of {} failed", o.url));
+    let client =
+        reqwest::blocking::Client::builder().connect_timeout(o.timeout).timeout(o.timeout).build()?;
+    let fail = |e: reqwest::Error| anyhow::Error::new(e).context(format!("download of {} failed", o.url));
     let mut response = client.get(&o.url).send().map_err(fail)?;
     let status = response.status();
     if status.is_client_error() || status.is_server_error() {
@@ -109,27 +100,20 @@ pub fn run(o: &DownloadOptions) -> Result<Outcome> {
             ),
         };
         hasher.update(&buf[..n]);
-        tmp.write_all(&buf[..n])
-            .with_context(|| format!("cannot write into {}", dir.display()))?;
+        tmp.write_all(&buf[..n]).with_context(|| format!("cannot write into {}", dir.display()))?;
         received += n as u64;
         pb.set_position(received);
     }
     pb.finish_and_clear();
     if let Some(len) = expected_len {
         if received != len {
-            bail!(
-                "download of {} is truncated: got {received} of {len} bytes",
-                o.url
-            );
+            bail!("download of {} is truncated: got {received} of {len} bytes", o.url);
         }
     }
     let sha256 = hex(&hasher.finalize());
     if let Some(e) = &expected {
         if *e != sha256 {
-            bail!(
-                "download of {} has SHA-256 {sha256}, expected {e}; nothing was written",
-                o.url
-            );
+            bail!("download of {} has SHA-256 {sha256}, expected {e}; nothing was written", o.url);
         }
     }
     tmp.as_file_mut().flush()?;
@@ -137,8 +121,5 @@ pub fn run(o: &DownloadOptions) -> Result<Outcome> {
     tmp.persist(&o.output)
         .map_err(|e| e.error)
         .with_context(|| format!("cannot move the download into {}", o.output.display()))?;
-    Ok(Outcome::Downloaded {
-        bytes: received,
-        sha256,
-    })
+    Ok(Outcome::Downloaded { bytes: received, sha256 })
 }

@@ -52,13 +52,7 @@ impl Score {
 /// Mean cross-entropy of `text` under `model`, scored in consecutive sequences of `seq_len`
 /// predictions from a zero state (as the validation loss during training). Characters outside
 /// the vocabulary are counted and dropped from the stream.
-pub fn score(
-    model: &Model,
-    vocab: &Vocab,
-    text: &str,
-    seq_len: usize,
-    batch_size: usize,
-) -> Result<Score> {
+pub fn score(model: &Model, vocab: &Vocab, text: &str, seq_len: usize, batch_size: usize) -> Result<Score> {
     let mut ids = Vec::with_capacity(text.len());
     let mut skipped = 0;
     let mut unknown = BTreeSet::new();
@@ -72,10 +66,7 @@ pub fn score(
         }
     }
     if ids.len() < 2 {
-        bail!(
-            "the text has {} characters the model knows; at least 2 are needed to score it",
-            ids.len()
-        );
+        bail!("the text has {} characters the model knows; at least 2 are needed to score it", ids.len());
     }
     let seq_len = seq_len.min(ids.len() - 1);
     let seqs = Sequences::new(&ids, seq_len);
@@ -119,11 +110,7 @@ pub fn info(path: &Path) -> Result<Info> {
         path: path.display().to_string(),
         vocab: ckpt.vocab.chars().iter().map(|c| c.to_string()).collect(),
         parameters: config.parameter_count(),
-        layer_parameters: config
-            .layer_sizes()
-            .iter()
-            .map(|(n, c)| (n.to_string(), *c))
-            .collect(),
+        layer_parameters: config.layer_sizes().iter().map(|(n, c)| (n.to_string(), *c)).collect(),
         provenance: ckpt.provenance,
         resumable: checkpoint::optim_path(path).exists(),
         epochs,
@@ -141,18 +128,9 @@ pub fn describe_info(i: &Info) -> String {
         "model       embedding {} -> {} layer(s) of {} {} -> dense {}",
         c.embedding_dim, c.layers, c.cell, c.rnn_units, c.vocab_size
     );
-    let layers: Vec<String> = i
-        .layer_parameters
-        .iter()
-        .map(|(n, k)| format!("{n} {k}"))
-        .collect();
+    let layers: Vec<String> = i.layer_parameters.iter().map(|(n, k)| format!("{n} {k}")).collect();
     let _ = writeln!(s, "parameters  {} ({})", i.parameters, layers.join(", "));
-    let _ = writeln!(
-        s,
-        "vocabulary  {} characters: {:?}",
-        i.vocab.len(),
-        i.vocab.concat()
-    );
+    let _ = writeln!(s, "vocabulary  {} characters: {:?}", i.vocab.len(), i.vocab.concat());
     let loss = |l: Option<f64>| l.map_or("-".to_string(), |v| format!("{v:.4}"));
     let _ = writeln!(
         s,
@@ -165,24 +143,10 @@ pub fn describe_info(i: &Info) -> String {
     let _ = writeln!(s, "seed        {}", p.seed);
     let _ = writeln!(s, "corpus      SHA-256 {}", p.corpus_sha256);
     let _ = writeln!(s, "written by  charrnn {}", p.charrnn_version);
-    let _ = writeln!(
-        s,
-        "resumable   {}",
-        if i.resumable {
-            "yes"
-        } else {
-            "no (no optimizer state beside it)"
-        }
-    );
+    let _ =
+        writeln!(s, "resumable   {}", if i.resumable { "yes" } else { "no (no optimizer state beside it)" });
     for r in &i.epochs {
-        if let Record::Epoch {
-            epoch,
-            train_loss,
-            val_loss,
-            seconds,
-            ..
-        } = r
-        {
+        if let Record::Epoch { epoch, train_loss, val_loss, seconds, .. } = r {
             let _ = writeln!(
                 s,
                 "epoch {epoch:>4}  train {train_loss:.4}  validation {}  {seconds:.1} s",

@@ -62,14 +62,7 @@ pub struct Grads<T> {
 /// One step of gate arithmetic for one batch row. `gh` is W_hh·h_prev without bias; writes the
 /// new state to `h_out` and (r, z, n, W_hn h + b_hn) to `gates`.
 #[multiversion(targets("x86_64+avx512f+avx512vl+fma", "x86_64+avx2+fma"))]
-pub fn gate_forward<T: Float>(
-    h_out: &mut [T],
-    gates: &mut [T],
-    x: &[T],
-    gh: &[T],
-    b_hh: &[T],
-    h_prev: &[T],
-) {
+pub fn gate_forward<T: Float>(h_out: &mut [T], gates: &mut [T], x: &[T], gh: &[T], b_hh: &[T], h_prev: &[T]) {
     let h = h_out.len();
     let (xr, xz, xn) = (&x[..h], &x[h..2 * h], &x[2 * h..3 * h]);
     let (gr, gz, gn) = (&gh[..h], &gh[h..2 * h], &gh[2 * h..3 * h]);
@@ -106,12 +99,7 @@ pub fn gate_backward<T: Float>(
 ) {
     let h = dh.len();
     let one = T::one();
-    let (r, z, n, ghn) = (
-        &gates[..h],
-        &gates[h..2 * h],
-        &gates[2 * h..3 * h],
-        &gates[3 * h..4 * h],
-    );
+    let (r, z, n, ghn) = (&gates[..h], &gates[h..2 * h], &gates[2 * h..3 * h], &gates[3 * h..4 * h]);
     let (dxr, rest) = dx[..3 * h].split_at_mut(h);
     let (dxz, dxn) = rest.split_at_mut(h);
     let (dgr, rest) = dgh[..3 * h].split_at_mut(h);
@@ -136,18 +124,11 @@ pub fn gate_backward<T: Float>(
 /// is row `ids[b·T + t]` of `table` ([V, 3H]); `w_hh` is [3H, H], `b_hh` [3H]. Returns the
 /// tape; its `hs` holds the outputs (time-major).
 pub fn forward<T: Float>(dims: Dims, table: &[T], ids: &[u32], w_hh: &[T], b_hh: &[T]) -> Tape<T> {
-    let Dims {
-        batch,
-        steps,
-        hidden: h,
-    } = dims;
+    let Dims { batch, steps, hidden: h } = dims;
     let vocab = table.len() / (3 * h);
     assert_eq!(table.len(), vocab * 3 * h);
     assert_eq!(ids.len(), batch * steps);
-    assert!(
-        ids.iter().all(|&i| (i as usize) < vocab),
-        "token id outside the table"
-    );
+    assert!(ids.iter().all(|&i| (i as usize) < vocab), "token id outside the table");
     assert_eq!(w_hh.len(), 3 * h * h);
     assert_eq!(b_hh.len(), 3 * h);
     let w_t = T::pack(View::rows(w_hh, 3 * h, h).t()); // W_hhᵀ [H, 3H], packed once for all steps
@@ -163,54 +144,35 @@ pub fn forward<T: Float>(dims: Dims, table: &[T], ids: &[u32], w_hh: &[T], b_hh:
             T::matmul_packed(&mut gh, false, View::rows(prev, batch, h), &w_t);
         }
         let g_now = &mut gates[t * batch * 4 * h..(t + 1) * batch * 4 * h];
-        h_now
-            .par_chunks_mut(h)
-            .zip(g_now.par_chunks_mut(4 * h))
-            .enumerate()
-            .for_each(|(b, (h_row, g_row))| {
+        h_now.par_chunks_mut(h).zip(g_now.par_chunks_mut(4 * h)).enumerate().for_each(
+            |(b, (h_row, g_row))| {
                 let id = ids[b * steps + t] as usize;
                 let x = &table[id * 3 * h..(id + 1) * 3 * h];
                 let prev = h_prev.map_or(&zeros[..], |p| &p[b * h..(b + 1) * h]);
                 gate_forward(h_row, g_row, x, &gh[b * 3 * h..(b + 1) * 3 * h], b_hh, prev);
-            });
+            },
+        );
     }
-    Tape {
-        dims,
-        vocab,
-        ids: ids.to_vec(),
-        w_hh: T::pack(View::rows(w_hh, 3 * h, h)),
-        hs,
-        gates,
-    }
+    Tape { dims, vocab, ids: ids.to_vec(), w_hh: T::pack(View::rows(w_hh, 3 * h, h)), hs, gates }
 }
 
 impl<T: Float> Tape<T> {
     /// The outputs h_1..h_T, batch-major [B, T, H].
     pub fn outputs(&self) -> Vec<T> {
-        let Dims {
-            batch,
-            steps,
-            hidden: h,
-        } = self.dims;
+        let Dims { batch, steps, hidden: h } = self.dims;
         let mut out = vec![T::zero(); batch * steps * h];
-        out.par_chunks_mut(steps * h)
-            .enumerate()
-            .for_each(|(b, rows)| {
-                for t in 0..steps {
-                    rows[t * h..(t + 1) * h]
-                        .copy_from_slice(&self.hs[(t * batch + b) * h..(t * batch + b + 1) * h]);
-                }
-            });
+        out.par_chunks_mut(steps * h).enumerate().for_each(|(b, rows)| {
+            for t in 0..steps {
+                rows[t * h..(t + 1) * h]
+                    .copy_from_slice(&self.hs[(t * batch + b) * h..(t * batch + b + 1) * h]);
+            }
+        });
         out
     }
 
     /// Backpropagation through time. `grad_out` is dL/dh for every output, [B, T, H].
     pub fn backward(&self, grad_out: &[T]) -> Grads<T> {
-        let Dims {
-            batch,
-            steps,
-            hidden: h,
-        } = self.dims;
+        let Dims { batch, steps, hidden: h } = self.dims;
         assert_eq!(grad_out.len(), batch * steps * h);
         let zeros = vec![T::zero(); h];
         let mut dx = vec![T::zero(); batch * 3 * h]; // this step's input gradients
@@ -262,18 +224,9 @@ impl<T: Float> Tape<T> {
         if steps > 1 {
             let rows = (steps - 1) * batch;
             let dgh_rest = View::rows(&dgh[batch * 3 * h..], rows, 3 * h).t();
-            matmul(
-                &mut dw,
-                false,
-                dgh_rest,
-                View::rows(&self.hs[..rows * h], rows, h),
-            );
+            matmul(&mut dw, false, dgh_rest, View::rows(&self.hs[..rows * h], rows, h));
         }
-        Grads {
-            table: d_table,
-            w_hh: dw,
-            b_hh: db,
-        }
+        Grads { table: d_table, w_hh: dw, b_hh: db }
     }
 }
 
@@ -327,11 +280,7 @@ impl FusedGru {
         if let Some(bad) = self.ids.iter().find(|&&i| i as usize >= vocab) {
             bail!("fused GRU: token id {bad} is outside the table of {vocab} rows");
         }
-        let dims = Dims {
-            batch: self.batch,
-            steps: self.steps,
-            hidden,
-        };
+        let dims = Dims { batch: self.batch, steps: self.steps, hidden };
         let tape = forward(
             dims,
             contiguous(table.0, table.1)?,
@@ -343,10 +292,7 @@ impl FusedGru {
         if self.keep_tape {
             *self.tape.lock().expect("tape lock") = Some(wrap(tape));
         }
-        Ok((
-            T::to_cpu_storage_owned(out),
-            Shape::from((self.batch, self.steps, hidden)),
-        ))
+        Ok((T::to_cpu_storage_owned(out), Shape::from((self.batch, self.steps, hidden))))
     }
 }
 
@@ -418,13 +364,7 @@ pub fn gru_sequence(
 ) -> Result<Tensor> {
     let (batch, steps) = ids.dims2()?;
     let ids = ids.flatten_all()?.to_vec1::<u32>()?;
-    let op = FusedGru {
-        ids,
-        batch,
-        steps,
-        keep_tape: for_training,
-        tape: Mutex::new(None),
-    };
+    let op = FusedGru { ids, batch, steps, keep_tape: for_training, tape: Mutex::new(None) };
     let (x, w, b) = (table.contiguous()?, w_hh.contiguous()?, b_hh.contiguous()?);
     // Always registered with backward support: without a tape, a backward call fails loudly
     // instead of silently producing no gradient.

@@ -54,17 +54,10 @@ impl Metrics {
         let mut records = Vec::new();
         if let Some(upto) = resume_from {
             if jsonl.exists() {
-                records = read(&jsonl)?
-                    .into_iter()
-                    .filter(|r| r.step() <= upto)
-                    .collect();
+                records = read(&jsonl)?.into_iter().filter(|r| r.step() <= upto).collect();
             }
         }
-        Ok(Metrics {
-            jsonl,
-            svg: dir.join(Self::PLOT),
-            records,
-        })
+        Ok(Metrics { jsonl, svg: dir.join(Self::PLOT), records })
     }
 
     pub fn push(&mut self, record: Record) -> Result<()> {
@@ -83,14 +76,11 @@ impl Metrics {
 }
 
 pub fn read(path: &Path) -> Result<Vec<Record>> {
-    let text =
-        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
     text.lines()
         .enumerate()
         .filter(|(_, l)| !l.trim().is_empty())
-        .map(|(i, l)| {
-            serde_json::from_str(l).with_context(|| format!("{} line {}", path.display(), i + 1))
-        })
+        .map(|(i, l)| serde_json::from_str(l).with_context(|| format!("{} line {}", path.display(), i + 1)))
         .collect()
 }
 
@@ -106,11 +96,7 @@ pub fn svg(records: &[Record]) -> String {
     let val: Vec<(f64, f64)> = records
         .iter()
         .filter_map(|r| match r {
-            Record::Epoch {
-                step,
-                val_loss: Some(v),
-                ..
-            } => Some((*step as f64, *v)),
+            Record::Epoch { step, val_loss: Some(v), .. } => Some((*step as f64, *v)),
             _ => None,
         })
         .collect();
@@ -146,17 +132,14 @@ pub fn svg(records: &[Record]) -> String {
         h / 2.0,
         h / 2.0
     );
-    for (points, colour, label, dy) in [
-        (&train, "#1f77b4", "train", 0.0),
-        (&val, "#d62728", "validation", 16.0),
-    ] {
+    for (points, colour, label, dy) in
+        [(&train, "#1f77b4", "train", 0.0), (&val, "#d62728", "validation", 16.0)]
+    {
         if points.is_empty() {
             continue;
         }
-        let path: Vec<String> = points
-            .iter()
-            .map(|(px, py)| format!("{:.1},{:.1}", x(*px), y(*py)))
-            .collect();
+        let path: Vec<String> =
+            points.iter().map(|(px, py)| format!("{:.1},{:.1}", x(*px), y(*py))).collect();
         let _ = writeln!(
             s,
             r#"<polyline fill="none" stroke="{colour}" stroke-width="2" points="{}"/><text x="{:.1}" y="{:.1}" fill="{colour}" text-anchor="end">{label}</text>"#,
@@ -177,14 +160,8 @@ mod tests {
     fn jsonl_round_trips_and_resume_cuts_back() {
         let dir = tempfile::tempdir().unwrap();
         let mut m = Metrics::open(dir.path(), None).unwrap();
-        m.push(Record::Step {
-            epoch: 1,
-            step: 1,
-            loss: 4.0,
-            learning_rate: 1e-3,
-            chars_per_s: 10.0,
-        })
-        .unwrap();
+        m.push(Record::Step { epoch: 1, step: 1, loss: 4.0, learning_rate: 1e-3, chars_per_s: 10.0 })
+            .unwrap();
         let epoch = Record::Epoch {
             epoch: 1,
             step: 2,
@@ -194,22 +171,12 @@ mod tests {
             seconds: 1.5,
         };
         m.push(epoch.clone()).unwrap();
-        m.push(Record::Step {
-            epoch: 2,
-            step: 3,
-            loss: 2.5,
-            learning_rate: 1e-3,
-            chars_per_s: 10.0,
-        })
-        .unwrap();
+        m.push(Record::Step { epoch: 2, step: 3, loss: 2.5, learning_rate: 1e-3, chars_per_s: 10.0 })
+            .unwrap();
         assert_eq!(read(&dir.path().join(Metrics::FILE)).unwrap(), m.records);
         let text = std::fs::read_to_string(dir.path().join(Metrics::FILE)).unwrap();
         assert_eq!(text.lines().count(), 3);
-        assert!(text
-            .lines()
-            .nth(1)
-            .unwrap()
-            .starts_with(r#"{"kind":"epoch","epoch":1,"step":2"#));
+        assert!(text.lines().nth(1).unwrap().starts_with(r#"{"kind":"epoch","epoch":1,"step":2"#));
         let resumed = Metrics::open(dir.path(), Some(2)).unwrap();
         assert_eq!(resumed.records.len(), 2);
         assert_eq!(resumed.records[1], epoch);
@@ -218,20 +185,8 @@ mod tests {
     #[test]
     fn the_plot_has_both_curves() {
         let records = vec![
-            Record::Step {
-                epoch: 1,
-                step: 0,
-                loss: 4.2,
-                learning_rate: 1e-3,
-                chars_per_s: 1.0,
-            },
-            Record::Step {
-                epoch: 1,
-                step: 100,
-                loss: 2.0,
-                learning_rate: 1e-3,
-                chars_per_s: 1.0,
-            },
+            Record::Step { epoch: 1, step: 0, loss: 4.2, learning_rate: 1e-3, chars_per_s: 1.0 },
+            Record::Step { epoch: 1, step: 100, loss: 2.0, learning_rate: 1e-3, chars_per_s: 1.0 },
             Record::Epoch {
                 epoch: 1,
                 step: 150,

@@ -3,7 +3,7 @@
 
 use anyhow::{bail, Result};
 use candle_core::{DType, Device, Tensor, Var};
-use rand::{distr::Uniform, Rng};
+use rand::{distr::Uniform, Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 
 use crate::gru::gru_sequence;
@@ -19,13 +19,7 @@ pub struct Config {
 
 impl Config {
     pub fn gru(vocab_size: usize, embedding_dim: usize, rnn_units: usize) -> Self {
-        Config {
-            vocab_size,
-            embedding_dim,
-            rnn_units,
-            layers: 1,
-            cell: "gru".into(),
-        }
+        Config { vocab_size, embedding_dim, rnn_units, layers: 1, cell: "gru".into() }
     }
 
     /// Every parameter's PyTorch state_dict name and shape, in a fixed order.
@@ -45,11 +39,7 @@ impl Config {
     /// Parameter counts per layer, as Keras' `model.summary()` lists them.
     pub fn layer_sizes(&self) -> [(&'static str, usize); 3] {
         let (v, e, h) = (self.vocab_size, self.embedding_dim, self.rnn_units);
-        [
-            ("embedding", v * e),
-            ("gru", 3 * h * (e + h + 2)),
-            ("dense", v * h + v),
-        ]
+        [("embedding", v * e), ("gru", 3 * h * (e + h + 2)), ("dense", v * h + v)]
     }
 
     pub fn parameter_count(&self) -> usize {
@@ -80,12 +70,7 @@ pub struct Model {
 impl Model {
     /// The tutorial's initialisation: embedding U(-0.05, 0.05); GRU kernels and the dense
     /// kernel Glorot-uniform (Keras' fans: fan_in + fan_out of the [in, out] kernel); biases 0.
-    pub fn new_random(
-        config: Config,
-        dtype: DType,
-        device: &Device,
-        rng: &mut impl Rng,
-    ) -> Result<Self> {
+    pub fn new_random(config: Config, dtype: DType, device: &Device, rng: &mut impl Rng) -> Result<Self> {
         config.validate()?;
         let (e, h, v) = (config.embedding_dim, config.rnn_units, config.vocab_size);
         let mut params = Vec::new();
@@ -130,19 +115,11 @@ impl Model {
     }
 
     pub fn named(&self) -> impl Iterator<Item = (&'static str, &Var)> {
-        self.config
-            .parameter_shapes()
-            .into_iter()
-            .map(|(n, _)| n)
-            .zip(self.params.iter())
+        self.config.parameter_shapes().into_iter().map(|(n, _)| n).zip(self.params.iter())
     }
 
     pub fn param(&self, name: &str) -> &Var {
-        let i = self
-            .config
-            .parameter_shapes()
-            .iter()
-            .position(|(n, _)| *n == name);
+        let i = self.config.parameter_shapes().iter().position(|(n, _)| *n == name);
         &self.params[i.unwrap_or_else(|| panic!("no parameter {name}"))]
     }
 
@@ -159,23 +136,48 @@ impl Model {
     }
 
     /// Logits [B, T, V] for input ids [B, T], every sequence starting from a zero state.
-    /// `for_training` keeps what the backward pass needs.
-    pub fn forward(&self, inputs: &Tensor, for_training: bool) -> Result<Tensor> {
+    pub fn forward(&self, inputs: &Tensor, pass: &Pass) -> Result<Tensor> {
         let (b, t) = inputs.dims2()?;
         let (h, v) = (self.config.rnn_units, self.config.vocab_size);
-        let hs = gru_sequence(
+        let training = matches!(pass, Pass::Train { .. });
+        let mut hs = gru_sequence(
             &self.input_table()?,
             inputs,
             self.param("gru.weight_hh_l0"),
             self.param("gru.bias_hh_l0"),
-            for_training,
+            training,
         )?;
+        if let Pass::Train { dropout, seed } = *pass {
+            if dropout > 0.0 {
+                let mask = dropout_mask(hs.dims(), dropout, seed, hs.device())?;
+                hs = (hs * mask)?;
+            }
+        }
         let logits = hs
             .reshape((b * t, h))?
             .matmul(&self.param("dense.weight").t()?)?
             .broadcast_add(self.param("dense.bias"))?;
         Ok(logits.reshape((b, t, v))?)
     }
+}
+
+/// How a forward pass runs.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Pass {
+    /// No dropout, nothing kept for a backward pass.
+    Eval,
+    /// Keeps what the backward pass needs; inverted dropout with probability `dropout` before
+    /// the output layer, its mask drawn from `seed`.
+    Train { dropout: f32, seed: u64 },
+}
+
+/// Inverted dropout: each value kept with probability 1 − p and then scaled by 1/(1 − p).
+fn dropout_mask(shape: &[usize], p: f32, seed: u64, device: &Device) -> Result<Tensor> {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let keep = 1.0 / (1.0 - p);
+    let n: usize = shape.iter().product();
+    let mask: Vec<f32> = (0..n).map(|_| if rng.random::<f32>() < p { 0.0 } else { keep }).collect();
+    Ok(Tensor::from_vec(mask, shape, device)?)
 }
 
 fn glorot(fan_in: usize, fan_out: usize) -> f32 {
@@ -186,10 +188,7 @@ fn glorot(fan_in: usize, fan_out: usize) -> f32 {
 pub fn loss(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
     let v = logits.dim(2)?;
     let flat = logits.reshape(((), v))?;
-    Ok(candle_nn::loss::cross_entropy(
-        &flat,
-        &targets.flatten_all()?,
-    )?)
+    Ok(candle_nn::loss::cross_entropy(&flat, &targets.flatten_all()?)?)
 }
 
 /// Ids as a [B, T] tensor.

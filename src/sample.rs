@@ -87,12 +87,9 @@ impl Sampler {
         let (h, v) = (self.hidden, self.vocab);
         match &self.recurrence {
             Recurrence::Vector(w_hh) => gemv(&mut self.gh, w_hh, &self.h, None),
-            Recurrence::Matrix { w_hh_t, .. } => matmul_packed(
-                &mut self.gh,
-                false,
-                View::rows(&self.h, self.batch, h),
-                w_hh_t,
-            ),
+            Recurrence::Matrix { w_hh_t, .. } => {
+                matmul_packed(&mut self.gh, false, View::rows(&self.h, self.batch, h), w_hh_t)
+            }
         }
         for (b, &id) in ids.iter().enumerate() {
             let x = &self.table[id as usize * 3 * h..(id as usize + 1) * 3 * h];
@@ -108,19 +105,9 @@ impl Sampler {
         }
         std::mem::swap(&mut self.h, &mut self.h_next);
         match &self.recurrence {
-            Recurrence::Vector(_) => gemv(
-                &mut self.logits,
-                &self.dense_w,
-                &self.h,
-                Some(&self.dense_b),
-            ),
+            Recurrence::Vector(_) => gemv(&mut self.logits, &self.dense_w, &self.h, Some(&self.dense_b)),
             Recurrence::Matrix { dense_t, .. } => {
-                matmul_packed(
-                    &mut self.logits,
-                    false,
-                    View::rows(&self.h, self.batch, h),
-                    dense_t,
-                );
+                matmul_packed(&mut self.logits, false, View::rows(&self.h, self.batch, h), dense_t);
                 for row in self.logits.chunks_exact_mut(v) {
                     for (l, b) in row.iter_mut().zip(&self.dense_b) {
                         *l += b;
@@ -146,12 +133,7 @@ pub struct Picker {
 
 impl Picker {
     pub fn new(temperature: f32, top_k: Option<usize>, top_p: Option<f32>) -> Self {
-        Picker {
-            temperature,
-            top_k,
-            top_p,
-            scratch: Vec::new(),
-        }
+        Picker { temperature, top_k, top_p, scratch: Vec::new() }
     }
 
     pub fn pick(&mut self, logits: &[f32], rng: &mut impl Rng) -> u32 {
@@ -161,12 +143,7 @@ impl Picker {
         }
         let c = &mut self.scratch;
         c.clear();
-        c.extend(
-            logits
-                .iter()
-                .enumerate()
-                .map(|(i, &l)| (((l - max) / self.temperature).exp(), i as u32)),
-        );
+        c.extend(logits.iter().enumerate().map(|(i, &l)| (((l - max) / self.temperature).exp(), i as u32)));
         if self.top_k.is_some() || self.top_p.is_some() {
             // Most likely first; ties keep the lower id first.
             c.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
@@ -212,12 +189,14 @@ pub fn generate(
     let prime = if start.is_empty() {
         match vocab.id('\n') {
             Some(id) => vec![id],
-            None => bail!("--start is empty and the vocabulary has no newline to start from; pass --start TEXT"),
+            None => {
+                bail!("--start is empty and the vocabulary has no newline to start from; pass --start TEXT")
+            }
         }
     } else {
-        vocab.encode(start).map_err(|e| {
-            anyhow::anyhow!("--start: {e}; use only characters the model was trained on")
-        })?
+        vocab
+            .encode(start)
+            .map_err(|e| anyhow::anyhow!("--start: {e}; use only characters the model was trained on"))?
     };
     let n = sampler.batch();
     sampler.reset();
@@ -235,10 +214,7 @@ pub fn generate(
     let mut buf = [0u8; 4];
     for _ in 0..length {
         for (b, id) in ids.iter_mut().enumerate() {
-            *id = picker.pick(
-                &sampler.logits[b * sampler.vocab..(b + 1) * sampler.vocab],
-                rng,
-            );
+            *id = picker.pick(&sampler.logits[b * sampler.vocab..(b + 1) * sampler.vocab], rng);
             let c = vocab.char(*id);
             if streaming {
                 out.write_all(c.encode_utf8(&mut buf).as_bytes())?;
@@ -276,10 +252,7 @@ mod tests {
     #[test]
     fn greedy_takes_the_argmax() {
         let mut rng = StdRng::seed_from_u64(0);
-        assert_eq!(
-            Picker::new(0.0, None, None).pick(&[0.1, 3.0, -1.0, 2.9], &mut rng),
-            1
-        );
+        assert_eq!(Picker::new(0.0, None, None).pick(&[0.1, 3.0, -1.0, 2.9], &mut rng), 1);
     }
 
     #[test]
@@ -311,10 +284,6 @@ mod tests {
         let f = frequencies(&mut Picker::new(1.0, Some(3), Some(0.5)), &logits, 10_000);
         assert!(f[0] == 0.0 && f[1] == 0.0 && f[2] > 0.0, "{f:?}");
         let mut rng = StdRng::seed_from_u64(1);
-        assert_eq!(
-            Picker::new(1.0, Some(1), None).pick(&logits, &mut rng),
-            3,
-            "top-1 is greedy"
-        );
+        assert_eq!(Picker::new(1.0, Some(1), None).pick(&logits, &mut rng), 3, "top-1 is greedy");
     }
 }

@@ -16,7 +16,7 @@ use sha2::{Digest, Sha256};
 use crate::checkpoint::{self, Provenance};
 use crate::data::{epoch_batches, read_corpus, split_validation, Batch, Sequences};
 use crate::metrics::{Metrics, Record};
-use crate::model::{ids_tensor, loss, Config, Model};
+use crate::model::{ids_tensor, loss, Config, Model, Pass};
 use crate::optim::Adam;
 use crate::vocab::Vocab;
 
@@ -35,6 +35,28 @@ pub struct Settings {
     pub save_every: usize,
     pub keep: Option<usize>,
     pub seed: u64,
+    #[serde(default)]
+    pub clip_grad_norm: Option<f64>,
+    #[serde(default)]
+    pub lr_schedule: LrSchedule,
+    #[serde(default)]
+    pub warmup_steps: u64,
+    #[serde(default)]
+    pub min_lr: f64,
+    #[serde(default)]
+    pub weight_decay: f64,
+    #[serde(default)]
+    pub dropout: f64,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LrSchedule {
+    /// The same rate throughout (after any warm-up)
+    #[default]
+    Constant,
+    /// Cosine decay from --learning-rate to --min-lr over the run
+    Cosine,
 }
 
 pub struct TrainOptions {
@@ -73,20 +95,70 @@ impl std::fmt::Display for Interrupted {
 
 impl std::error::Error for Interrupted {}
 
-/// One optimisation step: forward, loss, backward, Adam. Returns the batch loss. A non-finite
-/// loss is an error and leaves the weights untouched.
-pub fn train_step(model: &Model, adam: &mut Adam, batch: &Batch) -> Result<f32> {
+/// What one optimisation step needs beyond the weights, optimizer and batch.
+#[derive(Clone, Copy, Debug)]
+pub struct StepOptions {
+    pub learning_rate: f64,
+    /// Rescale the gradients when their global L2 norm exceeds this (PyTorch's
+    /// `clip_grad_norm_`).
+    pub clip_grad_norm: Option<f64>,
+    pub dropout: f32,
+    /// Seeds this step's dropout mask.
+    pub seed: u64,
+}
+
+impl StepOptions {
+    /// The tutorial's step: constant rate, no clipping, no dropout.
+    pub fn plain(learning_rate: f64) -> Self {
+        StepOptions { learning_rate, clip_grad_norm: None, dropout: 0.0, seed: 0 }
+    }
+}
+
+/// One optimisation step: forward, loss, backward, Adam. Returns the batch loss and the global
+/// gradient norm before clipping. A non-finite loss is an error and leaves the weights
+/// untouched.
+pub fn train_step(model: &Model, adam: &mut Adam, batch: &Batch, o: &StepOptions) -> Result<(f32, f64)> {
     let dev = model.device();
     let inputs = ids_tensor(&batch.inputs, batch.batch_size, batch.seq_len, dev)?;
     let targets = ids_tensor(&batch.targets, batch.batch_size, batch.seq_len, dev)?;
-    let loss = loss(&model.forward(&inputs, true)?, &targets)?;
+    let pass = Pass::Train { dropout: o.dropout, seed: o.seed };
+    let loss = loss(&model.forward(&inputs, &pass)?, &targets)?;
     let value = loss.to_dtype(DType::F32)?.to_scalar::<f32>()?;
     if !value.is_finite() {
-        bail!("the loss became {value}; training stopped with the last checkpoint kept. Try a lower --learning-rate");
+        bail!(
+            "the loss became {value}; training stopped with the last checkpoint kept. Try a lower --learning-rate or --clip-grad-norm 1"
+        );
     }
     let grads = loss.backward()?;
-    adam.update(model.vars(), &grads)?;
-    Ok(value)
+    let mut squares = 0.0;
+    for v in model.vars() {
+        if let Some(g) = grads.get(v.as_tensor()) {
+            squares += g.sqr()?.sum_all()?.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+        }
+    }
+    let norm = squares.sqrt();
+    let scale = match o.clip_grad_norm {
+        Some(max) => (max / (norm + 1e-6)).min(1.0),
+        None => 1.0,
+    };
+    adam.update(model.vars(), &grads, o.learning_rate, scale)?;
+    Ok((value, norm))
+}
+
+/// The step size for 0-based `step` of `total`: linear warm-up over `warmup_steps`, then
+/// constant, or cosine decay to `min_lr` at the last step (nanoGPT's schedule).
+pub fn learning_rate(s: &Settings, step: u64, total: u64) -> f64 {
+    if step < s.warmup_steps {
+        return s.learning_rate * (step + 1) as f64 / (s.warmup_steps + 1) as f64;
+    }
+    match s.lr_schedule {
+        LrSchedule::Constant => s.learning_rate,
+        LrSchedule::Cosine => {
+            let span = total.saturating_sub(s.warmup_steps).max(1) as f64;
+            let ratio = ((step - s.warmup_steps) as f64 / span).min(1.0);
+            s.min_lr + 0.5 * (1.0 + (std::f64::consts::PI * ratio).cos()) * (s.learning_rate - s.min_lr)
+        }
+    }
 }
 
 /// Mean loss per character over all sequences (no shuffling, partial last batch included).
@@ -100,7 +172,7 @@ pub fn evaluate(model: &Model, seqs: &Sequences, batch_size: usize) -> Result<Op
         let b = seqs.batch(chunk);
         let inputs = ids_tensor(&b.inputs, b.batch_size, b.seq_len, model.device())?;
         let targets = ids_tensor(&b.targets, b.batch_size, b.seq_len, model.device())?;
-        let l = loss(&model.forward(&inputs, false)?, &targets)?
+        let l = loss(&model.forward(&inputs, &Pass::Eval)?, &targets)?
             .to_dtype(DType::F64)?
             .to_scalar::<f64>()?;
         total += l * chunk.len() as f64;
@@ -154,54 +226,23 @@ fn epoch_rng(seed: u64, epoch: usize) -> StdRng {
 
 /// The saved settings with the command line's changes that a resumed run allows: more epochs,
 /// another save schedule. Anything else that differs is refused.
-fn merge_settings(
-    saved: &Settings,
-    given: &Settings,
-    explicit: &[String],
-    done: usize,
-) -> Result<Settings> {
+fn merge_settings(saved: &Settings, given: &Settings, explicit: &[String], done: usize) -> Result<Settings> {
     let flag = |id: &str| format!("--{}", id.replace('_', "-"));
-    let fixed: [(&str, String, String); 9] = [
-        (
-            "data",
-            saved.data.display().to_string(),
-            given.data.display().to_string(),
-        ),
-        (
-            "batch_size",
-            saved.batch_size.to_string(),
-            given.batch_size.to_string(),
-        ),
-        (
-            "seq_len",
-            saved.seq_len.to_string(),
-            given.seq_len.to_string(),
-        ),
-        (
-            "buffer_size",
-            saved.buffer_size.to_string(),
-            given.buffer_size.to_string(),
-        ),
-        (
-            "embedding_dim",
-            saved.embedding_dim.to_string(),
-            given.embedding_dim.to_string(),
-        ),
-        (
-            "rnn_units",
-            saved.rnn_units.to_string(),
-            given.rnn_units.to_string(),
-        ),
-        (
-            "learning_rate",
-            saved.learning_rate.to_string(),
-            given.learning_rate.to_string(),
-        ),
-        (
-            "val_fraction",
-            saved.val_fraction.to_string(),
-            given.val_fraction.to_string(),
-        ),
+    let fixed: [(&str, String, String); 15] = [
+        ("clip_grad_norm", format!("{:?}", saved.clip_grad_norm), format!("{:?}", given.clip_grad_norm)),
+        ("lr_schedule", format!("{:?}", saved.lr_schedule), format!("{:?}", given.lr_schedule)),
+        ("warmup_steps", saved.warmup_steps.to_string(), given.warmup_steps.to_string()),
+        ("min_lr", saved.min_lr.to_string(), given.min_lr.to_string()),
+        ("weight_decay", saved.weight_decay.to_string(), given.weight_decay.to_string()),
+        ("dropout", saved.dropout.to_string(), given.dropout.to_string()),
+        ("data", saved.data.display().to_string(), given.data.display().to_string()),
+        ("batch_size", saved.batch_size.to_string(), given.batch_size.to_string()),
+        ("seq_len", saved.seq_len.to_string(), given.seq_len.to_string()),
+        ("buffer_size", saved.buffer_size.to_string(), given.buffer_size.to_string()),
+        ("embedding_dim", saved.embedding_dim.to_string(), given.embedding_dim.to_string()),
+        ("rnn_units", saved.rnn_units.to_string(), given.rnn_units.to_string()),
+        ("learning_rate", saved.learning_rate.to_string(), given.learning_rate.to_string()),
+        ("val_fraction", saved.val_fraction.to_string(), given.val_fraction.to_string()),
         ("seed", saved.seed.to_string(), given.seed.to_string()),
     ];
     for (id, was, now) in fixed {
@@ -215,10 +256,7 @@ fn merge_settings(
     let mut merged = saved.clone();
     if explicit.iter().any(|e| e == "epochs") {
         if given.epochs < done {
-            bail!(
-                "--epochs {} is fewer than the {done} epochs already trained",
-                given.epochs
-            );
+            bail!("--epochs {} is fewer than the {done} epochs already trained", given.epochs);
         }
         merged.epochs = given.epochs;
     }
@@ -235,12 +273,7 @@ fn merge_settings(
 fn prune(dir: &Path, keep: usize) -> Result<()> {
     let mut epochs: Vec<usize> = std::fs::read_dir(dir)?
         .filter_map(|e| e.ok()?.file_name().into_string().ok())
-        .filter_map(|n| {
-            n.strip_prefix("ckpt_")?
-                .strip_suffix(".safetensors")?
-                .parse()
-                .ok()
-        })
+        .filter_map(|n| n.strip_prefix("ckpt_")?.strip_suffix(".safetensors")?.parse().ok())
         .collect();
     epochs.sort_unstable_by(|a, b| b.cmp(a));
     for epoch in epochs.into_iter().skip(keep) {
@@ -259,11 +292,10 @@ pub fn run(o: &TrainOptions) -> Result<()> {
         Some(p) => {
             let path = checkpoint::resolve_resumable(p)?;
             let ckpt = checkpoint::load(&path, &o.device)?;
-            let mut adam = Adam::new(ckpt.model.vars(), 0.0)?;
-            let state =
-                checkpoint::load_optim(&checkpoint::optim_path(&path), &ckpt.model, &mut adam)?;
-            let pos: Position = serde_json::from_value(state)
-                .context("bad training position in the optimizer state")?;
+            let mut adam = Adam::new(ckpt.model.vars())?;
+            let state = checkpoint::load_optim(&checkpoint::optim_path(&path), &ckpt.model, &mut adam)?;
+            let pos: Position =
+                serde_json::from_value(state).context("bad training position in the optimizer state")?;
             if adam.step != ckpt.provenance.step {
                 bail!(
                     "{} is at step {} but its optimizer state at step {}; resume from another checkpoint",
@@ -311,24 +343,15 @@ pub fn run(o: &TrainOptions) -> Result<()> {
                     ckpt.provenance.corpus_sha256
                 );
             }
-            adam.learning_rate = s.learning_rate;
-            eprintln!(
-                "resuming {} at epoch {} batch {}",
-                path.display(),
-                pos.epoch + 1,
-                pos.batch
-            );
+            adam.weight_decay = s.weight_decay;
+            eprintln!("resuming {} at epoch {} batch {}", path.display(), pos.epoch + 1, pos.batch);
             (ckpt.model, adam, pos)
         }
         None => {
             let config = Config::gru(vocab.len(), s.embedding_dim, s.rnn_units);
-            let model = Model::new_random(
-                config,
-                DType::F32,
-                &o.device,
-                &mut StdRng::seed_from_u64(s.seed),
-            )?;
-            let adam = Adam::new(model.vars(), s.learning_rate)?;
+            let model = Model::new_random(config, DType::F32, &o.device, &mut StdRng::seed_from_u64(s.seed))?;
+            let mut adam = Adam::new(model.vars())?;
+            adam.weight_decay = s.weight_decay;
             let pos = Position {
                 settings: settings.clone(),
                 epoch: 0,
@@ -341,13 +364,9 @@ pub fn run(o: &TrainOptions) -> Result<()> {
     };
     let config = &model.config;
     let batches_per_epoch = train.len() / s.batch_size;
+    let total_steps = (batches_per_epoch * s.epochs) as u64;
 
-    eprintln!(
-        "corpus {}: {} characters, {} unique",
-        s.data.display(),
-        ids.len(),
-        vocab.len()
-    );
+    eprintln!("corpus {}: {} characters, {} unique", s.data.display(), ids.len(), vocab.len());
     eprintln!(
         "split: {} training / {} validation characters; {} training sequences of {}, {} batches of {} per epoch",
         train_ids.len(),
@@ -357,25 +376,11 @@ pub fn run(o: &TrainOptions) -> Result<()> {
         batches_per_epoch,
         s.batch_size
     );
-    let layers: Vec<String> = config
-        .layer_sizes()
-        .iter()
-        .map(|(n, c)| format!("{n} {c}"))
-        .collect();
-    eprintln!(
-        "model: {} | total {} parameters",
-        layers.join(" | "),
-        config.parameter_count()
-    );
-    eprintln!(
-        "seed {} (pass --seed {} to repeat this run)",
-        s.seed, s.seed
-    );
+    let layers: Vec<String> = config.layer_sizes().iter().map(|(n, c)| format!("{n} {c}")).collect();
+    eprintln!("model: {} | total {} parameters", layers.join(" | "), config.parameter_count());
+    eprintln!("seed {} (pass --seed {} to repeat this run)", s.seed, s.seed);
     if pos.epoch >= s.epochs {
-        eprintln!(
-            "already trained {} epochs; pass a larger --epochs to continue",
-            pos.epoch
-        );
+        eprintln!("already trained {} epochs; pass a larger --epochs to continue", pos.epoch);
         return Ok(());
     }
 
@@ -395,30 +400,30 @@ pub fn run(o: &TrainOptions) -> Result<()> {
     let mut best_val_loss = pos.best_val_loss;
     // Weights and optimizer state together (optimizer first: a crash in between leaves a pair
     // whose steps differ, which resume detects).
-    let save_point =
-        |path: &Path, adam: &Adam, provenance: &Provenance, position: &Position| -> Result<()> {
-            checkpoint::save_optim(
-                &checkpoint::optim_path(path),
-                &model,
-                adam,
-                &serde_json::to_value(position)?,
-            )?;
-            checkpoint::save(path, &model, &vocab, provenance)
-        };
+    let save_point = |path: &Path, adam: &Adam, provenance: &Provenance, position: &Position| -> Result<()> {
+        checkpoint::save_optim(
+            &checkpoint::optim_path(path),
+            &model,
+            adam,
+            &serde_json::to_value(position)?,
+        )?;
+        checkpoint::save(path, &model, &vocab, provenance)
+    };
 
     for epoch in pos.epoch + 1..=s.epochs {
         let started = Instant::now();
-        let batches = epoch_batches(
-            train.len(),
-            s.batch_size,
-            s.buffer_size,
-            &mut epoch_rng(s.seed, epoch),
-        );
+        let batches = epoch_batches(train.len(), s.batch_size, s.buffer_size, &mut epoch_rng(s.seed, epoch));
         let first = if epoch == pos.epoch + 1 { pos.batch } else { 0 };
         let mut loss_sum = if first > 0 { pos.epoch_loss_sum } else { 0.0 };
         for (n, indices) in batches.iter().enumerate().skip(first) {
             let t0 = Instant::now();
-            let l = train_step(&model, &mut adam, &train.batch(indices))
+            let step_options = StepOptions {
+                learning_rate: learning_rate(s, adam.step, total_steps),
+                clip_grad_norm: s.clip_grad_norm,
+                dropout: s.dropout as f32,
+                seed: s.seed ^ adam.step.wrapping_mul(0x9E37_79B9_7F4A_7C15),
+            };
+            let (l, _) = train_step(&model, &mut adam, &train.batch(indices), &step_options)
                 .with_context(|| format!("epoch {epoch} batch {n}"))?;
             loss_sum += l as f64;
             let chars_per_s = chars_per_batch / t0.elapsed().as_secs_f64();
@@ -428,7 +433,7 @@ pub fn run(o: &TrainOptions) -> Result<()> {
                     epoch,
                     step: adam.step,
                     loss: l as f64,
-                    learning_rate: adam.learning_rate,
+                    learning_rate: step_options.learning_rate,
                     chars_per_s,
                 })?;
             }
@@ -447,11 +452,7 @@ pub fn run(o: &TrainOptions) -> Result<()> {
                 let path = dir.join("interrupted.safetensors");
                 save_point(&path, &adam, &provenance, &position)?;
                 pb.abandon();
-                eprintln!(
-                    "stopped in epoch {epoch} after batch {}; saved {}",
-                    n + 1,
-                    path.display()
-                );
+                eprintln!("stopped in epoch {epoch} after batch {}; saved {}", n + 1, path.display());
                 eprintln!("continue with: {resume_hint}");
                 return Err(Interrupted.into());
             }
@@ -491,13 +492,8 @@ pub fn run(o: &TrainOptions) -> Result<()> {
         }
         if epoch % s.save_every == 0 || epoch == s.epochs {
             let path = dir.join(checkpoint::file_name(epoch));
-            let position = Position {
-                settings: settings.clone(),
-                epoch,
-                batch: 0,
-                epoch_loss_sum: 0.0,
-                best_val_loss,
-            };
+            let position =
+                Position { settings: settings.clone(), epoch, batch: 0, epoch_loss_sum: 0.0, best_val_loss };
             save_point(&path, &adam, &provenance, &position)?;
             if let Some(keep) = s.keep {
                 prune(dir, keep)?;

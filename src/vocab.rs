@@ -13,9 +13,7 @@ pub struct Vocab {
 impl Vocab {
     pub fn from_text(text: &str) -> Self {
         let set: BTreeSet<char> = text.chars().collect();
-        Vocab {
-            chars: set.into_iter().collect(),
-        }
+        Vocab { chars: set.into_iter().collect() }
     }
 
     /// A vocabulary read back from a checkpoint: characters must be unique and sorted.
@@ -63,11 +61,7 @@ impl Vocab {
         }
         if !unknown.is_empty() {
             let list: Vec<String> = unknown.iter().map(|c| format!("{c:?}")).collect();
-            bail!(
-                "{} character(s) are not in the model's vocabulary: {}",
-                unknown.len(),
-                list.join(", ")
-            );
+            bail!("{} character(s) are not in the model's vocabulary: {}", unknown.len(), list.join(", "));
         }
         Ok(ids)
     }
@@ -85,9 +79,7 @@ mod tests {
     fn sorted_unique_scalar_values_like_python() {
         let v = Vocab::from_text("hello, wörld 🌍 世界");
         // sorted(set("hello, wörld 🌍 世界")) in Python
-        let want: Vec<char> = vec![
-            ' ', ',', 'd', 'e', 'h', 'l', 'o', 'r', 'w', 'ö', '世', '界', '🌍',
-        ];
+        let want: Vec<char> = vec![' ', ',', 'd', 'e', 'h', 'l', 'o', 'r', 'w', 'ö', '世', '界', '🌍'];
         assert_eq!(v.chars(), &want[..]);
         let ids = v.encode("hö🌍").unwrap();
         assert_eq!(ids, vec![4, 9, 12]);
@@ -98,10 +90,7 @@ mod tests {
     fn unknown_characters_are_listed() {
         let v = Vocab::from_text("abc");
         let err = v.encode("abXcYX").unwrap_err().to_string();
-        assert!(
-            err.contains("'X'") && err.contains("'Y'") && err.starts_with("2 character"),
-            "{err}"
-        );
+        assert!(err.contains("'X'") && err.contains("'Y'") && err.starts_with("2 character"), "{err}");
     }
 
     #[test]

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 
 use candle_core::{DType, Device};
 use charrnn::checkpoint::{self, Provenance};
-use charrnn::model::{ids_tensor, Config, Model};
+use charrnn::model::{ids_tensor, Config, Model, Pass};
 use charrnn::vocab::Vocab;
 use rand::{rngs::StdRng, SeedableRng};
 use safetensors::tensor::{Dtype, SafeTensors, TensorView};
@@ -13,32 +13,15 @@ use safetensors::tensor::{Dtype, SafeTensors, TensorView};
 fn fixture() -> (Model, Vocab, Provenance) {
     let vocab = Vocab::from_text("To be, or not to be: that is the question.\n");
     let mut rng = StdRng::seed_from_u64(4);
-    let model = Model::new_random(
-        Config::gru(vocab.len(), 6, 10),
-        DType::F32,
-        &Device::Cpu,
-        &mut rng,
-    )
-    .unwrap();
-    let prov = Provenance {
-        epoch: 3,
-        step: 42,
-        train_loss: Some(1.5),
-        seed: 4,
-        ..Default::default()
-    };
+    let model =
+        Model::new_random(Config::gru(vocab.len(), 6, 10), DType::F32, &Device::Cpu, &mut rng).unwrap();
+    let prov = Provenance { epoch: 3, step: 42, train_loss: Some(1.5), seed: 4, ..Default::default() };
     (model, vocab, prov)
 }
 
 fn logits(model: &Model) -> Vec<f32> {
     let ids = ids_tensor(&[0, 1, 2, 3, 4, 5], 2, 3, &Device::Cpu).unwrap();
-    model
-        .forward(&ids, false)
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .to_vec1()
-        .unwrap()
+    model.forward(&ids, &Pass::Eval).unwrap().flatten_all().unwrap().to_vec1().unwrap()
 }
 
 #[test]
@@ -65,10 +48,7 @@ fn save_then_load_gives_identical_logits_and_metadata() {
     // PyTorch names and shapes
     let st = SafeTensors::deserialize(&bytes).unwrap();
     assert_eq!(st.tensor("gru.weight_hh_l0").unwrap().shape(), &[30, 10]);
-    assert_eq!(
-        st.tensor("embedding.weight").unwrap().shape(),
-        &[vocab.len(), 6]
-    );
+    assert_eq!(st.tensor("embedding.weight").unwrap().shape(), &[vocab.len(), 6]);
 }
 
 #[test]
@@ -76,24 +56,12 @@ fn a_folder_resolves_to_its_newest_epoch() {
     let dir = tempfile::tempdir().unwrap();
     let (model, vocab, prov) = fixture();
     for epoch in [2, 10, 9] {
-        checkpoint::save(
-            &dir.path().join(checkpoint::file_name(epoch)),
-            &model,
-            &vocab,
-            &prov,
-        )
-        .unwrap();
+        checkpoint::save(&dir.path().join(checkpoint::file_name(epoch)), &model, &vocab, &prov).unwrap();
     }
-    assert_eq!(
-        checkpoint::resolve(dir.path()).unwrap(),
-        dir.path().join("ckpt_10.safetensors")
-    );
+    assert_eq!(checkpoint::resolve(dir.path()).unwrap(), dir.path().join("ckpt_10.safetensors"));
     let empty = tempfile::tempdir().unwrap();
     let err = checkpoint::resolve(empty.path()).unwrap_err().to_string();
-    assert!(
-        err.contains("no checkpoint") && err.contains("charrnn train"),
-        "{err}"
-    );
+    assert!(err.contains("no checkpoint") && err.contains("charrnn train"), "{err}");
 }
 
 fn load_err(bytes: &[u8]) -> String {
@@ -104,10 +72,7 @@ fn load_err(bytes: &[u8]) -> String {
         Ok(_) => panic!("a bad checkpoint loaded"),
         Err(e) => {
             let msg = format!("{e:#}");
-            assert!(
-                msg.contains("bad.safetensors"),
-                "the error names the file: {msg}"
-            );
+            assert!(msg.contains("bad.safetensors"), "the error names the file: {msg}");
             msg
         }
     }
@@ -129,10 +94,8 @@ fn rewrite(
         .map(|(n, v)| (n, v.dtype(), v.shape().to_vec(), v.data().to_vec()))
         .collect();
     edit_tensors(&mut tensors);
-    let views: Vec<_> = tensors
-        .iter()
-        .map(|(n, d, s, b)| (n.clone(), TensorView::new(*d, s.clone(), b).unwrap()))
-        .collect();
+    let views: Vec<_> =
+        tensors.iter().map(|(n, d, s, b)| (n.clone(), TensorView::new(*d, s.clone(), b).unwrap())).collect();
     safetensors::serialize(views, Some(meta)).unwrap()
 }
 
@@ -142,15 +105,9 @@ fn every_bad_checkpoint_is_a_clear_error() {
     let good = checkpoint::to_bytes(&model, &vocab, &prov).unwrap();
     assert!(checkpoint::from_bytes(&good, &Device::Cpu).is_ok());
 
-    let missing = checkpoint::load(
-        std::path::Path::new("/no/such/ckpt.safetensors"),
-        &Device::Cpu,
-    );
+    let missing = checkpoint::load(std::path::Path::new("/no/such/ckpt.safetensors"), &Device::Cpu);
     let msg = format!("{:#}", missing.err().unwrap());
-    assert!(
-        msg.contains("/no/such/ckpt.safetensors") && msg.contains("cannot read"),
-        "{msg}"
-    );
+    assert!(msg.contains("/no/such/ckpt.safetensors") && msg.contains("cannot read"), "{msg}");
 
     let msg = load_err(&good[..good.len() / 2]);
     assert!(msg.contains("truncated or corrupted"), "{msg}");
@@ -167,11 +124,7 @@ fn every_bad_checkpoint_is_a_clear_error() {
     let msg = load_err(b"this is not a checkpoint at all, just some text");
     assert!(msg.contains("truncated or corrupted"), "{msg}");
 
-    let msg = load_err(&rewrite(
-        &good,
-        |m| m.remove("vocab").map(drop).unwrap_or(()),
-        |_| {},
-    ));
+    let msg = load_err(&rewrite(&good, |m| m.remove("vocab").map(drop).unwrap_or(()), |_| {}));
     assert!(msg.contains("`vocab` is missing"), "{msg}");
 
     let smaller: Vec<String> = vocab.chars()[1..].iter().map(|c| c.to_string()).collect();
@@ -183,21 +136,10 @@ fn every_bad_checkpoint_is_a_clear_error() {
     assert!(msg.contains("characters but the vocabulary has"), "{msg}");
 
     let wider = serde_json::to_string(&Config::gru(vocab.len(), 7, 10)).unwrap();
-    let msg = load_err(&rewrite(
-        &good,
-        |m| drop(m.insert("config".into(), wider)),
-        |_| {},
-    ));
-    assert!(
-        msg.contains("embedding.weight has shape [") && msg.contains("implies"),
-        "{msg}"
-    );
+    let msg = load_err(&rewrite(&good, |m| drop(m.insert("config".into(), wider)), |_| {}));
+    assert!(msg.contains("embedding.weight has shape [") && msg.contains("implies"), "{msg}");
 
-    let msg = load_err(&rewrite(
-        &good,
-        |_| {},
-        |t| t.retain(|(n, ..)| n != "dense.bias"),
-    ));
+    let msg = load_err(&rewrite(&good, |_| {}, |t| t.retain(|(n, ..)| n != "dense.bias")));
     assert!(msg.contains("dense.bias is missing"), "{msg}");
 
     let msg = load_err(&rewrite(

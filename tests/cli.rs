@@ -5,10 +5,7 @@ use std::path::Path;
 use std::process::{Command, Output, Stdio};
 
 fn charrnn(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_charrnn"))
-        .args(args)
-        .output()
-        .expect("the binary runs")
+    Command::new(env!("CARGO_BIN_EXE_charrnn")).args(args).output().expect("the binary runs")
 }
 
 fn stderr(o: &Output) -> String {
@@ -18,34 +15,21 @@ fn stderr(o: &Output) -> String {
 /// A failure with a one-line error containing `needle`, and never a panic.
 fn assert_fails_with(o: &Output, needle: &str) {
     let err = stderr(o);
-    assert!(
-        !o.status.success(),
-        "expected failure, got success; stderr: {err}"
-    );
+    assert!(!o.status.success(), "expected failure, got success; stderr: {err}");
     assert!(!err.contains("panicked"), "panic reached the user: {err}");
     assert!(err.contains(needle), "stderr lacks {needle:?}: {err}");
 }
 
 fn tiny_corpus(dir: &Path) -> String {
-    let text = "the quick brown fox jumps over the lazy dog.\nthe dog sleeps; the fox runs away.\n"
-        .repeat(40);
+    let text =
+        "the quick brown fox jumps over the lazy dog.\nthe dog sleeps; the fox runs away.\n".repeat(40);
     let path = dir.join("tiny.txt");
     std::fs::write(&path, text).unwrap();
     path.to_string_lossy().into_owned()
 }
 
-const SMALL: &[&str] = &[
-    "--batch-size",
-    "4",
-    "--seq-len",
-    "20",
-    "--embedding-dim",
-    "8",
-    "--rnn-units",
-    "16",
-    "--device",
-    "cpu",
-];
+const SMALL: &[&str] =
+    &["--batch-size", "4", "--seq-len", "20", "--embedding-dim", "8", "--rnn-units", "16", "--device", "cpu"];
 
 #[test]
 fn train_two_epochs_then_generate() {
@@ -53,62 +37,26 @@ fn train_two_epochs_then_generate() {
     let data = tiny_corpus(dir.path());
     let ckpt = dir.path().join("ckpt");
     let ckpt_s = ckpt.to_str().unwrap();
-    let mut args = vec![
-        "train",
-        "--data",
-        &data,
-        "--epochs",
-        "2",
-        "--checkpoint-dir",
-        ckpt_s,
-        "--seed",
-        "1",
-    ];
+    let mut args = vec!["train", "--data", &data, "--epochs", "2", "--checkpoint-dir", ckpt_s, "--seed", "1"];
     args.extend_from_slice(SMALL);
     let o = charrnn(&args);
     let err = stderr(&o);
     assert!(o.status.success(), "{err}");
     assert!(o.stdout.is_empty(), "training writes nothing to stdout");
-    for needle in [
-        "Epoch 1 Batch 0 Loss",
-        "Epoch 2 Loss:",
-        "validation loss",
-        "Time taken for 1 epoch",
-    ] {
+    for needle in ["Epoch 1 Batch 0 Loss", "Epoch 2 Loss:", "validation loss", "Time taken for 1 epoch"] {
         assert!(err.contains(needle), "stderr lacks {needle:?}: {err}");
     }
-    assert!(
-        ckpt.join("ckpt_2.safetensors").exists(),
-        "the last epoch is saved"
-    );
+    assert!(ckpt.join("ckpt_2.safetensors").exists(), "the last epoch is saved");
 
     let gen = |seed: &str| {
-        charrnn(&[
-            "generate",
-            "--checkpoint",
-            ckpt_s,
-            "--start",
-            "the ",
-            "--length",
-            "60",
-            "--seed",
-            seed,
-        ])
+        charrnn(&["generate", "--checkpoint", ckpt_s, "--start", "the ", "--length", "60", "--seed", seed])
     };
     let a = gen("7");
     assert!(a.status.success(), "{}", stderr(&a));
     let text = String::from_utf8(a.stdout.clone()).unwrap();
     assert!(text.starts_with("the "), "{text:?}");
-    assert_eq!(
-        text.trim_end_matches('\n').chars().count(),
-        4 + 60,
-        "{text:?}"
-    );
-    assert_eq!(
-        gen("7").stdout,
-        a.stdout,
-        "a seed makes sampling reproducible"
-    );
+    assert_eq!(text.trim_end_matches('\n').chars().count(), 4 + 60, "{text:?}");
+    assert_eq!(gen("7").stdout, a.stdout, "a seed makes sampling reproducible");
 }
 
 #[test]
@@ -117,15 +65,7 @@ fn ctrl_c_saves_and_exits_130() {
     let data = tiny_corpus(dir.path());
     let ckpt = dir.path().join("ckpt");
     let mut child = Command::new(env!("CARGO_BIN_EXE_charrnn"))
-        .args([
-            "train",
-            "--data",
-            &data,
-            "--epochs",
-            "1000",
-            "--checkpoint-dir",
-            ckpt.to_str().unwrap(),
-        ])
+        .args(["train", "--data", &data, "--epochs", "1000", "--checkpoint-dir", ckpt.to_str().unwrap()])
         .args(SMALL)
         .stderr(Stdio::piped())
         .stdout(Stdio::null())
@@ -137,21 +77,14 @@ fn ctrl_c_saves_and_exits_130() {
             break;
         }
     }
-    let killed = Command::new("kill")
-        .args(["-INT", &child.id().to_string()])
-        .status()
-        .unwrap();
+    let killed = Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap();
     assert!(killed.success());
     let rest: Vec<String> = lines.map_while(Result::ok).collect();
     let status = child.wait().unwrap();
     assert_eq!(status.code(), Some(130), "{rest:?}");
     let saved = ckpt.join("interrupted.safetensors");
-    assert!(
-        rest.iter().any(|l| l.contains("interrupted.safetensors")),
-        "{rest:?}"
-    );
-    let done = charrnn::checkpoint::load(&saved, &candle_core::Device::Cpu)
-        .expect("the saved weights load");
+    assert!(rest.iter().any(|l| l.contains("interrupted.safetensors")), "{rest:?}");
+    let done = charrnn::checkpoint::load(&saved, &candle_core::Device::Cpu).expect("the saved weights load");
     let stray: Vec<_> = std::fs::read_dir(&ckpt)
         .unwrap()
         .map(|e| e.unwrap().file_name().into_string().unwrap())
@@ -161,41 +94,24 @@ fn ctrl_c_saves_and_exits_130() {
 
     // Resuming from the middle of an epoch ends exactly where an uninterrupted run does.
     let epochs = (done.provenance.epoch + 1).to_string();
-    let o = charrnn(&[
-        "train",
-        "--data",
-        &data,
-        "--resume",
-        ckpt.to_str().unwrap(),
-        "--epochs",
-        &epochs,
-    ]);
+    let o = charrnn(&["train", "--data", &data, "--resume", ckpt.to_str().unwrap(), "--epochs", &epochs]);
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(stderr(&o).contains("resuming"), "{}", stderr(&o));
     let straight = dir.path().join("straight");
     let seed = done.provenance.seed.to_string();
-    let mut args = vec![
-        "train", "--data", &data, "--epochs", &epochs, "--seed", &seed,
-    ];
+    let mut args = vec!["train", "--data", &data, "--epochs", &epochs, "--seed", &seed];
     args.extend(["--checkpoint-dir", straight.to_str().unwrap()]);
     args.extend_from_slice(SMALL);
     assert!(charrnn(&args).status.success());
     let name = format!("ckpt_{epochs}.safetensors");
-    assert_eq!(
-        tensor_bytes(&ckpt.join(&name)),
-        tensor_bytes(&straight.join(&name))
-    );
+    assert_eq!(tensor_bytes(&ckpt.join(&name)), tensor_bytes(&straight.join(&name)));
 }
 
 /// Every tensor's name and raw bytes.
 fn tensor_bytes(path: &Path) -> Vec<(String, Vec<u8>)> {
     let bytes = std::fs::read(path).unwrap();
     let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
-    let mut v: Vec<_> = st
-        .tensors()
-        .into_iter()
-        .map(|(n, t)| (n, t.data().to_vec()))
-        .collect();
+    let mut v: Vec<_> = st.tensors().into_iter().map(|(n, t)| (n, t.data().to_vec())).collect();
     v.sort();
     v
 }
@@ -238,32 +154,13 @@ fn two_epochs_equal_one_plus_a_resumed_one_bit_for_bit() {
     );
 
     // Settings that would change the run are refused; nothing is written.
-    let o = charrnn(&[
-        "train",
-        "--checkpoint-dir",
-        split.to_str().unwrap(),
-        "--resume",
-        "--rnn-units",
-        "32",
-    ]);
+    let o = charrnn(&["train", "--checkpoint-dir", split.to_str().unwrap(), "--resume", "--rnn-units", "32"]);
     assert_fails_with(&o, "--rnn-units 32 differs from the resumed run's 16");
-    let o = charrnn(&[
-        "train",
-        "--checkpoint-dir",
-        split.to_str().unwrap(),
-        "--resume",
-        "--epochs",
-        "1",
-    ]);
+    let o = charrnn(&["train", "--checkpoint-dir", split.to_str().unwrap(), "--resume", "--epochs", "1"]);
     assert_fails_with(&o, "fewer than the 2 epochs already trained");
     let empty = dir.path().join("empty");
     std::fs::create_dir(&empty).unwrap();
-    let o = charrnn(&[
-        "train",
-        "--checkpoint-dir",
-        empty.to_str().unwrap(),
-        "--resume",
-    ]);
+    let o = charrnn(&["train", "--checkpoint-dir", empty.to_str().unwrap(), "--resume"]);
     assert_fails_with(&o, "nothing to resume");
 
     // Metrics, plot, best checkpoint; --keep prunes old periodic checkpoints.
@@ -275,32 +172,19 @@ fn two_epochs_equal_one_plus_a_resumed_one_bit_for_bit() {
         .collect();
     assert_eq!(epochs.len(), 2);
     assert!(epochs[1]["val_loss"].as_f64().unwrap() > 0.0);
-    assert!(std::fs::read_to_string(straight.join("loss.svg"))
-        .unwrap()
-        .contains("<polyline"));
+    assert!(std::fs::read_to_string(straight.join("loss.svg")).unwrap().contains("<polyline"));
     assert!(straight.join("best.safetensors").exists());
     let kept = run("c", &["--epochs", "3", "--keep", "1"]);
-    let mut names: Vec<String> = std::fs::read_dir(&kept)
-        .unwrap()
-        .map(|e| e.unwrap().file_name().into_string().unwrap())
-        .collect();
+    let mut names: Vec<String> =
+        std::fs::read_dir(&kept).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
     names.sort();
     assert_eq!(
         names,
-        [
-            "best.safetensors",
-            "ckpt_3.optim.safetensors",
-            "ckpt_3.safetensors",
-            "loss.svg",
-            "metrics.jsonl"
-        ]
+        ["best.safetensors", "ckpt_3.optim.safetensors", "ckpt_3.safetensors", "loss.svg", "metrics.jsonl"]
     );
 
     // info, human-readable and JSON
-    let o = charrnn(&[
-        "info",
-        straight.join("ckpt_2.safetensors").to_str().unwrap(),
-    ]);
+    let o = charrnn(&["info", straight.join("ckpt_2.safetensors").to_str().unwrap()]);
     assert!(o.status.success(), "{}", stderr(&o));
     let text = String::from_utf8(o.stdout).unwrap();
     assert!(
@@ -331,20 +215,13 @@ fn bad_corpora_are_refused() {
 
     let latin1 = dir.path().join("latin1.txt");
     std::fs::write(&latin1, b"caf\xe9 au lait").unwrap();
-    assert_fails_with(
-        &train(latin1.to_str().unwrap()),
-        "not valid UTF-8 (bad byte at offset 3)",
-    );
+    assert_fails_with(&train(latin1.to_str().unwrap()), "not valid UTF-8 (bad byte at offset 3)");
 
     let short = dir.path().join("short.txt");
     std::fs::write(&short, "a short text".repeat(5)).unwrap();
     let o = train(short.to_str().unwrap());
     assert_fails_with(&o, "too short");
-    assert!(
-        stderr(&o).contains("needs at least 94 characters"),
-        "{}",
-        stderr(&o)
-    );
+    assert!(stderr(&o).contains("needs at least 94 characters"), "{}", stderr(&o));
 
     assert_fails_with(&train("/no/such/corpus.txt"), "charrnn download");
     assert!(!Path::new(ck).join("ckpt_1.safetensors").exists());
@@ -360,14 +237,8 @@ fn nonsense_flags_are_refused() {
         (vec!["train", "--val-fraction", "-0.1"], "must be in [0, 1)"),
         (vec!["train", "--learning-rate", "0"], "positive"),
         (vec!["generate", "--length", "0"], "at least 1"),
-        (
-            vec!["generate", "--temperature", "-0.5"],
-            "must be 0 (greedy) or a positive number",
-        ),
-        (
-            vec!["generate", "--temperature", "NaN"],
-            "must be 0 (greedy) or a positive number",
-        ),
+        (vec!["generate", "--temperature", "-0.5"], "must be 0 (greedy) or a positive number"),
+        (vec!["generate", "--temperature", "NaN"], "must be 0 (greedy) or a positive number"),
         (vec!["train", "--device", "tpu"], "invalid value 'tpu'"),
     ] {
         assert_fails_with(&charrnn(&args), needle);
@@ -377,10 +248,7 @@ fn nonsense_flags_are_refused() {
 #[cfg(not(feature = "cuda"))]
 #[test]
 fn cuda_in_a_cpu_build_says_how_to_get_it() {
-    assert_fails_with(
-        &charrnn(&["train", "--device", "cuda"]),
-        "rebuild with --features cuda",
-    );
+    assert_fails_with(&charrnn(&["train", "--device", "cuda"]), "rebuild with --features cuda");
 }
 
 #[test]
@@ -391,39 +259,16 @@ fn generate_refuses_bad_checkpoints_and_unknown_start_characters() {
 
     let junk = dir.path().join("junk.safetensors");
     std::fs::write(&junk, b"\x10\x00\x00\x00\x00\x00\x00\x00{\"a\":").unwrap();
-    assert_fails_with(
-        &charrnn(&["generate", "--checkpoint", junk.to_str().unwrap()]),
-        "junk.safetensors",
-    );
+    assert_fails_with(&charrnn(&["generate", "--checkpoint", junk.to_str().unwrap()]), "junk.safetensors");
 
     let data = tiny_corpus(dir.path());
     let ck = dir.path().join("ck");
-    let mut a = vec![
-        "train",
-        "--data",
-        &data,
-        "--epochs",
-        "1",
-        "--checkpoint-dir",
-        ck.to_str().unwrap(),
-    ];
+    let mut a = vec!["train", "--data", &data, "--epochs", "1", "--checkpoint-dir", ck.to_str().unwrap()];
     a.extend_from_slice(SMALL);
     assert!(charrnn(&a).status.success());
-    let o = charrnn(&[
-        "generate",
-        "--checkpoint",
-        ck.to_str().unwrap(),
-        "--start",
-        "ROMEO: Zebra",
-    ]);
-    assert_fails_with(
-        &o,
-        "6 character(s) are not in the model's vocabulary: ':', 'E', 'M', 'O', 'R', 'Z'",
-    );
-    assert!(
-        o.stdout.is_empty(),
-        "nothing is printed before the start is checked"
-    );
+    let o = charrnn(&["generate", "--checkpoint", ck.to_str().unwrap(), "--start", "ROMEO: Zebra"]);
+    assert_fails_with(&o, "6 character(s) are not in the model's vocabulary: ':', 'E', 'M', 'O', 'R', 'Z'");
+    assert!(o.stdout.is_empty(), "nothing is printed before the start is checked");
 }
 
 #[test]
@@ -448,10 +293,7 @@ fn a_failed_checkpoint_write_stops_training_and_keeps_the_previous_one() {
     let o = charrnn(&a);
     assert_fails_with(&o, "cannot write");
     assert!(stderr(&o).contains("ckpt_2.safetensors"), "{}", stderr(&o));
-    assert!(
-        !stderr(&o).contains("Epoch 3"),
-        "training stopped at the failure"
-    );
+    assert!(!stderr(&o).contains("Epoch 3"), "training stopped at the failure");
     charrnn::checkpoint::load(&ck.join("ckpt_1.safetensors"), &candle_core::Device::Cpu)
         .expect("epoch 1 intact");
     let stray: Vec<_> = std::fs::read_dir(&ck)
@@ -461,21 +303,9 @@ fn a_failed_checkpoint_write_stops_training_and_keeps_the_previous_one() {
         .collect();
     assert!(stray.is_empty(), "{stray:?}");
     // What is left still resumes from epoch 1.
-    let o = charrnn(&[
-        "train",
-        "--data",
-        &data,
-        "--resume",
-        ck.to_str().unwrap(),
-        "--epochs",
-        "1",
-    ]);
+    let o = charrnn(&["train", "--data", &data, "--resume", ck.to_str().unwrap(), "--epochs", "1"]);
     assert!(o.status.success(), "{}", stderr(&o));
-    assert!(
-        stderr(&o).contains("already trained 1 epochs"),
-        "{}",
-        stderr(&o)
-    );
+    assert!(stderr(&o).contains("already trained 1 epochs"), "{}", stderr(&o));
 }
 
 #[test]
@@ -483,27 +313,13 @@ fn eval_through_the_binary() {
     let dir = tempfile::tempdir().unwrap();
     let data = tiny_corpus(dir.path());
     let ck = dir.path().join("ck");
-    let mut a = vec![
-        "train",
-        "--data",
-        &data,
-        "--epochs",
-        "1",
-        "--checkpoint-dir",
-        ck.to_str().unwrap(),
-    ];
+    let mut a = vec!["train", "--data", &data, "--epochs", "1", "--checkpoint-dir", ck.to_str().unwrap()];
     a.extend_from_slice(SMALL);
     assert!(charrnn(&a).status.success());
     let other = dir.path().join("other.txt");
     std::fs::write(&other, "the quick brown fox! THE END").unwrap();
-    let o = charrnn(&[
-        "eval",
-        "--checkpoint",
-        ck.to_str().unwrap(),
-        "--data",
-        other.to_str().unwrap(),
-        "--json",
-    ]);
+    let o =
+        charrnn(&["eval", "--checkpoint", ck.to_str().unwrap(), "--data", other.to_str().unwrap(), "--json"]);
     assert!(o.status.success(), "{}", stderr(&o));
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(v["skipped"], 7, "{v}"); // ! T H E E N D

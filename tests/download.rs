@@ -31,11 +31,8 @@ fn serve(responses: Vec<Vec<u8>>) -> String {
 }
 
 fn ok(body: &[u8]) -> Vec<u8> {
-    let mut r = format!(
-        "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-        body.len()
-    )
-    .into_bytes();
+    let mut r = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", body.len())
+        .into_bytes();
     r.extend_from_slice(body);
     r
 }
@@ -45,20 +42,12 @@ fn sha(b: &[u8]) -> String {
 }
 
 fn opts(url: String, output: PathBuf, sha256: Option<String>, force: bool) -> DownloadOptions {
-    DownloadOptions {
-        url,
-        output,
-        sha256,
-        force,
-        timeout: Duration::from_secs(5),
-    }
+    DownloadOptions { url, output, sha256, force, timeout: Duration::from_secs(5) }
 }
 
 fn listing(dir: &Path) -> Vec<String> {
-    let mut v: Vec<String> = std::fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().file_name().into_string().unwrap())
-        .collect();
+    let mut v: Vec<String> =
+        std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
     v.sort();
     v
 }
@@ -71,19 +60,10 @@ fn downloads_verifies_and_then_finds_it_present() {
     let out = dir.path().join("data/corpus.txt");
     let url = serve(vec![ok(BODY)]);
     let got = run(&opts(url.clone(), out.clone(), Some(sha(BODY)), false)).unwrap();
-    assert_eq!(
-        got,
-        Outcome::Downloaded {
-            bytes: BODY.len() as u64,
-            sha256: sha(BODY)
-        }
-    );
+    assert_eq!(got, Outcome::Downloaded { bytes: BODY.len() as u64, sha256: sha(BODY) });
     assert_eq!(std::fs::read(&out).unwrap(), BODY);
     // Present with the right checksum: no request is made (the server is gone by now).
-    assert_eq!(
-        run(&opts(url, out.clone(), Some(sha(BODY)), false)).unwrap(),
-        Outcome::AlreadyPresent
-    );
+    assert_eq!(run(&opts(url, out.clone(), Some(sha(BODY)), false)).unwrap(), Outcome::AlreadyPresent);
     assert_eq!(listing(&dir.path().join("data")), vec!["corpus.txt"]);
 }
 
@@ -91,12 +71,8 @@ fn downloads_verifies_and_then_finds_it_present() {
 fn http_errors_leave_nothing_behind() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("corpus.txt");
-    let url = serve(vec![
-        b"HTTP/1.1 404 Not Found\r\nContent-Length: 9\r\n\r\nnot found".to_vec(),
-    ]);
-    let err = run(&opts(url, out.clone(), None, false))
-        .unwrap_err()
-        .to_string();
+    let url = serve(vec![b"HTTP/1.1 404 Not Found\r\nContent-Length: 9\r\n\r\nnot found".to_vec()]);
+    let err = run(&opts(url, out.clone(), None, false)).unwrap_err().to_string();
     assert!(err.contains("404"), "{err}");
     assert!(listing(dir.path()).is_empty());
 }
@@ -106,20 +82,11 @@ fn a_truncated_body_is_refused_and_the_old_file_kept() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("corpus.txt");
     std::fs::write(&out, b"old").unwrap();
-    let mut resp = format!(
-        "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n",
-        BODY.len() + 100
-    )
-    .into_bytes();
+    let mut resp = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n", BODY.len() + 100).into_bytes();
     resp.extend_from_slice(BODY);
     let url = serve(vec![resp]);
-    let err = run(&opts(url, out.clone(), None, true))
-        .unwrap_err()
-        .to_string();
-    assert!(
-        err.contains("broke off") || err.contains("truncated"),
-        "{err}"
-    );
+    let err = run(&opts(url, out.clone(), None, true)).unwrap_err().to_string();
+    assert!(err.contains("broke off") || err.contains("truncated"), "{err}");
     assert_eq!(std::fs::read(&out).unwrap(), b"old");
     assert_eq!(listing(dir.path()), vec!["corpus.txt"]);
 }
@@ -130,13 +97,8 @@ fn a_checksum_mismatch_keeps_the_existing_file() {
     let out = dir.path().join("corpus.txt");
     std::fs::write(&out, b"old").unwrap();
     let url = serve(vec![ok(b"tampered")]);
-    let err = run(&opts(url, out.clone(), Some(sha(BODY)), true))
-        .unwrap_err()
-        .to_string();
-    assert!(
-        err.contains("SHA-256") && err.contains(&sha(b"tampered")),
-        "{err}"
-    );
+    let err = run(&opts(url, out.clone(), Some(sha(BODY)), true)).unwrap_err().to_string();
+    assert!(err.contains("SHA-256") && err.contains(&sha(b"tampered")), "{err}");
     assert_eq!(std::fs::read(&out).unwrap(), b"old");
     assert_eq!(listing(dir.path()), vec!["corpus.txt"]);
 }
@@ -147,9 +109,7 @@ fn an_existing_different_file_needs_force() {
     let out = dir.path().join("corpus.txt");
     std::fs::write(&out, b"mine").unwrap();
     let url = serve(vec![ok(BODY)]);
-    let err = run(&opts(url.clone(), out.clone(), Some(sha(BODY)), false))
-        .unwrap_err()
-        .to_string();
+    let err = run(&opts(url.clone(), out.clone(), Some(sha(BODY)), false)).unwrap_err().to_string();
     assert!(err.contains("--force"), "{err}");
     assert_eq!(std::fs::read(&out).unwrap(), b"mine");
     run(&opts(url, out.clone(), Some(sha(BODY)), true)).unwrap();
@@ -160,25 +120,12 @@ fn an_existing_different_file_needs_force() {
 fn refused_and_silent_servers_fail_cleanly() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("corpus.txt");
-    let port = TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let err = format!(
         "{:#}",
-        run(&opts(
-            format!("http://127.0.0.1:{port}/x"),
-            out.clone(),
-            None,
-            false
-        ))
-        .unwrap_err()
+        run(&opts(format!("http://127.0.0.1:{port}/x"), out.clone(), None, false)).unwrap_err()
     );
-    assert!(
-        err.contains("failed") && err.to_lowercase().contains("refused"),
-        "{err}"
-    );
+    assert!(err.contains("failed") && err.to_lowercase().contains("refused"), "{err}");
 
     // A server that accepts and never answers: the timeout ends it.
     let silent = TcpListener::bind("127.0.0.1:0").unwrap();
@@ -186,10 +133,7 @@ fn refused_and_silent_servers_fail_cleanly() {
     let mut o = opts(url, out, None, false);
     o.timeout = Duration::from_millis(500);
     let err = format!("{:#}", run(&o).unwrap_err());
-    assert!(
-        err.contains("timed out") || err.contains("timeout"),
-        "{err}"
-    );
+    assert!(err.contains("timed out") || err.contains("timeout"), "{err}");
     assert!(listing(dir.path()).is_empty());
     drop(silent);
 }
@@ -197,13 +141,8 @@ fn refused_and_silent_servers_fail_cleanly() {
 #[test]
 fn a_malformed_sha256_is_rejected_before_any_request() {
     let dir = tempfile::tempdir().unwrap();
-    let err = run(&opts(
-        "http://127.0.0.1:9/x".into(),
-        dir.path().join("c"),
-        Some("abc".into()),
-        false,
-    ))
-    .unwrap_err()
-    .to_string();
+    let err = run(&opts("http://127.0.0.1:9/x".into(), dir.path().join("c"), Some("abc".into()), false))
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("64 hexadecimal digits"), "{err}");
 }

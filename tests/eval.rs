@@ -5,7 +5,7 @@ use charrnn::data::Batch;
 use charrnn::eval::score;
 use charrnn::model::{Config, Model};
 use charrnn::optim::Adam;
-use charrnn::train::train_step;
+use charrnn::train::{train_step, StepOptions};
 use charrnn::vocab::Vocab;
 
 /// A model whose every weight is zero except the output bias: it predicts the same
@@ -37,50 +37,23 @@ fn eval_scores_a_hand_computed_case_and_counts_strangers() {
     // half cost -ln(1/4), half -ln(3/4).
     let want = (4f64.ln() + (4.0f64 / 3.0).ln()) / 2.0;
     assert_eq!(s.characters, 16);
-    assert!(
-        (s.nats_per_char - want).abs() < 1e-6,
-        "{} vs {want}",
-        s.nats_per_char
-    );
+    assert!((s.nats_per_char - want).abs() < 1e-6, "{} vs {want}", s.nats_per_char);
     assert!((s.bits_per_char - want / std::f64::consts::LN_2).abs() < 1e-6);
     assert!((s.perplexity - want.exp()).abs() < 1e-5);
     assert_eq!(s.skipped, 3);
     assert_eq!(s.unknown_characters, vec!["'x'", "'y'"]);
-    assert!(
-        score(&model, &vocab, "a", 4, 3).is_err(),
-        "one character cannot be scored"
-    );
+    assert!(score(&model, &vocab, "a", 4, 3).is_err(), "one character cannot be scored");
 }
 
 #[test]
 fn a_non_finite_loss_stops_and_leaves_the_weights_alone() {
     let model = constant_model(vec![0.0, f32::NAN]);
-    let before = model
-        .param("gru.weight_hh_l0")
-        .flatten_all()
-        .unwrap()
-        .to_vec1::<f32>()
-        .unwrap();
-    let mut adam = Adam::new(model.vars(), 1e-3).unwrap();
-    let batch = Batch {
-        inputs: vec![0, 1, 0],
-        targets: vec![1, 0, 1],
-        batch_size: 1,
-        seq_len: 3,
-    };
-    let err = train_step(&model, &mut adam, &batch)
-        .unwrap_err()
-        .to_string();
-    assert!(
-        err.contains("NaN") && err.contains("--learning-rate"),
-        "{err}"
-    );
+    let before = model.param("gru.weight_hh_l0").flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    let mut adam = Adam::new(model.vars()).unwrap();
+    let batch = Batch { inputs: vec![0, 1, 0], targets: vec![1, 0, 1], batch_size: 1, seq_len: 3 };
+    let err = train_step(&model, &mut adam, &batch, &StepOptions::plain(1e-3)).unwrap_err().to_string();
+    assert!(err.contains("NaN") && err.contains("--learning-rate"), "{err}");
     assert_eq!(adam.step, 0);
-    let after = model
-        .param("gru.weight_hh_l0")
-        .flatten_all()
-        .unwrap()
-        .to_vec1::<f32>()
-        .unwrap();
+    let after = model.param("gru.weight_hh_l0").flatten_all().unwrap().to_vec1::<f32>().unwrap();
     assert_eq!(before, after);
 }

@@ -1,0 +1,96 @@
+//! Each training option changes what it should, and nothing when off.
+
+use candle_core::{DType, Device};
+use charrnn::data::Batch;
+use charrnn::model::{ids_tensor, Config, Model, Pass};
+use charrnn::optim::Adam;
+use charrnn::train::{learning_rate, train_step, LrSchedule, Settings, StepOptions};
+use rand::{rngs::StdRng, SeedableRng};
+
+fn model() -> Model {
+    Model::new_random(Config::gru(9, 6, 16), DType::F32, &Device::Cpu, &mut StdRng::seed_from_u64(8)).unwrap()
+}
+
+fn batch() -> Batch {
+    let inputs: Vec<u32> = (0..24).map(|i| (i * 5 % 9) as u32).collect();
+    let targets: Vec<u32> = (0..24).map(|i| (i * 7 % 9) as u32).collect();
+    Batch { inputs, targets, batch_size: 3, seq_len: 8 }
+}
+
+#[test]
+fn dropout_acts_in_training_only() {
+    let m = model();
+    let ids = ids_tensor(&batch().inputs, 3, 8, &Device::Cpu).unwrap();
+    let logits =
+        |pass: Pass| m.forward(&ids, &pass).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    let eval = logits(Pass::Eval);
+    assert_eq!(eval, logits(Pass::Train { dropout: 0.0, seed: 1 }), "dropout 0 is the identity");
+    let dropped = logits(Pass::Train { dropout: 0.5, seed: 1 });
+    assert_ne!(eval, dropped);
+    assert_eq!(dropped, logits(Pass::Train { dropout: 0.5, seed: 1 }), "the mask follows the seed");
+    assert_ne!(dropped, logits(Pass::Train { dropout: 0.5, seed: 2 }));
+}
+
+#[test]
+fn clipping_bounds_the_gradient_norm_adam_sees() {
+    let clip = 1e-3;
+    let m = model();
+    let mut adam = Adam::new(m.vars()).unwrap();
+    let o = StepOptions { clip_grad_norm: Some(clip), ..StepOptions::plain(1e-3) };
+    let (_, norm) = train_step(&m, &mut adam, &batch(), &o).unwrap();
+    assert!(norm > 10.0 * clip, "the raw norm {norm} must exceed the bound for this test to mean anything");
+    // After one step Adam's first moment is (1 − β1)·g, so it reveals the gradient it used.
+    let mut squares = 0.0f64;
+    for t in &adam.m {
+        squares += t.sqr().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap() as f64;
+    }
+    let used = squares.sqrt() / (1.0 - adam.beta1);
+    assert!((used - clip).abs() < 1e-3 * clip, "norm after clipping {used}, bound {clip}");
+
+    let mut plain = Adam::new(m.vars()).unwrap();
+    let (_, norm2) = train_step(&m, &mut plain, &batch(), &StepOptions::plain(1e-3)).unwrap();
+    let mut squares = 0.0f64;
+    for t in &plain.m {
+        squares += t.sqr().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap() as f64;
+    }
+    assert!(
+        (squares.sqrt() / 0.1 - norm2).abs() < 1e-3 * norm2,
+        "without clipping Adam sees the raw gradient"
+    );
+}
+
+fn settings(schedule: LrSchedule, warmup: u64) -> Settings {
+    Settings {
+        data: "x".into(),
+        epochs: 1,
+        batch_size: 1,
+        seq_len: 1,
+        buffer_size: 1,
+        embedding_dim: 1,
+        rnn_units: 1,
+        learning_rate: 1e-3,
+        val_fraction: 0.0,
+        save_every: 1,
+        keep: None,
+        seed: 0,
+        clip_grad_norm: None,
+        lr_schedule: schedule,
+        warmup_steps: warmup,
+        min_lr: 1e-4,
+        weight_decay: 0.0,
+        dropout: 0.0,
+    }
+}
+
+#[test]
+fn schedules_warm_up_and_decay() {
+    let constant = settings(LrSchedule::Constant, 0);
+    assert_eq!(learning_rate(&constant, 0, 100), 1e-3);
+    assert_eq!(learning_rate(&constant, 99, 100), 1e-3);
+    let cosine = settings(LrSchedule::Cosine, 10);
+    assert!((learning_rate(&cosine, 0, 110) - 1e-3 / 11.0).abs() < 1e-12, "warm-up starts small");
+    assert!((learning_rate(&cosine, 9, 110) - 1e-3 * 10.0 / 11.0).abs() < 1e-12);
+    assert!((learning_rate(&cosine, 10, 110) - 1e-3).abs() < 1e-12, "full rate after warm-up");
+    assert!((learning_rate(&cosine, 60, 110) - 5.5e-4).abs() < 1e-12, "half way: the mean of lr and min_lr");
+    assert!((learning_rate(&cosine, 110, 110) - 1e-4).abs() < 1e-12, "ends at min_lr");
+}
