@@ -1,6 +1,6 @@
 //! Choosing where tensors live.
 
-use anyhow::{bail, Result};
+use anyhow::Result;
 use candle_core::Device;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -39,5 +39,5 @@ fn cuda() -> Result<Device> {
 
 #[cfg(not(feature = "cuda"))]
 fn cuda() -> Result<Device> {
-    bail!("this charrnn was built without CUDA; rebuild with --features cuda (see scripts/build-cuda.sh)")
+    anyhow::bail!("this charrnn was built without CUDA; rebuild with --features cuda (see scripts/build-cuda.sh)")
 }
