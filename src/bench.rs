@@ -31,6 +31,7 @@ pub struct BenchReport {
     pub seq_len: usize,
     pub embedding_dim: usize,
     pub rnn_units: usize,
+    pub layers: usize,
     pub vocab_size: usize,
     pub train_ms_per_batch: f64,
     pub train_ms_per_batch_all: Vec<f64>,
@@ -43,11 +44,13 @@ pub struct BenchReport {
     pub peak_rss_mib: f64,
 }
 
-/// The floating-point work a training batch cannot avoid: the recurrent product forward, for
-/// dh and for dW_hh (2·B·T·H·3H each), and the output layer's three products (2·B·T·H·V each).
+/// The floating-point work a training batch cannot avoid: per layer the recurrent product
+/// forward, for dh and for dW_hh (2·B·T·H·3H each) — and for layers above the first the input
+/// projection's three products too — and the output layer's three (2·B·T·H·V each).
 pub fn unavoidable_flops(c: &Config, batch: usize, steps: usize) -> f64 {
     let (b, t, h, v) = (batch as f64, steps as f64, c.rnn_units as f64, c.vocab_size as f64);
-    3.0 * 2.0 * b * t * h * 3.0 * h + 3.0 * 2.0 * b * t * h * v
+    let products = (2 * c.layers - 1) as f64;
+    products * 3.0 * 2.0 * b * t * h * 3.0 * h + 3.0 * 2.0 * b * t * h * v
 }
 
 fn median(xs: &[f64]) -> f64 {
@@ -132,6 +135,7 @@ pub fn run(o: &BenchOptions) -> Result<BenchReport> {
         seq_len: o.seq_len,
         embedding_dim: c.embedding_dim,
         rnn_units: c.rnn_units,
+        layers: c.layers,
         vocab_size: c.vocab_size,
         train_ms_per_batch: per_batch * 1e3,
         train_ms_per_batch_all: times.iter().map(|t| t * 1e3).collect(),
@@ -147,8 +151,8 @@ pub fn run(o: &BenchOptions) -> Result<BenchReport> {
 
 pub fn print_table(r: &BenchReport) {
     println!(
-        "model: embedding {} -> GRU {} -> dense {}; batch {} x {} characters; {} on {} threads",
-        r.embedding_dim, r.rnn_units, r.vocab_size, r.batch_size, r.seq_len, r.device, r.threads
+        "model: embedding {} -> GRU {} x {} -> dense {}; batch {} x {} characters; {} on {} threads",
+        r.embedding_dim, r.rnn_units, r.layers, r.vocab_size, r.batch_size, r.seq_len, r.device, r.threads
     );
     let rows = [
         ("training, ms per batch (median)", format!("{:.1}", r.train_ms_per_batch)),

@@ -65,7 +65,7 @@ pub fn to_bytes(model: &Model, vocab: &Vocab, provenance: &Provenance) -> Result
         let bytes: Vec<u8> = values.iter().flat_map(|x| x.to_le_bytes()).collect();
         buffers.push((name, var.dims().to_vec(), bytes));
     }
-    let digest = tensors_digest(buffers.iter().map(|(n, _, b)| (*n, b.as_slice())));
+    let digest = tensors_digest(buffers.iter().map(|(n, _, b)| (n.as_str(), b.as_slice())));
     let vocab_json: Vec<String> = vocab.chars().iter().map(|c| c.to_string()).collect();
     let metadata = HashMap::from([
         ("format".to_string(), FORMAT.to_string()),
@@ -77,7 +77,7 @@ pub fn to_bytes(model: &Model, vocab: &Vocab, provenance: &Provenance) -> Result
     ]);
     let views = buffers
         .iter()
-        .map(|(name, shape, bytes)| Ok((*name, TensorView::new(Dtype::F32, shape.clone(), bytes)?)))
+        .map(|(name, shape, bytes)| Ok((name.as_str(), TensorView::new(Dtype::F32, shape.clone(), bytes)?)))
         .collect::<Result<Vec<_>>>()?;
     Ok(safetensors::serialize(views, Some(metadata))?)
 }

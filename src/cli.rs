@@ -93,6 +93,9 @@ pub struct TrainArgs {
     /// Width of the GRU state
     #[arg(long, default_value_t = 1024, value_parser = positive)]
     pub rnn_units: usize,
+    /// Stacked recurrent layers
+    #[arg(long, default_value_t = 1, value_parser = positive)]
+    pub layers: usize,
     /// Adam step size
     #[arg(long, default_value_t = 0.001, value_parser = positive_f64, allow_negative_numbers = true)]
     pub learning_rate: f64,
@@ -138,7 +141,8 @@ pub struct TrainArgs {
 }
 
 /// Settings of `train` that the user may have typed; the rest come from defaults.
-pub const TRAIN_SETTINGS: [&str; 19] = [
+pub const TRAIN_SETTINGS: [&str; 20] = [
+    "layers",
     "clip_grad_norm",
     "lr_schedule",
     "warmup_steps",
@@ -239,6 +243,8 @@ pub struct BenchArgs {
     pub embedding_dim: usize,
     #[arg(long, default_value_t = 1024, value_parser = positive)]
     pub rnn_units: usize,
+    #[arg(long, default_value_t = 1, value_parser = positive)]
+    pub layers: usize,
     /// Vocabulary size (Shakespeare's is 65)
     #[arg(long, default_value_t = 65, value_parser = positive)]
     pub vocab_size: usize,
@@ -347,6 +353,7 @@ pub fn run(cli: Cli, explicit: Vec<String>) -> Result<()> {
                     buffer_size: a.buffer_size,
                     embedding_dim: a.embedding_dim,
                     rnn_units: a.rnn_units,
+                    layers: a.layers,
                     learning_rate: a.learning_rate,
                     val_fraction: a.val_fraction,
                     save_every: a.save_every,
@@ -417,7 +424,7 @@ pub fn run(cli: Cli, explicit: Vec<String>) -> Result<()> {
         }
         Command::Bench(a) => {
             let report = bench::run(&bench::BenchOptions {
-                config: Config::gru(a.vocab_size, a.embedding_dim, a.rnn_units),
+                config: Config::gru(a.vocab_size, a.embedding_dim, a.rnn_units).with_layers(a.layers),
                 batch_size: a.batch_size,
                 seq_len: a.seq_len,
                 batches: a.batches,

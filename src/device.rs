@@ -39,5 +39,7 @@ fn cuda() -> Result<Device> {
 
 #[cfg(not(feature = "cuda"))]
 fn cuda() -> Result<Device> {
-    anyhow::bail!("this charrnn was built without CUDA; rebuild with --features cuda (see scripts/build-cuda.sh)")
+    anyhow::bail!(
+        "this charrnn was built without CUDA; rebuild with --features cuda (see scripts/build-cuda.sh)"
+    )
 }

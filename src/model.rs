@@ -1,5 +1,5 @@
-//! The network: Embedding(V, E) -> GRU(H) over all steps -> Dense(V) logits, with parameters
-//! in PyTorch's names and layouts and the tutorial's Keras initialisation.
+//! The network: Embedding(V, E) -> GRU(H) × layers over all steps -> Dense(V) logits, with
+//! parameters in PyTorch's names and layouts and the tutorial's Keras initialisation.
 
 use anyhow::{bail, Result};
 use candle_core::{DType, Device, Tensor, Var};
@@ -22,24 +22,44 @@ impl Config {
         Config { vocab_size, embedding_dim, rnn_units, layers: 1, cell: "gru".into() }
     }
 
+    pub fn with_layers(self, layers: usize) -> Self {
+        Config { layers, ..self }
+    }
+
+    /// The width of the input of recurrent layer `l`.
+    fn input_width(&self, l: usize) -> usize {
+        if l == 0 {
+            self.embedding_dim
+        } else {
+            self.rnn_units
+        }
+    }
+
     /// Every parameter's PyTorch state_dict name and shape, in a fixed order.
-    pub fn parameter_shapes(&self) -> Vec<(&'static str, Vec<usize>)> {
+    pub fn parameter_shapes(&self) -> Vec<(String, Vec<usize>)> {
         let (v, e, h) = (self.vocab_size, self.embedding_dim, self.rnn_units);
-        vec![
-            ("embedding.weight", vec![v, e]),
-            ("gru.weight_ih_l0", vec![3 * h, e]),
-            ("gru.weight_hh_l0", vec![3 * h, h]),
-            ("gru.bias_ih_l0", vec![3 * h]),
-            ("gru.bias_hh_l0", vec![3 * h]),
-            ("dense.weight", vec![v, h]),
-            ("dense.bias", vec![v]),
-        ]
+        let mut shapes = vec![("embedding.weight".to_string(), vec![v, e])];
+        for l in 0..self.layers {
+            shapes.push((format!("gru.weight_ih_l{l}"), vec![3 * h, self.input_width(l)]));
+            shapes.push((format!("gru.weight_hh_l{l}"), vec![3 * h, h]));
+            shapes.push((format!("gru.bias_ih_l{l}"), vec![3 * h]));
+            shapes.push((format!("gru.bias_hh_l{l}"), vec![3 * h]));
+        }
+        shapes.push(("dense.weight".to_string(), vec![v, h]));
+        shapes.push(("dense.bias".to_string(), vec![v]));
+        shapes
     }
 
     /// Parameter counts per layer, as Keras' `model.summary()` lists them.
-    pub fn layer_sizes(&self) -> [(&'static str, usize); 3] {
+    pub fn layer_sizes(&self) -> Vec<(String, usize)> {
         let (v, e, h) = (self.vocab_size, self.embedding_dim, self.rnn_units);
-        [("embedding", v * e), ("gru", 3 * h * (e + h + 2)), ("dense", v * h + v)]
+        let mut sizes = vec![("embedding".to_string(), v * e)];
+        for l in 0..self.layers {
+            let name = if self.layers == 1 { "gru".to_string() } else { format!("gru_{l}") };
+            sizes.push((name, 3 * h * (self.input_width(l) + h + 2)));
+        }
+        sizes.push(("dense".to_string(), v * h + v));
+        sizes
     }
 
     pub fn parameter_count(&self) -> usize {
@@ -47,18 +67,22 @@ impl Config {
     }
 
     pub fn validate(&self) -> Result<()> {
-        if self.cell != "gru" || self.layers != 1 {
-            bail!(
-                "unsupported model: {} layer(s) of {} (this version has one GRU layer)",
-                self.layers,
-                self.cell
-            );
+        if self.cell != "gru" {
+            bail!("unsupported cell `{}` (this version builds GRU layers)", self.cell);
         }
-        if self.vocab_size == 0 || self.embedding_dim == 0 || self.rnn_units == 0 {
+        if self.vocab_size == 0 || self.embedding_dim == 0 || self.rnn_units == 0 || self.layers == 0 {
             bail!("model dimensions must be positive: {self:?}");
         }
         Ok(())
     }
+}
+
+/// One recurrent layer's parameters.
+pub struct Layer<'a> {
+    pub w_ih: &'a Var,
+    pub w_hh: &'a Var,
+    pub b_ih: &'a Var,
+    pub b_hh: &'a Var,
 }
 
 pub struct Model {
@@ -72,15 +96,13 @@ impl Model {
     /// kernel Glorot-uniform (Keras' fans: fan_in + fan_out of the [in, out] kernel); biases 0.
     pub fn new_random(config: Config, dtype: DType, device: &Device, rng: &mut impl Rng) -> Result<Self> {
         config.validate()?;
-        let (e, h, v) = (config.embedding_dim, config.rnn_units, config.vocab_size);
         let mut params = Vec::new();
         for (name, shape) in config.parameter_shapes() {
             let n: usize = shape.iter().product();
-            let limit = match name {
+            // Kernels are stored [out, in] (PyTorch); Glorot's fans are symmetric in the two.
+            let limit = match name.as_str() {
                 "embedding.weight" => Some(0.05),
-                "gru.weight_ih_l0" => Some(glorot(e, 3 * h)),
-                "gru.weight_hh_l0" => Some(glorot(h, 3 * h)),
-                "dense.weight" => Some(glorot(h, v)),
+                n if n.starts_with("gru.weight_") || n == "dense.weight" => Some(glorot(shape[1], shape[0])),
                 _ => None,
             };
             let values: Vec<f32> = match limit {
@@ -98,7 +120,7 @@ impl Model {
         config.validate()?;
         let mut params = Vec::new();
         for (name, shape) in config.parameter_shapes() {
-            let Some(i) = tensors.iter().position(|(n, _)| n == name) else {
+            let Some(i) = tensors.iter().position(|(n, _)| *n == name) else {
                 bail!("tensor {name} is missing");
             };
             let (_, t) = tensors.swap_remove(i);
@@ -114,25 +136,31 @@ impl Model {
         &self.params
     }
 
-    pub fn named(&self) -> impl Iterator<Item = (&'static str, &Var)> {
+    pub fn named(&self) -> impl Iterator<Item = (String, &Var)> {
         self.config.parameter_shapes().into_iter().map(|(n, _)| n).zip(self.params.iter())
     }
 
     pub fn param(&self, name: &str) -> &Var {
-        let i = self.config.parameter_shapes().iter().position(|(n, _)| *n == name);
+        let i = self.config.parameter_shapes().iter().position(|(n, _)| n == name);
         &self.params[i.unwrap_or_else(|| panic!("no parameter {name}"))]
+    }
+
+    /// Recurrent layer `l`'s parameters (the order of `parameter_shapes`).
+    pub fn layer(&self, l: usize) -> Layer<'_> {
+        let p = &self.params[1 + 4 * l..5 + 4 * l];
+        Layer { w_ih: &p[0], w_hh: &p[1], b_ih: &p[2], b_hh: &p[3] }
     }
 
     pub fn device(&self) -> &Device {
         self.params[0].device()
     }
 
-    /// The input projection of every vocabulary entry: embedding · W_ihᵀ + b_ih, [V, 3H].
-    /// An embedding input makes the per-token projection a lookup into this table.
+    /// The first layer's input projection of every vocabulary entry: embedding · W_ihᵀ + b_ih,
+    /// [V, 3H]. An embedding input makes the per-token projection a lookup into this table.
     pub fn input_table(&self) -> Result<Tensor> {
-        let w_ih = self.param("gru.weight_ih_l0");
-        let table = self.param("embedding.weight").matmul(&w_ih.t()?)?;
-        Ok(table.broadcast_add(self.param("gru.bias_ih_l0"))?)
+        let l0 = self.layer(0);
+        let table = self.param("embedding.weight").matmul(&l0.w_ih.t()?)?;
+        Ok(table.broadcast_add(l0.b_ih)?)
     }
 
     /// Logits [B, T, V] for input ids [B, T], every sequence starting from a zero state.
@@ -140,19 +168,30 @@ impl Model {
         let (b, t) = inputs.dims2()?;
         let (h, v) = (self.config.rnn_units, self.config.vocab_size);
         let training = matches!(pass, Pass::Train { .. });
-        let mut hs = gru_sequence(
-            &self.input_table()?,
-            inputs,
-            self.param("gru.weight_hh_l0"),
-            self.param("gru.bias_hh_l0"),
-            training,
-        )?;
-        if let Pass::Train { dropout, seed } = *pass {
-            if dropout > 0.0 {
-                let mask = dropout_mask(hs.dims(), dropout, seed, hs.device())?;
-                hs = (hs * mask)?;
+        // Layer 0 looks its input projections up in the V-row table; deeper layers project
+        // the layer below ([B·T, H] · W_ihᵀ) and look up row b·T + t of that.
+        let mut table = self.input_table()?;
+        let mut ids = inputs.clone();
+        let mut hs = None;
+        for l in 0..self.config.layers {
+            let layer = self.layer(l);
+            if let Some(below) = &hs {
+                let below: &Tensor = below;
+                table = below.reshape((b * t, h))?.matmul(&layer.w_ih.t()?)?.broadcast_add(layer.b_ih)?;
+                ids = Tensor::arange(0u32, (b * t) as u32, inputs.device())?.reshape((b, t))?;
             }
+            let out = gru_sequence(&table, &ids, layer.w_hh, layer.b_hh, training)?;
+            // Dropout between layers and before the output layer.
+            hs = Some(match *pass {
+                Pass::Train { dropout, seed } if dropout > 0.0 => {
+                    let mask = dropout_mask(out.dims(), dropout, seed.wrapping_add(l as u64), out.device())?
+                        .to_dtype(out.dtype())?;
+                    (out * mask)?
+                }
+                _ => out,
+            });
         }
+        let hs = hs.expect("at least one layer");
         let logits = hs
             .reshape((b * t, h))?
             .matmul(&self.param("dense.weight").t()?)?
@@ -166,8 +205,8 @@ impl Model {
 pub enum Pass {
     /// No dropout, nothing kept for a backward pass.
     Eval,
-    /// Keeps what the backward pass needs; inverted dropout with probability `dropout` before
-    /// the output layer, its mask drawn from `seed`.
+    /// Keeps what the backward pass needs; inverted dropout with probability `dropout` after
+    /// each recurrent layer, its masks drawn from `seed`.
     Train { dropout: f32, seed: u64 },
 }
 

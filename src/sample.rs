@@ -14,12 +14,50 @@ use crate::gru::gate_forward;
 use crate::model::Model;
 use crate::vocab::Vocab;
 
-/// The recurrent product of one step: W_hh·h for each of the `batch` states.
-enum Recurrence {
-    /// Batch 1: W_hh as it is, [3H, H], for row dot products.
-    Vector(Vec<f32>),
-    /// Several samples: W_hhᵀ and W_denseᵀ packed for the matrix kernel.
-    Matrix { w_hh_t: Packed, dense_t: Packed },
+/// A weight matrix W [rows, cols] applied to each of `batch` inputs: row dot products at
+/// batch 1 (a matrix-vector product), the packed matrix kernel for several samples.
+enum Weights {
+    Rows(Vec<f32>),
+    Packed(Packed),
+}
+
+impl Weights {
+    fn new(w: Vec<f32>, rows: usize, cols: usize, batch: usize) -> Self {
+        match batch {
+            1 => Weights::Rows(w),
+            _ => Weights::Packed(Packed::new(View::rows(&w, rows, cols).t())),
+        }
+    }
+
+    /// out[b] = W · x[b] (+ bias)
+    fn apply(&self, out: &mut [f32], x: &[f32], batch: usize, bias: Option<&[f32]>) {
+        match self {
+            Weights::Rows(w) => gemv(out, w, x, bias),
+            Weights::Packed(p) => {
+                matmul_packed(out, false, View::rows(x, batch, p.rows()), p);
+                if let Some(bias) = bias {
+                    for row in out.chunks_exact_mut(bias.len()) {
+                        for (o, b) in row.iter_mut().zip(bias) {
+                            *o += b;
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// One recurrent layer's weights and state for `batch` sequences.
+struct LayerState {
+    /// Layer 0: none (its input projections are rows of the table); deeper: W_ih and b_ih.
+    w_ih: Option<(Weights, Vec<f32>)>,
+    w_hh: Weights,
+    b_hh: Vec<f32>,
+    /// Input projections of this step, [batch, 3H] (deeper layers).
+    x: Vec<f32>,
+    h: Vec<f32>,
+    h_next: Vec<f32>,
+    gh: Vec<f32>,
 }
 
 pub struct Sampler {
@@ -27,13 +65,9 @@ pub struct Sampler {
     hidden: usize,
     vocab: usize,
     table: Vec<f32>,
-    recurrence: Recurrence,
-    b_hh: Vec<f32>,
-    dense_w: Vec<f32>,
+    layers: Vec<LayerState>,
+    dense: Weights,
     dense_b: Vec<f32>,
-    h: Vec<f32>,
-    h_next: Vec<f32>,
-    gh: Vec<f32>,
     gates: Vec<f32>,
     logits: Vec<f32>,
 }
@@ -46,27 +80,31 @@ impl Sampler {
     /// A sampler for `batch` independent sequences.
     pub fn new(model: &Model, batch: usize) -> Result<Self> {
         let (h, v) = (model.config.rnn_units, model.config.vocab_size);
-        let w_hh = host_f32(model.param("gru.weight_hh_l0"))?;
-        let dense_w = host_f32(model.param("dense.weight"))?;
-        let recurrence = match batch {
-            1 => Recurrence::Vector(w_hh),
-            _ => Recurrence::Matrix {
-                w_hh_t: Packed::new(View::rows(&w_hh, 3 * h, h).t()),
-                dense_t: Packed::new(View::rows(&dense_w, v, h).t()),
-            },
-        };
+        let mut layers = Vec::new();
+        for l in 0..model.config.layers {
+            let p = model.layer(l);
+            let w_ih = match l {
+                0 => None,
+                _ => Some((Weights::new(host_f32(p.w_ih)?, 3 * h, h, batch), host_f32(p.b_ih)?)),
+            };
+            layers.push(LayerState {
+                w_ih,
+                w_hh: Weights::new(host_f32(p.w_hh)?, 3 * h, h, batch),
+                b_hh: host_f32(p.b_hh)?,
+                x: vec![0.0; batch * 3 * h],
+                h: vec![0.0; batch * h],
+                h_next: vec![0.0; batch * h],
+                gh: vec![0.0; batch * 3 * h],
+            });
+        }
         Ok(Sampler {
             batch,
             hidden: h,
             vocab: v,
             table: host_f32(&model.input_table()?)?,
-            recurrence,
-            b_hh: host_f32(model.param("gru.bias_hh_l0"))?,
-            dense_w,
+            layers,
+            dense: Weights::new(host_f32(model.param("dense.weight"))?, v, h, batch),
             dense_b: host_f32(model.param("dense.bias"))?,
-            h: vec![0.0; batch * h],
-            h_next: vec![0.0; batch * h],
-            gh: vec![0.0; batch * 3 * h],
             gates: vec![0.0; 4 * h],
             logits: vec![0.0; batch * v],
         })
@@ -78,43 +116,41 @@ impl Sampler {
 
     /// Back to the zero state.
     pub fn reset(&mut self) {
-        self.h.fill(0.0);
+        for l in &mut self.layers {
+            l.h.fill(0.0);
+        }
     }
 
     /// Feeds one character to each sequence and returns the logits for the next, [batch, V].
     pub fn step(&mut self, ids: &[u32]) -> &[f32] {
         assert_eq!(ids.len(), self.batch);
-        let (h, v) = (self.hidden, self.vocab);
-        match &self.recurrence {
-            Recurrence::Vector(w_hh) => gemv(&mut self.gh, w_hh, &self.h, None),
-            Recurrence::Matrix { w_hh_t, .. } => {
-                matmul_packed(&mut self.gh, false, View::rows(&self.h, self.batch, h), w_hh_t)
+        let (h, n) = (self.hidden, self.batch);
+        for l in 0..self.layers.len() {
+            let (below, rest) = self.layers.split_at_mut(l);
+            let layer = &mut rest[0];
+            if let (Some((w_ih, b_ih)), Some(below)) = (&layer.w_ih, below.last()) {
+                w_ih.apply(&mut layer.x, &below.h, n, Some(b_ih));
             }
-        }
-        for (b, &id) in ids.iter().enumerate() {
-            let x = &self.table[id as usize * 3 * h..(id as usize + 1) * 3 * h];
-            let row = b * h..(b + 1) * h;
-            gate_forward(
-                &mut self.h_next[row.clone()],
-                &mut self.gates,
-                x,
-                &self.gh[b * 3 * h..(b + 1) * 3 * h],
-                &self.b_hh,
-                &self.h[row],
-            );
-        }
-        std::mem::swap(&mut self.h, &mut self.h_next);
-        match &self.recurrence {
-            Recurrence::Vector(_) => gemv(&mut self.logits, &self.dense_w, &self.h, Some(&self.dense_b)),
-            Recurrence::Matrix { dense_t, .. } => {
-                matmul_packed(&mut self.logits, false, View::rows(&self.h, self.batch, h), dense_t);
-                for row in self.logits.chunks_exact_mut(v) {
-                    for (l, b) in row.iter_mut().zip(&self.dense_b) {
-                        *l += b;
-                    }
-                }
+            layer.w_hh.apply(&mut layer.gh, &layer.h, n, None);
+            for (b, &id) in ids.iter().enumerate() {
+                let x = match l {
+                    0 => &self.table[id as usize * 3 * h..(id as usize + 1) * 3 * h],
+                    _ => &layer.x[b * 3 * h..(b + 1) * 3 * h],
+                };
+                let row = b * h..(b + 1) * h;
+                gate_forward(
+                    &mut layer.h_next[row.clone()],
+                    &mut self.gates,
+                    x,
+                    &layer.gh[b * 3 * h..(b + 1) * 3 * h],
+                    &layer.b_hh,
+                    &layer.h[row],
+                );
             }
+            std::mem::swap(&mut layer.h, &mut layer.h_next);
         }
+        let top = &self.layers.last().expect("at least one layer").h;
+        self.dense.apply(&mut self.logits, top, n, Some(&self.dense_b));
         &self.logits
     }
 }

@@ -30,6 +30,8 @@ pub struct Settings {
     pub buffer_size: usize,
     pub embedding_dim: usize,
     pub rnn_units: usize,
+    #[serde(default = "one")]
+    pub layers: usize,
     pub learning_rate: f64,
     pub val_fraction: f64,
     pub save_every: usize,
@@ -47,6 +49,10 @@ pub struct Settings {
     pub weight_decay: f64,
     #[serde(default)]
     pub dropout: f64,
+}
+
+fn one() -> usize {
+    1
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
@@ -228,7 +234,8 @@ fn epoch_rng(seed: u64, epoch: usize) -> StdRng {
 /// another save schedule. Anything else that differs is refused.
 fn merge_settings(saved: &Settings, given: &Settings, explicit: &[String], done: usize) -> Result<Settings> {
     let flag = |id: &str| format!("--{}", id.replace('_', "-"));
-    let fixed: [(&str, String, String); 15] = [
+    let fixed: [(&str, String, String); 16] = [
+        ("layers", saved.layers.to_string(), given.layers.to_string()),
         ("clip_grad_norm", format!("{:?}", saved.clip_grad_norm), format!("{:?}", given.clip_grad_norm)),
         ("lr_schedule", format!("{:?}", saved.lr_schedule), format!("{:?}", given.lr_schedule)),
         ("warmup_steps", saved.warmup_steps.to_string(), given.warmup_steps.to_string()),
@@ -348,7 +355,7 @@ pub fn run(o: &TrainOptions) -> Result<()> {
             (ckpt.model, adam, pos)
         }
         None => {
-            let config = Config::gru(vocab.len(), s.embedding_dim, s.rnn_units);
+            let config = Config::gru(vocab.len(), s.embedding_dim, s.rnn_units).with_layers(s.layers);
             let model = Model::new_random(config, DType::F32, &o.device, &mut StdRng::seed_from_u64(s.seed))?;
             let mut adam = Adam::new(model.vars())?;
             adam.weight_decay = s.weight_decay;

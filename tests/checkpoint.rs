@@ -160,3 +160,18 @@ fn every_bad_checkpoint_is_a_clear_error() {
     ));
     assert!(msg.contains("dense.bias is F64, expected F32"), "{msg}");
 }
+
+#[test]
+fn stacked_layers_use_pytorch_numbering() {
+    let vocab = Vocab::from_text("abcdef");
+    let config = Config::gru(vocab.len(), 4, 8).with_layers(2);
+    let model = Model::new_random(config, DType::F32, &Device::Cpu, &mut StdRng::seed_from_u64(1)).unwrap();
+    let bytes = checkpoint::to_bytes(&model, &vocab, &Provenance::default()).unwrap();
+    let st = SafeTensors::deserialize(&bytes).unwrap();
+    assert_eq!(st.tensor("gru.weight_ih_l0").unwrap().shape(), &[24, 4]);
+    assert_eq!(st.tensor("gru.weight_ih_l1").unwrap().shape(), &[24, 8]);
+    assert_eq!(st.tensor("gru.bias_hh_l1").unwrap().shape(), &[24]);
+    let loaded = checkpoint::from_bytes(&bytes, &Device::Cpu).unwrap();
+    assert_eq!(loaded.model.config.layers, 2);
+    assert_eq!(logits(&loaded.model), logits(&model));
+}

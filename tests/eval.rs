@@ -16,11 +16,11 @@ fn constant_model(bias: Vec<f32>) -> Model {
         .parameter_shapes()
         .into_iter()
         .map(|(name, shape)| {
-            let t = match name {
+            let t = match name.as_str() {
                 "dense.bias" => Tensor::new(bias.clone(), &Device::Cpu).unwrap(),
                 _ => Tensor::zeros(shape, DType::F32, &Device::Cpu).unwrap(),
             };
-            (name.to_string(), t)
+            (name, t)
         })
         .collect();
     Model::from_tensors(config, tensors).unwrap()

@@ -88,13 +88,21 @@ fn tiny_model(dtype: DType, seed: u64) -> Model {
     Model::new_random(Config::gru(7, 5, 6), dtype, &Device::Cpu, &mut rng).unwrap()
 }
 
-/// Every parameter of the whole model (embedding, GRU, dense) against central differences.
+/// Every parameter of the whole model (embedding, GRU, dense) against central differences:
+/// one layer as the tutorial, and two stacked layers with dropout between them.
 #[test]
 fn model_gradients_match_finite_differences_f64() {
-    let model = tiny_model(DType::F64, 3);
+    check_finite_differences(1, 0.0);
+    check_finite_differences(2, 0.3);
+}
+
+fn check_finite_differences(layers: usize, dropout: f32) {
+    let mut rng = StdRng::seed_from_u64(3);
+    let config = Config::gru(7, 5, 6).with_layers(layers);
+    let model = Model::new_random(config, DType::F64, &Device::Cpu, &mut rng).unwrap();
     // Make the zero-initialised biases non-zero so their gradients are exercised.
-    for name in ["gru.bias_ih_l0", "gru.bias_hh_l0", "dense.bias"] {
-        let p = model.param(name);
+    for (name, _) in model.config.parameter_shapes().into_iter().filter(|(n, _)| n.contains("bias")) {
+        let p = model.param(&name);
         let n = p.dims()[0];
         let v: Vec<f64> = (0..n).map(|i| ((i * 37 % 11) as f64 - 5.0) * 0.05).collect();
         p.set(&Tensor::new(v, &Device::Cpu).unwrap()).unwrap();
@@ -102,9 +110,11 @@ fn model_gradients_match_finite_differences_f64() {
     let (b, t) = (2, 5);
     let inputs = ids_tensor(&[0, 3, 6, 1, 1, 2, 5, 4, 0, 6], b, t, &Device::Cpu).unwrap();
     let targets = ids_tensor(&[3, 6, 1, 1, 2, 5, 4, 0, 6, 2], b, t, &Device::Cpu).unwrap();
+    // The same dropout masks (same seed) in every evaluation.
+    let pass = Pass::Train { dropout, seed: 9 };
     let loss_value =
-        || loss(&model.forward(&inputs, &Pass::Eval).unwrap(), &targets).unwrap().to_scalar::<f64>().unwrap();
-    let l = loss(&model.forward(&inputs, &Pass::Train { dropout: 0.0, seed: 0 }).unwrap(), &targets).unwrap();
+        || loss(&model.forward(&inputs, &pass).unwrap(), &targets).unwrap().to_scalar::<f64>().unwrap();
+    let l = loss(&model.forward(&inputs, &pass).unwrap(), &targets).unwrap();
     let grads = l.backward().unwrap();
     let eps = 1e-6;
     let mut checked = 0;
@@ -130,14 +140,21 @@ fn model_gradients_match_finite_differences_f64() {
             checked += 1;
         }
     }
-    assert!(checked > 50);
+    assert!(checked > 50 * layers);
 }
 
 /// The batch-1 sampler, carrying its state, reproduces the full-sequence forward.
 #[test]
 fn stepwise_sampling_matches_the_sequence_forward() {
+    for layers in [1, 3] {
+        stepwise_matches(layers);
+    }
+}
+
+fn stepwise_matches(layers: usize) {
     let mut rng = StdRng::seed_from_u64(5);
-    let model = Model::new_random(Config::gru(11, 8, 48), DType::F32, &Device::Cpu, &mut rng).unwrap();
+    let config = Config::gru(11, 8, 48).with_layers(layers);
+    let model = Model::new_random(config, DType::F32, &Device::Cpu, &mut rng).unwrap();
     let ids: Vec<u32> = (0..40).map(|_| rng.random_range(0..11)).collect();
     let logits = model.forward(&ids_tensor(&ids, 1, ids.len(), &Device::Cpu).unwrap(), &Pass::Eval).unwrap();
     assert_eq!(logits.dims(), &[1, 40, 11]);
@@ -150,7 +167,7 @@ fn stepwise_sampling_matches_the_sequence_forward() {
             worst = worst.max((a - b).abs());
         }
     }
-    assert!(worst <= 1e-5, "max abs difference {worst}");
+    assert!(worst <= 1e-5, "{layers} layer(s): max abs difference {worst}");
 }
 
 #[test]

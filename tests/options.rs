@@ -68,6 +68,7 @@ fn settings(schedule: LrSchedule, warmup: u64) -> Settings {
         buffer_size: 1,
         embedding_dim: 1,
         rnn_units: 1,
+        layers: 1,
         learning_rate: 1e-3,
         val_fraction: 0.0,
         save_every: 1,
