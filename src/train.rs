@@ -120,10 +120,15 @@ impl StepOptions {
     }
 }
 
-/// One optimisation step: forward, loss, backward, Adam. Returns the batch loss and the global
-/// gradient norm before clipping. A non-finite loss is an error and leaves the weights
-/// untouched.
-pub fn train_step(model: &Model, adam: &mut Adam, batch: &Batch, o: &StepOptions) -> Result<(f32, f64)> {
+/// One optimisation step: forward, loss, backward, Adam. Returns the batch loss and, when
+/// clipping, the global gradient norm before clipping. A non-finite loss is an error and
+/// leaves the weights untouched.
+pub fn train_step(
+    model: &Model,
+    adam: &mut Adam,
+    batch: &Batch,
+    o: &StepOptions,
+) -> Result<(f32, Option<f64>)> {
     let dev = model.device();
     let inputs = ids_tensor(&batch.inputs, batch.batch_size, batch.seq_len, dev)?;
     let targets = ids_tensor(&batch.targets, batch.batch_size, batch.seq_len, dev)?;
@@ -136,16 +141,18 @@ pub fn train_step(model: &Model, adam: &mut Adam, batch: &Batch, o: &StepOptions
         );
     }
     let grads = loss.backward()?;
-    let mut squares = 0.0;
-    for v in model.vars() {
-        if let Some(g) = grads.get(v.as_tensor()) {
-            squares += g.sqr()?.sum_all()?.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+    let (norm, scale) = match o.clip_grad_norm {
+        Some(max) => {
+            let mut squares = 0.0;
+            for v in model.vars() {
+                if let Some(g) = grads.get(v.as_tensor()) {
+                    squares += g.sqr()?.sum_all()?.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+                }
+            }
+            let norm = squares.sqrt();
+            (Some(norm), (max / (norm + 1e-6)).min(1.0))
         }
-    }
-    let norm = squares.sqrt();
-    let scale = match o.clip_grad_norm {
-        Some(max) => (max / (norm + 1e-6)).min(1.0),
-        None => 1.0,
+        None => (None, 1.0),
     };
     adam.update(model.vars(), &grads, o.learning_rate, scale)?;
     Ok((value, norm))
