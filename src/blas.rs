@@ -173,7 +173,7 @@ pub fn matmul_packed(out: &mut [f32], accumulate: bool, a: View<f32>, b: &Packed
     let (m, n, k) = (a.rows, b.n, b.k);
     let out_ptr = OutPtr(out.as_mut_ptr());
     let panels = n.div_ceil(PANEL);
-    (0..panels).into_par_iter().for_each(|p| {
+    let one_panel = |p: usize| {
         let cols = PANEL.min(n - p * PANEL);
         let panel = &b.data[p * k * PANEL..(p + 1) * k * PANEL];
         let mut r = 0;
@@ -201,6 +201,13 @@ pub fn matmul_packed(out: &mut [f32], accumulate: bool, a: View<f32>, b: &Packed
             }
             r += rows;
         }
+    };
+    // Each worker takes the same share of panels every call, so across the steps of a
+    // sequence each keeps its part of the operand in its own caches (the two cores of a
+    // virtual machine may not share a last-level cache).
+    rayon::broadcast(|ctx| {
+        let (i, workers) = (ctx.index(), ctx.num_threads());
+        (panels * i / workers..panels * (i + 1) / workers).for_each(one_panel);
     });
 }
 

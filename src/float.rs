@@ -6,6 +6,8 @@
 //! expf, accurate to a couple of ulp). f64 keeps the standard library functions: it exists only
 //! to check gradients, where exactness matters more than speed.
 
+use std::sync::Mutex;
+
 use candle_core::WithDType;
 
 use crate::blas::PackedMatmul;
@@ -15,9 +17,43 @@ pub trait Float:
 {
     fn sigmoid(x: Self) -> Self;
     fn tanh_(x: Self) -> Self;
+    /// Large buffers of this type kept for reuse (see [`take_buffer`]).
+    fn pool() -> &'static Mutex<Vec<Vec<Self>>>;
+}
+
+/// A buffer of `len` values whose contents are unspecified (stale values of an earlier use):
+/// for buffers that are written in full before they are read. Fresh allocations of the
+/// tutorial's sizes (tens of MB) come from the kernel a page at a time, and those page faults
+/// cost about a tenth of a training batch, so the fused layer recycles its buffers.
+pub fn take_buffer<T: Float>(len: usize) -> Vec<T> {
+    let mut pool = T::pool().lock().unwrap_or_else(|e| e.into_inner());
+    let best = pool.iter().enumerate().filter(|(_, v)| v.capacity() >= len).min_by_key(|(_, v)| v.capacity());
+    match best.map(|(i, _)| i) {
+        Some(i) => {
+            let mut v = pool.swap_remove(i);
+            v.resize(len, T::zero());
+            v
+        }
+        None => vec![T::zero(); len],
+    }
+}
+
+/// Returns a buffer for reuse; the pool keeps a few of the largest.
+pub fn give_buffer<T: Float>(v: Vec<T>) {
+    const KEEP: usize = 8;
+    let mut pool = T::pool().lock().unwrap_or_else(|e| e.into_inner());
+    pool.push(v);
+    if pool.len() > KEEP {
+        pool.sort_by_key(|v| std::cmp::Reverse(v.capacity()));
+        pool.truncate(KEEP);
+    }
 }
 
 impl Float for f64 {
+    fn pool() -> &'static Mutex<Vec<Vec<f64>>> {
+        static POOL: Mutex<Vec<Vec<f64>>> = Mutex::new(Vec::new());
+        &POOL
+    }
     #[inline(always)]
     fn sigmoid(x: f64) -> f64 {
         1.0 / (1.0 + (-x).exp())
@@ -29,6 +65,10 @@ impl Float for f64 {
 }
 
 impl Float for f32 {
+    fn pool() -> &'static Mutex<Vec<Vec<f32>>> {
+        static POOL: Mutex<Vec<Vec<f32>>> = Mutex::new(Vec::new());
+        &POOL
+    }
     #[inline(always)]
     fn sigmoid(x: f32) -> f32 {
         1.0 / (1.0 + exp_f32(-x))

@@ -25,7 +25,7 @@ use multiversion::multiversion;
 use rayon::prelude::*;
 
 use crate::blas::{matmul, View};
-use crate::float::Float;
+use crate::float::{give_buffer, take_buffer, Float};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Dims {
@@ -133,8 +133,9 @@ pub fn forward<T: Float>(dims: Dims, table: &[T], ids: &[u32], w_hh: &[T], b_hh:
     assert_eq!(b_hh.len(), 3 * h);
     let w_t = T::pack(View::rows(w_hh, 3 * h, h).t()); // W_hhᵀ [H, 3H], packed once for all steps
     let zeros = vec![T::zero(); h];
-    let mut hs = vec![T::zero(); steps * batch * h];
-    let mut gates = vec![T::zero(); steps * batch * 4 * h];
+    // Both are written in full, step by step, before anything reads them.
+    let mut hs = take_buffer(steps * batch * h);
+    let mut gates = take_buffer(steps * batch * 4 * h);
     let mut gh = vec![T::zero(); batch * 3 * h];
     for t in 0..steps {
         let (done, rest) = hs.split_at_mut(t * batch * h);
@@ -176,7 +177,7 @@ impl<T: Float> Tape<T> {
         assert_eq!(grad_out.len(), batch * steps * h);
         let zeros = vec![T::zero(); h];
         let mut dx = vec![T::zero(); batch * 3 * h]; // this step's input gradients
-        let mut dgh = vec![T::zero(); steps * batch * 3 * h];
+        let mut dgh = take_buffer(steps * batch * 3 * h); // written in full by the sweep
         let mut d_table = vec![T::zero(); self.vocab * 3 * h];
         let mut db = vec![T::zero(); 3 * h];
         let mut dh = vec![T::zero(); batch * h];
@@ -226,7 +227,15 @@ impl<T: Float> Tape<T> {
             let dgh_rest = View::rows(&dgh[batch * 3 * h..], rows, 3 * h).t();
             matmul(&mut dw, false, dgh_rest, View::rows(&self.hs[..rows * h], rows, h));
         }
+        give_buffer(dgh);
         Grads { table: d_table, w_hh: dw, b_hh: db }
+    }
+}
+
+impl<T: Float> Drop for Tape<T> {
+    fn drop(&mut self) {
+        give_buffer(std::mem::take(&mut self.hs));
+        give_buffer(std::mem::take(&mut self.gates));
     }
 }
 
