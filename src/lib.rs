@@ -11,6 +11,7 @@ pub mod download;
 pub mod eval;
 pub mod float;
 pub mod gru;
+pub mod head;
 pub mod metrics;
 pub mod model;
 pub mod optim;

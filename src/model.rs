@@ -7,6 +7,7 @@ use rand::{distr::Uniform, Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 
 use crate::gru::gru_sequence;
+use crate::head::dense_cross_entropy;
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Config {
@@ -163,20 +164,20 @@ impl Model {
         Ok(table.broadcast_add(l0.b_ih)?)
     }
 
-    /// Logits [B, T, V] for input ids [B, T], every sequence starting from a zero state.
-    pub fn forward(&self, inputs: &Tensor, pass: &Pass) -> Result<Tensor> {
+    /// The top layer's outputs [B, T, H] for input ids [B, T], every sequence starting from a
+    /// zero state.
+    pub fn hidden(&self, inputs: &Tensor, pass: &Pass) -> Result<Tensor> {
         let (b, t) = inputs.dims2()?;
-        let (h, v) = (self.config.rnn_units, self.config.vocab_size);
+        let h = self.config.rnn_units;
         let training = matches!(pass, Pass::Train { .. });
         // Layer 0 looks its input projections up in the V-row table; deeper layers project
         // the layer below ([B·T, H] · W_ihᵀ) and look up row b·T + t of that.
         let mut table = self.input_table()?;
         let mut ids = inputs.clone();
-        let mut hs = None;
+        let mut hs: Option<Tensor> = None;
         for l in 0..self.config.layers {
             let layer = self.layer(l);
             if let Some(below) = &hs {
-                let below: &Tensor = below;
                 table = below.reshape((b * t, h))?.matmul(&layer.w_ih.t()?)?.broadcast_add(layer.b_ih)?;
                 ids = Tensor::arange(0u32, (b * t) as u32, inputs.device())?.reshape((b, t))?;
             }
@@ -191,12 +192,24 @@ impl Model {
                 _ => out,
             });
         }
-        let hs = hs.expect("at least one layer");
-        let logits = hs
-            .reshape((b * t, h))?
-            .matmul(&self.param("dense.weight").t()?)?
-            .broadcast_add(self.param("dense.bias"))?;
+        Ok(hs.expect("at least one layer"))
+    }
+
+    /// Logits [B, T, V] for input ids [B, T].
+    pub fn forward(&self, inputs: &Tensor, pass: &Pass) -> Result<Tensor> {
+        let (b, t) = inputs.dims2()?;
+        let (h, v) = (self.config.rnn_units, self.config.vocab_size);
+        let hs = self.hidden(inputs, pass)?.reshape((b * t, h))?;
+        let logits = hs.matmul(&self.param("dense.weight").t()?)?.broadcast_add(self.param("dense.bias"))?;
         Ok(logits.reshape((b, t, v))?)
+    }
+
+    /// Mean cross-entropy (nats per character) of predicting `targets` ([B·T] ids, row-major
+    /// like the inputs) from input ids [B, T]; the output layer and the loss run fused.
+    pub fn loss(&self, inputs: &Tensor, targets: &[u32], pass: &Pass) -> Result<Tensor> {
+        let (b, t) = inputs.dims2()?;
+        let hs = self.hidden(inputs, pass)?.reshape((b * t, self.config.rnn_units))?;
+        Ok(dense_cross_entropy(&hs, self.param("dense.weight"), self.param("dense.bias"), targets)?)
     }
 }
 
@@ -223,7 +236,8 @@ fn glorot(fan_in: usize, fan_out: usize) -> f32 {
     (6.0 / (fan_in + fan_out) as f32).sqrt()
 }
 
-/// Mean cross-entropy of logits [B, T, V] against target ids [B, T], in nats.
+/// Mean cross-entropy of logits [B, T, V] against target ids [B, T], in nats, composed from
+/// candle's ops (the reference for the fused [`Model::loss`]).
 pub fn loss(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
     let v = logits.dim(2)?;
     let flat = logits.reshape(((), v))?;

@@ -16,7 +16,7 @@ use sha2::{Digest, Sha256};
 use crate::checkpoint::{self, Provenance};
 use crate::data::{epoch_batches, read_corpus, split_validation, Batch, Sequences};
 use crate::metrics::{Metrics, Record};
-use crate::model::{ids_tensor, loss, Config, Model, Pass};
+use crate::model::{ids_tensor, Config, Model, Pass};
 use crate::optim::Adam;
 use crate::vocab::Vocab;
 
@@ -131,9 +131,8 @@ pub fn train_step(
 ) -> Result<(f32, Option<f64>)> {
     let dev = model.device();
     let inputs = ids_tensor(&batch.inputs, batch.batch_size, batch.seq_len, dev)?;
-    let targets = ids_tensor(&batch.targets, batch.batch_size, batch.seq_len, dev)?;
     let pass = Pass::Train { dropout: o.dropout, seed: o.seed };
-    let loss = loss(&model.forward(&inputs, &pass)?, &targets)?;
+    let loss = model.loss(&inputs, &batch.targets, &pass)?;
     let value = loss.to_dtype(DType::F32)?.to_scalar::<f32>()?;
     if !value.is_finite() {
         bail!(
@@ -184,10 +183,7 @@ pub fn evaluate(model: &Model, seqs: &Sequences, batch_size: usize) -> Result<Op
     for chunk in indices.chunks(batch_size) {
         let b = seqs.batch(chunk);
         let inputs = ids_tensor(&b.inputs, b.batch_size, b.seq_len, model.device())?;
-        let targets = ids_tensor(&b.targets, b.batch_size, b.seq_len, model.device())?;
-        let l = loss(&model.forward(&inputs, &Pass::Eval)?, &targets)?
-            .to_dtype(DType::F64)?
-            .to_scalar::<f64>()?;
+        let l = model.loss(&inputs, &b.targets, &Pass::Eval)?.to_dtype(DType::F64)?.to_scalar::<f64>()?;
         total += l * chunk.len() as f64;
     }
     Ok(Some(total / seqs.len() as f64))

@@ -109,12 +109,11 @@ fn check_finite_differences(layers: usize, dropout: f32) {
     }
     let (b, t) = (2, 5);
     let inputs = ids_tensor(&[0, 3, 6, 1, 1, 2, 5, 4, 0, 6], b, t, &Device::Cpu).unwrap();
-    let targets = ids_tensor(&[3, 6, 1, 1, 2, 5, 4, 0, 6, 2], b, t, &Device::Cpu).unwrap();
+    let targets = [3, 6, 1, 1, 2, 5, 4, 0, 6, 2];
     // The same dropout masks (same seed) in every evaluation.
     let pass = Pass::Train { dropout, seed: 9 };
-    let loss_value =
-        || loss(&model.forward(&inputs, &pass).unwrap(), &targets).unwrap().to_scalar::<f64>().unwrap();
-    let l = loss(&model.forward(&inputs, &pass).unwrap(), &targets).unwrap();
+    let loss_value = || model.loss(&inputs, &targets, &pass).unwrap().to_scalar::<f64>().unwrap();
+    let l = model.loss(&inputs, &targets, &pass).unwrap();
     let grads = l.backward().unwrap();
     let eps = 1e-6;
     let mut checked = 0;
@@ -168,6 +167,33 @@ fn stepwise_matches(layers: usize) {
         }
     }
     assert!(worst <= 1e-5, "{layers} layer(s): max abs difference {worst}");
+}
+
+/// The fused output layer and loss against candle's composition (matmul, log-softmax, gather).
+#[test]
+fn fused_loss_matches_the_composed_one() {
+    for (dtype, tol) in [(DType::F64, 1e-12), (DType::F32, 1e-5)] {
+        let mut rng = StdRng::seed_from_u64(21);
+        let model = Model::new_random(Config::gru(13, 6, 24), dtype, &Device::Cpu, &mut rng).unwrap();
+        model.param("dense.bias").set(&random(&[13], 0.5, dtype, &mut rng)).unwrap();
+        let ids: Vec<u32> = (0..30).map(|_| rng.random_range(0..13)).collect();
+        let targets: Vec<u32> = (0..30).map(|_| rng.random_range(0..13)).collect();
+        let inputs = ids_tensor(&ids, 3, 10, &Device::Cpu).unwrap();
+        let pass = Pass::Train { dropout: 0.0, seed: 0 };
+        let fused = model.loss(&inputs, &targets, &pass).unwrap();
+        let composed = loss(
+            &model.forward(&inputs, &pass).unwrap(),
+            &ids_tensor(&targets, 3, 10, &Device::Cpu).unwrap(),
+        )
+        .unwrap();
+        let d = max_rel_diff(&fused, &composed);
+        assert!(d <= tol, "{dtype:?}: loss differs by {d:e}");
+        let (gf, gc) = (fused.backward().unwrap(), composed.backward().unwrap());
+        for (name, var) in model.named() {
+            let d = max_rel_diff(gf.get(var.as_tensor()).unwrap(), gc.get(var.as_tensor()).unwrap());
+            assert!(d <= 10.0 * tol, "{dtype:?}: gradient of {name} differs by {d:e}");
+        }
+    }
 }
 
 #[test]
