@@ -13,7 +13,17 @@ use candle_core::WithDType;
 use crate::blas::PackedMatmul;
 
 pub trait Float:
-    num_traits::Float + std::ops::AddAssign + WithDType + PackedMatmul + Send + Sync + Default + 'static
+    num_traits::Float
+    + std::ops::AddAssign
+    + std::ops::SubAssign
+    + std::ops::MulAssign
+    + std::ops::DivAssign
+    + WithDType
+    + PackedMatmul
+    + Send
+    + Sync
+    + Default
+    + 'static
 {
     fn sigmoid(x: Self) -> Self;
     fn tanh_(x: Self) -> Self;

@@ -55,7 +55,7 @@ fn forward<T: Float>(hs: &[T], w: &[T], b: &[T], targets: &[u32], probs: &mut [T
                 sum += *l;
             }
             for p in row.iter_mut() {
-                *p = *p / sum;
+                *p /= sum;
             }
             max + sum.ln() - target_logit
         })
@@ -104,9 +104,9 @@ impl DenseCrossEntropy {
         let mut d = probs;
         let scale = g / T::from(n).expect("row count");
         d.par_chunks_mut(v).zip(self.targets.par_iter()).for_each(|(row, &t)| {
-            row[t as usize] = row[t as usize] - T::one();
+            row[t as usize] -= T::one();
             for x in row.iter_mut() {
-                *x = *x * scale;
+                *x *= scale;
             }
         });
         let (hs_guard, hs_layout) = hs.storage_and_layout();
