@@ -10,6 +10,7 @@ use rand::{rngs::StdRng, SeedableRng};
 
 use crate::device::{self, DeviceChoice};
 use crate::model::Config;
+use crate::presets::Preset;
 use crate::train::LrSchedule;
 use crate::{bench, checkpoint, download, eval, sample, train};
 
@@ -72,6 +73,9 @@ pub struct DownloadArgs {
 
 #[derive(Args, Debug)]
 pub struct TrainArgs {
+    /// A named set of settings to start from; flags given here override its values
+    #[arg(long, value_enum, default_value_t = Preset::Tutorial)]
+    pub preset: Preset,
     /// UTF-8 text to train on
     #[arg(long, default_value = "data/shakespeare.txt")]
     pub data: PathBuf,
@@ -343,29 +347,31 @@ pub fn run(cli: Cli, explicit: Vec<String>) -> Result<()> {
         }
         Command::Train(a) => {
             let resume = a.resume.map(|p| p.unwrap_or_else(|| a.checkpoint_dir.clone()));
+            let mut settings = train::Settings {
+                data: a.data,
+                epochs: a.epochs,
+                batch_size: a.batch_size,
+                seq_len: a.seq_len,
+                buffer_size: a.buffer_size,
+                embedding_dim: a.embedding_dim,
+                rnn_units: a.rnn_units,
+                layers: a.layers,
+                learning_rate: a.learning_rate,
+                val_fraction: a.val_fraction,
+                save_every: a.save_every,
+                keep: a.keep,
+                seed: a.seed.unwrap_or_else(rand::random),
+                clip_grad_norm: a.clip_grad_norm,
+                lr_schedule: a.lr_schedule,
+                warmup_steps: a.warmup_steps,
+                min_lr: a.min_lr,
+                weight_decay: a.weight_decay,
+                dropout: a.dropout,
+            };
+            a.preset.apply(&mut settings, &explicit);
             train::run(&train::TrainOptions {
                 device: device::select(a.device)?,
-                settings: train::Settings {
-                    data: a.data,
-                    epochs: a.epochs,
-                    batch_size: a.batch_size,
-                    seq_len: a.seq_len,
-                    buffer_size: a.buffer_size,
-                    embedding_dim: a.embedding_dim,
-                    rnn_units: a.rnn_units,
-                    layers: a.layers,
-                    learning_rate: a.learning_rate,
-                    val_fraction: a.val_fraction,
-                    save_every: a.save_every,
-                    keep: a.keep,
-                    seed: a.seed.unwrap_or_else(rand::random),
-                    clip_grad_norm: a.clip_grad_norm,
-                    lr_schedule: a.lr_schedule,
-                    warmup_steps: a.warmup_steps,
-                    min_lr: a.min_lr,
-                    weight_decay: a.weight_decay,
-                    dropout: a.dropout,
-                },
+                settings,
                 checkpoint_dir: match &resume {
                     // A resumed run writes where it was found unless told otherwise.
                     Some(r) if !explicit.iter().any(|e| e == "checkpoint_dir") => match r.is_dir() {

@@ -15,6 +15,7 @@ pub mod head;
 pub mod metrics;
 pub mod model;
 pub mod optim;
+pub mod presets;
 pub mod sample;
 pub mod train;
 pub mod vocab;
