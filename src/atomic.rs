@@ -15,8 +15,7 @@ pub fn write_with(path: &Path, fill: impl FnOnce(&mut dyn Write) -> std::io::Res
     };
     let fail = || format!("cannot write {}", path.display());
     // The temporary file is removed on every early return (its destructor deletes it).
-    let mut tmp =
-        tempfile::Builder::new().prefix(".charrnn-").suffix(".tmp").tempfile_in(dir).with_context(fail)?;
+    let mut tmp = temporary_file(dir).with_context(fail)?;
     fill(tmp.as_file_mut()).with_context(fail)?;
     tmp.as_file_mut().flush().with_context(fail)?;
     tmp.as_file().sync_all().with_context(fail)?;
@@ -26,6 +25,19 @@ pub fn write_with(path: &Path, fill: impl FnOnce(&mut dyn Write) -> std::io::Res
         let _ = d.sync_all();
     }
     Ok(())
+}
+
+/// A temporary file in `dir`, named so that an interrupted run's leftovers are recognisable,
+/// readable by others like any file the user makes (tempfile's default is owner-only).
+pub fn temporary_file(dir: &Path) -> std::io::Result<tempfile::NamedTempFile> {
+    let mut builder = tempfile::Builder::new();
+    builder.prefix(".charrnn-").suffix(".tmp");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        builder.permissions(std::fs::Permissions::from_mode(0o644));
+    }
+    builder.tempfile_in(dir)
 }
 
 pub fn write(path: &Path, bytes: &[u8]) -> Result<()> {
@@ -52,6 +64,12 @@ mod tests {
         assert_eq!(names, vec![std::ffi::OsString::from("f.bin")]);
         write(&path, b"new").unwrap();
         assert_eq!(std::fs::read(&path).unwrap(), b"new");
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+            assert_eq!(mode & 0o044, 0o044, "others can read what we write: {mode:o}");
+        }
     }
 
     #[test]

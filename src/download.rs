@@ -76,10 +76,7 @@ pub fn run(o: &DownloadOptions) -> Result<Outcome> {
     }
     let expected_len = response.content_length();
 
-    let mut tmp = tempfile::Builder::new()
-        .prefix(".charrnn-")
-        .suffix(".tmp")
-        .tempfile_in(&dir)
+    let mut tmp = crate::atomic::temporary_file(&dir)
         .with_context(|| format!("cannot create a temporary file in {}", dir.display()))?;
     let pb = ProgressBar::with_draw_target(expected_len, ProgressDrawTarget::stderr());
     pb.set_style(

@@ -479,7 +479,12 @@ pub fn run(o: &TrainOptions) -> Result<()> {
                 ),
                 None => eprintln!("Epoch {epoch} no validation split (--val-fraction 0)"),
             }
-            eprintln!("Time taken for 1 epoch {seconds:.2} sec");
+            match first {
+                0 => eprintln!("Time taken for 1 epoch {seconds:.2} sec"),
+                _ => eprintln!(
+                    "Time taken for the rest of epoch {epoch} (from batch {first}) {seconds:.2} sec"
+                ),
+            }
         });
         metrics.push(Record::Epoch {
             epoch,

@@ -326,3 +326,28 @@ fn eval_through_the_binary() {
     let nats = v["nats_per_char"].as_f64().unwrap();
     assert!(nats > 0.0 && (v["perplexity"].as_f64().unwrap() - nats.exp()).abs() < 1e-9);
 }
+
+#[test]
+fn sigterm_also_saves_and_exits_130() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = tiny_corpus(dir.path());
+    let ckpt = dir.path().join("ckpt");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_charrnn"))
+        .args(["train", "--data", &data, "--epochs", "1000", "--checkpoint-dir", ckpt.to_str().unwrap()])
+        .args(SMALL)
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    for line in lines.by_ref() {
+        if line.unwrap().contains("Batch 0 Loss") {
+            break;
+        }
+    }
+    assert!(Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap().success());
+    let rest: Vec<String> = lines.map_while(Result::ok).collect();
+    assert_eq!(child.wait().unwrap().code(), Some(130), "{rest:?}");
+    assert!(ckpt.join("interrupted.safetensors").exists());
+    assert!(ckpt.join("interrupted.optim.safetensors").exists());
+}
