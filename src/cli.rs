@@ -271,60 +271,48 @@ pub fn explicit_train_settings(matches: &clap::ArgMatches) -> Vec<String> {
         .collect()
 }
 
-fn positive(s: &str) -> Result<usize, String> {
-    match s.parse::<usize>() {
-        Ok(0) => Err("must be at least 1".into()),
-        Ok(n) => Ok(n),
-        Err(e) => Err(e.to_string()),
+/// Parses a number and checks it, saying what was expected when it fails.
+fn checked<T>(s: &str, ok: impl Fn(T) -> bool, expected: &str) -> Result<T, String>
+where
+    T: std::str::FromStr + std::fmt::Display + Copy,
+    T::Err: std::fmt::Display,
+{
+    let x: T = s.parse().map_err(|e: T::Err| e.to_string())?;
+    if ok(x) {
+        Ok(x)
+    } else {
+        Err(format!("must be {expected}, got {x}"))
     }
+}
+
+fn positive(s: &str) -> Result<usize, String> {
+    checked(s, |n: usize| n > 0, "at least 1")
 }
 
 fn positive_u64(s: &str) -> Result<u64, String> {
-    positive(s).map(|n| n as u64)
+    checked(s, |n: u64| n > 0, "at least 1")
 }
 
 fn positive_f64(s: &str) -> Result<f64, String> {
-    match s.parse::<f64>() {
-        Ok(x) if x.is_finite() && x > 0.0 => Ok(x),
-        Ok(x) => Err(format!("must be a positive number, got {x}")),
-        Err(e) => Err(e.to_string()),
-    }
+    checked(s, |x: f64| x.is_finite() && x > 0.0, "a positive number")
 }
 
 fn non_negative_f64(s: &str) -> Result<f64, String> {
-    match s.parse::<f64>() {
-        Ok(x) if x.is_finite() && x >= 0.0 => Ok(x),
-        Ok(x) => Err(format!("must be 0 or more, got {x}")),
-        Err(e) => Err(e.to_string()),
-    }
+    checked(s, |x: f64| x.is_finite() && x >= 0.0, "0 or more")
 }
 
 fn fraction(s: &str) -> Result<f64, String> {
-    match s.parse::<f64>() {
-        Ok(x) if (0.0..1.0).contains(&x) => Ok(x),
-        Ok(x) => Err(format!("must be in [0, 1), got {x}")),
-        Err(e) => Err(e.to_string()),
-    }
+    checked(s, |x: f64| (0.0..1.0).contains(&x), "in [0, 1)")
 }
 
 fn probability(s: &str) -> Result<f32, String> {
-    match s.parse::<f32>() {
-        Ok(x) if x > 0.0 && x <= 1.0 => Ok(x),
-        Ok(x) => Err(format!("must be in (0, 1], got {x}")),
-        Err(e) => Err(e.to_string()),
-    }
+    checked(s, |x: f32| x > 0.0 && x <= 1.0, "in (0, 1]")
 }
 
 fn temperature(s: &str) -> Result<f32, String> {
-    match s.parse::<f32>() {
-        Ok(x) if x.is_finite() && x >= 0.0 => Ok(x),
-        Ok(x) => Err(format!("must be 0 (greedy) or a positive number, got {x}")),
-        Err(e) => Err(e.to_string()),
-    }
+    checked(s, |x: f32| x.is_finite() && x >= 0.0, "0 (greedy) or a positive number")
 }
 
-/// Runs a parsed command line. `explicit` names the `train` settings typed on the command
-/// line (see [`explicit_train_settings`]).
 pub fn run(cli: Cli, explicit: Vec<String>) -> Result<()> {
     match cli.command {
         Command::Download(a) => {

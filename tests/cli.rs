@@ -64,33 +64,12 @@ fn ctrl_c_saves_and_exits_130() {
     let dir = tempfile::tempdir().unwrap();
     let data = tiny_corpus(dir.path());
     let ckpt = dir.path().join("ckpt");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_charrnn"))
-        .args(["train", "--data", &data, "--epochs", "1000", "--checkpoint-dir", ckpt.to_str().unwrap()])
-        .args(SMALL)
-        .stderr(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    for line in lines.by_ref() {
-        if line.unwrap().contains("Batch 0 Loss") {
-            break;
-        }
-    }
-    let killed = Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap();
-    assert!(killed.success());
-    let rest: Vec<String> = lines.map_while(Result::ok).collect();
-    let status = child.wait().unwrap();
-    assert_eq!(status.code(), Some(130), "{rest:?}");
+    let (status, rest) = train_until(&data, &ckpt, "-INT", &["--save-every", "1000"]);
+    assert_eq!(status, Some(130), "{rest:?}");
     let saved = ckpt.join("interrupted.safetensors");
     assert!(rest.iter().any(|l| l.contains("interrupted.safetensors")), "{rest:?}");
     let done = charrnn::checkpoint::load(&saved, &candle_core::Device::Cpu).expect("the saved weights load");
-    let stray: Vec<_> = std::fs::read_dir(&ckpt)
-        .unwrap()
-        .map(|e| e.unwrap().file_name().into_string().unwrap())
-        .filter(|n| n.ends_with(".tmp"))
-        .collect();
-    assert!(stray.is_empty(), "{stray:?}");
+    assert_eq!(stray_temporaries(&ckpt), Vec::<String>::new());
 
     // Resuming from the middle of an epoch ends exactly where an uninterrupted run does.
     let epochs = (done.provenance.epoch + 1).to_string();
@@ -105,6 +84,15 @@ fn ctrl_c_saves_and_exits_130() {
     assert!(charrnn(&args).status.success());
     let name = format!("ckpt_{epochs}.safetensors");
     assert_eq!(tensor_bytes(&ckpt.join(&name)), tensor_bytes(&straight.join(&name)));
+}
+
+/// Temporary files left in a folder (there must never be any).
+fn stray_temporaries(dir: &Path) -> Vec<String> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|n| n.ends_with(".tmp"))
+        .collect()
 }
 
 /// Every tensor's name and raw bytes.
@@ -296,12 +284,7 @@ fn a_failed_checkpoint_write_stops_training_and_keeps_the_previous_one() {
     assert!(!stderr(&o).contains("Epoch 3"), "training stopped at the failure");
     charrnn::checkpoint::load(&ck.join("ckpt_1.safetensors"), &candle_core::Device::Cpu)
         .expect("epoch 1 intact");
-    let stray: Vec<_> = std::fs::read_dir(&ck)
-        .unwrap()
-        .map(|e| e.unwrap().file_name().into_string().unwrap())
-        .filter(|n| n.ends_with(".tmp"))
-        .collect();
-    assert!(stray.is_empty(), "{stray:?}");
+    assert_eq!(stray_temporaries(&ck), Vec::<String>::new());
     // What is left still resumes from epoch 1.
     let o = charrnn(&["train", "--data", &data, "--resume", ck.to_str().unwrap(), "--epochs", "1"]);
     assert!(o.status.success(), "{}", stderr(&o));
@@ -332,8 +315,18 @@ fn sigterm_also_saves_and_exits_130() {
     let dir = tempfile::tempdir().unwrap();
     let data = tiny_corpus(dir.path());
     let ckpt = dir.path().join("ckpt");
+    let (status, rest) = train_until(&data, &ckpt, "-TERM", &[]);
+    assert_eq!(status, Some(130), "{rest:?}");
+    assert!(ckpt.join("interrupted.safetensors").exists());
+    assert!(ckpt.join("interrupted.optim.safetensors").exists());
+}
+
+/// Starts a long training run, sends `signal` once the first batch is logged, and returns the
+/// exit code and what the run printed after that.
+fn train_until(data: &str, ckpt: &Path, signal: &str, extra: &[&str]) -> (Option<i32>, Vec<String>) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_charrnn"))
-        .args(["train", "--data", &data, "--epochs", "1000", "--checkpoint-dir", ckpt.to_str().unwrap()])
+        .args(["train", "--data", data, "--epochs", "1000", "--checkpoint-dir", ckpt.to_str().unwrap()])
+        .args(extra)
         .args(SMALL)
         .stderr(Stdio::piped())
         .stdout(Stdio::null())
@@ -345,9 +338,7 @@ fn sigterm_also_saves_and_exits_130() {
             break;
         }
     }
-    assert!(Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap().success());
+    assert!(Command::new("kill").args([signal, &child.id().to_string()]).status().unwrap().success());
     let rest: Vec<String> = lines.map_while(Result::ok).collect();
-    assert_eq!(child.wait().unwrap().code(), Some(130), "{rest:?}");
-    assert!(ckpt.join("interrupted.safetensors").exists());
-    assert!(ckpt.join("interrupted.optim.safetensors").exists());
+    (child.wait().unwrap().code(), rest)
 }
