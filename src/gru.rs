@@ -45,6 +45,8 @@ pub struct Tape<T: Float> {
     ids: Vec<u32>,
     /// W_hh [3H, H] packed as the right operand of dh = dgh · W_hh.
     w_hh: T::Packed,
+    /// The initial state [B, H], when not zero.
+    h0: Option<Vec<T>>,
     pub hs: Vec<T>,
     pub gates: Vec<T>,
 }
@@ -122,8 +124,16 @@ pub fn gate_backward<T: Float>(
 
 /// The forward pass from a zero initial state. The input projection of token `ids[b·T + t]`
 /// is row `ids[b·T + t]` of `table` ([V, 3H]); `w_hh` is [3H, H], `b_hh` [3H]. Returns the
-/// tape; its `hs` holds the outputs (time-major).
-pub fn forward<T: Float>(dims: Dims, table: &[T], ids: &[u32], w_hh: &[T], b_hh: &[T]) -> Tape<T> {
+/// tape; its `hs` holds the outputs (time-major). `h0` ([B, H]) is the initial state (zero
+/// when `None`); it is a constant: no gradient flows into it (truncated backpropagation).
+pub fn forward<T: Float>(
+    dims: Dims,
+    table: &[T],
+    ids: &[u32],
+    w_hh: &[T],
+    b_hh: &[T],
+    h0: Option<&[T]>,
+) -> Tape<T> {
     let Dims { batch, steps, hidden: h } = dims;
     let vocab = table.len() / (3 * h);
     assert_eq!(table.len(), vocab * 3 * h);
@@ -131,6 +141,7 @@ pub fn forward<T: Float>(dims: Dims, table: &[T], ids: &[u32], w_hh: &[T], b_hh:
     assert!(ids.iter().all(|&i| (i as usize) < vocab), "token id outside the table");
     assert_eq!(w_hh.len(), 3 * h * h);
     assert_eq!(b_hh.len(), 3 * h);
+    assert!(h0.is_none_or(|s| s.len() == batch * h), "initial state has the wrong size");
     let w_t = T::pack(View::rows(w_hh, 3 * h, h).t()); // W_hhᵀ [H, 3H], packed once for all steps
     let zeros = vec![T::zero(); h];
     // Both are written in full, step by step, before anything reads them.
@@ -140,7 +151,7 @@ pub fn forward<T: Float>(dims: Dims, table: &[T], ids: &[u32], w_hh: &[T], b_hh:
     for t in 0..steps {
         let (done, rest) = hs.split_at_mut(t * batch * h);
         let h_now = &mut rest[..batch * h];
-        let h_prev = (t > 0).then(|| &done[(t - 1) * batch * h..]);
+        let h_prev = if t > 0 { Some(&done[(t - 1) * batch * h..]) } else { h0 };
         if let Some(prev) = h_prev {
             T::matmul_packed(&mut gh, false, View::rows(prev, batch, h), &w_t);
         }
@@ -154,7 +165,15 @@ pub fn forward<T: Float>(dims: Dims, table: &[T], ids: &[u32], w_hh: &[T], b_hh:
             },
         );
     }
-    Tape { dims, vocab, ids: ids.to_vec(), w_hh: T::pack(View::rows(w_hh, 3 * h, h)), hs, gates }
+    Tape {
+        dims,
+        vocab,
+        ids: ids.to_vec(),
+        w_hh: T::pack(View::rows(w_hh, 3 * h, h)),
+        h0: h0.map(<[T]>::to_vec),
+        hs,
+        gates,
+    }
 }
 
 impl<T: Float> Tape<T> {
@@ -183,7 +202,8 @@ impl<T: Float> Tape<T> {
         let mut dh = vec![T::zero(); batch * h];
         for t in (0..steps).rev() {
             let rows = t * batch * 3 * h..(t + 1) * batch * 3 * h;
-            let h_prev = (t > 0).then(|| &self.hs[(t - 1) * batch * h..t * batch * h]);
+            let h_prev =
+                if t > 0 { Some(&self.hs[(t - 1) * batch * h..t * batch * h]) } else { self.h0.as_deref() };
             let g_now = &self.gates[t * batch * 4 * h..(t + 1) * batch * 4 * h];
             dx.par_chunks_mut(3 * h)
                 .zip(dgh[rows.clone()].par_chunks_mut(3 * h))
@@ -220,12 +240,17 @@ impl<T: Float> Tape<T> {
                 T::matmul_packed(&mut dh, true, View::rows(dgh_now, batch, 3 * h), &self.w_hh);
             }
         }
-        // dW_hh = Σ_t dgh_tᵀ · h_{t-1}: one product over all steps (step 0 has h_prev = 0).
+        // dW_hh = Σ_t dgh_tᵀ · h_{t-1}: one product over steps 1.. and, from a non-zero
+        // initial state, one for step 0.
         let mut dw = vec![T::zero(); 3 * h * h];
         if steps > 1 {
             let rows = (steps - 1) * batch;
             let dgh_rest = View::rows(&dgh[batch * 3 * h..], rows, 3 * h).t();
             matmul(&mut dw, false, dgh_rest, View::rows(&self.hs[..rows * h], rows, h));
+        }
+        if let Some(h0) = &self.h0 {
+            let dgh_first = View::rows(&dgh[..batch * 3 * h], batch, 3 * h).t();
+            matmul(&mut dw, true, dgh_first, View::rows(h0, batch, h));
         }
         give_buffer(dgh);
         Grads { table: d_table, w_hh: dw, b_hh: db }
@@ -249,6 +274,8 @@ fn add_assign<T: Float>(acc: &mut [T], x: &[T]) {
 /// through it the embedding and W_ih) as well as W_hh and b_hh.
 struct FusedGru {
     ids: Vec<u32>,
+    /// The initial state [B, H] (a constant), or zero.
+    h0: Option<Tensor>,
     batch: usize,
     steps: usize,
     keep_tape: bool,
@@ -290,12 +317,20 @@ impl FusedGru {
             bail!("fused GRU: token id {bad} is outside the table of {vocab} rows");
         }
         let dims = Dims { batch: self.batch, steps: self.steps, hidden };
+        let h0 = match &self.h0 {
+            Some(t) if t.dims() == [self.batch, hidden] => {
+                Some(t.flatten_all()?.to_dtype(T::DTYPE)?.to_vec1::<T>()?)
+            }
+            Some(t) => bail!("fused GRU: initial state {:?}, expected [{}, {hidden}]", t.dims(), self.batch),
+            None => None,
+        };
         let tape = forward(
             dims,
             contiguous(table.0, table.1)?,
             &self.ids,
             contiguous(w.0, w.1)?,
             contiguous(b.0, b.1)?,
+            h0.as_deref(),
         );
         let out = tape.outputs();
         if self.keep_tape {
@@ -361,19 +396,22 @@ impl CustomOp3 for FusedGru {
     }
 }
 
-/// Runs the GRU from a zero state over the tokens `ids` ([B, T], u32), whose input
-/// projections are the rows of `table` ([V, 3H]); returns every h ([B, T, H]). With
-/// `for_training` the activations are kept so that `backward` reaches table, W_hh and b_hh.
+/// Runs the GRU over the tokens `ids` ([B, T], u32), whose input projections are the rows of
+/// `table` ([V, 3H]), from the state `h0` ([B, H], treated as a constant) or zero; returns
+/// every h ([B, T, H]). With `for_training` the activations are kept so that `backward`
+/// reaches table, W_hh and b_hh.
 pub fn gru_sequence(
     table: &Tensor,
     ids: &Tensor,
     w_hh: &Tensor,
     b_hh: &Tensor,
+    h0: Option<&Tensor>,
     for_training: bool,
 ) -> Result<Tensor> {
     let (batch, steps) = ids.dims2()?;
     let ids = ids.flatten_all()?.to_vec1::<u32>()?;
-    let op = FusedGru { ids, batch, steps, keep_tape: for_training, tape: Mutex::new(None) };
+    let h0 = h0.map(Tensor::detach);
+    let op = FusedGru { ids, h0, batch, steps, keep_tape: for_training, tape: Mutex::new(None) };
     let (x, w, b) = (table.contiguous()?, w_hh.contiguous()?, b_hh.contiguous()?);
     // Always registered with backward support: without a tape, a backward call fails loudly
     // instead of silently producing no gradient.

@@ -167,7 +167,20 @@ impl Model {
     /// The top layer's outputs [B, T, H] for input ids [B, T], every sequence starting from a
     /// zero state.
     pub fn hidden(&self, inputs: &Tensor, pass: &Pass) -> Result<Tensor> {
+        Ok(self.hidden_from(inputs, pass, None)?.0)
+    }
+
+    /// As [`Model::hidden`], from the given initial state of each layer ([B, H] each; a
+    /// constant, as in truncated backpropagation through time) or zero; also returns each
+    /// layer's final state, detached.
+    pub fn hidden_from(
+        &self,
+        inputs: &Tensor,
+        pass: &Pass,
+        state: Option<&[Tensor]>,
+    ) -> Result<(Tensor, Vec<Tensor>)> {
         let (b, t) = inputs.dims2()?;
+        let mut finals = Vec::with_capacity(self.config.layers);
         let h = self.config.rnn_units;
         let training = matches!(pass, Pass::Train { .. });
         // Layer 0 looks its input projections up in the V-row table; deeper layers project
@@ -181,7 +194,8 @@ impl Model {
                 table = below.reshape((b * t, h))?.matmul(&layer.w_ih.t()?)?.broadcast_add(layer.b_ih)?;
                 ids = Tensor::arange(0u32, (b * t) as u32, inputs.device())?.reshape((b, t))?;
             }
-            let out = gru_sequence(&table, &ids, layer.w_hh, layer.b_hh, training)?;
+            let out = gru_sequence(&table, &ids, layer.w_hh, layer.b_hh, state.map(|s| &s[l]), training)?;
+            finals.push(out.narrow(1, t - 1, 1)?.squeeze(1)?.detach().contiguous()?);
             // Dropout between layers and before the output layer.
             hs = Some(match *pass {
                 Pass::Train { dropout, seed } if dropout > 0.0 => {
@@ -192,7 +206,7 @@ impl Model {
                 _ => out,
             });
         }
-        Ok(hs.expect("at least one layer"))
+        Ok((hs.expect("at least one layer"), finals))
     }
 
     /// Logits [B, T, V] for input ids [B, T].
@@ -207,9 +221,22 @@ impl Model {
     /// Mean cross-entropy (nats per character) of predicting `targets` ([B·T] ids, row-major
     /// like the inputs) from input ids [B, T]; the output layer and the loss run fused.
     pub fn loss(&self, inputs: &Tensor, targets: &[u32], pass: &Pass) -> Result<Tensor> {
+        Ok(self.loss_from(inputs, targets, pass, None)?.0)
+    }
+
+    /// As [`Model::loss`], from the given initial states (see [`Model::hidden_from`]); also
+    /// returns the final states.
+    pub fn loss_from(
+        &self,
+        inputs: &Tensor,
+        targets: &[u32],
+        pass: &Pass,
+        state: Option<&[Tensor]>,
+    ) -> Result<(Tensor, Vec<Tensor>)> {
         let (b, t) = inputs.dims2()?;
-        let hs = self.hidden(inputs, pass)?.reshape((b * t, self.config.rnn_units))?;
-        Ok(dense_cross_entropy(&hs, self.param("dense.weight"), self.param("dense.bias"), targets)?)
+        let (hs, finals) = self.hidden_from(inputs, pass, state)?;
+        let hs = hs.reshape((b * t, self.config.rnn_units))?;
+        Ok((dense_cross_entropy(&hs, self.param("dense.weight"), self.param("dense.bias"), targets)?, finals))
     }
 }
 

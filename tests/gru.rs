@@ -15,10 +15,13 @@ fn sigmoid(x: &Tensor) -> Tensor {
 }
 
 /// PyTorch's GRU equations, step by step, with candle's own ops and autograd.
-fn reference_gru(x_proj: &Tensor, w_hh: &Tensor, b_hh: &Tensor) -> Tensor {
+fn reference_gru(x_proj: &Tensor, w_hh: &Tensor, b_hh: &Tensor, h0: Option<&Tensor>) -> Tensor {
     let (b, t, g3) = x_proj.dims3().unwrap();
     let h = g3 / 3;
-    let mut state = Tensor::zeros((b, h), x_proj.dtype(), x_proj.device()).unwrap();
+    let mut state = match h0 {
+        Some(s) => s.clone(),
+        None => Tensor::zeros((b, h), x_proj.dtype(), x_proj.device()).unwrap(),
+    };
     let mut outs = Vec::new();
     for s in 0..t {
         let x = x_proj.i((.., s, ..)).unwrap();
@@ -47,7 +50,7 @@ fn max_rel_diff(a: &Tensor, b: &Tensor) -> f64 {
     a.iter().zip(&b).map(|(x, y)| (x - y).abs()).fold(0.0, f64::max) / scale
 }
 
-fn fused_and_reference(dtype: DType, tol_fwd: f64, tol_grad: f64) {
+fn fused_and_reference(dtype: DType, tol_fwd: f64, tol_grad: f64, with_state: bool) {
     let mut rng = StdRng::seed_from_u64(11);
     let (b, t, h, v) = (3, 7, 20, 5);
     let table = random(&[v, 3 * h], 1.5, dtype, &mut rng);
@@ -58,9 +61,11 @@ fn fused_and_reference(dtype: DType, tol_fwd: f64, tol_grad: f64) {
     // A loss that weighs every output differently, so each output's gradient matters.
     let weights = random(&[b, t, h], 1.0, dtype, &mut rng);
 
-    let fused = gru_sequence(&table, &ids, &w, &bias, true).unwrap();
+    // An initial state, as truncated backpropagation carries it: a constant.
+    let h0 = with_state.then(|| random(&[b, h], 0.8, dtype, &mut rng).as_tensor().detach());
+    let fused = gru_sequence(&table, &ids, &w, &bias, h0.as_ref(), true).unwrap();
     let x = table.index_select(&ids.flatten_all().unwrap(), 0).unwrap().reshape((b, t, 3 * h)).unwrap();
-    let reference = reference_gru(&x, &w, &bias);
+    let reference = reference_gru(&x, &w, &bias, h0.as_ref());
     let fwd = max_rel_diff(&fused, &reference);
     assert!(fwd <= tol_fwd, "forward differs by {fwd:e} (relative)");
 
@@ -75,12 +80,14 @@ fn fused_and_reference(dtype: DType, tol_fwd: f64, tol_grad: f64) {
 
 #[test]
 fn fused_gru_matches_the_reference_composition_f64() {
-    fused_and_reference(DType::F64, 1e-12, 1e-10);
+    fused_and_reference(DType::F64, 1e-12, 1e-10, false);
+    fused_and_reference(DType::F64, 1e-12, 1e-10, true);
 }
 
 #[test]
 fn fused_gru_matches_the_reference_composition_f32() {
-    fused_and_reference(DType::F32, 1e-5, 1e-4);
+    fused_and_reference(DType::F32, 1e-5, 1e-4, false);
+    fused_and_reference(DType::F32, 1e-5, 1e-4, true);
 }
 
 fn tiny_model(dtype: DType, seed: u64) -> Model {
@@ -242,6 +249,6 @@ fn backward_without_a_training_forward_is_an_error_not_a_silent_zero() {
     let ids = Tensor::new(&[[0u32, 2]], &Device::Cpu).unwrap();
     let w = random(&[6, 2], 1.0, DType::F32, &mut rng);
     let b = random(&[6], 1.0, DType::F32, &mut rng);
-    let out = gru_sequence(&table, &ids, &w, &b, false).unwrap();
+    let out = gru_sequence(&table, &ids, &w, &b, None, false).unwrap();
     assert!(out.sum_all().unwrap().backward().is_err());
 }
