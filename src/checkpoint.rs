@@ -198,10 +198,25 @@ pub fn optim_path(model_path: &Path) -> PathBuf {
     model_path.with_extension("optim.safetensors")
 }
 
-/// Adam's moments (`m.NAME`, `v.NAME`) and the training position (JSON under `state` in the
+/// Adam's moments (`m.NAME`, `v.NAME`), the recurrent state carried between batches by a
+/// stateful run (`carried.l{k}`, if any) and the training position (JSON under `state` in the
 /// metadata), written atomically.
-pub fn save_optim(path: &Path, model: &Model, adam: &Adam, state: &serde_json::Value) -> Result<()> {
+pub fn save_optim(
+    path: &Path,
+    model: &Model,
+    adam: &Adam,
+    state: &serde_json::Value,
+    carried: &[Tensor],
+) -> Result<()> {
     let mut buffers = Vec::new();
+    for (l, t) in carried.iter().enumerate() {
+        let values = t.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+        buffers.push((
+            format!("carried.l{l}"),
+            t.dims().to_vec(),
+            values.iter().flat_map(|x| x.to_le_bytes()).collect(),
+        ));
+    }
     for (i, (name, var)) in model.named().enumerate() {
         for (prefix, t) in [("m", &adam.m[i]), ("v", &adam.v[i])] {
             let values = t.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
@@ -223,8 +238,8 @@ pub fn save_optim(path: &Path, model: &Model, adam: &Adam, state: &serde_json::V
 }
 
 /// Reads what [`save_optim`] wrote into `adam` (whose shapes come from `model`) and returns
-/// the training position.
-pub fn load_optim(path: &Path, model: &Model, adam: &mut Adam) -> Result<serde_json::Value> {
+/// the training position and the carried states (empty when none were saved).
+pub fn load_optim(path: &Path, model: &Model, adam: &mut Adam) -> Result<(serde_json::Value, Vec<Tensor>)> {
     let ctx = || format!("invalid optimizer state {}", path.display());
     let bytes = std::fs::read(path)
         .with_context(|| format!("cannot read the optimizer state {} needed to resume", path.display()))?;
@@ -247,7 +262,13 @@ pub fn load_optim(path: &Path, model: &Model, adam: &mut Adam) -> Result<serde_j
             *slot = Tensor::from_vec(values, var.dims(), var.device())?.to_dtype(var.dtype())?;
         }
     }
-    Ok(state)
+    let mut carried = Vec::new();
+    while let Ok(view) = st.tensor(&format!("carried.l{}", carried.len())) {
+        let values: Vec<f32> =
+            view.data().chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
+        carried.push(Tensor::from_vec(values, view.shape(), model.device())?);
+    }
+    Ok((state, carried))
 }
 
 /// The provenance of a checkpoint, read from its header only.

@@ -139,13 +139,18 @@ pub struct TrainArgs {
     /// Decoupled weight decay (AdamW); 0 is the tutorial's plain Adam
     #[arg(long, default_value_t = 0.0, value_parser = non_negative_f64)]
     pub weight_decay: f64,
-    /// Dropout probability before the output layer (training only)
+    /// Truncated backpropagation through time: contiguous lanes in order, the state carried
+    /// from batch to batch (no shuffling)
+    #[arg(long)]
+    pub stateful: bool,
+    /// Dropout probability after each recurrent layer (training only)
     #[arg(long, default_value_t = 0.0, value_parser = fraction, allow_negative_numbers = true)]
     pub dropout: f64,
 }
 
 /// Settings of `train` that the user may have typed; the rest come from defaults.
-pub const TRAIN_SETTINGS: [&str; 20] = [
+pub const TRAIN_SETTINGS: [&str; 21] = [
+    "stateful",
     "layers",
     "clip_grad_norm",
     "lr_schedule",
@@ -355,6 +360,7 @@ pub fn run(cli: Cli, explicit: Vec<String>) -> Result<()> {
                 min_lr: a.min_lr,
                 weight_decay: a.weight_decay,
                 dropout: a.dropout,
+                stateful: a.stateful,
             };
             a.preset.apply(&mut settings, &explicit);
             train::run(&train::TrainOptions {

@@ -74,6 +74,48 @@ impl<'a> Sequences<'a> {
     }
 }
 
+/// Truncated backpropagation through time as char-rnn does it: the stream is cut into `batch`
+/// contiguous lanes, and batch k holds the k-th window of `seq_len` characters of every lane,
+/// so a state carried from one batch to the next continues the same text. Never shuffled.
+#[derive(Clone, Copy)]
+pub struct Lanes<'a> {
+    ids: &'a [u32],
+    batch: usize,
+    seq_len: usize,
+}
+
+impl<'a> Lanes<'a> {
+    pub fn new(ids: &'a [u32], batch: usize, seq_len: usize) -> Self {
+        Lanes { ids, batch, seq_len }
+    }
+
+    fn lane_len(&self) -> usize {
+        self.ids.len() / self.batch
+    }
+
+    /// Batches per epoch (each window needs one more character for its last target).
+    pub fn len(&self) -> usize {
+        self.lane_len().saturating_sub(1) / self.seq_len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The k-th window of every lane.
+    pub fn batch(&self, k: usize) -> Batch {
+        let (t, lane) = (self.seq_len, self.lane_len());
+        let mut inputs = Vec::with_capacity(self.batch * t);
+        let mut targets = Vec::with_capacity(self.batch * t);
+        for b in 0..self.batch {
+            let start = b * lane + k * t;
+            inputs.extend_from_slice(&self.ids[start..start + t]);
+            targets.extend_from_slice(&self.ids[start + 1..start + t + 1]);
+        }
+        Batch { inputs, targets, batch_size: self.batch, seq_len: t }
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Batch {
     pub inputs: Vec<u32>,
@@ -166,6 +208,20 @@ mod tests {
         assert_eq!(e1.len(), 12);
         assert!(e1.iter().all(|b| b.len() == 8));
         assert_ne!(e1, e2);
+    }
+
+    #[test]
+    fn lanes_continue_from_batch_to_batch() {
+        let ids: Vec<u32> = (0..23).collect();
+        // two lanes of 11: 0..11 and 11..22; windows of 3 need 3 + 1 characters
+        let lanes = Lanes::new(&ids, 2, 3);
+        assert_eq!(lanes.len(), 3);
+        let b0 = lanes.batch(0);
+        assert_eq!(b0.inputs, vec![0, 1, 2, 11, 12, 13]);
+        assert_eq!(b0.targets, vec![1, 2, 3, 12, 13, 14]);
+        let b2 = lanes.batch(2);
+        assert_eq!(b2.inputs, vec![6, 7, 8, 17, 18, 19]);
+        assert_eq!(b2.targets, vec![7, 8, 9, 18, 19, 20]);
     }
 
     #[test]

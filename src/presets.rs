@@ -79,6 +79,7 @@ mod tests {
             min_lr: 0.0,
             weight_decay: 0.0,
             dropout: 0.0,
+            stateful: false,
         }
     }
 

@@ -7,14 +7,14 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
-use candle_core::{DType, Device};
+use candle_core::{DType, Device, Tensor};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use rand::{rngs::StdRng, SeedableRng};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::checkpoint::{self, Provenance};
-use crate::data::{epoch_batches, read_corpus, split_validation, Batch, Sequences};
+use crate::data::{epoch_batches, read_corpus, split_validation, Batch, Lanes, Sequences};
 use crate::metrics::{Metrics, Record};
 use crate::model::{ids_tensor, Config, Model, Pass};
 use crate::optim::Adam;
@@ -49,6 +49,10 @@ pub struct Settings {
     pub weight_decay: f64,
     #[serde(default)]
     pub dropout: f64,
+    /// Truncated backpropagation through time over contiguous lanes, state carried between
+    /// batches (no shuffling).
+    #[serde(default)]
+    pub stateful: bool,
 }
 
 fn one() -> usize {
@@ -129,10 +133,23 @@ pub fn train_step(
     batch: &Batch,
     o: &StepOptions,
 ) -> Result<(f32, Option<f64>)> {
+    let (loss, norm, _) = train_step_from(model, adam, batch, o, None)?;
+    Ok((loss, norm))
+}
+
+/// [`train_step`] from the given initial states (stateful training); also returns the final
+/// states to carry into the next batch.
+pub fn train_step_from(
+    model: &Model,
+    adam: &mut Adam,
+    batch: &Batch,
+    o: &StepOptions,
+    state: Option<&[Tensor]>,
+) -> Result<(f32, Option<f64>, Vec<Tensor>)> {
     let dev = model.device();
     let inputs = ids_tensor(&batch.inputs, batch.batch_size, batch.seq_len, dev)?;
     let pass = Pass::Train { dropout: o.dropout, seed: o.seed };
-    let loss = model.loss(&inputs, &batch.targets, &pass)?;
+    let (loss, finals) = model.loss_from(&inputs, &batch.targets, &pass, state)?;
     let value = loss.to_dtype(DType::F32)?.to_scalar::<f32>()?;
     if !value.is_finite() {
         bail!(
@@ -154,7 +171,7 @@ pub fn train_step(
         None => (None, 1.0),
     };
     adam.update(model.vars(), &grads, o.learning_rate, scale)?;
-    Ok((value, norm))
+    Ok((value, norm, finals))
 }
 
 /// The step size for 0-based `step` of `total`: linear warm-up over `warmup_steps`, then
@@ -237,7 +254,8 @@ fn epoch_rng(seed: u64, epoch: usize) -> StdRng {
 /// another save schedule. Anything else that differs is refused.
 fn merge_settings(saved: &Settings, given: &Settings, explicit: &[String], done: usize) -> Result<Settings> {
     let flag = |id: &str| format!("--{}", id.replace('_', "-"));
-    let fixed: [(&str, String, String); 16] = [
+    let fixed: [(&str, String, String); 17] = [
+        ("stateful", saved.stateful.to_string(), given.stateful.to_string()),
         ("layers", saved.layers.to_string(), given.layers.to_string()),
         ("clip_grad_norm", format!("{:?}", saved.clip_grad_norm), format!("{:?}", given.clip_grad_norm)),
         ("lr_schedule", format!("{:?}", saved.lr_schedule), format!("{:?}", given.lr_schedule)),
@@ -303,7 +321,8 @@ pub fn run(o: &TrainOptions) -> Result<()> {
             let path = checkpoint::resolve_resumable(p)?;
             let ckpt = checkpoint::load(&path, &o.device)?;
             let mut adam = Adam::new(ckpt.model.vars())?;
-            let state = checkpoint::load_optim(&checkpoint::optim_path(&path), &ckpt.model, &mut adam)?;
+            let (state, carried) =
+                checkpoint::load_optim(&checkpoint::optim_path(&path), &ckpt.model, &mut adam)?;
             let pos: Position =
                 serde_json::from_value(state).context("bad training position in the optimizer state")?;
             if adam.step != ckpt.provenance.step {
@@ -314,11 +333,11 @@ pub fn run(o: &TrainOptions) -> Result<()> {
                     adam.step
                 );
             }
-            Some((path, ckpt, adam, pos))
+            Some((path, ckpt, adam, pos, carried))
         }
     };
     let settings = match &resumed {
-        Some((_, _, _, pos)) => merge_settings(&pos.settings, &o.settings, &o.explicit, pos.epoch)?,
+        Some((_, _, _, pos, _)) => merge_settings(&pos.settings, &o.settings, &o.explicit, pos.epoch)?,
         None => o.settings.clone(),
     };
     let s = &settings;
@@ -329,8 +348,9 @@ pub fn run(o: &TrainOptions) -> Result<()> {
     let corpus_sha256 = checkpoint::hex(&Sha256::digest(text.as_bytes()));
     let (train_ids, val_ids) = split_validation(&ids, s.val_fraction);
     let train = Sequences::new(train_ids, s.seq_len);
+    let lanes = Lanes::new(train_ids, s.batch_size, s.seq_len);
     let val = Sequences::new(val_ids, s.seq_len);
-    if train.len() < s.batch_size {
+    if train.len() < s.batch_size || (s.stateful && lanes.is_empty()) {
         let need = ((s.batch_size * (s.seq_len + 1)) as f64 / (1.0 - s.val_fraction)).ceil();
         bail!(
             "the corpus {} is too short: one batch of {} sequences of {} characters needs at least {} characters{}, it has {}. Use a longer text or lower --batch-size / --seq-len",
@@ -343,8 +363,8 @@ pub fn run(o: &TrainOptions) -> Result<()> {
         );
     }
 
-    let (model, mut adam, pos) = match resumed {
-        Some((path, ckpt, mut adam, pos)) => {
+    let (model, mut adam, pos, mut carried) = match resumed {
+        Some((path, ckpt, mut adam, pos, carried)) => {
             if ckpt.provenance.corpus_sha256 != corpus_sha256 {
                 bail!(
                     "{} differs from the text {} was trained on (SHA-256 {}); resume with the same corpus",
@@ -355,7 +375,8 @@ pub fn run(o: &TrainOptions) -> Result<()> {
             }
             adam.weight_decay = s.weight_decay;
             eprintln!("resuming {} at epoch {} batch {}", path.display(), pos.epoch + 1, pos.batch);
-            (ckpt.model, adam, pos)
+            let carried = (!carried.is_empty()).then_some(carried);
+            (ckpt.model, adam, pos, carried)
         }
         None => {
             let config = Config::gru(vocab.len(), s.embedding_dim, s.rnn_units).with_layers(s.layers);
@@ -369,21 +390,26 @@ pub fn run(o: &TrainOptions) -> Result<()> {
                 epoch_loss_sum: 0.0,
                 best_val_loss: None,
             };
-            (model, adam, pos)
+            (model, adam, pos, None)
         }
     };
     let config = &model.config;
-    let batches_per_epoch = train.len() / s.batch_size;
+    let batches_per_epoch = if s.stateful { lanes.len() } else { train.len() / s.batch_size };
     let total_steps = (batches_per_epoch * s.epochs) as u64;
 
     eprintln!("corpus {}: {} characters, {} unique", s.data.display(), ids.len(), vocab.len());
+    let order = match s.stateful {
+        false => format!("{} shuffled sequences of {}", train.len(), s.seq_len + 1),
+        true => format!(
+            "{} contiguous lanes of {} read in order (--stateful)",
+            s.batch_size,
+            train_ids.len() / s.batch_size
+        ),
+    };
     eprintln!(
-        "split: {} training / {} validation characters; {} training sequences of {}, {} batches of {} per epoch",
+        "split: {} training / {} validation characters; {order}; {batches_per_epoch} batches of {} per epoch",
         train_ids.len(),
         val_ids.len(),
-        train.len(),
-        s.seq_len + 1,
-        batches_per_epoch,
         s.batch_size
     );
     let layers: Vec<String> = config.layer_sizes().iter().map(|(n, c)| format!("{n} {c}")).collect();
@@ -410,22 +436,34 @@ pub fn run(o: &TrainOptions) -> Result<()> {
     let mut best_val_loss = pos.best_val_loss;
     // Weights and optimizer state together (optimizer first: a crash in between leaves a pair
     // whose steps differ, which resume detects).
-    let save_point = |path: &Path, adam: &Adam, provenance: &Provenance, position: &Position| -> Result<()> {
-        checkpoint::save_optim(
-            &checkpoint::optim_path(path),
-            &model,
-            adam,
-            &serde_json::to_value(position)?,
-        )?;
-        checkpoint::save(path, &model, &vocab, provenance)
-    };
+    // The carried state (stateful runs) is saved too, so a run resumed mid-epoch continues it.
+    let save_point =
+        |path: &Path, adam: &Adam, provenance: &Provenance, position: &Position, carried: &[Tensor]| {
+            checkpoint::save_optim(
+                &checkpoint::optim_path(path),
+                &model,
+                adam,
+                &serde_json::to_value(position)?,
+                carried,
+            )?;
+            checkpoint::save(path, &model, &vocab, provenance)
+        };
 
     for epoch in pos.epoch + 1..=s.epochs {
         let started = Instant::now();
-        let batches = epoch_batches(train.len(), s.batch_size, s.buffer_size, &mut epoch_rng(s.seed, epoch));
+        // Shuffled sequences, or (stateful) the lanes in order, the state reset each epoch.
+        let order = (!s.stateful)
+            .then(|| epoch_batches(train.len(), s.batch_size, s.buffer_size, &mut epoch_rng(s.seed, epoch)));
         let first = if epoch == pos.epoch + 1 { pos.batch } else { 0 };
         let mut loss_sum = if first > 0 { pos.epoch_loss_sum } else { 0.0 };
-        for (n, indices) in batches.iter().enumerate().skip(first) {
+        if first == 0 {
+            carried = None;
+        }
+        for n in first..batches_per_epoch {
+            let batch = match &order {
+                Some(order) => train.batch(&order[n]),
+                None => lanes.batch(n),
+            };
             let t0 = Instant::now();
             let step_options = StepOptions {
                 learning_rate: learning_rate(s, adam.step, total_steps),
@@ -433,8 +471,12 @@ pub fn run(o: &TrainOptions) -> Result<()> {
                 dropout: s.dropout as f32,
                 seed: s.seed ^ adam.step.wrapping_mul(0x9E37_79B9_7F4A_7C15),
             };
-            let (l, _) = train_step(&model, &mut adam, &train.batch(indices), &step_options)
-                .with_context(|| format!("epoch {epoch} batch {n}"))?;
+            let (l, _, finals) =
+                train_step_from(&model, &mut adam, &batch, &step_options, carried.as_deref())
+                    .with_context(|| format!("epoch {epoch} batch {n}"))?;
+            if s.stateful {
+                carried = Some(finals);
+            }
             loss_sum += l as f64;
             let chars_per_s = chars_per_batch / t0.elapsed().as_secs_f64();
             if n % 100 == 0 {
@@ -460,14 +502,14 @@ pub fn run(o: &TrainOptions) -> Result<()> {
                     best_val_loss,
                 };
                 let path = dir.join("interrupted.safetensors");
-                save_point(&path, &adam, &provenance, &position)?;
+                save_point(&path, &adam, &provenance, &position, carried.as_deref().unwrap_or(&[]))?;
                 pb.abandon();
                 eprintln!("stopped in epoch {epoch} after batch {}; saved {}", n + 1, path.display());
                 eprintln!("continue with: {resume_hint}");
                 return Err(Interrupted.into());
             }
         }
-        let train_loss = loss_sum / batches.len() as f64;
+        let train_loss = loss_sum / batches_per_epoch as f64;
         let val_loss = evaluate(&model, &val, s.batch_size)?;
         let seconds = started.elapsed().as_secs_f64();
         pb.suspend(|| {
@@ -509,7 +551,7 @@ pub fn run(o: &TrainOptions) -> Result<()> {
             let path = dir.join(checkpoint::file_name(epoch));
             let position =
                 Position { settings: settings.clone(), epoch, batch: 0, epoch_loss_sum: 0.0, best_val_loss };
-            save_point(&path, &adam, &provenance, &position)?;
+            save_point(&path, &adam, &provenance, &position, &[])?;
             if let Some(keep) = s.keep {
                 prune(dir, keep)?;
             }

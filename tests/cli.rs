@@ -61,10 +61,20 @@ fn train_two_epochs_then_generate() {
 
 #[test]
 fn ctrl_c_saves_and_exits_130() {
+    interrupt_then_resume(&[]);
+}
+
+/// Stateful training carries its state across an interrupted and resumed run too.
+#[test]
+fn stateful_runs_resume_exactly() {
+    interrupt_then_resume(&["--stateful"]);
+}
+
+fn interrupt_then_resume(mode: &[&str]) {
     let dir = tempfile::tempdir().unwrap();
     let data = tiny_corpus(dir.path());
     let ckpt = dir.path().join("ckpt");
-    let (status, rest) = train_until(&data, &ckpt, "-INT", &["--save-every", "1000"]);
+    let (status, rest) = train_until(&data, &ckpt, "-INT", &[&["--save-every", "1000"], mode].concat());
     assert_eq!(status, Some(130), "{rest:?}");
     let saved = ckpt.join("interrupted.safetensors");
     assert!(rest.iter().any(|l| l.contains("interrupted.safetensors")), "{rest:?}");
@@ -81,6 +91,7 @@ fn ctrl_c_saves_and_exits_130() {
     let mut args = vec!["train", "--data", &data, "--epochs", &epochs, "--seed", &seed];
     args.extend(["--checkpoint-dir", straight.to_str().unwrap()]);
     args.extend_from_slice(SMALL);
+    args.extend_from_slice(mode);
     assert!(charrnn(&args).status.success());
     let name = format!("ckpt_{epochs}.safetensors");
     assert_eq!(tensor_bytes(&ckpt.join(&name)), tensor_bytes(&straight.join(&name)));

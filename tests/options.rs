@@ -78,6 +78,7 @@ fn settings(schedule: LrSchedule, warmup: u64) -> Settings {
         min_lr: 1e-4,
         weight_decay: 0.0,
         dropout: 0.0,
+        stateful: false,
     }
 }
 
@@ -92,4 +93,40 @@ fn schedules_warm_up_and_decay() {
     assert!((learning_rate(&cosine, 10, 110) - 1e-3).abs() < 1e-12, "full rate after warm-up");
     assert!((learning_rate(&cosine, 60, 110) - 5.5e-4).abs() < 1e-12, "half way: the mean of lr and min_lr");
     assert!((learning_rate(&cosine, 110, 110) - 1e-4).abs() < 1e-12, "ends at min_lr");
+}
+
+/// A state carried from one window to the next continues the text: two windows of 6 with the
+/// state carried equal one window of 12 (stacked layers included).
+#[test]
+fn a_carried_state_continues_the_sequence() {
+    let m = Model::new_random(
+        Config::gru(9, 6, 16).with_layers(2),
+        DType::F32,
+        &Device::Cpu,
+        &mut StdRng::seed_from_u64(4),
+    )
+    .unwrap();
+    let ids: Vec<u32> = (0..24).map(|i| (i * 5 % 9) as u32).collect(); // 2 rows of 12
+    let whole = m.hidden(&ids_tensor(&ids, 2, 12, &Device::Cpu).unwrap(), &Pass::Eval).unwrap();
+    let first: Vec<u32> = ids.chunks(12).flat_map(|r| r[..6].to_vec()).collect();
+    let second: Vec<u32> = ids.chunks(12).flat_map(|r| r[6..].to_vec()).collect();
+    let (_, state) =
+        m.hidden_from(&ids_tensor(&first, 2, 6, &Device::Cpu).unwrap(), &Pass::Eval, None).unwrap();
+    let (h2, _) =
+        m.hidden_from(&ids_tensor(&second, 2, 6, &Device::Cpu).unwrap(), &Pass::Eval, Some(&state)).unwrap();
+    let want = whole.narrow(1, 6, 6).unwrap();
+    let diff = (h2 - want).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+    assert!(diff < 1e-6, "max difference {diff}");
+    // and from a zero state the second window is something else
+    let (cold, _) =
+        m.hidden_from(&ids_tensor(&second, 2, 6, &Device::Cpu).unwrap(), &Pass::Eval, None).unwrap();
+    let gap = (cold - whole.narrow(1, 6, 6).unwrap())
+        .unwrap()
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
+    assert!(gap > 1e-3);
 }
