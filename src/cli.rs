@@ -115,6 +115,7 @@ pub struct TrainArgs {
     /// Seed for initialisation and shuffling (random if not given; printed either way)
     #[arg(long)]
     pub seed: Option<u64>,
+    /// Where to run
     #[arg(long, value_enum, default_value_t = DeviceChoice::Auto)]
     pub device: DeviceChoice,
     /// Continue a run exactly where it stopped: from this checkpoint, or the newest resumable
@@ -184,11 +185,13 @@ pub struct EvalArgs {
     /// Characters per scored sequence (each starts from a zero state, as in training)
     #[arg(long, default_value_t = 100, value_parser = positive)]
     pub seq_len: usize,
+    /// Sequences scored at once
     #[arg(long, default_value_t = 64, value_parser = positive)]
     pub batch_size: usize,
     /// Print one JSON object instead of text
     #[arg(long)]
     pub json: bool,
+    /// Where to run
     #[arg(long, value_enum, default_value_t = DeviceChoice::Auto)]
     pub device: DeviceChoice,
 }
@@ -232,6 +235,7 @@ pub struct GenerateArgs {
     /// Seed for sampling (random if not given)
     #[arg(long)]
     pub seed: Option<u64>,
+    /// Where to run
     #[arg(long, value_enum, default_value_t = DeviceChoice::Auto)]
     pub device: DeviceChoice,
 }
@@ -244,19 +248,25 @@ pub struct BenchArgs {
     /// Characters to generate for the sampling rate
     #[arg(long, default_value_t = 5000, value_parser = positive)]
     pub gen_chars: usize,
+    /// Sequences per batch
     #[arg(long, default_value_t = 64, value_parser = positive)]
     pub batch_size: usize,
+    /// Characters per training sequence
     #[arg(long, default_value_t = 100, value_parser = positive)]
     pub seq_len: usize,
+    /// Width of the character embedding
     #[arg(long, default_value_t = 256, value_parser = positive)]
     pub embedding_dim: usize,
+    /// Width of the GRU state
     #[arg(long, default_value_t = 1024, value_parser = positive)]
     pub rnn_units: usize,
+    /// Stacked recurrent layers
     #[arg(long, default_value_t = 1, value_parser = positive)]
     pub layers: usize,
     /// Vocabulary size (Shakespeare's is 65)
     #[arg(long, default_value_t = 65, value_parser = positive)]
     pub vocab_size: usize,
+    /// Where to run
     #[arg(long, value_enum, default_value_t = DeviceChoice::Auto)]
     pub device: DeviceChoice,
     /// Print one JSON object instead of a table
