@@ -6,7 +6,10 @@
 //! Adam step, as PyTorch does it).
 
 use anyhow::Result;
-use candle_core::{backprop::GradStore, Tensor, Var};
+use candle_core::{backprop::GradStore, bail, CpuStorage, InplaceOp2, InplaceOp3, Layout, Tensor, Var};
+use rayon::prelude::*;
+
+use crate::float::Float;
 
 pub struct Adam {
     pub beta1: f64,
@@ -37,7 +40,7 @@ impl Adam {
 
     /// One update of every parameter that has a gradient, with step size `learning_rate` (the
     /// schedule's value for this step) and each gradient multiplied by `grad_scale` (below 1
-    /// when clipping).
+    /// when clipping). Moments and weights are updated in place, in one pass each.
     pub fn update(
         &mut self,
         params: &[Var],
@@ -51,20 +54,120 @@ impl Adam {
         let alpha = learning_rate * (1.0 - b2.powi(t)).sqrt() / (1.0 - b1.powi(t));
         for (i, p) in params.iter().enumerate() {
             let Some(g) = grads.get(p.as_tensor()) else { continue };
-            let g = if grad_scale == 1.0 { g.clone() } else { (g * grad_scale)? };
-            let w = match self.weight_decay {
-                0.0 => p.as_tensor().clone(),
-                wd => (p.as_tensor() * (1.0 - learning_rate * wd))?,
-            };
-            let m = ((&self.m[i] * b1)? + (&g * (1.0 - b1))?)?;
-            let v = ((&self.v[i] * b2)? + (g.sqr()? * (1.0 - b2))?)?;
-            let delta = (&m / (v.sqrt()? + self.epsilon)?)?;
-            p.set(&(w - (delta * alpha)?)?)?;
-            self.m[i] = m;
-            self.v[i] = v;
+            let g = g.contiguous()?;
+            self.m[i].inplace_op2(&g, &Moment { beta: b1, scale: grad_scale, square: false })?;
+            self.v[i].inplace_op2(&g, &Moment { beta: b2, scale: grad_scale, square: true })?;
+            let step = Step { alpha, decay: 1.0 - learning_rate * self.weight_decay, epsilon: self.epsilon };
+            p.as_tensor().inplace_op3(&self.m[i], &self.v[i], &step)?;
         }
         Ok(())
     }
+}
+
+const CHUNK: usize = 1 << 14;
+
+fn slice_mut<'a, T: Float>(s: &'a mut [T], l: &Layout) -> candle_core::Result<&'a mut [T]> {
+    match l.contiguous_offsets() {
+        Some((a, b)) => Ok(&mut s[a..b]),
+        None => bail!("adam: tensors must be contiguous"),
+    }
+}
+
+fn slice<'a, T: Float>(s: &'a [T], l: &Layout) -> candle_core::Result<&'a [T]> {
+    match l.contiguous_offsets() {
+        Some((a, b)) => Ok(&s[a..b]),
+        None => bail!("adam: tensors must be contiguous"),
+    }
+}
+
+/// A moment's update in place: m ← β·m + (1 − β)·x, x = s·g (first) or (s·g)² (second).
+struct Moment {
+    beta: f64,
+    scale: f64,
+    square: bool,
+}
+
+impl Moment {
+    fn run<T: Float>(&self, m: &mut [T], g: &[T]) {
+        let (beta, rest, scale) = (cast::<T>(self.beta), cast::<T>(1.0 - self.beta), cast::<T>(self.scale));
+        let square = self.square;
+        m.par_chunks_mut(CHUNK).zip(g.par_chunks(CHUNK)).for_each(|(m, g)| {
+            for (m, &g) in m.iter_mut().zip(g) {
+                let x = g * scale;
+                *m = beta * *m + rest * if square { x * x } else { x };
+            }
+        });
+    }
+}
+
+impl InplaceOp2 for Moment {
+    fn name(&self) -> &'static str {
+        "adam-moment"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &mut CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<()> {
+        match (s1, s2) {
+            (CpuStorage::F32(m), CpuStorage::F32(g)) => self.run(slice_mut(m, l1)?, slice(g, l2)?),
+            (CpuStorage::F64(m), CpuStorage::F64(g)) => self.run(slice_mut(m, l1)?, slice(g, l2)?),
+            _ => bail!("adam: moment and gradient must both be f32 or f64"),
+        }
+        Ok(())
+    }
+}
+
+/// The weight's update in place: w ← decay·w − α·m / (√v + ε).
+struct Step {
+    alpha: f64,
+    decay: f64,
+    epsilon: f64,
+}
+
+impl Step {
+    fn run<T: Float>(&self, w: &mut [T], m: &[T], v: &[T]) {
+        let (alpha, decay, eps) = (cast::<T>(self.alpha), cast::<T>(self.decay), cast::<T>(self.epsilon));
+        w.par_chunks_mut(CHUNK).zip(m.par_chunks(CHUNK).zip(v.par_chunks(CHUNK))).for_each(|(w, (m, v))| {
+            for ((w, &m), &v) in w.iter_mut().zip(m).zip(v) {
+                *w = decay * *w - alpha * m / (v.sqrt() + eps);
+            }
+        });
+    }
+}
+
+impl InplaceOp3 for Step {
+    fn name(&self) -> &'static str {
+        "adam-step"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &mut CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> candle_core::Result<()> {
+        match (s1, s2, s3) {
+            (CpuStorage::F32(w), CpuStorage::F32(m), CpuStorage::F32(v)) => {
+                self.run(slice_mut(w, l1)?, slice(m, l2)?, slice(v, l3)?)
+            }
+            (CpuStorage::F64(w), CpuStorage::F64(m), CpuStorage::F64(v)) => {
+                self.run(slice_mut(w, l1)?, slice(m, l2)?, slice(v, l3)?)
+            }
+            _ => bail!("adam: weight and moments must all be f32 or f64"),
+        }
+        Ok(())
+    }
+}
+
+fn cast<T: Float>(x: f64) -> T {
+    T::from(x).expect("a finite optimizer constant")
 }
 
 #[cfg(test)]
