@@ -146,6 +146,19 @@ pub fn train_step_from(
     o: &StepOptions,
     state: Option<&[Tensor]>,
 ) -> Result<(f32, Option<f64>, Vec<Tensor>)> {
+    // Run the step on a worker of the thread pool, so that its many short parallel regions
+    // are entered from inside the pool instead of each waking the pool from outside (a futex
+    // round trip per region, which at small sizes costs more than the region's work).
+    rayon::scope(|_| step_on_worker(model, adam, batch, o, state))
+}
+
+fn step_on_worker(
+    model: &Model,
+    adam: &mut Adam,
+    batch: &Batch,
+    o: &StepOptions,
+    state: Option<&[Tensor]>,
+) -> Result<(f32, Option<f64>, Vec<Tensor>)> {
     let dev = model.device();
     let inputs = ids_tensor(&batch.inputs, batch.batch_size, batch.seq_len, dev)?;
     let pass = Pass::Train { dropout: o.dropout, seed: o.seed };
@@ -196,14 +209,17 @@ pub fn evaluate(model: &Model, seqs: &Sequences, batch_size: usize) -> Result<Op
         return Ok(None);
     }
     let indices: Vec<usize> = (0..seqs.len()).collect();
-    let mut total = 0.0;
-    for chunk in indices.chunks(batch_size) {
-        let b = seqs.batch(chunk);
-        let inputs = ids_tensor(&b.inputs, b.batch_size, b.seq_len, model.device())?;
-        let l = model.loss(&inputs, &b.targets, &Pass::Eval)?.to_dtype(DType::F64)?.to_scalar::<f64>()?;
-        total += l * chunk.len() as f64;
-    }
-    Ok(Some(total / seqs.len() as f64))
+    // On a pool worker, as a training step (see `train_step_from`).
+    rayon::scope(|_| {
+        let mut total = 0.0;
+        for chunk in indices.chunks(batch_size) {
+            let b = seqs.batch(chunk);
+            let inputs = ids_tensor(&b.inputs, b.batch_size, b.seq_len, model.device())?;
+            let l = model.loss(&inputs, &b.targets, &Pass::Eval)?.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+            total += l * chunk.len() as f64;
+        }
+        Ok(Some(total / seqs.len() as f64))
+    })
 }
 
 fn interrupt_flag(checkpoint_dir: PathBuf) -> Arc<AtomicBool> {
