@@ -123,13 +123,6 @@ impl Sampler {
 
     /// Feeds one character to each sequence and returns the logits for the next, [batch, V].
     pub fn step(&mut self, ids: &[u32]) -> &[f32] {
-        // On a pool worker, so the step's parallel products do not each wake the pool from
-        // outside.
-        rayon::scope(|_| self.advance(ids));
-        &self.logits
-    }
-
-    fn advance(&mut self, ids: &[u32]) {
         assert_eq!(ids.len(), self.batch);
         let (h, n) = (self.hidden, self.batch);
         for l in 0..self.layers.len() {
@@ -158,6 +151,7 @@ impl Sampler {
         }
         let top = &self.layers.last().expect("at least one layer").h;
         self.dense.apply(&mut self.logits, top, n, Some(&self.dense_b));
+        &self.logits
     }
 }
 
