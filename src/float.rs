@@ -8,7 +8,7 @@
 
 use std::sync::Mutex;
 
-use candle_core::WithDType;
+use candle_core::{bail, CpuStorage, Layout, WithDType};
 
 use crate::blas::PackedMatmul;
 
@@ -29,6 +29,27 @@ pub trait Float:
     fn tanh_(x: Self) -> Self;
     /// Large buffers of this type kept for reuse (see [`take_buffer`]).
     fn pool() -> &'static Mutex<Vec<Vec<Self>>>;
+}
+
+/// The part of a buffer that a contiguous tensor layout covers (custom operations are handed
+/// whole storages and a layout).
+pub fn layout_slice<'a, T>(data: &'a [T], l: &Layout) -> candle_core::Result<&'a [T]> {
+    match l.contiguous_offsets() {
+        Some((a, b)) => Ok(&data[a..b]),
+        None => bail!("a custom operation was handed a non-contiguous tensor"),
+    }
+}
+
+pub fn layout_slice_mut<'a, T>(data: &'a mut [T], l: &Layout) -> candle_core::Result<&'a mut [T]> {
+    match l.contiguous_offsets() {
+        Some((a, b)) => Ok(&mut data[a..b]),
+        None => bail!("a custom operation was handed a non-contiguous tensor"),
+    }
+}
+
+/// [`layout_slice`] of a CPU storage of element type `T`.
+pub fn storage_slice<'a, T: WithDType>(s: &'a CpuStorage, l: &Layout) -> candle_core::Result<&'a [T]> {
+    layout_slice(T::cpu_storage_as_slice(s)?, l)
 }
 
 /// A buffer of `len` values whose contents are unspecified (stale values of an earlier use):

@@ -18,14 +18,12 @@
 
 use std::sync::Mutex;
 
-use candle_core::{
-    backend::BackendStorage, bail, CpuStorage, CustomOp3, Layout, Result, Shape, Tensor, WithDType,
-};
+use candle_core::{backend::BackendStorage, bail, CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 use multiversion::multiversion;
 use rayon::prelude::*;
 
 use crate::blas::{matmul, View};
-use crate::float::{give_buffer, take_buffer, Float};
+use crate::float::{give_buffer, storage_slice, take_buffer, Float};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Dims {
@@ -287,14 +285,6 @@ enum AnyTape {
     F64(Tape<f64>),
 }
 
-fn contiguous<'a, T: WithDType>(s: &'a CpuStorage, l: &Layout) -> Result<&'a [T]> {
-    let data = T::cpu_storage_as_slice(s)?;
-    match l.contiguous_offsets() {
-        Some((start, end)) => Ok(&data[start..end]),
-        None => bail!("fused GRU: inputs must be contiguous"),
-    }
-}
-
 impl FusedGru {
     fn run<T: Float>(
         &self,
@@ -326,10 +316,10 @@ impl FusedGru {
         };
         let tape = forward(
             dims,
-            contiguous(table.0, table.1)?,
+            storage_slice(table.0, table.1)?,
             &self.ids,
-            contiguous(w.0, w.1)?,
-            contiguous(b.0, b.1)?,
+            storage_slice(w.0, w.1)?,
+            storage_slice(b.0, b.1)?,
             h0.as_deref(),
         );
         let out = tape.outputs();

@@ -13,7 +13,7 @@ use candle_core::{
 use rayon::prelude::*;
 
 use crate::blas::{matmul, transpose, View};
-use crate::float::Float;
+use crate::float::{storage_slice, Float};
 
 /// The softmax probabilities of every row, kept for the backward pass.
 enum Saved {
@@ -24,13 +24,6 @@ enum Saved {
 struct DenseCrossEntropy {
     targets: Vec<u32>,
     saved: Mutex<Option<Saved>>,
-}
-
-fn slice<'a, T: Float>(s: &'a CpuStorage, l: &Layout) -> Result<&'a [T]> {
-    match l.contiguous_offsets() {
-        Some((a, b)) => Ok(&T::cpu_storage_as_slice(s)?[a..b]),
-        None => bail!("output layer: inputs must be contiguous"),
-    }
 }
 
 /// Logits, then each row turned into probabilities in place; returns the summed loss.
@@ -85,8 +78,13 @@ impl DenseCrossEntropy {
             bail!("output layer: target id {t} is outside the {v} classes");
         }
         let mut probs = vec![T::zero(); n * v];
-        let total =
-            forward(slice(hs.0, hs.1)?, slice(w.0, w.1)?, slice(b.0, b.1)?, &self.targets, &mut probs);
+        let total = forward(
+            storage_slice(hs.0, hs.1)?,
+            storage_slice(w.0, w.1)?,
+            storage_slice(b.0, b.1)?,
+            &self.targets,
+            &mut probs,
+        );
         *self.saved.lock().expect("saved lock") = Some(wrap(probs));
         Ok((T::to_cpu_storage_owned(vec![total / T::from(n).expect("row count")]), Shape::from(())))
     }
@@ -114,7 +112,7 @@ impl DenseCrossEntropy {
         let (Storage::Cpu(hs_s), Storage::Cpu(w_s)) = (&*hs_guard, &*w_guard) else {
             bail!("output layer: CPU tensors expected");
         };
-        let (hs_data, w_data) = (slice::<T>(hs_s, hs_layout)?, slice::<T>(w_s, w_layout)?);
+        let (hs_data, w_data) = (storage_slice::<T>(hs_s, hs_layout)?, storage_slice::<T>(w_s, w_layout)?);
         let mut d_hs = vec![T::zero(); n * h];
         matmul(&mut d_hs, false, View::rows(&d, n, v), View::rows(w_data, v, h));
         let d_t = transpose(&d, n, v);

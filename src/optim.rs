@@ -9,7 +9,7 @@ use anyhow::Result;
 use candle_core::{backprop::GradStore, bail, CpuStorage, InplaceOp2, InplaceOp3, Layout, Tensor, Var};
 use rayon::prelude::*;
 
-use crate::float::Float;
+use crate::float::{layout_slice, layout_slice_mut, Float};
 
 pub struct Adam {
     pub beta1: f64,
@@ -66,20 +66,6 @@ impl Adam {
 
 const CHUNK: usize = 1 << 14;
 
-fn slice_mut<'a, T: Float>(s: &'a mut [T], l: &Layout) -> candle_core::Result<&'a mut [T]> {
-    match l.contiguous_offsets() {
-        Some((a, b)) => Ok(&mut s[a..b]),
-        None => bail!("adam: tensors must be contiguous"),
-    }
-}
-
-fn slice<'a, T: Float>(s: &'a [T], l: &Layout) -> candle_core::Result<&'a [T]> {
-    match l.contiguous_offsets() {
-        Some((a, b)) => Ok(&s[a..b]),
-        None => bail!("adam: tensors must be contiguous"),
-    }
-}
-
 /// A moment's update in place: m ← β·m + (1 − β)·x, x = s·g (first) or (s·g)² (second).
 struct Moment {
     beta: f64,
@@ -113,8 +99,12 @@ impl InplaceOp2 for Moment {
         l2: &Layout,
     ) -> candle_core::Result<()> {
         match (s1, s2) {
-            (CpuStorage::F32(m), CpuStorage::F32(g)) => self.run(slice_mut(m, l1)?, slice(g, l2)?),
-            (CpuStorage::F64(m), CpuStorage::F64(g)) => self.run(slice_mut(m, l1)?, slice(g, l2)?),
+            (CpuStorage::F32(m), CpuStorage::F32(g)) => {
+                self.run(layout_slice_mut(m, l1)?, layout_slice(g, l2)?)
+            }
+            (CpuStorage::F64(m), CpuStorage::F64(g)) => {
+                self.run(layout_slice_mut(m, l1)?, layout_slice(g, l2)?)
+            }
             _ => bail!("adam: moment and gradient must both be f32 or f64"),
         }
         Ok(())
@@ -155,10 +145,10 @@ impl InplaceOp3 for Step {
     ) -> candle_core::Result<()> {
         match (s1, s2, s3) {
             (CpuStorage::F32(w), CpuStorage::F32(m), CpuStorage::F32(v)) => {
-                self.run(slice_mut(w, l1)?, slice(m, l2)?, slice(v, l3)?)
+                self.run(layout_slice_mut(w, l1)?, layout_slice(m, l2)?, layout_slice(v, l3)?)
             }
             (CpuStorage::F64(w), CpuStorage::F64(m), CpuStorage::F64(v)) => {
-                self.run(slice_mut(w, l1)?, slice(m, l2)?, slice(v, l3)?)
+                self.run(layout_slice_mut(w, l1)?, layout_slice(m, l2)?, layout_slice(v, l3)?)
             }
             _ => bail!("adam: weight and moments must all be f32 or f64"),
         }
