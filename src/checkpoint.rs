@@ -57,15 +57,47 @@ pub fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// A named tensor as the files store it: f32, little-endian.
+struct Stored {
+    name: String,
+    shape: Vec<usize>,
+    bytes: Vec<u8>,
+}
+
+impl Stored {
+    fn new(name: String, t: &Tensor) -> Result<Self> {
+        let values = t.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+        Ok(Stored {
+            name,
+            shape: t.dims().to_vec(),
+            bytes: values.iter().flat_map(|x| x.to_le_bytes()).collect(),
+        })
+    }
+}
+
+fn serialize(stored: &[Stored], metadata: HashMap<String, String>) -> Result<Vec<u8>> {
+    let views = stored
+        .iter()
+        .map(|s| Ok((s.name.as_str(), TensorView::new(Dtype::F32, s.shape.clone(), &s.bytes)?)))
+        .collect::<Result<Vec<_>>>()?;
+    Ok(safetensors::serialize(views, Some(metadata))?)
+}
+
+/// The stored f32 tensor `name` back on `device`.
+fn tensor_from(name: &str, view: &TensorView, device: &Device) -> Result<Tensor> {
+    if view.dtype() != Dtype::F32 {
+        bail!("tensor {name} is {:?}, expected F32", view.dtype());
+    }
+    let values: Vec<f32> =
+        view.data().chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
+    Ok(Tensor::from_vec(values, view.shape(), device)?)
+}
+
 /// Serialises a model to safetensors bytes.
 pub fn to_bytes(model: &Model, vocab: &Vocab, provenance: &Provenance) -> Result<Vec<u8>> {
-    let mut buffers = Vec::new();
-    for (name, var) in model.named() {
-        let values = var.as_tensor().to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
-        let bytes: Vec<u8> = values.iter().flat_map(|x| x.to_le_bytes()).collect();
-        buffers.push((name, var.dims().to_vec(), bytes));
-    }
-    let digest = tensors_digest(buffers.iter().map(|(n, _, b)| (n.as_str(), b.as_slice())));
+    let stored =
+        model.named().map(|(name, var)| Stored::new(name, var.as_tensor())).collect::<Result<Vec<_>>>()?;
+    let digest = tensors_digest(stored.iter().map(|s| (s.name.as_str(), s.bytes.as_slice())));
     let vocab_json: Vec<String> = vocab.chars().iter().map(|c| c.to_string()).collect();
     let metadata = HashMap::from([
         ("format".to_string(), FORMAT.to_string()),
@@ -75,11 +107,7 @@ pub fn to_bytes(model: &Model, vocab: &Vocab, provenance: &Provenance) -> Result
         ("provenance".to_string(), serde_json::to_string(provenance)?),
         ("tensors_sha256".to_string(), digest),
     ]);
-    let views = buffers
-        .iter()
-        .map(|(name, shape, bytes)| Ok((name.as_str(), TensorView::new(Dtype::F32, shape.clone(), bytes)?)))
-        .collect::<Result<Vec<_>>>()?;
-    Ok(safetensors::serialize(views, Some(metadata))?)
+    serialize(&stored, metadata)
 }
 
 /// Saves atomically: the previous file at `path` survives any failure.
@@ -147,9 +175,7 @@ pub fn from_bytes(bytes: &[u8], device: &Device) -> Result<Checkpoint> {
             .find(|(n, _)| n == name)
             .map(|(_, v)| v)
             .ok_or_else(|| anyhow!("tensor {name} is missing"))?;
-        if view.dtype() != Dtype::F32 {
-            bail!("tensor {name} is {:?}, expected F32", view.dtype());
-        }
+        let tensor = tensor_from(name, view, device)?;
         if view.shape() != shape.as_slice() {
             bail!(
                 "tensor {name} has shape {:?} but the metadata (vocab {}, config {:?}) implies {shape:?}",
@@ -158,9 +184,7 @@ pub fn from_bytes(bytes: &[u8], device: &Device) -> Result<Checkpoint> {
                 config
             );
         }
-        let values: Vec<f32> =
-            view.data().chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
-        tensors.push((name.to_string(), Tensor::from_vec(values, shape.clone(), device)?));
+        tensors.push((name.to_string(), tensor));
     }
     let digest = tensors_digest(found.iter().map(|(n, v)| (n.as_str(), v.data())));
     if &digest != field("tensors_sha256")? {
@@ -208,21 +232,13 @@ pub fn save_optim(
     state: &serde_json::Value,
     carried: &[Tensor],
 ) -> Result<()> {
-    let mut buffers = Vec::new();
+    let mut stored = Vec::new();
     for (l, t) in carried.iter().enumerate() {
-        let values = t.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
-        buffers.push((
-            format!("carried.l{l}"),
-            t.dims().to_vec(),
-            values.iter().flat_map(|x| x.to_le_bytes()).collect(),
-        ));
+        stored.push(Stored::new(format!("carried.l{l}"), t)?);
     }
-    for (i, (name, var)) in model.named().enumerate() {
-        for (prefix, t) in [("m", &adam.m[i]), ("v", &adam.v[i])] {
-            let values = t.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
-            let bytes: Vec<u8> = values.iter().flat_map(|x| x.to_le_bytes()).collect();
-            buffers.push((format!("{prefix}.{name}"), var.dims().to_vec(), bytes));
-        }
+    for (i, (name, _)) in model.named().enumerate() {
+        stored.push(Stored::new(format!("m.{name}"), &adam.m[i])?);
+        stored.push(Stored::new(format!("v.{name}"), &adam.v[i])?);
     }
     let metadata = HashMap::from([
         ("format".to_string(), format!("{FORMAT}-optim")),
@@ -230,11 +246,7 @@ pub fn save_optim(
         ("adam_step".to_string(), adam.step.to_string()),
         ("state".to_string(), serde_json::to_string(state)?),
     ]);
-    let views = buffers
-        .iter()
-        .map(|(name, shape, bytes)| Ok((name.clone(), TensorView::new(Dtype::F32, shape.clone(), bytes)?)))
-        .collect::<Result<Vec<_>>>()?;
-    crate::atomic::write(path, &safetensors::serialize(views, Some(metadata))?)
+    crate::atomic::write(path, &serialize(&stored, metadata)?)
 }
 
 /// Reads what [`save_optim`] wrote into `adam` (whose shapes come from `model`) and returns
@@ -254,19 +266,18 @@ pub fn load_optim(path: &Path, model: &Model, adam: &mut Adam) -> Result<(serde_
         for (prefix, slot) in [("m", &mut adam.m[i]), ("v", &mut adam.v[i])] {
             let key = format!("{prefix}.{name}");
             let view = st.tensor(&key).map_err(|e| anyhow!("{key}: {e}")).with_context(ctx)?;
-            if view.dtype() != Dtype::F32 || view.shape() != var.dims() {
-                return Err(anyhow!("{key} has the wrong dtype or shape")).with_context(ctx);
+            if view.shape() != var.dims() {
+                return Err(anyhow!("{key} has the wrong shape")).with_context(ctx);
             }
-            let values: Vec<f32> =
-                view.data().chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
-            *slot = Tensor::from_vec(values, var.dims(), var.device())?.to_dtype(var.dtype())?;
+            let t = tensor_from(&key, &view, var.device()).with_context(ctx)?;
+            *slot = t.to_dtype(var.dtype())?;
         }
     }
     let mut carried = Vec::new();
-    while let Ok(view) = st.tensor(&format!("carried.l{}", carried.len())) {
-        let values: Vec<f32> =
-            view.data().chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
-        carried.push(Tensor::from_vec(values, view.shape(), model.device())?);
+    loop {
+        let key = format!("carried.l{}", carried.len());
+        let Ok(view) = st.tensor(&key) else { break };
+        carried.push(tensor_from(&key, &view, model.device()).with_context(ctx)?);
     }
     Ok((state, carried))
 }

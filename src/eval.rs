@@ -1,6 +1,5 @@
 //! `charrnn eval` (how well a model predicts a text) and `charrnn info` (what a checkpoint is).
 
-use std::collections::BTreeSet;
 use std::fmt::Write as _;
 use std::path::Path;
 
@@ -53,18 +52,7 @@ impl Score {
 /// predictions from a zero state (as the validation loss during training). Characters outside
 /// the vocabulary are counted and dropped from the stream.
 pub fn score(model: &Model, vocab: &Vocab, text: &str, seq_len: usize, batch_size: usize) -> Result<Score> {
-    let mut ids = Vec::with_capacity(text.len());
-    let mut skipped = 0;
-    let mut unknown = BTreeSet::new();
-    for c in text.chars() {
-        match vocab.id(c) {
-            Some(id) => ids.push(id),
-            None => {
-                skipped += 1;
-                unknown.insert(c);
-            }
-        }
-    }
+    let (ids, skipped, unknown) = vocab.encode_known(text);
     if ids.len() < 2 {
         bail!("the text has {} characters the model knows; at least 2 are needed to score it", ids.len());
     }

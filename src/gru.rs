@@ -9,8 +9,9 @@
 //! ```
 //!
 //! `x` is the input projection `W_ih e + b_ih`; for an embedding input it is a row of the V×3H
-//! table `E·W_ihᵀ + b_ih`, so the layer takes that table and the token ids and looks rows up. Per time step the forward pass does one [B×H]·[H×3H] product
-//! and one fused, multi-threaded pass over the gates; the backward pass does one [B×3H]·[3H×H]
+//! table `E·W_ihᵀ + b_ih`, so the layer takes that table and the token ids and looks rows up.
+//! Per time step the forward pass does one [B×H]·[H×3H] product and one fused,
+//! multi-threaded pass over the gates; the backward pass does one [B×3H]·[3H×H]
 //! product per step and, after the sweep, dW_hh as one [3H × T·B]·[T·B × H] product.
 //!
 //! Internal buffers are time-major ([T, B, ·]) so that each step's rows are contiguous; the
@@ -18,7 +19,9 @@
 
 use std::sync::Mutex;
 
-use candle_core::{backend::BackendStorage, bail, CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
+use candle_core::{
+    backend::BackendStorage, bail, CpuStorage, CustomOp3, Layout, Result, Shape, Storage, Tensor,
+};
 use multiversion::multiversion;
 use rayon::prelude::*;
 
@@ -32,17 +35,12 @@ pub struct Dims {
     pub hidden: usize,
 }
 
-/// What the forward pass keeps for the backward pass: the input ids, h for every step
-/// ([T, B, H]) and, per step and row, the activations r, z, n and the recurrent n-term
-/// W_hn h + b_hn ([T, B, 4H]).
+/// What the forward pass keeps for the backward pass: h for every step ([T, B, H]) and, per
+/// step and row, the activations r, z, n and the recurrent n-term W_hn h + b_hn ([T, B, 4H]).
 pub struct Tape<T: Float> {
     pub dims: Dims,
     /// Rows of the input table: V.
     vocab: usize,
-    /// [B, T]
-    ids: Vec<u32>,
-    /// W_hh [3H, H] packed as the right operand of dh = dgh · W_hh.
-    w_hh: T::Packed,
     /// The initial state [B, H], when not zero.
     h0: Option<Vec<T>>,
     pub hs: Vec<T>,
@@ -120,7 +118,7 @@ pub fn gate_backward<T: Float>(
     }
 }
 
-/// The forward pass from a zero initial state. The input projection of token `ids[b·T + t]`
+/// The forward pass. The input projection of token `ids[b·T + t]`
 /// is row `ids[b·T + t]` of `table` ([V, 3H]); `w_hh` is [3H, H], `b_hh` [3H]. Returns the
 /// tape; its `hs` holds the outputs (time-major). `h0` ([B, H]) is the initial state (zero
 /// when `None`); it is a constant: no gradient flows into it (truncated backpropagation).
@@ -163,15 +161,7 @@ pub fn forward<T: Float>(
             },
         );
     }
-    Tape {
-        dims,
-        vocab,
-        ids: ids.to_vec(),
-        w_hh: T::pack(View::rows(w_hh, 3 * h, h)),
-        h0: h0.map(<[T]>::to_vec),
-        hs,
-        gates,
-    }
+    Tape { dims, vocab, h0: h0.map(<[T]>::to_vec), hs, gates }
 }
 
 impl<T: Float> Tape<T> {
@@ -188,10 +178,12 @@ impl<T: Float> Tape<T> {
         out
     }
 
-    /// Backpropagation through time. `grad_out` is dL/dh for every output, [B, T, H].
-    pub fn backward(&self, grad_out: &[T]) -> Grads<T> {
+    /// Backpropagation through time. `grad_out` is dL/dh for every output, [B, T, H]; `ids`
+    /// and `w_hh` are the forward pass's.
+    pub fn backward(&self, grad_out: &[T], ids: &[u32], w_hh: &[T]) -> Grads<T> {
         let Dims { batch, steps, hidden: h } = self.dims;
         assert_eq!(grad_out.len(), batch * steps * h);
+        let w_hh = T::pack(View::rows(w_hh, 3 * h, h)); // the right operand of dh = dgh · W_hh
         let zeros = vec![T::zero(); h];
         let mut dx = vec![T::zero(); batch * 3 * h]; // this step's input gradients
         let mut dgh = take_buffer(steps * batch * 3 * h); // written in full by the sweep
@@ -228,14 +220,14 @@ impl<T: Float> Tape<T> {
                 },
                 || {
                     for (b, row) in dx.chunks_exact(3 * h).enumerate() {
-                        let id = self.ids[b * steps + t] as usize;
+                        let id = ids[b * steps + t] as usize;
                         add_assign(&mut d_table[id * 3 * h..(id + 1) * 3 * h], row);
                     }
                 },
             );
             if t > 0 {
                 // dL/dh_prev += dgh · W_hh
-                T::matmul_packed(&mut dh, true, View::rows(dgh_now, batch, 3 * h), &self.w_hh);
+                T::matmul_packed(&mut dh, true, View::rows(dgh_now, batch, 3 * h), &w_hh);
             }
         }
         // dW_hh = Σ_t dgh_tᵀ · h_{t-1}: one product over steps 1.. and, from a non-zero
@@ -330,6 +322,30 @@ impl FusedGru {
     }
 }
 
+impl FusedGru {
+    fn grads<T: Float>(
+        &self,
+        tape: &Tape<T>,
+        table: &Tensor,
+        w: &Tensor,
+        b: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let grad = grad.contiguous()?.flatten_all()?.to_vec1::<T>()?;
+        let g = {
+            let (storage, layout) = w.storage_and_layout();
+            let Storage::Cpu(cpu) = &*storage else { bail!("fused GRU: CPU tensors expected") };
+            tape.backward(&grad, &self.ids, storage_slice(cpu, layout)?)
+        };
+        let dev = table.device();
+        Ok((
+            Some(Tensor::from_vec(g.table, table.shape(), dev)?),
+            Some(Tensor::from_vec(g.w_hh, w.shape(), dev)?),
+            Some(Tensor::from_vec(g.b_hh, b.shape(), dev)?),
+        ))
+    }
+}
+
 impl CustomOp3 for FusedGru {
     fn name(&self) -> &'static str {
         "fused-gru"
@@ -362,27 +378,10 @@ impl CustomOp3 for FusedGru {
         let Some(tape) = self.tape.lock().expect("tape lock").take() else {
             bail!("fused GRU: backward without a recorded forward (or called twice)");
         };
-        let grad = grad.contiguous()?.flatten_all()?;
-        let dev = grad.device();
-        let (gx, gw, gb) = match tape {
-            AnyTape::F32(t) => {
-                let g = t.backward(&grad.to_vec1::<f32>()?);
-                (
-                    Tensor::from_vec(g.table, x.shape(), dev)?,
-                    Tensor::from_vec(g.w_hh, w.shape(), dev)?,
-                    Tensor::from_vec(g.b_hh, b.shape(), dev)?,
-                )
-            }
-            AnyTape::F64(t) => {
-                let g = t.backward(&grad.to_vec1::<f64>()?);
-                (
-                    Tensor::from_vec(g.table, x.shape(), dev)?,
-                    Tensor::from_vec(g.w_hh, w.shape(), dev)?,
-                    Tensor::from_vec(g.b_hh, b.shape(), dev)?,
-                )
-            }
-        };
-        Ok((Some(gx), Some(gw), Some(gb)))
+        match tape {
+            AnyTape::F32(t) => self.grads(&t, x, w, b, grad),
+            AnyTape::F64(t) => self.grads(&t, x, w, b, grad),
+        }
     }
 }
 

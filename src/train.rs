@@ -149,42 +149,34 @@ pub fn train_step_from(
     // Run the step on a worker of the thread pool, so that its many short parallel regions
     // are entered from inside the pool instead of each waking the pool from outside (a futex
     // round trip per region, which at small sizes costs more than the region's work).
-    rayon::scope(|_| step_on_worker(model, adam, batch, o, state))
-}
-
-fn step_on_worker(
-    model: &Model,
-    adam: &mut Adam,
-    batch: &Batch,
-    o: &StepOptions,
-    state: Option<&[Tensor]>,
-) -> Result<(f32, Option<f64>, Vec<Tensor>)> {
-    let dev = model.device();
-    let inputs = ids_tensor(&batch.inputs, batch.batch_size, batch.seq_len, dev)?;
-    let pass = Pass::Train { dropout: o.dropout, seed: o.seed };
-    let (loss, finals) = model.loss_from(&inputs, &batch.targets, &pass, state)?;
-    let value = loss.to_dtype(DType::F32)?.to_scalar::<f32>()?;
-    if !value.is_finite() {
-        bail!(
-            "the loss became {value}; training stopped with the last checkpoint kept. Try a lower --learning-rate or --clip-grad-norm 1"
-        );
-    }
-    let grads = loss.backward()?;
-    let (norm, scale) = match o.clip_grad_norm {
-        Some(max) => {
-            let mut squares = 0.0;
-            for v in model.vars() {
-                if let Some(g) = grads.get(v.as_tensor()) {
-                    squares += g.sqr()?.sum_all()?.to_dtype(DType::F64)?.to_scalar::<f64>()?;
-                }
-            }
-            let norm = squares.sqrt();
-            (Some(norm), (max / (norm + 1e-6)).min(1.0))
+    rayon::scope(|_| {
+        let dev = model.device();
+        let inputs = ids_tensor(&batch.inputs, batch.batch_size, batch.seq_len, dev)?;
+        let pass = Pass::Train { dropout: o.dropout, seed: o.seed };
+        let (loss, finals) = model.loss_from(&inputs, &batch.targets, &pass, state)?;
+        let value = loss.to_dtype(DType::F32)?.to_scalar::<f32>()?;
+        if !value.is_finite() {
+            bail!(
+                "the loss became {value}; training stopped with the last checkpoint kept. Try a lower --learning-rate or --clip-grad-norm 1"
+            );
         }
-        None => (None, 1.0),
-    };
-    adam.update(model.vars(), &grads, o.learning_rate, scale)?;
-    Ok((value, norm, finals))
+        let grads = loss.backward()?;
+        let (norm, scale) = match o.clip_grad_norm {
+            Some(max) => {
+                let mut squares = 0.0;
+                for v in model.vars() {
+                    if let Some(g) = grads.get(v.as_tensor()) {
+                        squares += g.sqr()?.sum_all()?.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+                    }
+                }
+                let norm = squares.sqrt();
+                (Some(norm), (max / (norm + 1e-6)).min(1.0))
+            }
+            None => (None, 1.0),
+        };
+        adam.update(model.vars(), &grads, o.learning_rate, scale)?;
+        Ok((value, norm, finals))
+    })
 }
 
 /// The step size for 0-based `step` of `total`: linear warm-up over `warmup_steps`, then

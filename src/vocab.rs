@@ -47,18 +47,27 @@ impl Vocab {
         self.chars[id as usize]
     }
 
-    /// Encodes text whose every character is in the vocabulary; otherwise names the strangers.
-    pub fn encode(&self, text: &str) -> Result<Vec<u32>> {
+    /// Encodes the characters of `text` that are in the vocabulary; returns their ids, how
+    /// many characters were left out, and which ones.
+    pub fn encode_known(&self, text: &str) -> (Vec<u32>, usize, BTreeSet<char>) {
         let mut ids = Vec::with_capacity(text.len());
         let mut unknown = BTreeSet::new();
+        let mut skipped = 0;
         for c in text.chars() {
             match self.id(c) {
                 Some(id) => ids.push(id),
                 None => {
+                    skipped += 1;
                     unknown.insert(c);
                 }
             }
         }
+        (ids, skipped, unknown)
+    }
+
+    /// Encodes text whose every character is in the vocabulary; otherwise names the strangers.
+    pub fn encode(&self, text: &str) -> Result<Vec<u32>> {
+        let (ids, _, unknown) = self.encode_known(text);
         if !unknown.is_empty() {
             let list: Vec<String> = unknown.iter().map(|c| format!("{c:?}")).collect();
             bail!("{} character(s) are not in the model's vocabulary: {}", unknown.len(), list.join(", "));
