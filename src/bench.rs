@@ -11,7 +11,7 @@ use serde::Serialize;
 use crate::data::Batch;
 use crate::model::{Config, Model};
 use crate::optim::Adam;
-use crate::sample::Sampler;
+use crate::sample::{Engine, Picker};
 use crate::train::{train_step, StepOptions};
 
 pub struct BenchOptions {
@@ -118,14 +118,13 @@ pub fn run(o: &BenchOptions) -> Result<BenchReport> {
     let flops = unavoidable_flops(c, o.batch_size, o.seq_len);
     let gemm = gemm_gflops(&o.device, 2048)?;
 
-    let mut sampler = Sampler::new(&model, 1)?;
-    for i in 0..100 {
-        sampler.step(&[i % c.vocab_size as u32]);
-    }
+    // Generation as `generate` runs it: draws at temperature 1 fed back, on the model's device.
+    let mut sampler = Engine::new(&model, 1)?;
+    let mut picker = Picker::new(1.0, None, None);
+    sampler.prime(&[0])?;
+    sampler.next(100, &mut picker, &mut rng)?; // warm-up
     let t0 = Instant::now();
-    for i in 0..o.gen_chars {
-        sampler.step(&[(i % c.vocab_size) as u32]);
-    }
+    sampler.next(o.gen_chars, &mut picker, &mut rng)?;
     let gen_rate = o.gen_chars as f64 / t0.elapsed().as_secs_f64();
     let achieved = flops / per_batch / 1e9;
     Ok(BenchReport {

@@ -412,10 +412,9 @@ pub fn run(cli: Cli, explicit: Vec<String>) -> Result<()> {
             Ok(())
         }
         Command::Generate(a) => {
-            device::select(a.device)?;
+            let device = device::select(a.device)?;
             let path = checkpoint::resolve(&a.checkpoint)?;
-            // Sampling at batch 1 runs on the CPU kernels whatever the training device was.
-            let ckpt = checkpoint::load(&path, &candle_core::Device::Cpu)?;
+            let ckpt = checkpoint::load(&path, &device)?;
             eprintln!("checkpoint {} (epoch {})", path.display(), ckpt.provenance.epoch);
             let start = match &a.start_file {
                 Some(f) => std::fs::read_to_string(f).with_context(|| {
@@ -423,7 +422,7 @@ pub fn run(cli: Cli, explicit: Vec<String>) -> Result<()> {
                 })?,
                 None => a.start.clone(),
             };
-            let mut sampler = sample::Sampler::new(&ckpt.model, a.num_samples)?;
+            let mut sampler = sample::Engine::new(&ckpt.model, a.num_samples)?;
             let mut picker = sample::Picker::new(a.temperature, a.top_k, a.top_p);
             let mut rng = StdRng::seed_from_u64(a.seed.unwrap_or_else(rand::random));
             let stdout = std::io::stdout();

@@ -34,11 +34,7 @@ pub fn select(choice: DeviceChoice) -> Result<Device> {
 
 #[cfg(feature = "cuda")]
 fn cuda() -> Result<Device> {
-    let _gpu = Device::new_cuda(0)
-        .map_err(|e| anyhow::anyhow!("no usable CUDA GPU (driver or device missing?): {e}"))?;
-    // The fused GRU and output-layer operations have CPU kernels only so far; say so now
-    // rather than fail at the first forward pass.
-    anyhow::bail!("a GPU is present, but this version's fused GRU has no CUDA kernels yet; use --device cpu")
+    Device::new_cuda(0).map_err(|e| anyhow::anyhow!("no usable CUDA GPU (driver or device missing?): {e}"))
 }
 
 #[cfg(not(feature = "cuda"))]

@@ -275,9 +275,28 @@ struct FusedGru {
 enum AnyTape {
     F32(Tape<f32>),
     F64(Tape<f64>),
+    #[cfg(feature = "cuda")]
+    Cuda(crate::cuda::GruTape),
 }
 
 impl FusedGru {
+    /// Checks the operands' shapes (table [V, 3H], W_hh [3H, H], b_hh [3H], ids < V, the
+    /// initial state [B, H]); returns the dimensions and V.
+    fn dims(&self, table: &Shape, w: &Shape, b: &Shape) -> Result<(Dims, usize)> {
+        let (vocab, g3) = table.dims2()?;
+        let hidden = g3 / 3;
+        if g3 % 3 != 0 || w.dims() != [g3, hidden] || b.dims() != [g3] {
+            bail!("fused GRU: shapes table {table:?}, w_hh {w:?}, b_hh {b:?} do not fit together");
+        }
+        if let Some(bad) = self.ids.iter().find(|&&i| i as usize >= vocab) {
+            bail!("fused GRU: token id {bad} is outside the table of {vocab} rows");
+        }
+        if let Some(t) = self.h0.as_ref().filter(|t| t.dims() != [self.batch, hidden]) {
+            bail!("fused GRU: initial state {:?}, expected [{}, {hidden}]", t.dims(), self.batch);
+        }
+        Ok((Dims { batch: self.batch, steps: self.steps, hidden }, vocab))
+    }
+
     fn run<T: Float>(
         &self,
         table: (&CpuStorage, &Layout),
@@ -285,25 +304,9 @@ impl FusedGru {
         b: (&CpuStorage, &Layout),
         wrap: fn(Tape<T>) -> AnyTape,
     ) -> Result<(CpuStorage, Shape)> {
-        let (vocab, g3) = table.1.shape().dims2()?;
-        let hidden = g3 / 3;
-        if g3 % 3 != 0 || w.1.shape().dims() != [g3, hidden] || b.1.shape().dims() != [g3] {
-            bail!(
-                "fused GRU: shapes table {:?}, w_hh {:?}, b_hh {:?} do not fit together",
-                table.1.shape(),
-                w.1.shape(),
-                b.1.shape()
-            );
-        }
-        if let Some(bad) = self.ids.iter().find(|&&i| i as usize >= vocab) {
-            bail!("fused GRU: token id {bad} is outside the table of {vocab} rows");
-        }
-        let dims = Dims { batch: self.batch, steps: self.steps, hidden };
+        let (dims, _) = self.dims(table.1.shape(), w.1.shape(), b.1.shape())?;
         let h0 = match &self.h0 {
-            Some(t) if t.dims() == [self.batch, hidden] => {
-                Some(t.flatten_all()?.to_dtype(T::DTYPE)?.to_vec1::<T>()?)
-            }
-            Some(t) => bail!("fused GRU: initial state {:?}, expected [{}, {hidden}]", t.dims(), self.batch),
+            Some(t) => Some(t.flatten_all()?.to_dtype(T::DTYPE)?.to_vec1::<T>()?),
             None => None,
         };
         let tape = forward(
@@ -318,7 +321,7 @@ impl FusedGru {
         if self.keep_tape {
             *self.tape.lock().expect("tape lock") = Some(wrap(tape));
         }
-        Ok((T::to_cpu_storage_owned(out), Shape::from((self.batch, self.steps, hidden))))
+        Ok((T::to_cpu_storage_owned(out), Shape::from((self.batch, self.steps, dims.hidden))))
     }
 }
 
@@ -367,6 +370,39 @@ impl CustomOp3 for FusedGru {
         }
     }
 
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        table: &candle_core::CudaStorage,
+        lt: &Layout,
+        w: &candle_core::CudaStorage,
+        lw: &Layout,
+        b: &candle_core::CudaStorage,
+        lb: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        use crate::cuda::{gru_forward, storage, storage_addr, tensor_addr};
+        let (dims, vocab) = self.dims(lt.shape(), lw.shape(), lb.shape())?;
+        if table.dtype() != candle_core::DType::F32 {
+            bail!("fused GRU: the GPU kernels are f32 only, not {:?}", table.dtype());
+        }
+        let dev = table.device();
+        let h0 = self.h0.as_ref().map(|t| t.to_dtype(candle_core::DType::F32)?.contiguous()).transpose()?;
+        let (out, tape) = gru_forward(
+            dev,
+            (dims.batch, dims.steps, dims.hidden, vocab),
+            storage_addr(table, lt)?,
+            &self.ids,
+            storage_addr(w, lw)?,
+            storage_addr(b, lb)?,
+            h0.as_ref().map(tensor_addr).transpose()?,
+            self.keep_tape,
+        )?;
+        if let Some(tape) = tape {
+            *self.tape.lock().expect("tape lock") = Some(AnyTape::Cuda(tape));
+        }
+        Ok((storage(out, dev), Shape::from((dims.batch, dims.steps, dims.hidden))))
+    }
+
     fn bwd(
         &self,
         x: &Tensor,
@@ -381,6 +417,20 @@ impl CustomOp3 for FusedGru {
         match tape {
             AnyTape::F32(t) => self.grads(&t, x, w, b, grad),
             AnyTape::F64(t) => self.grads(&t, x, w, b, grad),
+            #[cfg(feature = "cuda")]
+            AnyTape::Cuda(t) => {
+                use crate::cuda::{tensor, tensor_addr};
+                let candle_core::Device::Cuda(dev) = x.device() else {
+                    bail!("fused GRU: GPU tensors expected")
+                };
+                let (grad, w_hh) = (grad.contiguous()?, w.contiguous()?);
+                let (d_table, d_w, d_b) = t.backward(dev, tensor_addr(&grad)?, tensor_addr(&w_hh)?)?;
+                Ok((
+                    Some(tensor(d_table, dev, x.shape())),
+                    Some(tensor(d_w, dev, w.shape())),
+                    Some(tensor(d_b, dev, b.shape())),
+                ))
+            }
         }
     }
 }

@@ -19,6 +19,8 @@ use crate::float::{storage_slice, Float};
 enum Saved {
     F32(Vec<f32>),
     F64(Vec<f64>),
+    #[cfg(feature = "cuda")]
+    Cuda(crate::cuda::HeadTape),
 }
 
 struct DenseCrossEntropy {
@@ -56,6 +58,22 @@ fn forward<T: Float>(hs: &[T], w: &[T], b: &[T], targets: &[u32], probs: &mut [T
 }
 
 impl DenseCrossEntropy {
+    /// Checks that h [N, H], W [V, H], b [V] and the targets fit; returns (N, H, V).
+    fn dims(&self, hs: &Shape, w: &Shape, b: &Shape) -> Result<(usize, usize, usize)> {
+        let (n, h) = hs.dims2()?;
+        let (v, hw) = w.dims2()?;
+        if hw != h || b.dims() != [v] || n != self.targets.len() {
+            bail!(
+                "output layer: shapes h {hs:?}, W {w:?}, b {b:?} and {} targets do not fit",
+                self.targets.len()
+            );
+        }
+        if let Some(t) = self.targets.iter().find(|&&t| t as usize >= v) {
+            bail!("output layer: target id {t} is outside the {v} classes");
+        }
+        Ok((n, h, v))
+    }
+
     fn run<T: Float>(
         &self,
         hs: (&CpuStorage, &Layout),
@@ -63,20 +81,7 @@ impl DenseCrossEntropy {
         b: (&CpuStorage, &Layout),
         wrap: fn(Vec<T>) -> Saved,
     ) -> Result<(CpuStorage, Shape)> {
-        let (n, h) = hs.1.shape().dims2()?;
-        let (v, hw) = w.1.shape().dims2()?;
-        if hw != h || b.1.shape().dims() != [v] || n != self.targets.len() {
-            bail!(
-                "output layer: shapes h {:?}, W {:?}, b {:?} and {} targets do not fit",
-                hs.1.shape(),
-                w.1.shape(),
-                b.1.shape(),
-                self.targets.len()
-            );
-        }
-        if let Some(t) = self.targets.iter().find(|&&t| t as usize >= v) {
-            bail!("output layer: target id {t} is outside the {v} classes");
-        }
+        let (n, _, v) = self.dims(hs.1.shape(), w.1.shape(), b.1.shape())?;
         let mut probs = vec![T::zero(); n * v];
         let total = forward(
             storage_slice(hs.0, hs.1)?,
@@ -149,6 +154,34 @@ impl CustomOp3 for DenseCrossEntropy {
         }
     }
 
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        hs: &candle_core::CudaStorage,
+        lh: &Layout,
+        w: &candle_core::CudaStorage,
+        lw: &Layout,
+        b: &candle_core::CudaStorage,
+        lb: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        use crate::cuda::{head_forward, storage, storage_addr};
+        let dims = self.dims(lh.shape(), lw.shape(), lb.shape())?;
+        if hs.dtype() != candle_core::DType::F32 {
+            bail!("output layer: the GPU kernels are f32 only, not {:?}", hs.dtype());
+        }
+        let dev = hs.device();
+        let (loss, tape) = head_forward(
+            dev,
+            dims,
+            storage_addr(hs, lh)?,
+            storage_addr(w, lw)?,
+            storage_addr(b, lb)?,
+            &self.targets,
+        )?;
+        *self.saved.lock().expect("saved lock") = Some(Saved::Cuda(tape));
+        Ok((storage(loss, dev), Shape::from(())))
+    }
+
     fn bwd(
         &self,
         hs: &Tensor,
@@ -164,6 +197,18 @@ impl CustomOp3 for DenseCrossEntropy {
         let (d_hs, d_w, d_b) = match saved {
             Saved::F32(p) => self.grads(p, &hs, &w, grad.to_scalar::<f32>()?)?,
             Saved::F64(p) => self.grads(p, &hs, &w, grad.to_scalar::<f64>()?)?,
+            #[cfg(feature = "cuda")]
+            Saved::Cuda(tape) => {
+                use crate::cuda::{tensor, tensor_addr};
+                let candle_core::Device::Cuda(dev) = hs.device() else {
+                    bail!("output layer: GPU tensors expected")
+                };
+                let ((n, h), v) = (hs.dims2()?, w.dim(0)?);
+                let g = grad.to_dtype(candle_core::DType::F32)?.contiguous()?;
+                let (d_hs, d_w, d_b) =
+                    tape.backward(dev, (n, h, v), tensor_addr(&hs)?, tensor_addr(&w)?, tensor_addr(&g)?)?;
+                (tensor(d_hs, dev, (n, h)), tensor(d_w, dev, (v, h)), tensor(d_b, dev, v))
+            }
         };
         Ok((Some(d_hs), Some(d_w), Some(d_b)))
     }

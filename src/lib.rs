@@ -5,6 +5,8 @@ pub mod bench;
 pub mod blas;
 pub mod checkpoint;
 pub mod cli;
+#[cfg(feature = "cuda")]
+pub mod cuda;
 pub mod data;
 pub mod device;
 pub mod download;

@@ -109,6 +109,28 @@ impl InplaceOp2 for Moment {
         }
         Ok(())
     }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        m: &mut candle_core::CudaStorage,
+        lm: &Layout,
+        g: &candle_core::CudaStorage,
+        lg: &Layout,
+    ) -> candle_core::Result<()> {
+        use crate::cuda::{adam_moment, storage_addr};
+        use candle_core::backend::BackendStorage;
+        let (mm, gg) = (storage_addr(m, lm)?, storage_addr(g, lg)?);
+        adam_moment(
+            m.device(),
+            lm.shape().elem_count(),
+            self.beta as f32,
+            self.scale as f32,
+            self.square,
+            mm,
+            gg,
+        )
+    }
 }
 
 /// The weight's update in place: w ← decay·w − α·m / (√v + ε).
@@ -153,6 +175,23 @@ impl InplaceOp3 for Step {
             _ => bail!("adam: weight and moments must all be f32 or f64"),
         }
         Ok(())
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        w: &mut candle_core::CudaStorage,
+        lw: &Layout,
+        m: &candle_core::CudaStorage,
+        lm: &Layout,
+        v: &candle_core::CudaStorage,
+        lv: &Layout,
+    ) -> candle_core::Result<()> {
+        use crate::cuda::{adam_step, storage_addr};
+        use candle_core::backend::BackendStorage;
+        let (ww, mm, vv) = (storage_addr(w, lw)?, storage_addr(m, lm)?, storage_addr(v, lv)?);
+        let n = lw.shape().elem_count();
+        adam_step(w.device(), n, self.alpha as f32, self.decay as f32, self.epsilon as f32, ww, mm, vv)
     }
 }
 

@@ -210,11 +210,97 @@ impl Picker {
     }
 }
 
+/// The sampler that runs: the CPU kernels, or the GPU's for a model whose weights are on a
+/// GPU. Both draw with the same rule and the same random numbers in the same order.
+pub enum Engine {
+    Cpu(Sampler),
+    #[cfg(feature = "cuda")]
+    Gpu(crate::cuda::GpuSampler),
+}
+
+impl Engine {
+    pub fn new(model: &Model, batch: usize) -> Result<Self> {
+        #[cfg(feature = "cuda")]
+        if model.device().is_cuda() {
+            return Ok(Engine::Gpu(crate::cuda::GpuSampler::new(model, batch)?));
+        }
+        Ok(Engine::Cpu(Sampler::new(model, batch)?))
+    }
+
+    fn batch(&self) -> usize {
+        match self {
+            Engine::Cpu(s) => s.batch,
+            #[cfg(feature = "cuda")]
+            Engine::Gpu(s) => s.batch(),
+        }
+    }
+
+    /// Characters produced between writes of a streamed sample: each one on the CPU; on the
+    /// GPU a chunk, so that the device is not waited for per character.
+    fn chunk(&self) -> usize {
+        match self {
+            Engine::Cpu(_) => 1,
+            #[cfg(feature = "cuda")]
+            Engine::Gpu(_) => 256,
+        }
+    }
+
+    /// From the zero state, feeds `prime` to every sequence.
+    pub fn prime(&mut self, prime: &[u32]) -> Result<()> {
+        let n = self.batch();
+        match self {
+            Engine::Cpu(s) => {
+                s.reset();
+                for &id in prime {
+                    s.step(&vec![id; n]);
+                }
+            }
+            #[cfg(feature = "cuda")]
+            Engine::Gpu(s) => {
+                s.reset()?;
+                for &id in prime {
+                    s.feed(&vec![id; n])?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The next `steps` characters of every sequence, [steps, batch] ids, each drawn by
+    /// `picker` and fed back.
+    pub fn next(&mut self, steps: usize, picker: &mut Picker, rng: &mut impl Rng) -> Result<Vec<u32>> {
+        let n = self.batch();
+        match self {
+            Engine::Cpu(s) => {
+                let mut out = Vec::with_capacity(steps * n);
+                for _ in 0..steps {
+                    let first = out.len();
+                    for b in 0..n {
+                        out.push(picker.pick(&s.logits[b * s.vocab..(b + 1) * s.vocab], rng));
+                    }
+                    s.step(&out[first..]);
+                }
+                Ok(out)
+            }
+            #[cfg(feature = "cuda")]
+            Engine::Gpu(s) => {
+                // The same draws, in the same order, as the CPU's picker makes.
+                let uniforms: Vec<f32> = match picker.temperature {
+                    0.0 => Vec::new(),
+                    _ => (0..steps * n).map(|_| rng.random::<f32>()).collect(),
+                };
+                let top_k = picker.top_k.map_or(0, |k| k.max(1));
+                Ok(s.sample(steps, picker.temperature, top_k, picker.top_p.unwrap_or(-1.0), &uniforms)?)
+            }
+        }
+    }
+}
+
 /// Warms each sequence's state on `start`, then samples `length` characters per sequence. One
 /// sequence is written as it is produced, `start` first; several are written one after the
 /// other, each under a header line. An empty start primes the state with a newline.
 pub fn generate(
-    sampler: &mut Sampler,
+    engine: &mut Engine,
     vocab: &Vocab,
     start: &str,
     length: usize,
@@ -234,13 +320,8 @@ pub fn generate(
             .encode(start)
             .map_err(|e| anyhow::anyhow!("--start: {e}; use only characters the model was trained on"))?
     };
-    let n = sampler.batch();
-    sampler.reset();
-    let mut ids = vec![0u32; n];
-    for &id in &prime {
-        ids.fill(id);
-        sampler.step(&ids);
-    }
+    let n = engine.batch();
+    engine.prime(&prime)?;
     let streaming = n == 1;
     if streaming {
         out.write_all(start.as_bytes())?;
@@ -248,18 +329,22 @@ pub fn generate(
     }
     let mut texts = vec![String::from(start); if streaming { 0 } else { n }];
     let mut buf = [0u8; 4];
-    for _ in 0..length {
-        for (b, id) in ids.iter_mut().enumerate() {
-            *id = picker.pick(&sampler.logits[b * sampler.vocab..(b + 1) * sampler.vocab], rng);
-            let c = vocab.char(*id);
-            if streaming {
-                out.write_all(c.encode_utf8(&mut buf).as_bytes())?;
-                out.flush()?;
-            } else {
-                texts[b].push(c);
+    let mut left = length;
+    while left > 0 {
+        let steps = left.min(engine.chunk());
+        let ids = engine.next(steps, picker, rng)?;
+        for step in ids.chunks_exact(n) {
+            for (b, &id) in step.iter().enumerate() {
+                let c = vocab.char(id);
+                if streaming {
+                    out.write_all(c.encode_utf8(&mut buf).as_bytes())?;
+                } else {
+                    texts[b].push(c);
+                }
             }
         }
-        sampler.step(&ids);
+        out.flush()?;
+        left -= steps;
     }
     if streaming {
         out.write_all(b"\n")?;

@@ -146,10 +146,7 @@ pub fn train_step_from(
     o: &StepOptions,
     state: Option<&[Tensor]>,
 ) -> Result<(f32, Option<f64>, Vec<Tensor>)> {
-    // Run the step on a worker of the thread pool, so that its many short parallel regions
-    // are entered from inside the pool instead of each waking the pool from outside (a futex
-    // round trip per region, which at small sizes costs more than the region's work).
-    rayon::scope(|_| {
+    on_compute_thread(model.device(), || {
         let dev = model.device();
         let inputs = ids_tensor(&batch.inputs, batch.batch_size, batch.seq_len, dev)?;
         let pass = Pass::Train { dropout: o.dropout, seed: o.seed };
@@ -179,6 +176,18 @@ pub fn train_step_from(
     })
 }
 
+/// Runs `work` where the device wants it. CPU work goes to a worker of the thread pool, so that
+/// its many short parallel regions are entered from inside the pool instead of each waking the
+/// pool from outside (a futex round trip per region, which at small sizes costs more than the
+/// region's work). GPU work stays on this thread: candle's CUDA stream is the calling thread's
+/// own, and all of a model's work must go through one stream, in order.
+fn on_compute_thread<R: Send>(device: &Device, work: impl FnOnce() -> Result<R> + Send) -> Result<R> {
+    match device {
+        Device::Cpu => rayon::scope(|_| work()),
+        _ => work(),
+    }
+}
+
 /// The step size for 0-based `step` of `total`: linear warm-up over `warmup_steps`, then
 /// constant, or cosine decay to `min_lr` at the last step (nanoGPT's schedule).
 pub fn learning_rate(s: &Settings, step: u64, total: u64) -> f64 {
@@ -201,8 +210,7 @@ pub fn evaluate(model: &Model, seqs: &Sequences, batch_size: usize) -> Result<Op
         return Ok(None);
     }
     let indices: Vec<usize> = (0..seqs.len()).collect();
-    // On a pool worker, as a training step (see `train_step_from`).
-    rayon::scope(|_| {
+    on_compute_thread(model.device(), || {
         let mut total = 0.0;
         for chunk in indices.chunks(batch_size) {
             let b = seqs.batch(chunk);

@@ -6,7 +6,7 @@ use charrnn::data::Sequences;
 use charrnn::gru::gru_sequence;
 use charrnn::model::{ids_tensor, loss, Config, Model, Pass};
 use charrnn::optim::Adam;
-use charrnn::sample::{Picker, Sampler};
+use charrnn::sample::{Engine, Picker, Sampler};
 use charrnn::train::{train_step, StepOptions};
 use rand::{rngs::StdRng, Rng, SeedableRng};
 
@@ -228,13 +228,13 @@ fn loss_falls_on_a_tiny_repetitive_corpus() {
     }
     assert!(last < initial / 2.0, "loss {last} after 40 steps, ln(V) = {initial}");
     // and the trained model has really learnt the cycle: greedy continuation of "abc"
-    let mut sampler = Sampler::new(&model, 1).unwrap();
+    let mut sampler = Engine::Cpu(Sampler::new(&model, 1).unwrap());
     let mut greedy = Picker::new(0.0, None, None);
     let mut out = Vec::new();
     charrnn::sample::generate(&mut sampler, &vocab, "abc", 10, &mut greedy, &mut rng, &mut out).unwrap();
     assert_eq!(String::from_utf8(out).unwrap(), "abcdefghabcde\n");
     // Several samples at once take the batched path and agree with the single one.
-    let mut batched = Sampler::new(&model, 3).unwrap();
+    let mut batched = Engine::Cpu(Sampler::new(&model, 3).unwrap());
     let mut out = Vec::new();
     charrnn::sample::generate(&mut batched, &vocab, "abc", 10, &mut greedy, &mut rng, &mut out).unwrap();
     let text = String::from_utf8(out).unwrap();

@@ -1,0 +1,158 @@
+//! Generation on the GPU. Per character: one kernel per layer (each unit's dot products and
+//! gates, fused) and one for the output layer and the draw. The chosen ids stay on the device
+//! and feed the next step, so the host neither waits nor allocates per character: it sends the
+//! random numbers for a chunk of characters and reads the chunk's ids back once.
+
+use candle_core::cuda::cudarc::driver::{CudaSlice, LaunchConfig};
+use candle_core::{bail, CudaDevice, DType, Device, Result, Tensor};
+
+use super::{addr, err, kernel, launch, per_warp, tensor_addr};
+use crate::model::Model;
+
+/// Shared memory the draw kernel may use per block without asking for more (3 words per
+/// vocabulary entry).
+const MAX_VOCAB: usize = 48 * 1024 / 12;
+
+struct LayerWeights {
+    /// Addresses of W_ih and b_ih (layers above the first), W_hh and b_hh.
+    w_ih: u64,
+    b_ih: u64,
+    w_hh: u64,
+    b_hh: u64,
+}
+
+pub struct GpuSampler {
+    dev: CudaDevice,
+    batch: usize,
+    hidden: usize,
+    vocab: usize,
+    /// Keeps the weights that the addresses below point into alive.
+    _weights: Vec<Tensor>,
+    table: u64,
+    layers: Vec<LayerWeights>,
+    dense_w: u64,
+    dense_b: u64,
+    /// Two state buffers [B, H] per layer: a step reads one and writes the other.
+    states: Vec<[CudaSlice<f32>; 2]>,
+    current: usize,
+    /// The ids each sequence reads next, [B].
+    ids: CudaSlice<u32>,
+}
+
+impl GpuSampler {
+    /// A sampler for `batch` sequences of a model whose weights are on the GPU.
+    pub fn new(model: &Model, batch: usize) -> anyhow::Result<Self> {
+        let Device::Cuda(dev) = model.device() else {
+            anyhow::bail!("the GPU sampler needs a model on the GPU")
+        };
+        let (h, v) = (model.config.rnn_units, model.config.vocab_size);
+        if v > MAX_VOCAB {
+            anyhow::bail!("the GPU sampler handles up to {MAX_VOCAB} distinct characters, the model has {v}");
+        }
+        let mut weights = Vec::new();
+        let mut keep = |t: &Tensor| -> Result<u64> {
+            let t = t.to_dtype(DType::F32)?.contiguous()?;
+            let a = tensor_addr(&t)?;
+            weights.push(t);
+            Ok(a)
+        };
+        let table = keep(&model.input_table()?)?;
+        let mut layers = Vec::new();
+        for l in 0..model.config.layers {
+            let p = model.layer(l);
+            let (w_ih, b_ih) = if l == 0 { (0, 0) } else { (keep(p.w_ih)?, keep(p.b_ih)?) };
+            layers.push(LayerWeights { w_ih, b_ih, w_hh: keep(p.w_hh)?, b_hh: keep(p.b_hh)? });
+        }
+        let dense_w = keep(model.param("dense.weight"))?;
+        let dense_b = keep(model.param("dense.bias"))?;
+        let states = (0..layers.len())
+            .map(|_| Ok([dev.alloc_zeros::<f32>(batch * h)?, dev.alloc_zeros::<f32>(batch * h)?]))
+            .collect::<Result<_>>()?;
+        Ok(GpuSampler {
+            dev: dev.clone(),
+            batch,
+            hidden: h,
+            vocab: v,
+            _weights: weights,
+            table,
+            layers,
+            dense_w,
+            dense_b,
+            states,
+            current: 0,
+            ids: dev.alloc_zeros::<u32>(batch)?,
+        })
+    }
+
+    pub fn batch(&self) -> usize {
+        self.batch
+    }
+
+    /// Back to the zero state.
+    pub fn reset(&mut self) -> Result<()> {
+        let stream = self.dev.cuda_stream();
+        for pair in &mut self.states {
+            for s in pair.iter_mut() {
+                stream.memset_zeros(s).map_err(err)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Feeds one id to each sequence.
+    pub fn feed(&mut self, ids: &[u32]) -> Result<()> {
+        self.dev.cuda_stream().memcpy_htod(ids, &mut self.ids).map_err(err)?;
+        self.step()
+    }
+
+    /// Every layer takes one step on the ids in the device buffer.
+    fn step(&mut self) -> Result<()> {
+        let step_kernel = kernel(&self.dev, "gru_sample_step")?;
+        let (now, next) = (self.current, 1 - self.current);
+        for (l, w) in self.layers.iter().enumerate() {
+            let below = if l == 0 { 0 } else { addr(&self.states[l - 1][next], 0) };
+            launch!(step_kernel, per_warp(self.hidden);
+                self.batch as i32, self.hidden as i32, self.table, addr(&self.ids, 0),
+                below, w.w_ih, w.b_ih, w.w_hh, w.b_hh,
+                addr(&self.states[l][now], 0), addr(&self.states[l][next], 0));
+        }
+        self.current = next;
+        Ok(())
+    }
+
+    /// Draws `steps` characters for every sequence ([steps, batch] ids), each from the state
+    /// the previous one left, as [`crate::sample::Picker`] does: `uniforms` holds one number in
+    /// [0, 1) per character (none for greedy decoding), `top_k` 0 and a negative `top_p` mean
+    /// no cut.
+    pub fn sample(
+        &mut self,
+        steps: usize,
+        temperature: f32,
+        top_k: usize,
+        top_p: f32,
+        uniforms: &[f32],
+    ) -> Result<Vec<u32>> {
+        let n = self.batch;
+        let greedy = temperature == 0.0;
+        if !greedy && uniforms.len() != steps * n {
+            bail!("GPU sampler: {} random numbers for {} characters", uniforms.len(), steps * n);
+        }
+        let uniforms = self.dev.clone_htod(if greedy { &[0.0f32][..] } else { uniforms })?;
+        let out = self.dev.alloc_zeros::<u32>(steps * n)?;
+        let draw = kernel(&self.dev, "sample_draw")?;
+        let blocks = LaunchConfig {
+            grid_dim: (n as u32, 1, 1),
+            block_dim: (256, 1, 1),
+            shared_mem_bytes: (3 * self.vocab * 4) as u32,
+        };
+        for s in 0..steps {
+            let top = addr(&self.states[self.layers.len() - 1][self.current], 0);
+            let u = if greedy { addr(&uniforms, 0) } else { addr(&uniforms, s * n) };
+            launch!(draw, blocks;
+                self.hidden as i32, self.vocab as i32, self.dense_w, self.dense_b, top,
+                u, temperature, top_k as i32, top_p, addr(&self.ids, 0), addr(&out, s * n));
+            self.step()?;
+        }
+        self.dev.clone_dtoh(&out)
+    }
+}
