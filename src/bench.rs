@@ -32,6 +32,7 @@ pub struct BenchReport {
     pub embedding_dim: usize,
     pub rnn_units: usize,
     pub layers: usize,
+    pub cell: String,
     pub vocab_size: usize,
     pub train_ms_per_batch: f64,
     pub train_ms_per_batch_all: Vec<f64>,
@@ -135,6 +136,7 @@ pub fn run(o: &BenchOptions) -> Result<BenchReport> {
         embedding_dim: c.embedding_dim,
         rnn_units: c.rnn_units,
         layers: c.layers,
+        cell: c.cell.name().to_string(),
         vocab_size: c.vocab_size,
         train_ms_per_batch: per_batch * 1e3,
         train_ms_per_batch_all: times.iter().map(|t| t * 1e3).collect(),
@@ -150,8 +152,16 @@ pub fn run(o: &BenchOptions) -> Result<BenchReport> {
 
 pub fn print_table(r: &BenchReport) {
     println!(
-        "model: embedding {} -> GRU {} x {} -> dense {}; batch {} x {} characters; {} on {} threads",
-        r.embedding_dim, r.rnn_units, r.layers, r.vocab_size, r.batch_size, r.seq_len, r.device, r.threads
+        "model: embedding {} -> {} {} x {} -> dense {}; batch {} x {} characters; {} on {} threads",
+        r.embedding_dim,
+        r.cell.to_uppercase(),
+        r.rnn_units,
+        r.layers,
+        r.vocab_size,
+        r.batch_size,
+        r.seq_len,
+        r.device,
+        r.threads
     );
     let rows = [
         ("training, ms per batch (median)", format!("{:.1}", r.train_ms_per_batch)),

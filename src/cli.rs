@@ -9,7 +9,7 @@ use clap::{Args, Parser, Subcommand};
 use rand::{rngs::StdRng, SeedableRng};
 
 use crate::device::{self, DeviceChoice};
-use crate::model::Config;
+use crate::model::{Cell, Config};
 use crate::presets::Preset;
 use crate::train::LrSchedule;
 use crate::{bench, checkpoint, download, eval, sample, train};
@@ -100,6 +100,9 @@ pub struct TrainArgs {
     /// Stacked recurrent layers
     #[arg(long, default_value_t = 1, value_parser = positive)]
     pub layers: usize,
+    /// Recurrent cell: gru (the tutorial's) or lstm (PyTorch's layout, forget-gate bias 1)
+    #[arg(long, value_enum, default_value_t = Cell::Gru)]
+    pub cell: Cell,
     /// Adam step size
     #[arg(long, default_value_t = 0.001, value_parser = positive_f64, allow_negative_numbers = true)]
     pub learning_rate: f64,
@@ -150,9 +153,10 @@ pub struct TrainArgs {
 }
 
 /// Settings of `train` that the user may have typed; the rest come from defaults.
-pub const TRAIN_SETTINGS: [&str; 21] = [
+pub const TRAIN_SETTINGS: [&str; 22] = [
     "stateful",
     "layers",
+    "cell",
     "clip_grad_norm",
     "lr_schedule",
     "warmup_steps",
@@ -263,6 +267,9 @@ pub struct BenchArgs {
     /// Stacked recurrent layers
     #[arg(long, default_value_t = 1, value_parser = positive)]
     pub layers: usize,
+    /// Recurrent cell: gru (the tutorial's) or lstm (PyTorch's layout, forget-gate bias 1)
+    #[arg(long, value_enum, default_value_t = Cell::Gru)]
+    pub cell: Cell,
     /// Vocabulary size (Shakespeare's is 65)
     #[arg(long, default_value_t = 65, value_parser = positive)]
     pub vocab_size: usize,
@@ -359,6 +366,7 @@ pub fn run(cli: Cli, explicit: Vec<String>) -> Result<()> {
                 embedding_dim: a.embedding_dim,
                 rnn_units: a.rnn_units,
                 layers: a.layers,
+                cell: a.cell,
                 learning_rate: a.learning_rate,
                 val_fraction: a.val_fraction,
                 save_every: a.save_every,
@@ -433,7 +441,9 @@ pub fn run(cli: Cli, explicit: Vec<String>) -> Result<()> {
         }
         Command::Bench(a) => {
             let report = bench::run(&bench::BenchOptions {
-                config: Config::gru(a.vocab_size, a.embedding_dim, a.rnn_units).with_layers(a.layers),
+                config: Config::gru(a.vocab_size, a.embedding_dim, a.rnn_units)
+                    .with_layers(a.layers)
+                    .with_cell(a.cell),
                 batch_size: a.batch_size,
                 seq_len: a.seq_len,
                 batches: a.batches,

@@ -114,7 +114,11 @@ pub fn describe_info(i: &Info) -> String {
     let _ = writeln!(
         s,
         "model       embedding {} -> {} layer(s) of {} {} -> dense {}",
-        c.embedding_dim, c.layers, c.cell, c.rnn_units, c.vocab_size
+        c.embedding_dim,
+        c.layers,
+        c.cell.name(),
+        c.rnn_units,
+        c.vocab_size
     );
     let layers: Vec<String> = i.layer_parameters.iter().map(|(n, k)| format!("{n} {k}")).collect();
     let _ = writeln!(s, "parameters  {} ({})", i.parameters, layers.join(", "));

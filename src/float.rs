@@ -72,6 +72,9 @@ pub fn take_buffer<T: Float>(len: usize) -> Vec<T> {
 /// Returns a buffer for reuse; the pool keeps a few of the largest.
 pub fn give_buffer<T: Float>(v: Vec<T>) {
     const KEEP: usize = 8;
+    if v.capacity() == 0 {
+        return;
+    }
     let mut pool = T::pool().lock().unwrap_or_else(|e| e.into_inner());
     pool.push(v);
     if pool.len() > KEEP {

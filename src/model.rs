@@ -1,13 +1,15 @@
-//! The network: Embedding(V, E) -> GRU(H) × layers over all steps -> Dense(V) logits, with
-//! parameters in PyTorch's names and layouts and the tutorial's Keras initialisation.
+//! The network: Embedding(V, E) -> GRU or LSTM (H) × layers over all steps -> Dense(V)
+//! logits, with parameters in PyTorch's names and layouts and the tutorial's Keras
+//! initialisation.
 
 use anyhow::{bail, Result};
 use candle_core::{DType, Device, Tensor, Var};
 use rand::{distr::Uniform, Rng};
 use serde::{Deserialize, Serialize};
 
-use crate::gru::gru_sequence;
 use crate::head::dense_cross_entropy;
+use crate::rnn::rnn_sequence;
+pub use crate::rnn::Cell;
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Config {
@@ -15,16 +17,20 @@ pub struct Config {
     pub embedding_dim: usize,
     pub rnn_units: usize,
     pub layers: usize,
-    pub cell: String,
+    pub cell: Cell,
 }
 
 impl Config {
     pub fn gru(vocab_size: usize, embedding_dim: usize, rnn_units: usize) -> Self {
-        Config { vocab_size, embedding_dim, rnn_units, layers: 1, cell: "gru".into() }
+        Config { vocab_size, embedding_dim, rnn_units, layers: 1, cell: Cell::Gru }
     }
 
     pub fn with_layers(self, layers: usize) -> Self {
         Config { layers, ..self }
+    }
+
+    pub fn with_cell(self, cell: Cell) -> Self {
+        Config { cell, ..self }
     }
 
     /// The width of the input of recurrent layer `l`.
@@ -39,12 +45,13 @@ impl Config {
     /// Every parameter's PyTorch state_dict name and shape, in a fixed order.
     pub fn parameter_shapes(&self) -> Vec<(String, Vec<usize>)> {
         let (v, e, h) = (self.vocab_size, self.embedding_dim, self.rnn_units);
+        let (cell, g) = (self.cell.name(), self.cell.gates() * h);
         let mut shapes = vec![("embedding.weight".to_string(), vec![v, e])];
         for l in 0..self.layers {
-            shapes.push((format!("gru.weight_ih_l{l}"), vec![3 * h, self.input_width(l)]));
-            shapes.push((format!("gru.weight_hh_l{l}"), vec![3 * h, h]));
-            shapes.push((format!("gru.bias_ih_l{l}"), vec![3 * h]));
-            shapes.push((format!("gru.bias_hh_l{l}"), vec![3 * h]));
+            shapes.push((format!("{cell}.weight_ih_l{l}"), vec![g, self.input_width(l)]));
+            shapes.push((format!("{cell}.weight_hh_l{l}"), vec![g, h]));
+            shapes.push((format!("{cell}.bias_ih_l{l}"), vec![g]));
+            shapes.push((format!("{cell}.bias_hh_l{l}"), vec![g]));
         }
         shapes.push(("dense.weight".to_string(), vec![v, h]));
         shapes.push(("dense.bias".to_string(), vec![v]));
@@ -55,9 +62,10 @@ impl Config {
     pub fn layer_sizes(&self) -> Vec<(String, usize)> {
         let (v, e, h) = (self.vocab_size, self.embedding_dim, self.rnn_units);
         let mut sizes = vec![("embedding".to_string(), v * e)];
+        let cell = self.cell.name();
         for l in 0..self.layers {
-            let name = if self.layers == 1 { "gru".to_string() } else { format!("gru_{l}") };
-            sizes.push((name, 3 * h * (self.input_width(l) + h + 2)));
+            let name = if self.layers == 1 { cell.to_string() } else { format!("{cell}_{l}") };
+            sizes.push((name, self.cell.gates() * h * (self.input_width(l) + h + 2)));
         }
         sizes.push(("dense".to_string(), v * h + v));
         sizes
@@ -68,9 +76,6 @@ impl Config {
     }
 
     pub fn validate(&self) -> Result<()> {
-        if self.cell != "gru" {
-            bail!("unsupported cell `{}` (this version builds GRU layers)", self.cell);
-        }
         if self.vocab_size == 0 || self.embedding_dim == 0 || self.rnn_units == 0 || self.layers == 0 {
             bail!("model dimensions must be positive: {self:?}");
         }
@@ -93,8 +98,10 @@ pub struct Model {
 }
 
 impl Model {
-    /// The tutorial's initialisation: embedding U(-0.05, 0.05); GRU kernels and the dense
-    /// kernel Glorot-uniform (Keras' fans: fan_in + fan_out of the [in, out] kernel); biases 0.
+    /// The tutorial's initialisation: embedding U(-0.05, 0.05); recurrent kernels and the dense
+    /// kernel Glorot-uniform (Keras' fans: fan_in + fan_out of the [in, out] kernel); biases 0,
+    /// except an LSTM's forget gate, whose input bias starts at 1 (Keras' `unit_forget_bias`:
+    /// the cell remembers by default until it learns otherwise).
     pub fn new_random(config: Config, dtype: DType, device: &Device, rng: &mut impl Rng) -> Result<Self> {
         config.validate()?;
         let mut params = Vec::new();
@@ -103,13 +110,17 @@ impl Model {
             // Kernels are stored [out, in] (PyTorch); Glorot's fans are symmetric in the two.
             let limit = match name.as_str() {
                 "embedding.weight" => Some(0.05),
-                n if n.starts_with("gru.weight_") || n == "dense.weight" => Some(glorot(shape[1], shape[0])),
+                n if n.contains(".weight_") || n == "dense.weight" => Some(glorot(shape[1], shape[0])),
                 _ => None,
             };
-            let values: Vec<f32> = match limit {
+            let mut values: Vec<f32> = match limit {
                 Some(l) => rng.sample_iter(Uniform::new(-l, l)?).take(n).collect(),
                 None => vec![0.0; n],
             };
+            if config.cell == Cell::Lstm && name.starts_with("lstm.bias_ih_") {
+                let h = config.rnn_units;
+                values[h..2 * h].fill(1.0); // gate order i, f, g, o
+            }
             let t = Tensor::from_vec(values, shape, device)?.to_dtype(dtype)?;
             params.push(Var::from_tensor(&t)?);
         }
@@ -194,8 +205,10 @@ impl Model {
                 table = below.reshape((b * t, h))?.matmul(&layer.w_ih.t()?)?.broadcast_add(layer.b_ih)?;
                 ids = Tensor::arange(0u32, (b * t) as u32, inputs.device())?.reshape((b, t))?;
             }
-            let out = gru_sequence(&table, &ids, layer.w_hh, layer.b_hh, state.map(|s| &s[l]), training)?;
-            finals.push(out.narrow(1, t - 1, 1)?.squeeze(1)?.detach().contiguous()?);
+            let cell = self.config.cell;
+            let (out, last) =
+                rnn_sequence(cell, &table, &ids, layer.w_hh, layer.b_hh, state.map(|s| &s[l]), training)?;
+            finals.push(last);
             // Dropout between layers and before the output layer.
             hs = Some(match *pass {
                 Pass::Train { dropout, seed } if dropout > 0.0 => {

@@ -68,6 +68,7 @@ mod tests {
             embedding_dim: 256,
             rnn_units: 1024,
             layers: 1,
+            cell: crate::model::Cell::Gru,
             learning_rate: 1e-3,
             val_fraction: 0.1,
             save_every: 5,

@@ -10,8 +10,8 @@ use candle_core::DType;
 use rand::Rng;
 
 use crate::blas::{gemv, matmul_packed, Packed, View};
-use crate::gru::gate_forward;
 use crate::model::Model;
+use crate::rnn::{gate_forward, lstm_gate_forward, Cell};
 use crate::vocab::Vocab;
 
 /// A weight matrix W [rows, cols] applied to each of `batch` inputs: row dot products at
@@ -53,14 +53,18 @@ struct LayerState {
     w_ih: Option<(Weights, Vec<f32>)>,
     w_hh: Weights,
     b_hh: Vec<f32>,
-    /// Input projections of this step, [batch, 3H] (deeper layers).
+    /// Input projections of this step, [batch, GH] (deeper layers).
     x: Vec<f32>,
     h: Vec<f32>,
     h_next: Vec<f32>,
+    /// An LSTM's cell state (unused for a GRU).
+    c: Vec<f32>,
+    c_next: Vec<f32>,
     gh: Vec<f32>,
 }
 
 pub struct Sampler {
+    cell: Cell,
     batch: usize,
     hidden: usize,
     vocab: usize,
@@ -79,25 +83,29 @@ fn host_f32(t: &candle_core::Tensor) -> Result<Vec<f32>> {
 impl Sampler {
     /// A sampler for `batch` independent sequences.
     pub fn new(model: &Model, batch: usize) -> Result<Self> {
-        let (h, v) = (model.config.rnn_units, model.config.vocab_size);
+        let (h, v, cell) = (model.config.rnn_units, model.config.vocab_size, model.config.cell);
+        let g = cell.gates() * h;
         let mut layers = Vec::new();
         for l in 0..model.config.layers {
             let p = model.layer(l);
             let w_ih = match l {
                 0 => None,
-                _ => Some((Weights::new(host_f32(p.w_ih)?, 3 * h, h, batch), host_f32(p.b_ih)?)),
+                _ => Some((Weights::new(host_f32(p.w_ih)?, g, h, batch), host_f32(p.b_ih)?)),
             };
             layers.push(LayerState {
                 w_ih,
-                w_hh: Weights::new(host_f32(p.w_hh)?, 3 * h, h, batch),
+                w_hh: Weights::new(host_f32(p.w_hh)?, g, h, batch),
                 b_hh: host_f32(p.b_hh)?,
-                x: vec![0.0; batch * 3 * h],
+                x: vec![0.0; batch * g],
                 h: vec![0.0; batch * h],
                 h_next: vec![0.0; batch * h],
-                gh: vec![0.0; batch * 3 * h],
+                c: vec![0.0; batch * h],
+                c_next: vec![0.0; batch * h],
+                gh: vec![0.0; batch * g],
             });
         }
         Ok(Sampler {
+            cell,
             batch,
             hidden: h,
             vocab: v,
@@ -118,6 +126,7 @@ impl Sampler {
     pub fn reset(&mut self) {
         for l in &mut self.layers {
             l.h.fill(0.0);
+            l.c.fill(0.0);
         }
     }
 
@@ -125,6 +134,7 @@ impl Sampler {
     pub fn step(&mut self, ids: &[u32]) -> &[f32] {
         assert_eq!(ids.len(), self.batch);
         let (h, n) = (self.hidden, self.batch);
+        let g = self.cell.gates() * h;
         for l in 0..self.layers.len() {
             let (below, rest) = self.layers.split_at_mut(l);
             let layer = &mut rest[0];
@@ -134,20 +144,21 @@ impl Sampler {
             layer.w_hh.apply(&mut layer.gh, &layer.h, n, None);
             for (b, &id) in ids.iter().enumerate() {
                 let x = match l {
-                    0 => &self.table[id as usize * 3 * h..(id as usize + 1) * 3 * h],
-                    _ => &layer.x[b * 3 * h..(b + 1) * 3 * h],
+                    0 => &self.table[id as usize * g..(id as usize + 1) * g],
+                    _ => &layer.x[b * g..(b + 1) * g],
                 };
-                let row = b * h..(b + 1) * h;
-                gate_forward(
-                    &mut layer.h_next[row.clone()],
-                    &mut self.gates,
-                    x,
-                    &layer.gh[b * 3 * h..(b + 1) * 3 * h],
-                    &layer.b_hh,
-                    &layer.h[row],
-                );
+                let (row, gh) = (b * h..(b + 1) * h, &layer.gh[b * g..(b + 1) * g]);
+                let h_next = &mut layer.h_next[row.clone()];
+                match self.cell {
+                    Cell::Gru => gate_forward(h_next, &mut self.gates, x, gh, &layer.b_hh, &layer.h[row]),
+                    Cell::Lstm => {
+                        let c_next = &mut layer.c_next[row.clone()];
+                        lstm_gate_forward(h_next, c_next, &mut self.gates, x, gh, &layer.b_hh, &layer.c[row]);
+                    }
+                }
             }
             std::mem::swap(&mut layer.h, &mut layer.h_next);
+            std::mem::swap(&mut layer.c, &mut layer.c_next);
         }
         let top = &self.layers.last().expect("at least one layer").h;
         self.dense.apply(&mut self.logits, top, n, Some(&self.dense_b));

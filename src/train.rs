@@ -16,7 +16,7 @@ use sha2::{Digest, Sha256};
 use crate::checkpoint::{self, Provenance};
 use crate::data::{epoch_batches, read_corpus, split_validation, Batch, Lanes, Sequences};
 use crate::metrics::{Metrics, Record};
-use crate::model::{ids_tensor, Config, Model, Pass};
+use crate::model::{ids_tensor, Cell, Config, Model, Pass};
 use crate::optim::Adam;
 use crate::vocab::Vocab;
 
@@ -32,6 +32,8 @@ pub struct Settings {
     pub rnn_units: usize,
     #[serde(default = "one")]
     pub layers: usize,
+    #[serde(default)]
+    pub cell: Cell,
     pub learning_rate: f64,
     pub val_fraction: f64,
     pub save_every: usize,
@@ -270,9 +272,10 @@ fn epoch_rng(seed: u64, epoch: usize) -> StdRng {
 /// another save schedule. Anything else that differs is refused.
 fn merge_settings(saved: &Settings, given: &Settings, explicit: &[String], done: usize) -> Result<Settings> {
     let flag = |id: &str| format!("--{}", id.replace('_', "-"));
-    let fixed: [(&str, String, String); 17] = [
+    let fixed: [(&str, String, String); 18] = [
         ("stateful", saved.stateful.to_string(), given.stateful.to_string()),
         ("layers", saved.layers.to_string(), given.layers.to_string()),
+        ("cell", saved.cell.name().to_string(), given.cell.name().to_string()),
         ("clip_grad_norm", format!("{:?}", saved.clip_grad_norm), format!("{:?}", given.clip_grad_norm)),
         ("lr_schedule", format!("{:?}", saved.lr_schedule), format!("{:?}", given.lr_schedule)),
         ("warmup_steps", saved.warmup_steps.to_string(), given.warmup_steps.to_string()),
@@ -395,7 +398,9 @@ pub fn run(o: &TrainOptions) -> Result<()> {
             (ckpt.model, adam, pos, carried)
         }
         None => {
-            let config = Config::gru(vocab.len(), s.embedding_dim, s.rnn_units).with_layers(s.layers);
+            let config = Config::gru(vocab.len(), s.embedding_dim, s.rnn_units)
+                .with_layers(s.layers)
+                .with_cell(s.cell);
             let model = Model::new_random(config, DType::F32, &o.device, &mut StdRng::seed_from_u64(s.seed))?;
             let mut adam = Adam::new(model.vars())?;
             adam.weight_decay = s.weight_decay;

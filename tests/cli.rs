@@ -60,6 +60,33 @@ fn train_two_epochs_then_generate() {
 }
 
 #[test]
+fn an_lstm_trains_and_generates() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = tiny_corpus(dir.path());
+    let ckpt = dir.path().join("ckpt");
+    let ckpt_s = ckpt.to_str().unwrap();
+    let mut args =
+        vec!["train", "--data", &data, "--epochs", "1", "--checkpoint-dir", ckpt_s, "--cell", "lstm"];
+    args.extend_from_slice(SMALL);
+    let o = charrnn(&args);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stderr(&o).contains("lstm 1664"), "the summary names the cell: {}", stderr(&o));
+    let o = charrnn(&[
+        "generate",
+        "--checkpoint",
+        ckpt_s,
+        "--start",
+        "the ",
+        "--length",
+        "30",
+        "--device",
+        "cpu",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(String::from_utf8(o.stdout).unwrap().trim_end_matches('\n').chars().count(), 34);
+}
+
+#[test]
 fn ctrl_c_saves_and_exits_130() {
     interrupt_then_resume(&[]);
 }
@@ -68,6 +95,12 @@ fn ctrl_c_saves_and_exits_130() {
 #[test]
 fn stateful_runs_resume_exactly() {
     interrupt_then_resume(&["--stateful"]);
+}
+
+/// Two stateful LSTM layers: h and c carried from batch to batch and across the interruption.
+#[test]
+fn stateful_lstm_runs_resume_exactly() {
+    interrupt_then_resume(&["--stateful", "--cell", "lstm", "--layers", "2"]);
 }
 
 fn interrupt_then_resume(mode: &[&str]) {
@@ -155,6 +188,8 @@ fn two_epochs_equal_one_plus_a_resumed_one_bit_for_bit() {
     // Settings that would change the run are refused; nothing is written.
     let o = charrnn(&["train", "--checkpoint-dir", split.to_str().unwrap(), "--resume", "--rnn-units", "32"]);
     assert_fails_with(&o, "--rnn-units 32 differs from the resumed run's 16");
+    let o = charrnn(&["train", "--checkpoint-dir", split.to_str().unwrap(), "--resume", "--cell", "lstm"]);
+    assert_fails_with(&o, "--cell lstm differs from the resumed run's gru");
     let o = charrnn(&["train", "--checkpoint-dir", split.to_str().unwrap(), "--resume", "--epochs", "1"]);
     assert_fails_with(&o, "fewer than the 2 epochs already trained");
     let empty = dir.path().join("empty");

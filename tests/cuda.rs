@@ -199,3 +199,16 @@ fn checkpoints_move_between_devices() {
     assert!(relative_difference(&reference, &logits(&on_cpu.model, &Device::Cpu)) <= TOLERANCE);
     assert_eq!(host(&reference), host(&logits(&back_on_gpu.model, &dev)));
 }
+
+/// An LSTM has no GPU kernels yet: training and sampling it on the GPU say so.
+#[test]
+fn an_lstm_on_the_gpu_is_refused_clearly() {
+    let dev = gpu();
+    let config = Config::gru(9, 4, 8).with_cell(charrnn::model::Cell::Lstm);
+    let model = Model::new_random(config, DType::F32, &dev, &mut StdRng::seed_from_u64(1)).unwrap();
+    let inputs = ids_tensor(&[1, 2, 3, 4], 1, 4, &dev).unwrap();
+    let err = model.loss(&inputs, &[2, 3, 4, 5], &Pass::Eval).unwrap_err().to_string();
+    assert!(err.contains("--cell lstm has no GPU kernels yet"), "{err}");
+    let err = Engine::new(&model, 1).err().expect("no GPU sampler for an LSTM").to_string();
+    assert!(err.contains("--cell lstm has no GPU sampler yet"), "{err}");
+}

@@ -67,6 +67,7 @@ fn settings(schedule: LrSchedule, warmup: u64) -> Settings {
         embedding_dim: 1,
         rnn_units: 1,
         layers: 1,
+        cell: charrnn::model::Cell::Gru,
         learning_rate: 1e-3,
         val_fraction: 0.0,
         save_every: 1,

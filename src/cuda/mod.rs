@@ -141,7 +141,7 @@ fn gemm(
     .map_err(err)
 }
 
-/// What the GRU's forward pass keeps for its backward pass (see src/gru.rs).
+/// What the GRU's forward pass keeps for its backward pass (see src/rnn.rs).
 pub struct GruTape {
     batch: usize,
     steps: usize,

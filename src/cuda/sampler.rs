@@ -46,6 +46,12 @@ impl GpuSampler {
             anyhow::bail!("the GPU sampler needs a model on the GPU")
         };
         let (h, v) = (model.config.rnn_units, model.config.vocab_size);
+        if model.config.cell != crate::model::Cell::Gru {
+            anyhow::bail!(
+                "--cell {} has no GPU sampler yet; generate with --device cpu",
+                model.config.cell.name()
+            );
+        }
         if v > MAX_VOCAB {
             anyhow::bail!("the GPU sampler handles up to {MAX_VOCAB} distinct characters, the model has {v}");
         }

@@ -1,17 +1,47 @@
-//! The fused GRU against a reference composition of plain candle ops, against finite
-//! differences, and against the batch-1 sampler; and a loss that falls on a tiny corpus.
+//! The fused recurrent layers (GRU and LSTM) against a reference composition of plain candle
+//! ops, against finite differences, and against the batch-1 sampler; and a loss that falls on
+//! a tiny corpus.
 
 use candle_core::{DType, Device, IndexOp, Tensor, Var};
 use charrnn::data::Sequences;
-use charrnn::gru::gru_sequence;
-use charrnn::model::{ids_tensor, loss, Config, Model, Pass};
+use charrnn::model::{ids_tensor, loss, Cell, Config, Model, Pass};
 use charrnn::optim::Adam;
+use charrnn::rnn::rnn_sequence;
 use charrnn::sample::{Engine, Picker, Sampler};
 use charrnn::train::{train_step, StepOptions};
 use rand::{rngs::StdRng, Rng, SeedableRng};
 
 fn sigmoid(x: &Tensor) -> Tensor {
     (x.neg().unwrap().exp().unwrap() + 1.0).unwrap().recip().unwrap()
+}
+
+/// PyTorch's LSTM equations, step by step, with candle's own ops and autograd. Returns every h
+/// and the final state (h then c).
+fn reference_lstm(
+    x_proj: &Tensor,
+    w_hh: &Tensor,
+    b_hh: &Tensor,
+    state0: Option<&Tensor>,
+) -> (Tensor, Tensor) {
+    let (b, t, g4) = x_proj.dims3().unwrap();
+    let h = g4 / 4;
+    let zeros = Tensor::zeros((b, h), x_proj.dtype(), x_proj.device()).unwrap();
+    let (mut hs, mut cs) = match state0 {
+        Some(s) => (s.narrow(1, 0, h).unwrap(), s.narrow(1, h, h).unwrap()),
+        None => (zeros.clone(), zeros),
+    };
+    let mut outs = Vec::new();
+    for s in 0..t {
+        let a = (x_proj.i((.., s, ..)).unwrap()
+            + hs.matmul(&w_hh.t().unwrap()).unwrap().broadcast_add(b_hh).unwrap())
+        .unwrap();
+        let part = |k: usize| a.narrow(1, k * h, h).unwrap();
+        let (i, f, g, o) = (sigmoid(&part(0)), sigmoid(&part(1)), part(2).tanh().unwrap(), sigmoid(&part(3)));
+        cs = ((&f * &cs).unwrap() + (&i * &g).unwrap()).unwrap();
+        hs = (&o * cs.tanh().unwrap()).unwrap();
+        outs.push(hs.clone());
+    }
+    (Tensor::stack(&outs, 1).unwrap(), Tensor::cat(&[&hs, &cs], 1).unwrap())
 }
 
 /// PyTorch's GRU equations, step by step, with candle's own ops and autograd.
@@ -50,44 +80,59 @@ fn max_rel_diff(a: &Tensor, b: &Tensor) -> f64 {
     a.iter().zip(&b).map(|(x, y)| (x - y).abs()).fold(0.0, f64::max) / scale
 }
 
-fn fused_and_reference(dtype: DType, tol_fwd: f64, tol_grad: f64, with_state: bool) {
+fn fused_and_reference(cell: Cell, dtype: DType, tol_fwd: f64, tol_grad: f64, with_state: bool) {
     let mut rng = StdRng::seed_from_u64(11);
     let (b, t, h, v) = (3, 7, 20, 5);
-    let table = random(&[v, 3 * h], 1.5, dtype, &mut rng);
+    let g = cell.gates() * h;
+    let table = random(&[v, g], 1.5, dtype, &mut rng);
     let id_values: Vec<u32> = (0..b * t).map(|_| rng.random_range(0..v as u32)).collect();
     let ids = Tensor::from_vec(id_values, (b, t), &Device::Cpu).unwrap();
-    let w = random(&[3 * h, h], 0.4, dtype, &mut rng);
-    let bias = random(&[3 * h], 0.3, dtype, &mut rng);
+    let w = random(&[g, h], 0.4, dtype, &mut rng);
+    let bias = random(&[g], 0.3, dtype, &mut rng);
     // A loss that weighs every output differently, so each output's gradient matters.
     let weights = random(&[b, t, h], 1.0, dtype, &mut rng);
 
     // An initial state, as truncated backpropagation carries it: a constant.
-    let h0 = with_state.then(|| random(&[b, h], 0.8, dtype, &mut rng).as_tensor().detach());
-    let fused = gru_sequence(&table, &ids, &w, &bias, h0.as_ref(), true).unwrap();
-    let x = table.index_select(&ids.flatten_all().unwrap(), 0).unwrap().reshape((b, t, 3 * h)).unwrap();
-    let reference = reference_gru(&x, &w, &bias, h0.as_ref());
+    let state0 =
+        with_state.then(|| random(&[b, cell.state_parts() * h], 0.8, dtype, &mut rng).as_tensor().detach());
+    let (fused, fused_final) = rnn_sequence(cell, &table, &ids, &w, &bias, state0.as_ref(), true).unwrap();
+    let x = table.index_select(&ids.flatten_all().unwrap(), 0).unwrap().reshape((b, t, g)).unwrap();
+    let (reference, reference_final) = match cell {
+        Cell::Gru => {
+            let out = reference_gru(&x, &w, &bias, state0.as_ref());
+            let last = out.i((.., t - 1, ..)).unwrap();
+            (out, last)
+        }
+        Cell::Lstm => reference_lstm(&x, &w, &bias, state0.as_ref()),
+    };
     let fwd = max_rel_diff(&fused, &reference);
-    assert!(fwd <= tol_fwd, "forward differs by {fwd:e} (relative)");
+    assert!(fwd <= tol_fwd, "{cell:?}: forward differs by {fwd:e} (relative)");
+    let last = max_rel_diff(&fused_final, &reference_final);
+    assert!(last <= tol_fwd, "{cell:?}: final state differs by {last:e} (relative)");
 
     let grads_of = |out: &Tensor| (out * weights.as_tensor()).unwrap().sum_all().unwrap().backward().unwrap();
     let gf = grads_of(&fused);
     let gr = grads_of(&reference);
     for (name, v) in [("table", &table), ("w_hh", &w), ("b_hh", &bias)] {
         let d = max_rel_diff(gf.get(v).unwrap(), gr.get(v).unwrap());
-        assert!(d <= tol_grad, "gradient of {name} differs by {d:e} (relative)");
+        assert!(d <= tol_grad, "{cell:?}: gradient of {name} differs by {d:e} (relative)");
     }
 }
 
 #[test]
-fn fused_gru_matches_the_reference_composition_f64() {
-    fused_and_reference(DType::F64, 1e-12, 1e-10, false);
-    fused_and_reference(DType::F64, 1e-12, 1e-10, true);
+fn fused_layers_match_the_reference_composition_f64() {
+    for cell in [Cell::Gru, Cell::Lstm] {
+        fused_and_reference(cell, DType::F64, 1e-12, 1e-10, false);
+        fused_and_reference(cell, DType::F64, 1e-12, 1e-10, true);
+    }
 }
 
 #[test]
-fn fused_gru_matches_the_reference_composition_f32() {
-    fused_and_reference(DType::F32, 1e-5, 1e-4, false);
-    fused_and_reference(DType::F32, 1e-5, 1e-4, true);
+fn fused_layers_match_the_reference_composition_f32() {
+    for cell in [Cell::Gru, Cell::Lstm] {
+        fused_and_reference(cell, DType::F32, 1e-5, 1e-4, false);
+        fused_and_reference(cell, DType::F32, 1e-5, 1e-4, true);
+    }
 }
 
 fn tiny_model(dtype: DType, seed: u64) -> Model {
@@ -95,17 +140,20 @@ fn tiny_model(dtype: DType, seed: u64) -> Model {
     Model::new_random(Config::gru(7, 5, 6), dtype, &Device::Cpu, &mut rng).unwrap()
 }
 
-/// Every parameter of the whole model (embedding, GRU, dense) against central differences:
-/// one layer as the tutorial, and two stacked layers with dropout between them.
+/// Every parameter of the whole model (embedding, recurrent layers, dense) against central
+/// differences: one layer as the tutorial, and two stacked layers with dropout between them;
+/// GRU and LSTM.
 #[test]
 fn model_gradients_match_finite_differences_f64() {
-    check_finite_differences(1, 0.0);
-    check_finite_differences(2, 0.3);
+    for cell in [Cell::Gru, Cell::Lstm] {
+        check_finite_differences(cell, 1, 0.0);
+        check_finite_differences(cell, 2, 0.3);
+    }
 }
 
-fn check_finite_differences(layers: usize, dropout: f32) {
+fn check_finite_differences(cell: Cell, layers: usize, dropout: f32) {
     let mut rng = StdRng::seed_from_u64(3);
-    let config = Config::gru(7, 5, 6).with_layers(layers);
+    let config = Config::gru(7, 5, 6).with_layers(layers).with_cell(cell);
     let model = Model::new_random(config, DType::F64, &Device::Cpu, &mut rng).unwrap();
     // Make the zero-initialised biases non-zero so their gradients are exercised.
     for (name, _) in model.config.parameter_shapes().into_iter().filter(|(n, _)| n.contains("bias")) {
@@ -140,7 +188,7 @@ fn check_finite_differences(layers: usize, dropout: f32) {
             let err = (numeric - analytic[i]).abs();
             assert!(
                 err <= 1e-7 + 1e-5 * numeric.abs(),
-                "{name}[{i}]: finite difference {numeric:e}, backward {:e}",
+                "{cell:?} {name}[{i}]: finite difference {numeric:e}, backward {:e}",
                 analytic[i]
             );
             checked += 1;
@@ -152,14 +200,16 @@ fn check_finite_differences(layers: usize, dropout: f32) {
 /// The batch-1 sampler, carrying its state, reproduces the full-sequence forward.
 #[test]
 fn stepwise_sampling_matches_the_sequence_forward() {
-    for layers in [1, 3] {
-        stepwise_matches(layers);
+    for cell in [Cell::Gru, Cell::Lstm] {
+        for layers in [1, 3] {
+            stepwise_matches(cell, layers);
+        }
     }
 }
 
-fn stepwise_matches(layers: usize) {
+fn stepwise_matches(cell: Cell, layers: usize) {
     let mut rng = StdRng::seed_from_u64(5);
-    let config = Config::gru(11, 8, 48).with_layers(layers);
+    let config = Config::gru(11, 8, 48).with_layers(layers).with_cell(cell);
     let model = Model::new_random(config, DType::F32, &Device::Cpu, &mut rng).unwrap();
     let ids: Vec<u32> = (0..40).map(|_| rng.random_range(0..11)).collect();
     let logits = model.forward(&ids_tensor(&ids, 1, ids.len(), &Device::Cpu).unwrap(), &Pass::Eval).unwrap();
@@ -173,7 +223,7 @@ fn stepwise_matches(layers: usize) {
             worst = worst.max((a - b).abs());
         }
     }
-    assert!(worst <= 1e-5, "{layers} layer(s): max abs difference {worst}");
+    assert!(worst <= 1e-5, "{cell:?}, {layers} layer(s): max abs difference {worst}");
 }
 
 /// The fused output layer and loss against candle's composition (matmul, log-softmax, gather).
@@ -212,13 +262,19 @@ fn forward_shape_is_batch_time_vocab() {
 
 #[test]
 fn loss_falls_on_a_tiny_repetitive_corpus() {
+    for cell in [Cell::Gru, Cell::Lstm] {
+        loss_falls(cell);
+    }
+}
+
+fn loss_falls(cell: Cell) {
     let text = "abcdefgh".repeat(60);
     let vocab = charrnn::vocab::Vocab::from_text(&text);
     let ids = vocab.encode(&text).unwrap();
     let seqs = Sequences::new(&ids, 16);
     let mut rng = StdRng::seed_from_u64(9);
-    let model =
-        Model::new_random(Config::gru(vocab.len(), 8, 32), DType::F32, &Device::Cpu, &mut rng).unwrap();
+    let config = Config::gru(vocab.len(), 8, 32).with_cell(cell);
+    let model = Model::new_random(config, DType::F32, &Device::Cpu, &mut rng).unwrap();
     let mut adam = Adam::new(model.vars()).unwrap();
     let initial = (vocab.len() as f32).ln();
     let mut last = f32::INFINITY;
@@ -226,13 +282,13 @@ fn loss_falls_on_a_tiny_repetitive_corpus() {
         let idx: Vec<usize> = (0..8).map(|k| (step * 8 + k) % seqs.len()).collect();
         last = train_step(&model, &mut adam, &seqs.batch(&idx), &StepOptions::plain(1e-2)).unwrap().0;
     }
-    assert!(last < initial / 2.0, "loss {last} after 40 steps, ln(V) = {initial}");
+    assert!(last < initial / 2.0, "{cell:?}: loss {last} after 40 steps, ln(V) = {initial}");
     // and the trained model has really learnt the cycle: greedy continuation of "abc"
     let mut sampler = Engine::Cpu(Sampler::new(&model, 1).unwrap());
     let mut greedy = Picker::new(0.0, None, None);
     let mut out = Vec::new();
     charrnn::sample::generate(&mut sampler, &vocab, "abc", 10, &mut greedy, &mut rng, &mut out).unwrap();
-    assert_eq!(String::from_utf8(out).unwrap(), "abcdefghabcde\n");
+    assert_eq!(String::from_utf8(out).unwrap(), "abcdefghabcde\n", "{cell:?}");
     // Several samples at once take the batched path and agree with the single one.
     let mut batched = Engine::Cpu(Sampler::new(&model, 3).unwrap());
     let mut out = Vec::new();
@@ -249,6 +305,47 @@ fn backward_without_a_training_forward_is_an_error_not_a_silent_zero() {
     let ids = Tensor::new(&[[0u32, 2]], &Device::Cpu).unwrap();
     let w = random(&[6, 2], 1.0, DType::F32, &mut rng);
     let b = random(&[6], 1.0, DType::F32, &mut rng);
-    let out = gru_sequence(&table, &ids, &w, &b, None, false).unwrap();
+    let out = rnn_sequence(Cell::Gru, &table, &ids, &w, &b, None, false).unwrap().0;
     assert!(out.sum_all().unwrap().backward().is_err());
+}
+
+/// An LSTM has PyTorch's names and shapes (gates i, f, g, o stacked: 4H rows) and its forget
+/// gate starts open: input bias 1 on the f block, 0 elsewhere.
+#[test]
+fn lstm_parameters_follow_pytorch_and_the_forget_gate_starts_open() {
+    let (v, e, h) = (9, 5, 7);
+    let config = Config::gru(v, e, h).with_cell(Cell::Lstm).with_layers(2);
+    let shapes = config.parameter_shapes();
+    let names: Vec<&str> = shapes.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "embedding.weight",
+            "lstm.weight_ih_l0",
+            "lstm.weight_hh_l0",
+            "lstm.bias_ih_l0",
+            "lstm.bias_hh_l0",
+            "lstm.weight_ih_l1",
+            "lstm.weight_hh_l1",
+            "lstm.bias_ih_l1",
+            "lstm.bias_hh_l1",
+            "dense.weight",
+            "dense.bias"
+        ]
+    );
+    assert_eq!(shapes[1].1, [4 * h, e]);
+    assert_eq!(shapes[6].1, [4 * h, h]);
+    let model = Model::new_random(config, DType::F32, &Device::Cpu, &mut StdRng::seed_from_u64(1)).unwrap();
+    for l in 0..2 {
+        let b_ih = model.param(&format!("lstm.bias_ih_l{l}")).to_vec1::<f32>().unwrap();
+        let expected: Vec<f32> =
+            (0..4 * h).map(|k| if (h..2 * h).contains(&k) { 1.0 } else { 0.0 }).collect();
+        assert_eq!(b_ih, expected);
+        assert!(model
+            .param(&format!("lstm.bias_hh_l{l}"))
+            .to_vec1::<f32>()
+            .unwrap()
+            .iter()
+            .all(|&x| x == 0.0));
+    }
 }
