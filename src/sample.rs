@@ -1,7 +1,8 @@
 //! Generation without autograd and without allocation per character. Each step is a table
 //! lookup for the input projection, the recurrent product (a multi-threaded matrix-vector
 //! product at batch 1, a packed matrix product for several samples at once), the same gate
-//! kernel training uses, and the dense layer; then sampling.
+//! kernel training uses, and the dense layer; then sampling. A model on a GPU samples there
+//! instead (`crate::cuda::GpuSampler`), with the same picking rule and random numbers.
 
 use std::io::Write;
 
