@@ -6,7 +6,8 @@
 #   2. `charrnn bench --device cuda` at the tutorial configuration, and PyTorch's nn.GRU
 #      (cuDNN) with the same model, batch and sequence length, on the same GPU;
 #   3. generation at batch 1, both (part of 2);
-#   4. one epoch of the tutorial configuration, then on to 10 epochs if the first was fast.
+#   4. one epoch of the tutorial configuration, then on to 10 epochs if the first was fast;
+#   5. with BEST_SECONDS=N set, `--preset best` for up to N seconds (the quality target).
 #
 # Usage: scripts/gpu-check.sh [BIN_DIR] [OUT_DIR]
 #   BIN_DIR holds charrnn and gpu-tests, or their .xz (scripts/build-cuda.sh makes both in
@@ -37,7 +38,7 @@ nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | 
 echo "== 1. GPU against CPU"
 "$RUN/gpu-tests" --test-threads 1 --nocapture > "$OUT/tests.txt" 2>&1
 tests=$?
-grep -E "relative|agree|step [0-9]|weights|test result|panicked|FAILED" "$OUT/tests.txt" | tail -40
+grep -E "relative|logits|gradient|agree|step [0-9]|weights|test result|panicked|FAILED" "$OUT/tests.txt" | tail -80
 [ $tests -eq 0 ] || echo "GPU TESTS FAILED (rc $tests); timings follow anyway"
 
 echo "== 2, 3. training step and generation: charrnn vs PyTorch + cuDNN"
@@ -80,4 +81,12 @@ echo "== a sample from the GPU-trained model, drawn on the GPU, then on the CPU 
 "$RUN/charrnn" generate --checkpoint "$CK" --device cuda --seed 3 --length 300 2>/dev/null | tee "$OUT/sample.txt"
 "$RUN/charrnn" generate --checkpoint "$CK" --device cpu --seed 3 --length 300 2>/dev/null > "$OUT/sample-cpu.txt"
 cmp -s "$OUT/sample.txt" "$OUT/sample-cpu.txt" && echo "(the CPU drew the same text)" || echo "(the CPU's text differs)"
+if [ -n "${BEST_SECONDS:-}" ]; then
+  echo "== 5. --preset best for up to $BEST_SECONDS s"
+  CB=$(mktemp -d)
+  timeout -s INT "$BEST_SECONDS" "$RUN/charrnn" train --preset best --device cuda --seed 1 \
+    --checkpoint-dir "$CB" > "$OUT/best.txt" 2>&1
+  grep -E "validation|Time taken|stopped" "$OUT/best.txt"
+  cp "$CB/metrics.jsonl" "$OUT/best-metrics.jsonl" 2>/dev/null
+fi
 exit $tests
