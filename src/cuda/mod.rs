@@ -42,6 +42,8 @@ macro_rules! launch {
             let arg = $arg;
             args.arg(&arg);
         )+
+        // SAFETY: each call site passes the arguments of the kernel's signature in
+        // kernels.cu, in order, with buffers of the sizes the kernel indexes.
         unsafe { args.launch($cfg) }.map_err(err)?;
     }};
 }
