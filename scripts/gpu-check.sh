@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Checks and times the CUDA build on a machine with an NVIDIA GPU and PyTorch (no Rust or
-# network needed there), in this order, so that a short session still gets the important part:
+# network needed there), in this order, so that a run cut short still has the important part:
 #   1. correctness: the GPU path against the CPU path (tests/cuda.rs: logits, loss, every
 #      gradient, whole training steps, the sampler, checkpoints across devices), f32, TF32 off;
 #   2. `charrnn bench --device cuda` at the tutorial configuration, and PyTorch's nn.GRU
