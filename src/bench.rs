@@ -46,12 +46,14 @@ pub struct BenchReport {
 }
 
 /// The floating-point work a training batch cannot avoid: per layer the recurrent product
-/// forward, for dh and for dW_hh (2·B·T·H·3H each) — and for layers above the first the input
-/// projection's three products too — and the output layer's three (2·B·T·H·V each).
+/// forward, for dh and for dW_hh (2·B·T·H·GH each, G = 3 gates for a GRU, 4 for an LSTM) — and
+/// for layers above the first the input projection's three products too — and the output
+/// layer's three (2·B·T·H·V each).
 pub fn unavoidable_flops(c: &Config, batch: usize, steps: usize) -> f64 {
     let (b, t, h, v) = (batch as f64, steps as f64, c.rnn_units as f64, c.vocab_size as f64);
     let products = (2 * c.layers - 1) as f64;
-    products * 3.0 * 2.0 * b * t * h * 3.0 * h + 3.0 * 2.0 * b * t * h * v
+    let gates = c.cell.gates() as f64;
+    products * 3.0 * 2.0 * b * t * h * gates * h + 3.0 * 2.0 * b * t * h * v
 }
 
 fn median(xs: &[f64]) -> f64 {
@@ -175,5 +177,23 @@ pub fn print_table(r: &BenchReport) {
     ];
     for (k, v) in rows {
         println!("  {k:<46} {v:>10}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::Cell;
+
+    /// An LSTM's four gates make its recurrent products 4/3 of a GRU's; the output layer's
+    /// work is the same.
+    #[test]
+    fn an_lstm_counts_four_thirds_of_a_grus_recurrent_work() {
+        let (b, t) = (64, 100);
+        let gru = Config::gru(65, 256, 1024).with_layers(2);
+        let lstm = gru.clone().with_cell(Cell::Lstm);
+        let head = 3.0 * 2.0 * (b * t * 1024 * 65) as f64;
+        let ratio = (unavoidable_flops(&lstm, b, t) - head) / (unavoidable_flops(&gru, b, t) - head);
+        assert!((ratio - 4.0 / 3.0).abs() < 1e-12, "{ratio}");
     }
 }
