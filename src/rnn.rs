@@ -523,7 +523,7 @@ impl FusedRnn {
         let grad = grad.contiguous()?.flatten_all()?.to_vec1::<T>()?;
         let g = {
             let (storage, layout) = w.storage_and_layout();
-            let Storage::Cpu(cpu) = &*storage else { bail!("fused GRU: CPU tensors expected") };
+            let Storage::Cpu(cpu) = &*storage else { bail!("fused recurrent layer: CPU tensors expected") };
             tape.backward(&grad, &self.ids, storage_slice(cpu, layout)?)
         };
         let dev = table.device();
@@ -537,7 +537,7 @@ impl FusedRnn {
 
 impl CustomOp3 for FusedRnn {
     fn name(&self) -> &'static str {
-        "fused-gru"
+        "fused-rnn"
     }
 
     fn cpu_fwd(
@@ -552,7 +552,7 @@ impl CustomOp3 for FusedRnn {
         match s1 {
             CpuStorage::F32(_) => self.run::<f32>((s1, l1), (s2, l2), (s3, l3), AnyTape::F32),
             CpuStorage::F64(_) => self.run::<f64>((s1, l1), (s2, l2), (s3, l3), AnyTape::F64),
-            other => bail!("fused GRU: unsupported dtype {:?}", other.dtype()),
+            other => bail!("fused recurrent layer: unsupported dtype {:?}", other.dtype()),
         }
     }
 
@@ -572,7 +572,7 @@ impl CustomOp3 for FusedRnn {
         }
         let (dims, vocab) = self.dims(lt.shape(), lw.shape(), lb.shape())?;
         if table.dtype() != candle_core::DType::F32 {
-            bail!("fused GRU: the GPU kernels are f32 only, not {:?}", table.dtype());
+            bail!("fused recurrent layer: the GPU kernels are f32 only, not {:?}", table.dtype());
         }
         let dev = table.device();
         let h0 =
@@ -611,7 +611,7 @@ impl CustomOp3 for FusedRnn {
             AnyTape::Cuda(t) => {
                 use crate::cuda::{tensor, tensor_addr};
                 let candle_core::Device::Cuda(dev) = x.device() else {
-                    bail!("fused GRU: GPU tensors expected")
+                    bail!("fused recurrent layer: GPU tensors expected")
                 };
                 let (grad, w_hh) = (grad.contiguous()?, w.contiguous()?);
                 let (d_table, d_w, d_b) = t.backward(dev, tensor_addr(&grad)?, tensor_addr(&w_hh)?)?;

@@ -3,8 +3,10 @@
 //! and feed the next step, so the host neither waits nor allocates per character: it sends the
 //! random numbers for a chunk of characters and reads the chunk's ids back once.
 
-use candle_core::cuda::cudarc::driver::{CudaSlice, LaunchConfig};
+use candle_core::cuda::cudarc::driver::{CudaFunction, CudaSlice, CudaStream, LaunchConfig};
 use candle_core::{bail, CudaDevice, DType, Device, Result, Tensor};
+
+use std::sync::Arc;
 
 use super::{addr, err, kernel, launch, per_warp, tensor_addr};
 use crate::model::Model;
@@ -37,6 +39,9 @@ pub struct GpuSampler {
     current: usize,
     /// The ids each sequence reads next, [B].
     ids: CudaSlice<u32>,
+    /// The two kernels of a character, looked up once rather than per character.
+    step_kernel: (Arc<CudaStream>, CudaFunction),
+    draw_kernel: (Arc<CudaStream>, CudaFunction),
 }
 
 impl GpuSampler {
@@ -87,6 +92,8 @@ impl GpuSampler {
             states,
             current: 0,
             ids: dev.alloc_zeros::<u32>(batch)?,
+            step_kernel: kernel(dev, "gru_sample_step")?,
+            draw_kernel: kernel(dev, "sample_draw")?,
         })
     }
 
@@ -113,11 +120,10 @@ impl GpuSampler {
 
     /// Every layer takes one step on the ids in the device buffer.
     fn step(&mut self) -> Result<()> {
-        let step_kernel = kernel(&self.dev, "gru_sample_step")?;
         let (now, next) = (self.current, 1 - self.current);
         for (l, w) in self.layers.iter().enumerate() {
             let below = if l == 0 { 0 } else { addr(&self.states[l - 1][next], 0) };
-            launch!(step_kernel, per_warp(self.hidden);
+            launch!(self.step_kernel, per_warp(self.hidden);
                 self.batch as i32, self.hidden as i32, self.table, addr(&self.ids, 0),
                 below, w.w_ih, w.b_ih, w.w_hh, w.b_hh,
                 addr(&self.states[l][now], 0), addr(&self.states[l][next], 0));
@@ -145,7 +151,6 @@ impl GpuSampler {
         }
         let uniforms = self.dev.clone_htod(if greedy { &[0.0f32][..] } else { uniforms })?;
         let out = self.dev.alloc_zeros::<u32>(steps * n)?;
-        let draw = kernel(&self.dev, "sample_draw")?;
         let blocks = LaunchConfig {
             grid_dim: (n as u32, 1, 1),
             block_dim: (256, 1, 1),
@@ -154,7 +159,7 @@ impl GpuSampler {
         for s in 0..steps {
             let top = addr(&self.states[self.layers.len() - 1][self.current], 0);
             let u = if greedy { addr(&uniforms, 0) } else { addr(&uniforms, s * n) };
-            launch!(draw, blocks;
+            launch!(self.draw_kernel, blocks;
                 self.hidden as i32, self.vocab as i32, self.dense_w, self.dense_b, top,
                 u, temperature, top_k as i32, top_p, addr(&self.ids, 0), addr(&out, s * n));
             self.step()?;
