@@ -8,6 +8,7 @@ use candle_core::{DType, Device, Tensor};
 use rand::{rngs::StdRng, Rng, SeedableRng};
 use serde::Serialize;
 
+use crate::blas::{matmul_packed, Packed, View};
 use crate::data::Batch;
 use crate::model::{Config, Model};
 use crate::optim::Adam;
@@ -26,6 +27,8 @@ pub struct BenchOptions {
 #[derive(Serialize, Debug)]
 pub struct BenchReport {
     pub device: String,
+    /// The CPU kernel of the recurrent products, gate passes and sampling (see `kernel`).
+    pub kernel: String,
     pub threads: usize,
     pub batch_size: usize,
     pub seq_len: usize,
@@ -41,6 +44,9 @@ pub struct BenchReport {
     pub achieved_gflops: f64,
     pub gemm_gflops: f64,
     pub gemm_fraction: f64,
+    /// GFLOP/s of one step's recurrent product on the CPU kernel alone: [B×H]·[H×GH] against
+    /// the packed W_hhᵀ, as the fused layer runs it.
+    pub step_product_gflops: f64,
     pub gen_chars_per_s: f64,
     pub peak_rss_mib: f64,
 }
@@ -83,6 +89,24 @@ pub fn gemm_gflops(device: &Device, n: usize) -> Result<f64> {
     Ok(2.0 * (n as f64).powi(3) / median(&times) / 1e9)
 }
 
+/// GFLOP/s of the per-step recurrent product [batch × h]·[h × gh] on the active CPU kernel
+/// (median of a few dozen runs after warm-up).
+pub fn step_product_gflops(batch: usize, h: usize, gh: usize) -> f64 {
+    let a: Vec<f32> = (0..batch * h).map(|i| (i % 17) as f32 * 0.01).collect();
+    let b: Vec<f32> = (0..h * gh).map(|i| (i % 13) as f32 * 0.01).collect();
+    let packed = Packed::new(View::rows(&b, h, gh));
+    let mut out = vec![0.0f32; batch * gh];
+    let mut times = Vec::new();
+    for i in 0..41 {
+        let t0 = Instant::now();
+        matmul_packed(&mut out, false, View::rows(&a, batch, h), &packed);
+        if i > 0 {
+            times.push(t0.elapsed().as_secs_f64());
+        }
+    }
+    2.0 * (batch * h * gh) as f64 / median(&times) / 1e9
+}
+
 /// Peak resident memory of this process, from /proc (0 where unavailable).
 pub fn peak_rss_mib() -> f64 {
     std::fs::read_to_string("/proc/self/status")
@@ -120,6 +144,7 @@ pub fn run(o: &BenchOptions) -> Result<BenchReport> {
     let per_batch = median(&times);
     let flops = unavoidable_flops(c, o.batch_size, o.seq_len);
     let gemm = gemm_gflops(&o.device, 2048)?;
+    let step_product = step_product_gflops(o.batch_size, c.rnn_units, c.cell.gates() * c.rnn_units);
 
     // Generation as `generate` runs it: draws at temperature 1 fed back, on the model's device.
     let mut sampler = Engine::new(&model, 1)?;
@@ -132,6 +157,7 @@ pub fn run(o: &BenchOptions) -> Result<BenchReport> {
     let achieved = flops / per_batch / 1e9;
     Ok(BenchReport {
         device: format!("{:?}", o.device.location()),
+        kernel: crate::kernel::active().name().to_string(),
         threads: rayon::current_num_threads(),
         batch_size: o.batch_size,
         seq_len: o.seq_len,
@@ -147,6 +173,7 @@ pub fn run(o: &BenchOptions) -> Result<BenchReport> {
         achieved_gflops: achieved,
         gemm_gflops: gemm,
         gemm_fraction: achieved / gemm,
+        step_product_gflops: step_product,
         gen_chars_per_s: gen_rate,
         peak_rss_mib: peak_rss_mib(),
     })
@@ -154,7 +181,7 @@ pub fn run(o: &BenchOptions) -> Result<BenchReport> {
 
 pub fn print_table(r: &BenchReport) {
     println!(
-        "model: embedding {} -> {} {} x {} -> dense {}; batch {} x {} characters; {} on {} threads",
+        "model: embedding {} -> {} {} x {} -> dense {}; batch {} x {} characters; {} on {} threads, {} kernel",
         r.embedding_dim,
         r.cell.to_uppercase(),
         r.rnn_units,
@@ -163,7 +190,8 @@ pub fn print_table(r: &BenchReport) {
         r.batch_size,
         r.seq_len,
         r.device,
-        r.threads
+        r.threads,
+        r.kernel
     );
     let rows = [
         ("training, ms per batch (median)", format!("{:.1}", r.train_ms_per_batch)),
@@ -172,6 +200,7 @@ pub fn print_table(r: &BenchReport) {
         ("achieved GFLOP/s", format!("{:.1}", r.achieved_gflops)),
         ("machine GEMM GFLOP/s (2048^3)", format!("{:.1}", r.gemm_gflops)),
         ("achieved / GEMM", format!("{:.0}%", r.gemm_fraction * 100.0)),
+        ("recurrent step product alone, GFLOP/s", format!("{:.1}", r.step_product_gflops)),
         ("generation, characters per second (batch 1)", format!("{:.0}", r.gen_chars_per_s)),
         ("peak resident memory, MiB", format!("{:.0}", r.peak_rss_mib)),
     ];

@@ -1,12 +1,16 @@
 //! Safe wrappers around the matrix products the fused kernels need.
 //!
-//! Products go to the `gemm` crate (the same engine candle uses, here with its AVX-512 kernel),
-//! spread over rayon's pool. The batch-1 sampling step is a matrix-vector product, which a GEMM
-//! runs poorly, so it has its own multi-threaded row-dot kernel.
+//! General products go to the `gemm` crate (the same engine candle uses; it picks its own
+//! AVX-512, AVX2 or NEON kernel at run time), spread over rayon's pool. The per-step products
+//! of the recurrence multiply by a matrix packed once per batch, with register-tile kernels of
+//! our own per instruction set ([`crate::kernel`]). The batch-1 sampling step is a
+//! matrix-vector product, which a GEMM runs poorly, so it has its own multi-threaded row-dot
+//! kernel.
 
 use gemm::{gemm, Parallelism};
-use multiversion::multiversion;
 use rayon::prelude::*;
+
+use crate::kernel::{self, Baseline, Isa, Kernel};
 
 /// A read-only matrix view: element (i, j) is `data[i * row_stride + j * col_stride]`.
 #[derive(Clone, Copy)]
@@ -165,42 +169,35 @@ impl OutPtr {
 }
 
 /// `out = a · b` (or `out += a · b`), `out` contiguous row-major [a.rows × b.cols]; the panels
-/// are shared out among threads.
+/// are shared out among threads, and each is computed by the active kernel (see
+/// [`crate::kernel`]), chosen once for the whole product.
 pub fn matmul_packed(out: &mut [f32], accumulate: bool, a: View<f32>, b: &Packed) {
+    matmul_packed_on(kernel::active(), out, accumulate, a, b)
+}
+
+/// [`matmul_packed`] on a given kernel, which must be supported by this CPU.
+fn matmul_packed_on(kernel: Kernel, out: &mut [f32], accumulate: bool, a: View<f32>, b: &Packed) {
+    assert!(kernel.supported(), "the {kernel} kernel needs CPU features this CPU lacks");
     assert_eq!(a.cols, b.k, "inner dimensions differ");
     assert_eq!(out.len(), a.rows * b.n, "output has the wrong size");
     a.assert_in_bounds();
-    let (m, n, k) = (a.rows, b.n, b.k);
+    let (n, k) = (b.n, b.k);
     let out_ptr = OutPtr(out.as_mut_ptr());
     let panels = n.div_ceil(PANEL);
     let one_panel = |p: usize| {
-        let cols = PANEL.min(n - p * PANEL);
-        let panel = &b.data[p * k * PANEL..(p + 1) * k * PANEL];
-        let mut r = 0;
-        while r < m {
-            let rows = if m - r >= 8 { 8 } else { 1 };
-            let a_rows = &a.data[r * a.row_stride..];
-            // SAFETY: rows r..r+rows and columns p·PANEL..+cols lie inside `out`, and no other
-            // task writes these columns.
-            let c = unsafe { out_ptr.at(r * n + p * PANEL) };
-            let tile = Tile {
-                a: a_rows,
-                a_rs: a.row_stride,
-                a_cs: a.col_stride,
-                panel,
-                k,
-                c,
-                ldc: n,
-                cols,
-                accumulate,
-            };
-            if rows == 8 {
-                unsafe { tile.run::<8>() }
-            } else {
-                unsafe { tile.run::<1>() }
-            }
-            r += rows;
-        }
+        let job = PanelJob {
+            a,
+            panel: &b.data[p * k * PANEL..(p + 1) * k * PANEL],
+            k,
+            // SAFETY: column p·PANEL of row 0 lies inside `out` (p < panels).
+            c: unsafe { out_ptr.at(p * PANEL) },
+            ldc: n,
+            cols: PANEL.min(n - p * PANEL),
+            accumulate,
+        };
+        // SAFETY: rows 0..m and columns p·PANEL..+cols lie inside `out`, and no other task
+        // writes these columns.
+        unsafe { job.run(kernel) }
     };
     // Each worker takes the same share of panels every call, so across the steps of a
     // sequence each keeps its part of the operand in its own caches (the two cores of a
@@ -211,85 +208,211 @@ pub fn matmul_packed(out: &mut [f32], accumulate: bool, a: View<f32>, b: &Packed
     });
 }
 
-/// One MR × PANEL block of the output.
-struct Tile<'a> {
-    a: &'a [f32],
-    a_rs: usize,
-    a_cs: usize,
+/// Calls `$job.$tile::<R>(args)` with the row count `$rows` (1 ..= 8) as a constant, so that
+/// each tile height gets its own fully unrolled code.
+macro_rules! with_rows {
+    ($rows:expr, $job:ident . $tile:ident ( $($arg:expr),* )) => {
+        match $rows {
+            1 => $job.$tile::<1>($($arg),*),
+            2 => $job.$tile::<2>($($arg),*),
+            3 => $job.$tile::<3>($($arg),*),
+            4 => $job.$tile::<4>($($arg),*),
+            5 => $job.$tile::<5>($($arg),*),
+            6 => $job.$tile::<6>($($arg),*),
+            7 => $job.$tile::<7>($($arg),*),
+            8 => $job.$tile::<8>($($arg),*),
+            _ => unreachable!("tiles are at most 8 rows high"),
+        }
+    };
+}
+
+/// One column panel of a packed product: all rows of `a` times one PANEL-wide panel of the
+/// right operand, into the matching columns of the output.
+struct PanelJob<'a> {
+    a: View<'a, f32>,
+    /// k rows of PANEL values.
     panel: &'a [f32],
     k: usize,
+    /// Row 0 of the output's columns for this panel; rows are `ldc` apart.
     c: *mut f32,
     ldc: usize,
+    /// The panel's real columns (fewer than PANEL only in the last, zero-padded one).
     cols: usize,
     accumulate: bool,
 }
 
-impl Tile<'_> {
+impl PanelJob<'_> {
+    /// Register-tile sizes per kernel (rows × columns), each chosen so its accumulators,
+    /// the operand's loaded columns and one broadcast fit the register file: AVX-512 8 × 32
+    /// (16 of 32 zmm accumulating), AVX2 6 × 16 (12 of 16 ymm), NEON 6 × 16 (24 of 32 q
+    /// registers), portable 6 × 8 (12 of 16 xmm on x86's SSE2 baseline).
+    ///
     /// # Safety
-    /// `c` must address MR rows (stride `ldc`) of `cols` writable values.
-    unsafe fn run<const MR: usize>(&self) {
-        let mut acc = [[0.0f32; PANEL]; MR];
-        #[cfg(target_arch = "x86_64")]
-        {
-            if std::arch::is_x86_feature_detected!("avx512f") {
-                self.accumulate_avx512::<MR>(&mut acc);
-            } else {
-                self.accumulate_portable::<MR>(&mut acc);
+    /// `c` must address `a.rows` rows (stride `ldc`) of `cols` writable values that no other
+    /// thread touches, and `kernel` must be supported by this CPU.
+    unsafe fn run(&self, kernel: Kernel) {
+        assert!(self.panel.len() >= self.k * PANEL, "panel shorter than its rows");
+        assert_eq!(self.a.cols, self.k, "inner dimensions differ");
+        self.a.assert_in_bounds();
+        let (tile_rows, tile_cols) = match kernel {
+            Kernel::Avx512 => (8, 32),
+            Kernel::Avx2 | Kernel::Neon => (6, 16),
+            Kernel::Portable => (6, 8),
+        };
+        for col0 in (0..self.cols).step_by(tile_cols) {
+            let mut row0 = 0;
+            while row0 < self.a.rows {
+                let rows = tile_rows.min(self.a.rows - row0);
+                match kernel {
+                    #[cfg(target_arch = "x86_64")]
+                    Kernel::Avx512 => with_rows!(rows, self.avx512(row0)),
+                    #[cfg(target_arch = "x86_64")]
+                    Kernel::Avx2 => with_rows!(rows, self.avx2(row0, col0)),
+                    #[cfg(target_arch = "aarch64")]
+                    Kernel::Neon => with_rows!(rows, self.neon(row0, col0)),
+                    _ => with_rows!(rows, self.portable(row0, col0)),
+                }
+                row0 += rows;
             }
         }
-        #[cfg(not(target_arch = "x86_64"))]
-        self.accumulate_portable::<MR>(&mut acc);
+    }
+
+    /// Element (row, kk) of `a`. The caller has checked `a`'s bounds.
+    #[inline(always)]
+    unsafe fn a_at(&self, row: usize, kk: usize) -> f32 {
+        *self.a.data.as_ptr().add(row * self.a.row_stride + kk * self.a.col_stride)
+    }
+
+    /// Writes (or adds) an MR × NR block of results at (row0, col0), keeping to `cols`.
+    #[inline(always)]
+    unsafe fn store<const MR: usize, const NR: usize>(
+        &self,
+        acc: &[[f32; NR]; MR],
+        row0: usize,
+        col0: usize,
+    ) {
+        let width = NR.min(self.cols - col0);
         for (i, row) in acc.iter().enumerate() {
-            let c = self.c.add(i * self.ldc);
-            for (j, v) in row.iter().enumerate().take(self.cols) {
+            let c = self.c.add((row0 + i) * self.ldc + col0);
+            for (j, v) in row.iter().enumerate().take(width) {
                 let dst = c.add(j);
                 *dst = if self.accumulate { *dst + v } else { *v };
             }
         }
     }
 
-    fn accumulate_portable<const MR: usize>(&self, acc: &mut [[f32; PANEL]; MR]) {
-        for kk in 0..self.k {
-            let w = &self.panel[kk * PANEL..(kk + 1) * PANEL];
-            for (i, row) in acc.iter_mut().enumerate() {
-                let x = self.a[i * self.a_rs + kk * self.a_cs];
-                for (r, wv) in row.iter_mut().zip(w) {
-                    *r = x.mul_add(*wv, *r);
-                }
-            }
-        }
+    /// Baseline code the compiler vectorises for whatever the target has (on x86-64, SSE2:
+    /// twelve 4-lane accumulators, no spills).
+    unsafe fn portable<const MR: usize>(&self, row0: usize, col0: usize) {
+        let a = self.a.data.as_ptr().add(row0 * self.a.row_stride);
+        let w = self.panel.as_ptr().add(col0);
+        let acc = portable_tile::<MR>(a, self.a.row_stride, self.a.col_stride, w, self.k);
+        self.store(&acc, row0, col0);
     }
 
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx512f")]
-    fn accumulate_avx512<const MR: usize>(&self, acc: &mut [[f32; PANEL]; MR]) {
+    unsafe fn avx512<const MR: usize>(&self, row0: usize) {
         use std::arch::x86_64::*;
-        assert!(self.panel.len() >= self.k * PANEL);
-        assert!(MR == 0 || (MR - 1) * self.a_rs + self.k.saturating_sub(1) * self.a_cs < self.a.len());
         let mut lo = [_mm512_setzero_ps(); MR];
         let mut hi = [_mm512_setzero_ps(); MR];
-        let a = self.a.as_ptr();
         let w = self.panel.as_ptr();
         for kk in 0..self.k {
-            // SAFETY: bounds asserted above.
-            unsafe {
-                let w_lo = _mm512_loadu_ps(w.add(kk * PANEL));
-                let w_hi = _mm512_loadu_ps(w.add(kk * PANEL + 16));
-                for i in 0..MR {
-                    let x = _mm512_set1_ps(*a.add(i * self.a_rs + kk * self.a_cs));
-                    lo[i] = _mm512_fmadd_ps(x, w_lo, lo[i]);
-                    hi[i] = _mm512_fmadd_ps(x, w_hi, hi[i]);
+            let w_lo = _mm512_loadu_ps(w.add(kk * PANEL));
+            let w_hi = _mm512_loadu_ps(w.add(kk * PANEL + 16));
+            for i in 0..MR {
+                let x = _mm512_set1_ps(self.a_at(row0 + i, kk));
+                lo[i] = _mm512_fmadd_ps(x, w_lo, lo[i]);
+                hi[i] = _mm512_fmadd_ps(x, w_hi, hi[i]);
+            }
+        }
+        let mut acc = [[0.0f32; PANEL]; MR];
+        for i in 0..MR {
+            _mm512_storeu_ps(acc[i].as_mut_ptr(), lo[i]);
+            _mm512_storeu_ps(acc[i].as_mut_ptr().add(16), hi[i]);
+        }
+        self.store(&acc, row0, 0);
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn avx2<const MR: usize>(&self, row0: usize, col0: usize) {
+        use std::arch::x86_64::*;
+        let mut lo = [_mm256_setzero_ps(); MR];
+        let mut hi = [_mm256_setzero_ps(); MR];
+        let w = self.panel.as_ptr().add(col0);
+        for kk in 0..self.k {
+            let w_lo = _mm256_loadu_ps(w.add(kk * PANEL));
+            let w_hi = _mm256_loadu_ps(w.add(kk * PANEL + 8));
+            for i in 0..MR {
+                let x = _mm256_set1_ps(self.a_at(row0 + i, kk));
+                lo[i] = _mm256_fmadd_ps(x, w_lo, lo[i]);
+                hi[i] = _mm256_fmadd_ps(x, w_hi, hi[i]);
+            }
+        }
+        let mut acc = [[0.0f32; 16]; MR];
+        for i in 0..MR {
+            _mm256_storeu_ps(acc[i].as_mut_ptr(), lo[i]);
+            _mm256_storeu_ps(acc[i].as_mut_ptr().add(8), hi[i]);
+        }
+        self.store(&acc, row0, col0);
+    }
+
+    #[cfg(target_arch = "aarch64")]
+    #[inline(never)]
+    unsafe fn neon<const MR: usize>(&self, row0: usize, col0: usize) {
+        use std::arch::aarch64::*;
+        let mut acc = [[vdupq_n_f32(0.0); 4]; MR];
+        let w = self.panel.as_ptr().add(col0);
+        for kk in 0..self.k {
+            let wk = w.add(kk * PANEL);
+            let ws = [vld1q_f32(wk), vld1q_f32(wk.add(4)), vld1q_f32(wk.add(8)), vld1q_f32(wk.add(12))];
+            for (i, row) in acc.iter_mut().enumerate() {
+                let x = vdupq_n_f32(self.a_at(row0 + i, kk));
+                for (r, wv) in row.iter_mut().zip(ws) {
+                    *r = vfmaq_f32(*r, wv, x);
                 }
             }
         }
-        for i in 0..MR {
-            // SAFETY: each accumulator row holds PANEL = 32 floats.
-            unsafe {
-                _mm512_storeu_ps(acc[i].as_mut_ptr(), lo[i]);
-                _mm512_storeu_ps(acc[i].as_mut_ptr().add(16), hi[i]);
+        let mut out = [[0.0f32; 16]; MR];
+        for (o, a) in out.iter_mut().zip(&acc) {
+            for (q, v) in a.iter().enumerate() {
+                vst1q_f32(o.as_mut_ptr().add(4 * q), *v);
+            }
+        }
+        self.store(&out, row0, col0);
+    }
+}
+
+/// An MR × 8 block of `a · panel` in plain Rust: `a` addresses element (0, 0) of MR rows
+/// (strides `a_rs`, `a_cs`), `w` column 0 of k panel rows. Multiply and add stay separate:
+/// without FMA in the baseline, `mul_add` would be a library call per element. On its own and
+/// out of line, because inlined into a larger caller the compiler unrolls it past the
+/// register file and spills.
+///
+/// # Safety
+/// `a` must address MR rows × k columns and `w` k panel rows of at least 8 values.
+#[inline(never)]
+unsafe fn portable_tile<const MR: usize>(
+    a: *const f32,
+    a_rs: usize,
+    a_cs: usize,
+    w: *const f32,
+    k: usize,
+) -> [[f32; 8]; MR] {
+    let mut acc = [[0.0f32; 8]; MR];
+    for kk in 0..k {
+        // A plain copy into a local array (not a checked slice) lets the loads vectorise.
+        let mut wk = [0.0f32; 8];
+        std::ptr::copy_nonoverlapping(w.add(kk * PANEL), wk.as_mut_ptr(), 8);
+        for (i, row) in acc.iter_mut().enumerate() {
+            let x = *a.add(i * a_rs + kk * a_cs);
+            for (r, wv) in row.iter_mut().zip(&wk) {
+                *r += x * wv;
             }
         }
     }
+    acc
 }
 
 /// A contiguous row-major copy of the transpose of a `rows × cols` matrix.
@@ -309,25 +432,57 @@ pub fn gemv(out: &mut [f32], w: &[f32], x: &[f32], bias: Option<&[f32]>) {
     let cols = x.len();
     assert_eq!(w.len(), out.len() * cols, "matrix and vector sizes differ");
     const ROWS_PER_TASK: usize = 128;
+    let kernel = kernel::active();
     out.par_chunks_mut(ROWS_PER_TASK).enumerate().for_each(|(chunk, out)| {
         let first = chunk * ROWS_PER_TASK;
         for (k, o) in out.iter_mut().enumerate() {
             let row = &w[(first + k) * cols..(first + k + 1) * cols];
-            *o = dot(row, x) + bias.map_or(0.0, |b| b[first + k]);
+            *o = dot_with(kernel, row, x) + bias.map_or(0.0, |b| b[first + k]);
         }
     });
 }
 
-/// A dot product with independent accumulators so the compiler can vectorise it.
-#[multiversion(targets("x86_64+avx512f+avx512vl+fma", "x86_64+avx2+fma"))]
+/// A dot product on the active kernel.
 pub fn dot(a: &[f32], b: &[f32]) -> f32 {
+    dot_with(kernel::active(), a, b)
+}
+
+/// A dot product compiled for `kernel`'s instruction set.
+fn dot_with(kernel: Kernel, a: &[f32], b: &[f32]) -> f32 {
+    debug_assert!(kernel.supported());
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f,avx512vl,fma")]
+    fn avx512(a: &[f32], b: &[f32]) -> f32 {
+        dot_body::<kernel::Wide>(a, b)
+    }
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,fma")]
+    fn avx2(a: &[f32], b: &[f32]) -> f32 {
+        dot_body::<kernel::Wide>(a, b)
+    }
+    match kernel {
+        // SAFETY: a kernel is only ever active on a CPU that has its features.
+        #[cfg(target_arch = "x86_64")]
+        Kernel::Avx512 => unsafe { avx512(a, b) },
+        #[cfg(target_arch = "x86_64")]
+        Kernel::Avx2 => unsafe { avx2(a, b) },
+        // NEON (and FMA) are part of aarch64's baseline.
+        _ => dot_body::<Baseline>(a, b),
+    }
+}
+
+/// The dot product's loop, with independent accumulators so the compiler can vectorise it;
+/// fused multiply-adds only where the instruction set has them (elsewhere `mul_add` is a
+/// library call per element).
+#[inline(always)]
+fn dot_body<I: Isa>(a: &[f32], b: &[f32]) -> f32 {
     const LANES: usize = 32;
     let mut acc = [0.0f32; LANES];
     let (a_main, a_tail) = a.split_at(a.len() / LANES * LANES);
     let (b_main, b_tail) = b.split_at(a_main.len());
     for (ca, cb) in a_main.chunks_exact(LANES).zip(b_main.chunks_exact(LANES)) {
         for l in 0..LANES {
-            acc[l] = ca[l].mul_add(cb[l], acc[l]);
+            acc[l] = if I::FMA { ca[l].mul_add(cb[l], acc[l]) } else { ca[l] * cb[l] + acc[l] };
         }
     }
     let mut sum: f32 = acc.iter().sum();
@@ -375,24 +530,43 @@ mod tests {
     }
 
     #[test]
-    fn packed_product_matches_naive_for_ragged_sizes() {
-        // 19 rows: two 8-row tiles and three single rows; 70 columns: a partial last panel.
-        let (m, k, n) = (19, 13, 70);
-        let a = seq(m * k, 0.1);
-        let b = seq(k * n, 0.03);
-        let want = naive(&a, &b, m, k, n);
-        let a32: Vec<f32> = a.iter().map(|&x| x as f32).collect();
-        let b32: Vec<f32> = b.iter().map(|&x| x as f32).collect();
-        let bt = transpose(&b32, k, n);
-        for packed in [Packed::new(View::rows(&b32, k, n)), Packed::new(View::rows(&bt, n, k).t())] {
-            let mut out = vec![1.0f32; m * n];
-            matmul_packed(&mut out, false, View::rows(&a32, m, k), &packed);
-            for (o, w) in out.iter().zip(&want) {
-                assert!((*o as f64 - w).abs() < 1e-4, "{o} vs {w}");
+    fn packed_product_matches_naive_on_every_kernel_for_ragged_sizes() {
+        // 1 to 19 rows: every tile height of every kernel, and each kernel's remainders;
+        // 70 and 84 columns: a last panel of 6 (less than one AVX2 or NEON half) and of 20
+        // (one full half and part of the next).
+        let k = 13;
+        for kernel in Kernel::available() {
+            for (m, n) in (1..=19).flat_map(|m| [(m, 70), (m, 84)]) {
+                let a = seq(m * k, 0.1);
+                let b = seq(k * n, 0.03);
+                let want = naive(&a, &b, m, k, n);
+                let a32: Vec<f32> = a.iter().map(|&x| x as f32).collect();
+                let b32: Vec<f32> = b.iter().map(|&x| x as f32).collect();
+                let bt = transpose(&b32, k, n);
+                for packed in [Packed::new(View::rows(&b32, k, n)), Packed::new(View::rows(&bt, n, k).t())] {
+                    let mut out = vec![1.0f32; m * n];
+                    matmul_packed_on(kernel, &mut out, false, View::rows(&a32, m, k), &packed);
+                    for (o, w) in out.iter().zip(&want) {
+                        assert!((*o as f64 - w).abs() < 1e-4, "{kernel} {m}x{n}: {o} vs {w}");
+                    }
+                    matmul_packed_on(kernel, &mut out, true, View::rows(&a32, m, k), &packed);
+                    for (o, w) in out.iter().zip(&want) {
+                        assert!((*o as f64 - 2.0 * w).abs() < 1e-4, "{kernel} {m}x{n}: {o} vs {w}");
+                    }
+                }
             }
-            matmul_packed(&mut out, true, View::rows(&a32, m, k), &packed);
-            for (o, w) in out.iter().zip(&want) {
-                assert!((*o as f64 - 2.0 * w).abs() < 1e-4, "{o} vs {w}");
+        }
+    }
+
+    #[test]
+    fn dot_matches_naive_on_every_kernel() {
+        for kernel in Kernel::available() {
+            for len in [0, 1, 31, 32, 33, 100, 1024] {
+                let a: Vec<f32> = seq(len, 0.01).iter().map(|&x| x as f32).collect();
+                let b: Vec<f32> = seq(len + 3, 0.02)[3..].iter().map(|&x| x as f32).collect();
+                let want: f64 = a.iter().zip(&b).map(|(&x, &y)| x as f64 * y as f64).sum();
+                let got = dot_with(kernel, &a, &b) as f64;
+                assert!((got - want).abs() < 1e-5 * want.abs().max(1.0), "{kernel} {len}: {got} vs {want}");
             }
         }
     }

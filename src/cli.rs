@@ -9,6 +9,7 @@ use clap::{Args, Parser, Subcommand};
 use rand::{rngs::StdRng, SeedableRng};
 
 use crate::device::{self, DeviceChoice};
+use crate::kernel::{self, Kernel};
 use crate::model::{Cell, Config};
 use crate::presets::Preset;
 use crate::train::LrSchedule;
@@ -276,7 +277,12 @@ pub struct BenchArgs {
     /// Where to run
     #[arg(long, value_enum, default_value_t = DeviceChoice::Auto)]
     pub device: DeviceChoice,
-    /// Print one JSON object instead of a table
+    /// CPU kernel(s) to time, comma-separated: avx512, avx2, neon, portable, or all this CPU
+    /// can run (default: CHARRNN_KERNEL, else the fastest); several are timed one after another
+    /// in this run
+    #[arg(long, value_delimiter = ',', value_parser = kernel_name)]
+    pub kernel: Vec<String>,
+    /// Print JSON (one object, or an array with several kernels) instead of a table
     #[arg(long)]
     pub json: bool,
 }
@@ -304,6 +310,13 @@ where
         Ok(x)
     } else {
         Err(format!("must be {expected}, got {x}"))
+    }
+}
+
+fn kernel_name(s: &str) -> Result<String, String> {
+    match s {
+        "all" => Ok(s.to_string()),
+        _ => Kernel::parse(s).map(|k| k.name().to_string()).map_err(|e| e.to_string()),
     }
 }
 
@@ -336,6 +349,8 @@ fn temperature(s: &str) -> Result<f32, String> {
 }
 
 pub fn run(cli: Cli, explicit: Vec<String>) -> Result<()> {
+    // A bad CHARRNN_KERNEL is a clear error before any work starts.
+    kernel::init()?;
     match cli.command {
         Command::Download(a) => {
             let outcome = download::run(&download::DownloadOptions {
@@ -440,20 +455,36 @@ pub fn run(cli: Cli, explicit: Vec<String>) -> Result<()> {
             Ok(())
         }
         Command::Bench(a) => {
-            let report = bench::run(&bench::BenchOptions {
-                config: Config::gru(a.vocab_size, a.embedding_dim, a.rnn_units)
-                    .with_layers(a.layers)
-                    .with_cell(a.cell),
-                batch_size: a.batch_size,
-                seq_len: a.seq_len,
-                batches: a.batches,
-                gen_chars: a.gen_chars,
-                device: device::select(a.device)?,
-            })?;
+            let kernels = match a.kernel.as_slice() {
+                [] => vec![kernel::active()],
+                names if names.iter().any(|n| n == "all") => Kernel::available(),
+                names => names.iter().map(|n| Kernel::parse(n)).collect::<Result<_>>()?,
+            };
+            let device = device::select(a.device)?;
+            let mut reports = Vec::new();
+            for k in kernels {
+                kernel::set(k).context("bench --kernel")?;
+                let report = bench::run(&bench::BenchOptions {
+                    config: Config::gru(a.vocab_size, a.embedding_dim, a.rnn_units)
+                        .with_layers(a.layers)
+                        .with_cell(a.cell),
+                    batch_size: a.batch_size,
+                    seq_len: a.seq_len,
+                    batches: a.batches,
+                    gen_chars: a.gen_chars,
+                    device: device.clone(),
+                })?;
+                if !a.json {
+                    bench::print_table(&report);
+                }
+                reports.push(report);
+            }
             if a.json {
-                println!("{}", serde_json::to_string_pretty(&report)?);
-            } else {
-                bench::print_table(&report);
+                let json = match reports.as_slice() {
+                    [one] => serde_json::to_string_pretty(one)?,
+                    all => serde_json::to_string_pretty(all)?,
+                };
+                println!("{json}");
             }
             Ok(())
         }

@@ -19,17 +19,22 @@ pub fn select(choice: DeviceChoice) -> Result<Device> {
         DeviceChoice::Auto if cfg!(feature = "cuda") => match cuda() {
             Ok(d) => d,
             Err(e) => {
-                eprintln!("device: cpu, {} threads ({e:#})", rayon::current_num_threads());
+                eprintln!("device: {} ({e:#})", cpu_summary());
                 return Ok(Device::Cpu);
             }
         },
         DeviceChoice::Auto => Device::Cpu,
     };
     match &device {
-        Device::Cpu => eprintln!("device: cpu, {} threads", rayon::current_num_threads()),
+        Device::Cpu => eprintln!("device: {}", cpu_summary()),
         _ => eprintln!("device: cuda:0"),
     }
     Ok(device)
+}
+
+/// "cpu, 2 threads, avx512 kernel"
+fn cpu_summary() -> String {
+    format!("cpu, {} threads, {} kernel", rayon::current_num_threads(), crate::kernel::active())
 }
 
 #[cfg(feature = "cuda")]

@@ -13,6 +13,7 @@ pub mod download;
 pub mod eval;
 pub mod float;
 pub mod head;
+pub mod kernel;
 pub mod metrics;
 pub mod model;
 pub mod optim;

@@ -32,11 +32,11 @@ use std::sync::Mutex;
 use candle_core::{
     backend::BackendStorage, bail, CpuStorage, CustomOp3, Layout, Result, Shape, Storage, Tensor,
 };
-use multiversion::multiversion;
 use rayon::prelude::*;
 
 use crate::blas::{matmul, View};
 use crate::float::{give_buffer, storage_slice, take_buffer, Float};
+use crate::kernel::per_kernel;
 
 /// The recurrent cell.
 #[derive(
@@ -109,10 +109,10 @@ pub struct Grads<T> {
     pub b_hh: Vec<T>,
 }
 
+per_kernel! {
 /// One step of gate arithmetic for one batch row. `gh` is W_hh·h_prev without bias; writes the
 /// new state to `h_out` and (r, z, n, W_hn h + b_hn) to `gates`.
-#[multiversion(targets("x86_64+avx512f+avx512vl+fma", "x86_64+avx2+fma"))]
-pub fn gate_forward<T: Float>(h_out: &mut [T], gates: &mut [T], x: &[T], gh: &[T], b_hh: &[T], h_prev: &[T]) {
+pub fn gate_forward<T: Float, I: Isa>(h_out: &mut [T], gates: &mut [T], x: &[T], gh: &[T], b_hh: &[T], h_prev: &[T]) {
     let h = h_out.len();
     let (xr, xz, xn) = (&x[..h], &x[h..2 * h], &x[2 * h..3 * h]);
     let (gr, gz, gn) = (&gh[..h], &gh[h..2 * h], &gh[2 * h..3 * h]);
@@ -122,10 +122,10 @@ pub fn gate_forward<T: Float>(h_out: &mut [T], gates: &mut [T], x: &[T], gh: &[T
     let (z_out, rest) = rest.split_at_mut(h);
     let (n_out, ghn_out) = rest.split_at_mut(h);
     for j in 0..h {
-        let r = T::sigmoid(xr[j] + gr[j] + br[j]);
-        let z = T::sigmoid(xz[j] + gz[j] + bz[j]);
+        let r = T::sigmoid::<I>(xr[j] + gr[j] + br[j]);
+        let z = T::sigmoid::<I>(xz[j] + gz[j] + bz[j]);
         let ghn = gn[j] + bn[j];
-        let n = T::tanh_(xn[j] + r * ghn);
+        let n = T::tanh_::<I>(xn[j] + r * ghn);
         h_out[j] = n + z * (h_prev[j] - n);
         r_out[j] = r;
         z_out[j] = z;
@@ -133,13 +133,14 @@ pub fn gate_forward<T: Float>(h_out: &mut [T], gates: &mut [T], x: &[T], gh: &[T
         ghn_out[j] = ghn;
     }
 }
+}
 
+per_kernel! {
 /// The backward of [`gate_forward`] for one row. On entry `dh` holds the gradient reaching
 /// h_t through the recurrence; `dh_out` is the gradient from the layer's output. Writes the
 /// pre-activation gradients for the input projection (`dx`) and for W_hh·h_prev + b_hh
 /// (`dgh`), and leaves in `dh` the part of dL/dh_prev that bypasses W_hh (dh_t ⊙ z).
-#[multiversion(targets("x86_64+avx512f+avx512vl+fma", "x86_64+avx2+fma"))]
-pub fn gate_backward<T: Float>(
+pub fn gate_backward<T: Float, I: Isa>(
     dx: &mut [T],
     dgh: &mut [T],
     dh: &mut [T],
@@ -169,11 +170,12 @@ pub fn gate_backward<T: Float>(
         dh[j] = d * z[j];
     }
 }
+}
 
+per_kernel! {
 /// One LSTM step for one batch row. `gh` is W_hh·h_prev without bias; writes h and c to
 /// `h_out` and `c_out` and the activations (i, f, g, o) to `gates`.
-#[multiversion(targets("x86_64+avx512f+avx512vl+fma", "x86_64+avx2+fma"))]
-pub fn lstm_gate_forward<T: Float>(
+pub fn lstm_gate_forward<T: Float, I: Isa>(
     h_out: &mut [T],
     c_out: &mut [T],
     gates: &mut [T],
@@ -187,25 +189,26 @@ pub fn lstm_gate_forward<T: Float>(
     let (x, gh, b_hh, gates) = (&x[..4 * h], &gh[..4 * h], &b_hh[..4 * h], &mut gates[..4 * h]);
     for j in 0..h {
         let pre = |k: usize| x[k * h + j] + gh[k * h + j] + b_hh[k * h + j];
-        let (i, f, g, o) = (T::sigmoid(pre(0)), T::sigmoid(pre(1)), T::tanh_(pre(2)), T::sigmoid(pre(3)));
+        let (i, f, g, o) = (T::sigmoid::<I>(pre(0)), T::sigmoid::<I>(pre(1)), T::tanh_::<I>(pre(2)), T::sigmoid::<I>(pre(3)));
         let c = f * c_prev[j] + i * g;
         c_out[j] = c;
-        h_out[j] = o * T::tanh_(c);
+        h_out[j] = o * T::tanh_::<I>(c);
         gates[j] = i;
         gates[h + j] = f;
         gates[2 * h + j] = g;
         gates[3 * h + j] = o;
     }
 }
+}
 
+per_kernel! {
 /// The backward of [`lstm_gate_forward`] for one row. On entry `dh` and `dc` hold the
 /// gradients reaching h_t and c_t through the recurrence; `dh_out` is the gradient from the
 /// layer's output. Writes the pre-activation gradients, which are the same for the input
 /// projection (`dx`) and for W_hh·h_prev + b_hh (`dgh`); leaves dL/dc_prev in `dc` and zero in
 /// `dh` (all of dL/dh_prev goes through W_hh; the caller adds dgh · W_hh).
-#[multiversion(targets("x86_64+avx512f+avx512vl+fma", "x86_64+avx2+fma"))]
 #[allow(clippy::too_many_arguments)]
-pub fn lstm_gate_backward<T: Float>(
+pub fn lstm_gate_backward<T: Float, I: Isa>(
     dx: &mut [T],
     dgh: &mut [T],
     dh: &mut [T],
@@ -221,7 +224,7 @@ pub fn lstm_gate_backward<T: Float>(
     let (dx, dgh, gates) = (&mut dx[..4 * h], &mut dgh[..4 * h], &gates[..4 * h]);
     for j in 0..h {
         let (i, f, g, o) = (gates[j], gates[h + j], gates[2 * h + j], gates[3 * h + j]);
-        let tc = T::tanh_(c_now[j]);
+        let tc = T::tanh_::<I>(c_now[j]);
         let d = dh[j] + dh_out[j];
         let dct = dc[j] + d * o * (one - tc * tc);
         let pre = [
@@ -237,6 +240,7 @@ pub fn lstm_gate_backward<T: Float>(
         dc[j] = dct * f;
         dh[j] = T::zero();
     }
+}
 }
 
 /// The forward pass. The input projection of token `ids[b·T + t]` is row `ids[b·T + t]` of

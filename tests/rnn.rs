@@ -4,6 +4,7 @@
 
 use candle_core::{DType, Device, IndexOp, Tensor, Var};
 use charrnn::data::Sequences;
+use charrnn::kernel::{self, Kernel};
 use charrnn::model::{ids_tensor, loss, Cell, Config, Model, Pass};
 use charrnn::optim::Adam;
 use charrnn::rnn::rnn_sequence;
@@ -197,33 +198,40 @@ fn check_finite_differences(cell: Cell, layers: usize, dropout: f32) {
     assert!(checked > 50 * layers);
 }
 
-/// The batch-1 sampler, carrying its state, reproduces the full-sequence forward.
+/// The sampler, carrying its state, reproduces the full-sequence forward: at batch 1 (its
+/// matrix-vector path) and at batch 3 (its packed-product path).
 #[test]
 fn stepwise_sampling_matches_the_sequence_forward() {
     for cell in [Cell::Gru, Cell::Lstm] {
         for layers in [1, 3] {
-            stepwise_matches(cell, layers);
+            for batch in [1, 3] {
+                stepwise_matches(cell, layers, batch);
+            }
         }
     }
 }
 
-fn stepwise_matches(cell: Cell, layers: usize) {
+fn stepwise_matches(cell: Cell, layers: usize, batch: usize) {
+    let (vocab, steps) = (11, 40);
     let mut rng = StdRng::seed_from_u64(5);
-    let config = Config::gru(11, 8, 48).with_layers(layers).with_cell(cell);
+    let config = Config::gru(vocab, 8, 48).with_layers(layers).with_cell(cell);
     let model = Model::new_random(config, DType::F32, &Device::Cpu, &mut rng).unwrap();
-    let ids: Vec<u32> = (0..40).map(|_| rng.random_range(0..11)).collect();
-    let logits = model.forward(&ids_tensor(&ids, 1, ids.len(), &Device::Cpu).unwrap(), &Pass::Eval).unwrap();
-    assert_eq!(logits.dims(), &[1, 40, 11]);
-    let logits = logits.i(0).unwrap().to_vec2::<f32>().unwrap();
-    let mut sampler = Sampler::new(&model, 1).unwrap();
+    let ids: Vec<u32> = (0..batch * steps).map(|_| rng.random_range(0..vocab as u32)).collect();
+    let logits = model.forward(&ids_tensor(&ids, batch, steps, &Device::Cpu).unwrap(), &Pass::Eval).unwrap();
+    assert_eq!(logits.dims(), &[batch, steps, vocab]);
+    let logits = logits.to_vec3::<f32>().unwrap();
+    let mut sampler = Sampler::new(&model, batch).unwrap();
     let mut worst = 0.0f32;
-    for (t, &id) in ids.iter().enumerate() {
-        let step = sampler.step(&[id]);
-        for (a, b) in step.iter().zip(&logits[t]) {
-            worst = worst.max((a - b).abs());
+    for t in 0..steps {
+        let column: Vec<u32> = (0..batch).map(|b| ids[b * steps + t]).collect();
+        let step = sampler.step(&column);
+        for (b, row) in step.chunks_exact(vocab).enumerate() {
+            for (a, want) in row.iter().zip(&logits[b][t]) {
+                worst = worst.max((a - want).abs());
+            }
         }
     }
-    assert!(worst <= 1e-5, "{cell:?}, {layers} layer(s): max abs difference {worst}");
+    assert!(worst <= 1e-5, "{cell:?}, {layers} layer(s), batch {batch}: max abs difference {worst}");
 }
 
 /// The fused output layer and loss against candle's composition (matmul, log-softmax, gather).
@@ -347,5 +355,15 @@ fn lstm_parameters_follow_pytorch_and_the_forget_gate_starts_open() {
             .unwrap()
             .iter()
             .all(|&x| x == 0.0));
+    }
+}
+
+/// CI runs this file once per kernel the CPU has (CHARRNN_KERNEL=avx512, avx2, neon, portable):
+/// the kernel asked for must be the one running, or those runs would test nothing new.
+#[test]
+fn the_requested_kernel_is_the_one_in_use() {
+    match std::env::var(kernel::ENV) {
+        Ok(name) if !name.is_empty() => assert_eq!(kernel::active().name(), name),
+        _ => assert_eq!(kernel::active(), Kernel::best()),
     }
 }

@@ -1,0 +1,250 @@
+//! Which instruction set the CPU hot loops run on, chosen once per process.
+//!
+//! The recurrent products, the gate passes and the sampling dot products each exist compiled
+//! for AVX-512, for AVX2+FMA and for the target's baseline (plus NEON on aarch64, where it is
+//! always present). By default the widest set this CPU has is used; `CHARRNN_KERNEL` (or
+//! `bench --kernel`) picks another, so every path can be tested and timed on one machine.
+
+use std::sync::atomic::{AtomicU8, Ordering};
+
+use anyhow::{bail, Result};
+
+/// The variable that overrides the choice: `avx512`, `avx2`, `neon` or `portable`.
+pub const ENV: &str = "CHARRNN_KERNEL";
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kernel {
+    /// x86-64 with AVX-512F (and VL for the 256-bit forms): 16-lane FMA.
+    Avx512,
+    /// x86-64 with AVX2 and FMA: 8-lane FMA.
+    Avx2,
+    /// aarch64 Advanced SIMD: 4-lane FMA (every aarch64 CPU has it).
+    Neon,
+    /// Plain Rust compiled for the target's baseline, left to the compiler to vectorise.
+    Portable,
+}
+
+impl Kernel {
+    pub const ALL: [Kernel; 4] = [Kernel::Avx512, Kernel::Avx2, Kernel::Neon, Kernel::Portable];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Kernel::Avx512 => "avx512",
+            Kernel::Avx2 => "avx2",
+            Kernel::Neon => "neon",
+            Kernel::Portable => "portable",
+        }
+    }
+
+    /// The CPU features it needs, as they are spelled in `/proc/cpuinfo` and by
+    /// `is_x86_feature_detected!`.
+    fn needs(self) -> &'static str {
+        match self {
+            Kernel::Avx512 => "avx512f, avx512vl and fma",
+            Kernel::Avx2 => "avx2 and fma",
+            Kernel::Neon => "an aarch64 CPU",
+            Kernel::Portable => "nothing",
+        }
+    }
+
+    pub fn parse(s: &str) -> Result<Kernel> {
+        match Kernel::ALL.into_iter().find(|k| k.name() == s) {
+            Some(k) => Ok(k),
+            None => bail!("unknown kernel {s:?}: expected one of avx512, avx2, neon, portable"),
+        }
+    }
+
+    /// Whether this CPU can run it.
+    pub fn supported(self) -> bool {
+        match self {
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx512 => {
+                std::arch::is_x86_feature_detected!("avx512f")
+                    && std::arch::is_x86_feature_detected!("avx512vl")
+                    && std::arch::is_x86_feature_detected!("fma")
+            }
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx2 => {
+                std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+            }
+            #[cfg(target_arch = "aarch64")]
+            Kernel::Neon => true,
+            Kernel::Portable => true,
+            #[allow(unreachable_patterns)]
+            _ => false,
+        }
+    }
+
+    /// Every kernel this CPU can run, fastest first.
+    pub fn available() -> Vec<Kernel> {
+        Kernel::ALL.into_iter().filter(|k| k.supported()).collect()
+    }
+
+    /// The fastest kernel this CPU can run.
+    pub fn best() -> Kernel {
+        Kernel::available()[0]
+    }
+
+    fn from_u8(v: u8) -> Option<Kernel> {
+        Kernel::ALL.get(usize::from(v)).copied()
+    }
+
+    fn to_u8(self) -> u8 {
+        Kernel::ALL.iter().position(|&k| k == self).expect("every kernel is listed") as u8
+    }
+}
+
+impl std::fmt::Display for Kernel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// What the instruction set a body is compiled for offers, as constants the body branches on
+/// (each branch folds away when it is compiled).
+pub trait Isa {
+    /// Fused multiply-add instructions: `mul_add` is one instruction, not a library call.
+    const FMA: bool;
+    /// A rounding instruction: `floor` is one instruction, not a library call.
+    const ROUNDS: bool;
+}
+
+/// AVX2+FMA and AVX-512 (both imply FMA and SSE4.1's rounding).
+pub struct Wide;
+impl Isa for Wide {
+    const FMA: bool = true;
+    const ROUNDS: bool = true;
+}
+
+/// The target's baseline: x86-64's has neither (unless the crate is built for a newer CPU),
+/// aarch64's has both.
+pub struct Baseline;
+impl Isa for Baseline {
+    const FMA: bool = cfg!(target_arch = "aarch64") || cfg!(target_feature = "fma");
+    const ROUNDS: bool = cfg!(target_arch = "aarch64") || cfg!(target_feature = "sse4.1");
+}
+
+const UNSET: u8 = u8::MAX;
+static ACTIVE: AtomicU8 = AtomicU8::new(UNSET);
+
+/// Makes `kernel` the one every later product and gate pass uses; refused when the CPU lacks
+/// what it needs.
+pub fn set(kernel: Kernel) -> Result<()> {
+    if !kernel.supported() {
+        bail!(
+            "the {kernel} kernel needs {}, which this CPU does not have; this CPU can run: {}",
+            kernel.needs(),
+            Kernel::available().iter().map(|k| k.name()).collect::<Vec<_>>().join(", ")
+        );
+    }
+    ACTIVE.store(kernel.to_u8(), Ordering::Relaxed);
+    Ok(())
+}
+
+/// The kernel `CHARRNN_KERNEL` asks for (checked against the CPU), else the best one.
+pub fn from_env() -> Result<Kernel> {
+    let kernel = match std::env::var(ENV) {
+        Ok(name) if !name.is_empty() => Kernel::parse(&name).map_err(|e| anyhow::anyhow!("{ENV}: {e}"))?,
+        _ => return Ok(Kernel::best()),
+    };
+    set(kernel).map_err(|e| anyhow::anyhow!("{ENV}={kernel}: {e}"))?;
+    Ok(kernel)
+}
+
+/// Chooses the kernel from the environment, once, with a clear error for a bad request. The
+/// binary calls this first; library users who skip it get the same choice on first use.
+pub fn init() -> Result<Kernel> {
+    match Kernel::from_u8(ACTIVE.load(Ordering::Relaxed)) {
+        Some(k) => Ok(k),
+        None => {
+            let k = from_env()?;
+            ACTIVE.store(k.to_u8(), Ordering::Relaxed);
+            Ok(k)
+        }
+    }
+}
+
+/// The kernel in use. One relaxed load: callers read it once per product or pass, never per
+/// tile or element.
+pub fn active() -> Kernel {
+    match Kernel::from_u8(ACTIVE.load(Ordering::Relaxed)) {
+        Some(k) => k,
+        // Reached only by library users that never called `init`; the binary reports a bad
+        // CHARRNN_KERNEL as an error before any work starts.
+        None => init().unwrap_or_else(|e| panic!("{e:#}")),
+    }
+}
+
+/// Defines `fn name<T: Float>(…)` from a body written as `fn name<T: Float, I: Isa>(…)`: the
+/// body is compiled once per kernel (with `I` telling it what that instruction set offers) and
+/// the one matching [`active`] runs, so that element-wise loops are vectorised as wide as the
+/// chosen kernel allows, and no wider: `portable` really runs baseline code.
+macro_rules! per_kernel {
+    (
+        $(#[$meta:meta])*
+        $vis:vis fn $name:ident<T: Float, I: Isa>($($arg:ident: $ty:ty),* $(,)?) $body:block
+    ) => {
+        $(#[$meta])*
+        $vis fn $name<T: Float>($($arg: $ty),*) {
+            #[inline(always)]
+            // A body may not need to know what its instruction set offers.
+            #[allow(clippy::too_many_arguments, clippy::extra_unused_type_parameters)]
+            fn body<T: Float, I: $crate::kernel::Isa>($($arg: $ty),*) $body
+            #[cfg(target_arch = "x86_64")]
+            #[target_feature(enable = "avx512f,avx512vl,fma")]
+            #[allow(clippy::too_many_arguments)]
+            fn avx512<T: Float>($($arg: $ty),*) { body::<T, $crate::kernel::Wide>($($arg),*) }
+            #[cfg(target_arch = "x86_64")]
+            #[target_feature(enable = "avx2,fma")]
+            #[allow(clippy::too_many_arguments)]
+            fn avx2<T: Float>($($arg: $ty),*) { body::<T, $crate::kernel::Wide>($($arg),*) }
+            match $crate::kernel::active() {
+                // SAFETY: `active` returns a kernel only after checking that the CPU has its
+                // features.
+                #[cfg(target_arch = "x86_64")]
+                $crate::kernel::Kernel::Avx512 => unsafe { avx512::<T>($($arg),*) },
+                #[cfg(target_arch = "x86_64")]
+                $crate::kernel::Kernel::Avx2 => unsafe { avx2::<T>($($arg),*) },
+                // NEON is part of the aarch64 baseline, so the plain body already uses it.
+                _ => body::<T, $crate::kernel::Baseline>($($arg),*),
+            }
+        }
+    };
+}
+pub(crate) use per_kernel;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_round_trip_and_unknown_names_are_refused() {
+        for k in Kernel::ALL {
+            assert_eq!(Kernel::parse(k.name()).unwrap(), k);
+            assert_eq!(Kernel::from_u8(k.to_u8()), Some(k));
+        }
+        let e = Kernel::parse("sse9").unwrap_err().to_string();
+        assert!(e.contains("sse9") && e.contains("avx2"), "{e}");
+    }
+
+    #[test]
+    fn the_portable_kernel_runs_everywhere_and_is_listed_last() {
+        let all = Kernel::available();
+        assert_eq!(all.last(), Some(&Kernel::Portable));
+        assert_eq!(Kernel::best(), all[0]);
+        #[cfg(target_arch = "x86_64")]
+        assert!(!Kernel::Neon.supported());
+        #[cfg(target_arch = "aarch64")]
+        assert!(!Kernel::Avx2.supported() && Kernel::Neon.supported());
+    }
+
+    #[test]
+    fn a_kernel_the_cpu_lacks_is_refused_with_what_it_needs() {
+        #[cfg(target_arch = "x86_64")]
+        let missing = Kernel::Neon;
+        #[cfg(not(target_arch = "x86_64"))]
+        let missing = Kernel::Avx512;
+        let e = set(missing).unwrap_err().to_string();
+        assert!(e.contains(missing.name()) && e.contains("this CPU can run"), "{e}");
+    }
+}
