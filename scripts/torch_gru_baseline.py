@@ -1,16 +1,19 @@
-"""PyTorch's nn.GRU (cuDNN) on the tutorial's model, timed the way `charrnn bench` times itself.
+"""PyTorch's nn.GRU (cuDNN on a GPU) on the tutorial's model, timed the way `charrnn bench` times
+itself.
 
 Same model (Embedding 256 -> GRU 1024 -> Linear 65), batch 64 x 100 characters, Adam with the
 tutorial's settings; each training step reads its loss back (as charrnn's does). Generation is
 the usual step loop at batch 1: one character in, softmax at temperature 1, multinomial draw,
-the drawn id fed back, all on the GPU with no copy to the host per character.
+the drawn id fed back, all on the device with no copy to the host per character.
 
-Usage: python3 scripts/torch_gru_baseline.py [--tf32] [--batches N] [--gen-chars N]
+Usage: python3 scripts/torch_gru_baseline.py [--device cuda|cpu] [--rnn-units H] [--tf32]
+       [--batches N] [--gen-chars N]
 Prints one JSON object.
 """
 
 import argparse
 import json
+import os
 import statistics
 import time
 
@@ -20,14 +23,20 @@ import torch.nn.functional as F
 
 def main():
     p = argparse.ArgumentParser()
+    p.add_argument("--device", default="cuda", choices=["cuda", "cpu"])
+    p.add_argument("--rnn-units", type=int, default=1024)
     p.add_argument("--tf32", action="store_true", help="allow TF32 in cuDNN and cuBLAS")
     p.add_argument("--batches", type=int, default=30)
     p.add_argument("--gen-chars", type=int, default=2000)
     a = p.parse_args()
     torch.backends.cudnn.allow_tf32 = a.tf32
     torch.backends.cuda.matmul.allow_tf32 = a.tf32
-    dev = torch.device("cuda")
-    V, E, H, B, T = 65, 256, 1024, 64, 100
+    dev = torch.device(a.device)
+    V, E, H, B, T = 65, 256, a.rnn_units, 64, 100
+
+    def sync():
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
 
     class Model(torch.nn.Module):
         def __init__(self):
@@ -58,10 +67,10 @@ def main():
         step()
     times = []
     for _ in range(a.batches):
-        torch.cuda.synchronize()
+        sync()
         t0 = time.perf_counter()
         step()
-        torch.cuda.synchronize()
+        sync()
         times.append(time.perf_counter() - t0)
     ms = statistics.median(times) * 1e3
 
@@ -78,14 +87,18 @@ def main():
         return out.tolist()
 
     generate(100)
-    torch.cuda.synchronize()
+    sync()
     t0 = time.perf_counter()
     generate(a.gen_chars)
-    torch.cuda.synchronize()
+    sync()
     gen = a.gen_chars / (time.perf_counter() - t0)
     print(json.dumps({
-        "framework": f"pytorch {torch.__version__}, cuDNN {torch.backends.cudnn.version()}",
-        "device": torch.cuda.get_device_name(0),
+        "framework": f"pytorch {torch.__version__}"
+        + (f", cuDNN {torch.backends.cudnn.version()}" if dev.type == "cuda" else ""),
+        "device": torch.cuda.get_device_name(0) if dev.type == "cuda" else f"cpu, {torch.get_num_threads()} threads",
+        "rnn_units": H,
+        # Set by scripts/cpu-bench.sh to run the CPU kernels of an AVX2-only machine.
+        "isa_cap": os.environ.get("ONEDNN_MAX_CPU_ISA", "none"),
         "tf32": a.tf32,
         "train_ms_per_batch": ms,
         "train_ms_per_batch_all": [t * 1e3 for t in times],
