@@ -27,6 +27,11 @@ pub fn write_with(path: &Path, fill: impl FnOnce(&mut dyn Write) -> std::io::Res
     Ok(())
 }
 
+/// Whether a file name is one of [`temporary_file`]'s.
+pub fn is_temporary(name: &str) -> bool {
+    name.starts_with(".charrnn-") && name.ends_with(".tmp")
+}
+
 /// A temporary file in `dir`, named so that an interrupted run's leftovers are recognisable,
 /// readable by others like any file the user makes (tempfile's default is owner-only).
 pub fn temporary_file(dir: &Path) -> std::io::Result<tempfile::NamedTempFile> {

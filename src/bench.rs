@@ -179,8 +179,9 @@ pub fn run(o: &BenchOptions) -> Result<BenchReport> {
     })
 }
 
-pub fn print_table(r: &BenchReport) {
-    println!(
+/// The report as a small table, for people.
+pub fn table(r: &BenchReport) -> String {
+    let mut out = format!(
         "model: embedding {} -> {} {} x {} -> dense {}; batch {} x {} characters; {} on {} threads, {} kernel",
         r.embedding_dim,
         r.cell.to_uppercase(),
@@ -205,8 +206,10 @@ pub fn print_table(r: &BenchReport) {
         ("peak resident memory, MiB", format!("{:.0}", r.peak_rss_mib)),
     ];
     for (k, v) in rows {
-        println!("  {k:<46} {v:>10}");
+        out.push_str(&format!("\n  {k:<46} {v:>10}"));
     }
+    out.push('\n');
+    out
 }
 
 #[cfg(test)]

@@ -29,6 +29,11 @@ pub struct Provenance {
     pub seed: u64,
     pub corpus_sha256: String,
     pub charrnn_version: String,
+    /// Names the training run that wrote it (random, made when the run starts; absent in
+    /// files from before it existed), so that a run only ever prunes its own checkpoints and
+    /// resumes with its own optimizer state.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run_id: Option<String>,
 }
 
 pub struct Checkpoint {
@@ -40,6 +45,11 @@ pub struct Checkpoint {
 /// The file name of the checkpoint written after `epoch`.
 pub fn file_name(epoch: usize) -> String {
     format!("ckpt_{epoch}.safetensors")
+}
+
+/// The epoch of a periodic checkpoint's file name (`ckpt_{epoch}.safetensors`).
+pub fn epoch_of(name: &str) -> Option<usize> {
+    name.strip_prefix("ckpt_")?.strip_suffix(".safetensors")?.parse().ok()
 }
 
 fn tensors_digest<'a>(tensors: impl IntoIterator<Item = (&'a str, &'a [u8])>) -> String {
@@ -90,6 +100,11 @@ fn tensor_from(name: &str, view: &TensorView, device: &Device) -> Result<Tensor>
     }
     let values: Vec<f32> =
         view.data().chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
+    // A valid checksum says the file is as written, not that what was written is usable: NaN
+    // or infinite weights would sample one repeated character and score NaN.
+    if let Some(i) = values.iter().position(|v| !v.is_finite()) {
+        bail!("tensor {name} holds a non-finite value ({} at index {i}); the file cannot be used", values[i]);
+    }
     Ok(Tensor::from_vec(values, view.shape(), device)?)
 }
 
@@ -159,6 +174,13 @@ pub fn from_bytes(bytes: &[u8], device: &Device) -> Result<Checkpoint> {
         bail!("config says {} characters but the vocabulary has {}", config.vocab_size, vocab.len());
     }
     config.validate()?;
+    // Sizes in the metadata are checked against what the file holds before anything is built
+    // from them (each layer has 4 tensors), so a crafted layer count cannot make us allocate a
+    // name list the file does not back.
+    let held = st.len();
+    if config.layers > held {
+        bail!("config says {} layers but the file holds only {held} tensors", config.layers);
+    }
 
     let expected = config.parameter_shapes();
     let mut found: Vec<(String, TensorView)> = st.tensors();
@@ -175,7 +197,6 @@ pub fn from_bytes(bytes: &[u8], device: &Device) -> Result<Checkpoint> {
             .find(|(n, _)| n == name)
             .map(|(_, v)| v)
             .ok_or_else(|| anyhow!("tensor {name} is missing"))?;
-        let tensor = tensor_from(name, view, device)?;
         if view.shape() != shape.as_slice() {
             bail!(
                 "tensor {name} has shape {:?} but the metadata (vocab {}, config {:?}) implies {shape:?}",
@@ -184,6 +205,7 @@ pub fn from_bytes(bytes: &[u8], device: &Device) -> Result<Checkpoint> {
                 config
             );
         }
+        let tensor = tensor_from(name, view, device)?;
         tensors.push((name.to_string(), tensor));
     }
     let digest = tensors_digest(found.iter().map(|(n, v)| (n.as_str(), v.data())));
@@ -203,8 +225,7 @@ pub fn resolve(path: &Path) -> Result<PathBuf> {
     let newest = entries
         .filter_map(|e| e.ok())
         .filter_map(|e| {
-            let name = e.file_name().into_string().ok()?;
-            let epoch: usize = name.strip_prefix("ckpt_")?.strip_suffix(".safetensors")?.parse().ok()?;
+            let epoch = epoch_of(&e.file_name().into_string().ok()?)?;
             Some((epoch, e.path()))
         })
         .max_by_key(|(epoch, _)| *epoch);

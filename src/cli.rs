@@ -8,6 +8,7 @@ use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
 use rand::{rngs::StdRng, SeedableRng};
 
+use crate::checks::{self, Rule};
 use crate::device::{self, DeviceChoice};
 use crate::kernel::{self, Kernel};
 use crate::model::{Cell, Config};
@@ -67,9 +68,12 @@ pub struct DownloadArgs {
     /// Replace an existing output file with a different content
     #[arg(long)]
     pub force: bool,
-    /// Give up after this many seconds
-    #[arg(long, default_value_t = 120, value_parser = positive_u64)]
+    /// Give up when the whole download has taken this many seconds (at most a week)
+    #[arg(long, default_value_t = 120, value_parser = timeout_seconds)]
     pub timeout: u64,
+    /// Refuse a body larger than this many bytes
+    #[arg(long, default_value_t = download::DEFAULT_MAX_BYTES, value_parser = positive_u64)]
+    pub max_bytes: u64,
 }
 
 #[derive(Args, Debug)]
@@ -129,6 +133,10 @@ pub struct TrainArgs {
     /// Keep only the newest N periodic checkpoints
     #[arg(long, value_parser = positive)]
     pub keep: Option<usize>,
+    /// Start afresh in a --checkpoint-dir that holds another run, deleting that run's
+    /// checkpoints, optimizer states and metrics first (without it such a folder is refused)
+    #[arg(long, conflicts_with = "resume")]
+    pub overwrite: bool,
     /// Rescale gradients whose global L2 norm exceeds X (off by default)
     #[arg(long, value_parser = positive_f64, value_name = "X")]
     pub clip_grad_norm: Option<f64>,
@@ -299,17 +307,16 @@ pub fn explicit_train_settings(matches: &clap::ArgMatches) -> Vec<String> {
         .collect()
 }
 
-/// Parses a number and checks it, saying what was expected when it fails.
-fn checked<T>(s: &str, ok: impl Fn(T) -> bool, expected: &str) -> Result<T, String>
+/// Parses a number and checks it against a rule, saying what was expected when it fails.
+fn checked<T>(s: &str, rule: &Rule<T>) -> Result<T, String>
 where
     T: std::str::FromStr + std::fmt::Display + Copy,
     T::Err: std::fmt::Display,
 {
     let x: T = s.parse().map_err(|e: T::Err| e.to_string())?;
-    if ok(x) {
-        Ok(x)
-    } else {
-        Err(format!("must be {expected}, got {x}"))
+    match (rule.ok)(x) {
+        true => Ok(x),
+        false => Err(format!("must be {}, got {x}", rule.expected)),
     }
 }
 
@@ -321,31 +328,35 @@ fn kernel_name(s: &str) -> Result<String, String> {
 }
 
 fn positive(s: &str) -> Result<usize, String> {
-    checked(s, |n: usize| n > 0, "at least 1")
+    checked(s, &checks::AT_LEAST_ONE)
 }
 
 fn positive_u64(s: &str) -> Result<u64, String> {
-    checked(s, |n: u64| n > 0, "at least 1")
+    checked(s, &checks::AT_LEAST_ONE_U64)
+}
+
+fn timeout_seconds(s: &str) -> Result<u64, String> {
+    checked(s, &Rule { ok: |n: u64| (1..=7 * 24 * 3600).contains(&n), expected: "from 1 to 604800 (a week)" })
 }
 
 fn positive_f64(s: &str) -> Result<f64, String> {
-    checked(s, |x: f64| x.is_finite() && x > 0.0, "a positive number")
+    checked(s, &checks::POSITIVE)
 }
 
 fn non_negative_f64(s: &str) -> Result<f64, String> {
-    checked(s, |x: f64| x.is_finite() && x >= 0.0, "0 or more")
+    checked(s, &checks::NON_NEGATIVE)
 }
 
 fn fraction(s: &str) -> Result<f64, String> {
-    checked(s, |x: f64| (0.0..1.0).contains(&x), "in [0, 1)")
+    checked(s, &checks::FRACTION)
 }
 
 fn probability(s: &str) -> Result<f32, String> {
-    checked(s, |x: f32| x > 0.0 && x <= 1.0, "in (0, 1]")
+    checked(s, &checks::PROBABILITY)
 }
 
 fn temperature(s: &str) -> Result<f32, String> {
-    checked(s, |x: f32| x.is_finite() && x >= 0.0, "0 (greedy) or a positive number")
+    checked(s, &Rule { ok: |x: f32| x.is_finite() && x >= 0.0, expected: "0 (greedy) or a positive number" })
 }
 
 pub fn run(cli: Cli, explicit: Vec<String>) -> Result<()> {
@@ -359,6 +370,7 @@ pub fn run(cli: Cli, explicit: Vec<String>) -> Result<()> {
                 sha256: a.sha256,
                 force: a.force,
                 timeout: Duration::from_secs(a.timeout),
+                max_bytes: a.max_bytes,
             })?;
             match outcome {
                 download::Outcome::AlreadyPresent => {
@@ -409,6 +421,7 @@ pub fn run(cli: Cli, explicit: Vec<String>) -> Result<()> {
                 },
                 resume,
                 explicit,
+                overwrite: a.overwrite,
             })
         }
         Command::Eval(a) => {
@@ -417,22 +430,18 @@ pub fn run(cli: Cli, explicit: Vec<String>) -> Result<()> {
             let ckpt = checkpoint::load(&path, &device)?;
             let text = crate::data::read_corpus(&a.data)?;
             let score = eval::score(&ckpt.model, &ckpt.vocab, &text, a.seq_len, a.batch_size)?;
-            if a.json {
-                println!("{}", serde_json::to_string_pretty(&score)?);
-            } else {
-                println!("{}", score.describe(&path, &a.data));
+            match a.json {
+                true => emit(&format!("{}\n", serde_json::to_string_pretty(&score)?)),
+                false => emit(&format!("{}\n", score.describe(&path, &a.data))),
             }
-            Ok(())
         }
         Command::Info(a) => {
             let path = checkpoint::resolve(&a.checkpoint)?;
             let report = eval::info(&path)?;
-            if a.json {
-                println!("{}", serde_json::to_string_pretty(&report)?);
-            } else {
-                print!("{}", eval::describe_info(&report));
+            match a.json {
+                true => emit(&format!("{}\n", serde_json::to_string_pretty(&report)?)),
+                false => emit(&eval::describe_info(&report)),
             }
-            Ok(())
         }
         Command::Generate(a) => {
             let device = device::select(a.device)?;
@@ -475,7 +484,7 @@ pub fn run(cli: Cli, explicit: Vec<String>) -> Result<()> {
                     device: device.clone(),
                 })?;
                 if !a.json {
-                    bench::print_table(&report);
+                    emit(&bench::table(&report))?;
                 }
                 reports.push(report);
             }
@@ -484,9 +493,18 @@ pub fn run(cli: Cli, explicit: Vec<String>) -> Result<()> {
                     [one] => serde_json::to_string_pretty(one)?,
                     all => serde_json::to_string_pretty(all)?,
                 };
-                println!("{json}");
+                emit(&format!("{json}\n"))?;
             }
             Ok(())
         }
     }
+}
+
+/// Writes a command's result to stdout, returning the error (a closed pipe included, which
+/// `main` treats as a reader that has seen enough) instead of panicking as `println!` does.
+fn emit(text: &str) -> Result<()> {
+    let mut out = std::io::stdout().lock();
+    out.write_all(text.as_bytes())?;
+    out.flush()?;
+    Ok(())
 }

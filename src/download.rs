@@ -1,10 +1,13 @@
-//! Fetching a corpus over HTTP: streamed to a temporary file beside the target, checked for
-//! length and SHA-256, and only then renamed into place. Any failure removes the temporary
-//! file and leaves an existing target untouched.
+//! Fetching a corpus over HTTP: streamed to a temporary file beside the target, checked (a 2xx
+//! answer with a body, the announced length, UTF-8 text and not an HTML page, within the
+//! deadline and the size limit, and the SHA-256 when one is known), and only then renamed into
+//! place. Any failure, Ctrl-C included, removes the temporary file and leaves an existing
+//! target untouched.
 
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
@@ -22,8 +25,14 @@ pub struct DownloadOptions {
     /// Expected SHA-256; `None` with the default URL means [`DEFAULT_SHA256`].
     pub sha256: Option<String>,
     pub force: bool,
+    /// The whole download's deadline (connecting, waiting and reading the body).
     pub timeout: Duration,
+    /// The largest body accepted.
+    pub max_bytes: u64,
 }
+
+/// The default of `--max-bytes`: far above any text corpus one downloads, far below a disk.
+pub const DEFAULT_MAX_BYTES: u64 = 4 << 30;
 
 #[derive(Debug, PartialEq, Eq)]
 pub enum Outcome {
@@ -69,21 +78,44 @@ pub fn run(o: &DownloadOptions) -> Result<Outcome> {
     let client =
         reqwest::blocking::Client::builder().connect_timeout(o.timeout).timeout(o.timeout).build()?;
     let fail = |e: reqwest::Error| anyhow::Error::new(e).context(format!("download of {} failed", o.url));
+    let started = Instant::now();
     let mut response = client.get(&o.url).send().map_err(fail)?;
     let status = response.status();
-    if status.is_client_error() || status.is_server_error() {
-        bail!("download of {} failed: the server answered {status}", o.url);
+    if !status.is_success() || status == reqwest::StatusCode::NO_CONTENT {
+        let location = response.headers().get(reqwest::header::LOCATION).and_then(|l| l.to_str().ok());
+        bail!(
+            "download of {} failed: the server answered {status}{}; nothing was written",
+            o.url,
+            location.map(|l| format!(" (a redirect to {l} that is not followed)")).unwrap_or_default()
+        );
+    }
+    let content_type = response.headers().get(reqwest::header::CONTENT_TYPE).and_then(|c| c.to_str().ok());
+    if content_type.is_some_and(|c| c.to_ascii_lowercase().starts_with("text/html")) {
+        bail!(
+            "download of {} is an HTML page (Content-Type text/html), not a text corpus; nothing was written",
+            o.url
+        );
     }
     let expected_len = response.content_length();
+    if expected_len.is_some_and(|l| l > o.max_bytes) {
+        bail!(
+            "download of {} announces {} bytes, more than --max-bytes {}; nothing was written",
+            o.url,
+            expected_len.unwrap_or(0),
+            o.max_bytes
+        );
+    }
 
     let mut tmp = crate::atomic::temporary_file(&dir)
         .with_context(|| format!("cannot create a temporary file in {}", dir.display()))?;
+    let _cleanup = remove_on_interrupt(tmp.path());
     let pb = ProgressBar::with_draw_target(expected_len, ProgressDrawTarget::stderr());
     pb.set_style(
         ProgressStyle::with_template("{bar:30} {bytes}/{total_bytes} {bytes_per_sec} ETA {eta}")
             .expect("valid template"),
     );
     let mut hasher = Sha256::new();
+    let mut text = Utf8Check::default();
     let mut received: u64 = 0;
     let mut buf = vec![0u8; 64 * 1024];
     loop {
@@ -96,9 +128,26 @@ pub fn run(o: &DownloadOptions) -> Result<Outcome> {
                 expected_len.map(|l| format!(" of {l}")).unwrap_or_default()
             ),
         };
-        hasher.update(&buf[..n]);
-        tmp.write_all(&buf[..n]).with_context(|| format!("cannot write into {}", dir.display()))?;
+        let chunk = &buf[..n];
+        if let Err(offset) = text.feed(chunk, received) {
+            bail!("download of {} is not UTF-8 text (byte {offset} is invalid); nothing was written", o.url);
+        }
+        if received == 0 && looks_like_html(chunk) {
+            bail!("download of {} is an HTML page, not a text corpus; nothing was written", o.url);
+        }
         received += n as u64;
+        if received > o.max_bytes {
+            bail!("download of {} is larger than --max-bytes {}; nothing was written", o.url, o.max_bytes);
+        }
+        if started.elapsed() > o.timeout {
+            bail!(
+                "download of {} took longer than --timeout {} s ({received} bytes so far); nothing was written",
+                o.url,
+                o.timeout.as_secs()
+            );
+        }
+        hasher.update(chunk);
+        tmp.write_all(chunk).with_context(|| format!("cannot write into {}", dir.display()))?;
         pb.set_position(received);
     }
     pb.finish_and_clear();
@@ -106,6 +155,12 @@ pub fn run(o: &DownloadOptions) -> Result<Outcome> {
         if received != len {
             bail!("download of {} is truncated: got {received} of {len} bytes", o.url);
         }
+    }
+    if received == 0 {
+        bail!("download of {} is empty; nothing was written", o.url);
+    }
+    if !text.complete() {
+        bail!("download of {} ends inside a UTF-8 character (cut short?); nothing was written", o.url);
     }
     let sha256 = hex(&hasher.finalize());
     if let Some(e) = &expected {
@@ -119,4 +174,56 @@ pub fn run(o: &DownloadOptions) -> Result<Outcome> {
         .map_err(|e| e.error)
         .with_context(|| format!("cannot move the download into {}", o.output.display()))?;
     Ok(Outcome::Downloaded { bytes: received, sha256 })
+}
+
+/// UTF-8 validation of a stream that arrives in chunks: a character split between two chunks
+/// is carried over (at most 3 bytes).
+#[derive(Default)]
+struct Utf8Check {
+    carry: Vec<u8>,
+}
+
+impl Utf8Check {
+    /// Checks the next chunk, which starts at byte `offset` of the stream; on failure returns
+    /// the offset of the first invalid byte.
+    fn feed(&mut self, chunk: &[u8], offset: u64) -> std::result::Result<(), u64> {
+        let carried = self.carry.len() as u64;
+        self.carry.extend_from_slice(chunk);
+        match std::str::from_utf8(&self.carry) {
+            Ok(_) => self.carry.clear(),
+            Err(e) if e.error_len().is_none() => {
+                self.carry.drain(..e.valid_up_to());
+            }
+            Err(e) => return Err(offset - carried + e.valid_up_to() as u64),
+        }
+        Ok(())
+    }
+
+    /// No character left unfinished at the end of the stream.
+    fn complete(&self) -> bool {
+        self.carry.is_empty()
+    }
+}
+
+/// A body that starts like an HTML document (an error page or a login page served instead of
+/// the file), whatever its Content-Type says.
+fn looks_like_html(start: &[u8]) -> bool {
+    let head: Vec<u8> = start.iter().skip_while(|b| b.is_ascii_whitespace()).take(15).copied().collect();
+    let head = String::from_utf8_lossy(&head).to_ascii_lowercase();
+    head.starts_with("<!doctype html") || head.starts_with("<html")
+}
+
+/// While alive, Ctrl-C or SIGTERM removes the temporary download at `path` before exiting
+/// (status 130), so an interrupted download leaves nothing behind.
+fn remove_on_interrupt(path: &Path) -> Arc<Mutex<Option<PathBuf>>> {
+    let slot = Arc::new(Mutex::new(Some(path.to_path_buf())));
+    let seen = slot.clone();
+    let _ = ctrlc::set_handler(move || {
+        if let Some(p) = seen.lock().ok().and_then(|mut s| s.take()) {
+            let _ = std::fs::remove_file(p);
+        }
+        eprintln!("\ninterrupted; nothing was written");
+        std::process::exit(130);
+    });
+    slot
 }

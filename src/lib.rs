@@ -4,6 +4,7 @@ pub mod atomic;
 pub mod bench;
 pub mod blas;
 pub mod checkpoint;
+pub mod checks;
 pub mod cli;
 #[cfg(feature = "cuda")]
 pub mod cuda;

@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::checkpoint::{self, Provenance};
+use crate::checks;
 use crate::data::{epoch_batches, read_corpus, split_validation, Batch, Lanes, Sequences};
 use crate::metrics::{Metrics, Record};
 use crate::model::{ids_tensor, Cell, Config, Model, Pass};
@@ -61,6 +62,59 @@ fn one() -> usize {
     1
 }
 
+impl Settings {
+    /// The command line's rules, for settings from any source: flags, a preset, or a resumed
+    /// run's optimizer file (which may be damaged or crafted). Also checks that the sizes the
+    /// run multiplies together fit in memory arithmetic.
+    pub fn validate(&self) -> Result<()> {
+        let sizes = [
+            ("--epochs", self.epochs),
+            ("--batch-size", self.batch_size),
+            ("--seq-len", self.seq_len),
+            ("--buffer-size", self.buffer_size),
+            ("--embedding-dim", self.embedding_dim),
+            ("--rnn-units", self.rnn_units),
+            ("--layers", self.layers),
+            ("--save-every", self.save_every),
+        ];
+        let mut problems: Vec<String> = Vec::new();
+        for (flag, v) in sizes {
+            problems.extend(checks::AT_LEAST_ONE.check(flag, v).err());
+        }
+        if let Some(keep) = self.keep {
+            problems.extend(checks::AT_LEAST_ONE.check("--keep", keep).err());
+        }
+        if let Some(clip) = self.clip_grad_norm {
+            problems.extend(checks::POSITIVE.check("--clip-grad-norm", clip).err());
+        }
+        problems.extend(checks::POSITIVE.check("--learning-rate", self.learning_rate).err());
+        problems.extend(checks::NON_NEGATIVE.check("--min-lr", self.min_lr).err());
+        problems.extend(checks::NON_NEGATIVE.check("--weight-decay", self.weight_decay).err());
+        problems.extend(checks::FRACTION.check("--val-fraction", self.val_fraction).err());
+        problems.extend(checks::FRACTION.check("--dropout", self.dropout).err());
+        if let Some(p) = problems.into_iter().next() {
+            bail!(p);
+        }
+        // One batch's characters, and a step's activations (batch × steps × width), are
+        // computed in usize; refuse settings whose products overflow it.
+        let widest = self.rnn_units.max(self.embedding_dim).saturating_mul(4);
+        let fits = self
+            .batch_size
+            .checked_mul(self.seq_len.saturating_add(1))
+            .and_then(|chars| chars.checked_mul(widest))
+            .is_some();
+        if !fits {
+            bail!(
+                "--batch-size {} × --seq-len {} × --rnn-units {} is too large to compute with",
+                self.batch_size,
+                self.seq_len,
+                self.rnn_units
+            );
+        }
+        Ok(())
+    }
+}
+
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum LrSchedule {
@@ -80,6 +134,9 @@ pub struct TrainOptions {
     /// The settings the user gave on the command line (clap ids, e.g. `rnn_units`); on
     /// resume, these must agree with the saved run, except those that may change.
     pub explicit: Vec<String>,
+    /// A fresh run may delete another run's files in its folder first (otherwise it refuses
+    /// such a folder).
+    pub overwrite: bool,
 }
 
 /// Where a run stands: saved beside each resumable checkpoint.
@@ -93,6 +150,9 @@ struct Position {
     /// Sum of the batch losses so far in that epoch.
     epoch_loss_sum: f64,
     best_val_loss: Option<f64>,
+    /// The run's id, the same as in its checkpoints' provenance (absent in older files).
+    #[serde(default)]
+    run_id: Option<String>,
 }
 
 /// Training stopped by Ctrl-C / SIGTERM after saving; the binary exits with status 130.
@@ -233,8 +293,7 @@ fn interrupt_flag(checkpoint_dir: PathBuf) -> Arc<AtomicBool> {
         if seen.swap(true, Ordering::SeqCst) {
             if let Ok(entries) = std::fs::read_dir(&checkpoint_dir) {
                 for e in entries.flatten() {
-                    let name = e.file_name().to_string_lossy().into_owned();
-                    if name.starts_with(".charrnn-") && name.ends_with(".tmp") {
+                    if crate::atomic::is_temporary(&e.file_name().to_string_lossy()) {
                         let _ = std::fs::remove_file(e.path());
                     }
                 }
@@ -316,18 +375,86 @@ fn merge_settings(saved: &Settings, given: &Settings, explicit: &[String], done:
     Ok(merged)
 }
 
-/// Deletes all but the newest `keep` periodic checkpoints (and their optimizer states).
-fn prune(dir: &Path, keep: usize) -> Result<()> {
+/// Deletes all but the newest `keep` periodic checkpoints of this run (and their optimizer
+/// states). A checkpoint written by another run (another run id), or one whose header cannot
+/// be read, is left alone, and so is the one just written.
+fn prune(dir: &Path, keep: usize, run_id: &Option<String>, just_written: usize) -> Result<()> {
     let mut epochs: Vec<usize> = std::fs::read_dir(dir)?
         .filter_map(|e| e.ok()?.file_name().into_string().ok())
-        .filter_map(|n| n.strip_prefix("ckpt_")?.strip_suffix(".safetensors")?.parse().ok())
+        .filter_map(|n| checkpoint::epoch_of(&n))
+        .filter(|&epoch| {
+            let path = dir.join(checkpoint::file_name(epoch));
+            checkpoint::read_provenance(&path).is_ok_and(|p| p.run_id == *run_id)
+        })
         .collect();
     epochs.sort_unstable_by(|a, b| b.cmp(a));
-    for epoch in epochs.into_iter().skip(keep) {
+    for epoch in epochs.into_iter().skip(keep.max(1)).filter(|&e| e != just_written) {
         let path = dir.join(checkpoint::file_name(epoch));
         std::fs::remove_file(&path).with_context(|| format!("cannot remove {}", path.display()))?;
         let _ = std::fs::remove_file(checkpoint::optim_path(&path));
     }
+    Ok(())
+}
+
+/// The files of a training run in `dir` (checkpoints, optimizer states, metrics, the plot),
+/// by name, sorted.
+fn run_files(dir: &Path) -> Vec<String> {
+    let Ok(entries) = std::fs::read_dir(dir) else { return Vec::new() };
+    let mut names: Vec<String> = entries
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_type().is_ok_and(|t| t.is_file()))
+        .filter_map(|e| e.file_name().into_string().ok())
+        .filter(|n| {
+            let stem = n.strip_suffix(".optim.safetensors").or_else(|| n.strip_suffix(".safetensors"));
+            let checkpoint = stem.is_some_and(|s| {
+                s == "best"
+                    || s == "interrupted"
+                    || checkpoint::epoch_of(&format!("{s}.safetensors")).is_some()
+            });
+            checkpoint || n == Metrics::FILE || n == Metrics::PLOT
+        })
+        .collect();
+    names.sort();
+    names
+}
+
+/// Removes temporary files of our own naming that a crashed write left in `dir`.
+fn remove_stale_temporaries(dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if crate::atomic::is_temporary(&name) && e.file_type().is_ok_and(|t| t.is_file()) {
+            match std::fs::remove_file(e.path()) {
+                Ok(()) => eprintln!("removed {}, left by an interrupted write", e.path().display()),
+                Err(err) => eprintln!("warning: cannot remove {}: {err}", e.path().display()),
+            }
+        }
+    }
+}
+
+/// A fresh run's folder must not hold another run: refuse, or with `overwrite` delete that
+/// run's files (only those) first.
+fn claim_folder(dir: &Path, overwrite: bool) -> Result<()> {
+    let found = run_files(dir);
+    if found.is_empty() {
+        return Ok(());
+    }
+    if !overwrite {
+        let shown: Vec<&str> = found.iter().take(4).map(String::as_str).collect();
+        bail!(
+            "{} already holds a training run ({}{}); continue it with `charrnn train --resume {}`, choose another --checkpoint-dir, or pass --overwrite to delete that run's files first",
+            dir.display(),
+            shown.join(", "),
+            if found.len() > shown.len() { format!(" and {} more", found.len() - shown.len()) } else { String::new() },
+            dir.display()
+        );
+    }
+    for name in &found {
+        let path = dir.join(name);
+        std::fs::remove_file(&path)
+            .with_context(|| format!("--overwrite: cannot remove {}", path.display()))?;
+    }
+    eprintln!("--overwrite: removed the previous run's {} files from {}", found.len(), dir.display());
     Ok(())
 }
 
@@ -352,12 +479,33 @@ pub fn run(o: &TrainOptions) -> Result<()> {
                     adam.step
                 );
             }
+            if let (Some(model_run), Some(optim_run)) = (&ckpt.provenance.run_id, &pos.run_id) {
+                if model_run != optim_run {
+                    bail!(
+                        "{} belongs to run {optim_run}, not to {}'s run {model_run}; resume from a checkpoint with its own optimizer state",
+                        checkpoint::optim_path(&path).display(),
+                        path.display()
+                    );
+                }
+            }
             Some((path, ckpt, adam, pos, carried))
         }
     };
     let settings = match &resumed {
-        Some((_, _, _, pos, _)) => merge_settings(&pos.settings, &o.settings, &o.explicit, pos.epoch)?,
-        None => o.settings.clone(),
+        Some((path, _, _, pos, _)) => {
+            let merged = merge_settings(&pos.settings, &o.settings, &o.explicit, pos.epoch)?;
+            merged.validate().with_context(|| {
+                format!("the run saved in {} cannot be resumed", checkpoint::optim_path(path).display())
+            })?;
+            merged
+        }
+        None => {
+            o.settings.validate()?;
+            if dir.is_dir() {
+                claim_folder(dir, false).or_else(|e| if o.overwrite { Ok(()) } else { Err(e) })?;
+            }
+            o.settings.clone()
+        }
     };
     let s = &settings;
 
@@ -410,6 +558,7 @@ pub fn run(o: &TrainOptions) -> Result<()> {
                 batch: 0,
                 epoch_loss_sum: 0.0,
                 best_val_loss: None,
+                run_id: Some(format!("{:016x}", rand::random::<u64>())),
             };
             (model, adam, pos, None)
         }
@@ -443,6 +592,11 @@ pub fn run(o: &TrainOptions) -> Result<()> {
 
     std::fs::create_dir_all(dir)
         .with_context(|| format!("cannot create the checkpoint folder {}", dir.display()))?;
+    remove_stale_temporaries(dir);
+    if o.resume.is_none() && o.overwrite {
+        claim_folder(dir, true)?;
+    }
+    let run_id = pos.run_id.clone();
     let resume_hint = format!("charrnn train --resume {}", dir.display());
     let interrupted = interrupt_flag(dir.clone());
     let mut metrics = Metrics::open(dir, (adam.step > 0).then_some(adam.step))?;
@@ -452,6 +606,7 @@ pub fn run(o: &TrainOptions) -> Result<()> {
         seed: s.seed,
         corpus_sha256,
         charrnn_version: env!("CARGO_PKG_VERSION").to_string(),
+        run_id: run_id.clone(),
         ..Default::default()
     };
     let mut best_val_loss = pos.best_val_loss;
@@ -521,6 +676,7 @@ pub fn run(o: &TrainOptions) -> Result<()> {
                     batch: n + 1,
                     epoch_loss_sum: loss_sum,
                     best_val_loss,
+                    run_id: run_id.clone(),
                 };
                 let path = dir.join("interrupted.safetensors");
                 save_point(&path, &adam, &provenance, &position, carried.as_deref().unwrap_or(&[]))?;
@@ -570,11 +726,17 @@ pub fn run(o: &TrainOptions) -> Result<()> {
         }
         if epoch % s.save_every == 0 || epoch == s.epochs {
             let path = dir.join(checkpoint::file_name(epoch));
-            let position =
-                Position { settings: settings.clone(), epoch, batch: 0, epoch_loss_sum: 0.0, best_val_loss };
+            let position = Position {
+                settings: settings.clone(),
+                epoch,
+                batch: 0,
+                epoch_loss_sum: 0.0,
+                best_val_loss,
+                run_id: run_id.clone(),
+            };
             save_point(&path, &adam, &provenance, &position, &[])?;
             if let Some(keep) = s.keep {
-                prune(dir, keep)?;
+                prune(dir, keep, &run_id, epoch)?;
             }
             pb.suspend(|| eprintln!("saved {}", path.display()));
         }

@@ -175,3 +175,102 @@ fn stacked_layers_use_pytorch_numbering() {
     assert_eq!(loaded.model.config.layers, 2);
     assert_eq!(logits(&loaded.model), logits(&model));
 }
+
+#[test]
+fn sizes_and_values_from_a_file_are_not_trusted() {
+    let (model, vocab, prov) = fixture();
+    let good = checkpoint::to_bytes(&model, &vocab, &prov).unwrap();
+    // A layer count the file cannot back is refused before any name list is built from it.
+    let huge =
+        serde_json::to_string(&Config::gru(vocab.len(), 6, 10).with_layers(1_000_000_000_000)).unwrap();
+    let msg = load_err(&rewrite(&good, |m| drop(m.insert("config".into(), huge)), |_| {}));
+    assert!(msg.contains("1000000000000 layers") && msg.contains("holds only"), "{msg}");
+
+    for bad in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
+        let msg = load_err(&rewrite(
+            &good,
+            |_| {},
+            |t| {
+                let w = t.iter_mut().find(|(n, ..)| n == "gru.weight_hh_l0").unwrap();
+                w.3[8..12].copy_from_slice(&bad.to_le_bytes());
+            },
+        ));
+        assert!(msg.contains("gru.weight_hh_l0 holds a non-finite value"), "{msg}");
+    }
+}
+
+/// Thousands of seeded random mutations of a valid checkpoint — flipped bytes, truncations,
+/// edits of the header's JSON (shapes, dtypes, offsets, metadata values) — each load either
+/// fails with an error or gives a model that runs; none panics.
+#[test]
+fn mutated_checkpoints_never_panic() {
+    use rand::Rng;
+    let (model, vocab, prov) = fixture();
+    let good = checkpoint::to_bytes(&model, &vocab, &prov).unwrap();
+    let header_len = u64::from_le_bytes(good[..8].try_into().unwrap()) as usize;
+    let header = String::from_utf8(good[8..8 + header_len].to_vec()).unwrap();
+    let mut rng = StdRng::seed_from_u64(11);
+    let numbers = ["0", "1", "7", "-1", "4294967296", "18446744073709551615", "1e30", "null", "[]"];
+    let (mut loaded, mut refused) = (0, 0);
+    for case in 0..3000 {
+        let bytes = match case % 4 {
+            0 => {
+                let mut b = good.clone();
+                for _ in 0..rng.random_range(1..4) {
+                    let i = rng.random_range(0..b.len());
+                    b[i] ^= 1 << rng.random_range(0..8);
+                }
+                b
+            }
+            1 => good[..rng.random_range(0..good.len())].to_vec(),
+            _ => {
+                // Replace one number (or a dtype) in the header JSON, then fix its length.
+                let spots: Vec<(usize, usize)> = regex_like_numbers(&header);
+                let (a, b) = spots[rng.random_range(0..spots.len())];
+                let with = if case % 4 == 3 {
+                    ["\"F64\"", "\"I32\"", "\"BOOL\""][rng.random_range(0..3)]
+                } else {
+                    numbers[rng.random_range(0..numbers.len())]
+                };
+                let edited = format!("{}{}{}", &header[..a], with, &header[b..]);
+                let mut out = (edited.len() as u64).to_le_bytes().to_vec();
+                out.extend_from_slice(edited.as_bytes());
+                out.extend_from_slice(&good[8 + header_len..]);
+                out
+            }
+        };
+        let result = std::panic::catch_unwind(|| {
+            checkpoint::from_bytes(&bytes, &Device::Cpu).map(|c| logits(&c.model))
+        });
+        match result {
+            Err(_) => panic!("case {case}: loading panicked"),
+            Ok(Ok(_)) => loaded += 1,
+            Ok(Err(_)) => refused += 1,
+        }
+    }
+    eprintln!("{loaded} loaded, {refused} refused");
+    assert!(refused > 2500, "most mutations must be refused ({loaded} loaded, {refused} refused)");
+}
+
+/// Byte ranges of the numbers and quoted dtype names in a safetensors JSON header (the
+/// metadata values are strings holding JSON, so their numbers are found too).
+fn regex_like_numbers(header: &str) -> Vec<(usize, usize)> {
+    let b = header.as_bytes();
+    let mut spots = Vec::new();
+    let mut i = 0;
+    while i < b.len() {
+        if b[i].is_ascii_digit() && (i == 0 || !b[i - 1].is_ascii_alphanumeric() && b[i - 1] != b'_') {
+            let start = i;
+            while i < b.len() && (b[i].is_ascii_digit() || b[i] == b'.') {
+                i += 1;
+            }
+            spots.push((start, i));
+        } else if header[i..].starts_with("\"F32\"") {
+            spots.push((i, i + 5));
+            i += 5;
+        } else {
+            i += 1;
+        }
+    }
+    spots
+}

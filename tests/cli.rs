@@ -388,3 +388,179 @@ fn train_until(data: &str, ckpt: &Path, signal: &str, extra: &[&str]) -> (Option
     let rest: Vec<String> = lines.map_while(Result::ok).collect();
     (child.wait().unwrap().code(), rest)
 }
+
+/// Trains `epochs` epochs of the small model into `dir` (a checkpoint after every epoch).
+fn train_into(data: &str, dir: &Path, epochs: &str, extra: &[&str]) -> Output {
+    let mut a = vec!["train", "--data", data, "--epochs", epochs, "--save-every", "1"];
+    a.extend_from_slice(&["--checkpoint-dir", dir.to_str().unwrap()]);
+    a.extend_from_slice(SMALL);
+    a.extend_from_slice(extra);
+    charrnn(&a)
+}
+
+/// Every file in `dir` with its contents, to show that nothing changed.
+fn snapshot(dir: &Path) -> Vec<(String, Vec<u8>)> {
+    let mut files: Vec<(String, Vec<u8>)> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap())
+        .filter(|e| e.file_type().unwrap().is_file())
+        .map(|e| (e.file_name().into_string().unwrap(), std::fs::read(e.path()).unwrap()))
+        .collect();
+    files.sort();
+    files
+}
+
+#[test]
+fn a_fresh_run_refuses_a_folder_holding_another_run_and_overwrite_replaces_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = tiny_corpus(dir.path());
+    let ck = dir.path().join("ck");
+    assert!(train_into(&data, &ck, "2", &["--seed", "1"]).status.success());
+    let before = snapshot(&ck);
+    let o = train_into(&data, &ck, "1", &["--seed", "2", "--keep", "1"]);
+    assert_fails_with(&o, "already holds a training run");
+    assert!(stderr(&o).contains("--resume") && stderr(&o).contains("--overwrite"), "{}", stderr(&o));
+    assert_eq!(o.status.code(), Some(1));
+    assert_eq!(snapshot(&ck), before, "the first run's files were touched");
+
+    let o = train_into(&data, &ck, "1", &["--seed", "2", "--overwrite"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let names: Vec<String> = snapshot(&ck).into_iter().map(|(n, _)| n).collect();
+    assert!(!names.contains(&"ckpt_2.safetensors".to_string()), "{names:?}");
+    let p = charrnn::checkpoint::read_provenance(&ck.join("ckpt_1.safetensors")).unwrap();
+    assert_eq!(p.seed, 2);
+    let metrics = std::fs::read_to_string(ck.join("metrics.jsonl")).unwrap();
+    assert_eq!(metrics.lines().filter(|l| l.contains("\"epoch\":2")).count(), 0, "{metrics}");
+
+    let o = charrnn(&["train", "--resume", ck.to_str().unwrap(), "--overwrite"]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+}
+
+#[test]
+fn pruning_keeps_other_runs_checkpoints_and_the_one_just_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = tiny_corpus(dir.path());
+    let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+    assert!(train_into(&data, &a, "1", &["--seed", "1"]).status.success());
+    assert!(train_into(&data, &b, "1", &["--seed", "2"]).status.success());
+    // Another run's checkpoint in B's folder, under a name pruning would otherwise take.
+    std::fs::copy(a.join("ckpt_1.safetensors"), b.join("ckpt_0.safetensors")).unwrap();
+    let b_s = b.to_str().unwrap();
+    let o = charrnn(&[
+        "train",
+        "--data",
+        &data,
+        "--resume",
+        b_s,
+        "--epochs",
+        "3",
+        "--save-every",
+        "1",
+        "--keep",
+        "1",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let names: Vec<String> = snapshot(&b).into_iter().map(|(n, _)| n).collect();
+    for kept in ["ckpt_0.safetensors", "ckpt_3.safetensors", "ckpt_3.optim.safetensors"] {
+        assert!(names.contains(&kept.to_string()), "{kept} missing: {names:?}");
+    }
+    for gone in ["ckpt_1.safetensors", "ckpt_2.safetensors", "ckpt_2.optim.safetensors"] {
+        assert!(!names.contains(&gone.to_string()), "{gone} kept: {names:?}");
+    }
+}
+
+/// Rewrites the training position (with the run's settings) inside an optimizer file.
+fn edit_position(optim: &Path, edit: impl Fn(&mut serde_json::Value)) {
+    let bytes = std::fs::read(optim).unwrap();
+    let (_, header) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
+    let mut meta = header.metadata().clone().unwrap();
+    let mut state: serde_json::Value = serde_json::from_str(&meta["state"]).unwrap();
+    edit(&mut state);
+    meta.insert("state".into(), state.to_string());
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    std::fs::write(optim, safetensors::serialize(st.tensors(), Some(meta)).unwrap()).unwrap();
+}
+
+#[test]
+fn settings_read_back_on_resume_are_validated_like_flags() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = tiny_corpus(dir.path());
+    let ck = dir.path().join("ck");
+    assert!(train_into(&data, &ck, "1", &["--seed", "1"]).status.success());
+    let optim = ck.join("ckpt_1.optim.safetensors");
+    let good = std::fs::read(&optim).unwrap();
+    let cases: [(&str, serde_json::Value, &str); 7] = [
+        ("keep", 0.into(), "--keep must be at least 1, got 0"),
+        ("batch_size", 0.into(), "--batch-size must be at least 1, got 0"),
+        ("buffer_size", 0.into(), "--buffer-size must be at least 1, got 0"),
+        ("save_every", 0.into(), "--save-every must be at least 1, got 0"),
+        ("seq_len", 0.into(), "--seq-len must be at least 1, got 0"),
+        ("seq_len", u64::MAX.into(), "too large"),
+        ("dropout", 1.5.into(), "--dropout must be in [0, 1), got 1.5"),
+    ];
+    for (key, value, needle) in cases {
+        std::fs::write(&optim, &good).unwrap();
+        edit_position(&optim, |s| s["settings"][key] = value.clone());
+        let before = snapshot(&ck);
+        let o = charrnn(&["train", "--data", &data, "--resume", ck.to_str().unwrap(), "--epochs", "2"]);
+        assert_fails_with(&o, needle);
+        assert!(stderr(&o).contains("cannot be resumed"), "{key}: {}", stderr(&o));
+        assert_eq!(o.status.code(), Some(1), "{key}");
+        assert_eq!(snapshot(&ck), before, "{key}: files changed");
+    }
+}
+
+#[test]
+fn an_optimizer_state_from_another_run_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = tiny_corpus(dir.path());
+    let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+    assert!(train_into(&data, &a, "1", &["--seed", "1"]).status.success());
+    assert!(train_into(&data, &b, "1", &["--seed", "2"]).status.success());
+    // Same settings, same step count: only the run ids tell them apart.
+    std::fs::copy(b.join("ckpt_1.optim.safetensors"), a.join("ckpt_1.optim.safetensors")).unwrap();
+    let o = charrnn(&["train", "--data", &data, "--resume", a.to_str().unwrap(), "--epochs", "2"]);
+    assert_fails_with(&o, "belongs to run");
+}
+
+#[test]
+fn a_run_removes_temporaries_that_a_crashed_write_left() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = tiny_corpus(dir.path());
+    let ck = dir.path().join("ck");
+    assert!(train_into(&data, &ck, "1", &["--seed", "1"]).status.success());
+    std::fs::write(ck.join(".charrnn-AbC123.tmp"), vec![0u8; 4096]).unwrap();
+    std::fs::write(ck.join("notes.tmp"), b"mine").unwrap();
+    let o = charrnn(&["train", "--data", &data, "--resume", ck.to_str().unwrap(), "--epochs", "2"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stderr(&o).contains(".charrnn-AbC123.tmp"), "{}", stderr(&o));
+    assert!(!ck.join(".charrnn-AbC123.tmp").exists());
+    assert_eq!(std::fs::read(ck.join("notes.tmp")).unwrap(), b"mine", "a file not of our naming was touched");
+}
+
+/// `info --json | head -1` on a model whose report is larger than a pipe's buffer: the closed
+/// pipe ends the command quietly, as it does `generate`.
+#[test]
+fn a_closed_stdout_is_not_a_crash() {
+    let dir = tempfile::tempdir().unwrap();
+    let text: String = (0..6000u32).filter_map(|i| char::from_u32(0x4e00 + i)).collect::<String>().repeat(2);
+    let data = dir.path().join("wide.txt");
+    std::fs::write(&data, text).unwrap();
+    let ck = dir.path().join("ck");
+    let o = train_into(data.to_str().unwrap(), &ck, "1", &["--seed", "1"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let mut child = Command::new(env!("CARGO_BIN_EXE_charrnn"))
+        .args(["info", "--json", ck.to_str().unwrap()])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    let mut first = String::new();
+    out.read_line(&mut first).unwrap();
+    drop(out);
+    let o = child.wait_with_output().unwrap();
+    assert_eq!(first.trim(), "{");
+    assert!(!stderr(&o).contains("panicked"), "{}", stderr(&o));
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+}

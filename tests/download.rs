@@ -42,7 +42,7 @@ fn sha(b: &[u8]) -> String {
 }
 
 fn opts(url: String, output: PathBuf, sha256: Option<String>, force: bool) -> DownloadOptions {
-    DownloadOptions { url, output, sha256, force, timeout: Duration::from_secs(5) }
+    DownloadOptions { url, output, sha256, force, timeout: Duration::from_secs(5), max_bytes: 1 << 20 }
 }
 
 fn listing(dir: &Path) -> Vec<String> {
@@ -145,4 +145,100 @@ fn a_malformed_sha256_is_rejected_before_any_request() {
         .unwrap_err()
         .to_string();
     assert!(err.contains("64 hexadecimal digits"), "{err}");
+}
+
+fn answer(head: &str, body: &[u8]) -> Vec<u8> {
+    let mut r = format!("{head}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", body.len()).into_bytes();
+    r.extend_from_slice(body);
+    r
+}
+
+/// Without a known checksum, every kind of non-corpus answer is refused with --force, and the
+/// good file it would have replaced is kept byte for byte.
+#[test]
+fn garbage_answers_never_replace_a_good_file() {
+    let gzip = [0x1f, 0x8b, 0x08, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x03, 0x4b, 0x4c, 0x4a, 0x06, 0x00];
+    let binary: Vec<u8> = (0..4096u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+    let cases: Vec<(&str, Vec<u8>, &str)> = vec![
+        ("204", answer("HTTP/1.1 204 No Content", b""), "204"),
+        ("redirect", answer("HTTP/1.1 302 Found\r\nLocation: file:///etc/passwd", b""), "302"),
+        ("empty 200", answer("HTTP/1.1 200 OK", b""), "empty"),
+        ("500", answer("HTTP/1.1 500 Internal Server Error", b"oops"), "500"),
+        (
+            "html content type",
+            answer("HTTP/1.1 200 OK\r\nContent-Type: text/html; charset=utf-8", b"<p>hello</p>"),
+            "HTML",
+        ),
+        (
+            "html body",
+            answer("HTTP/1.1 200 OK", b"\n  <!DOCTYPE html><html><body>login</body></html>"),
+            "HTML",
+        ),
+        ("binary", answer("HTTP/1.1 200 OK", &binary), "not UTF-8"),
+        ("gzip", answer("HTTP/1.1 200 OK\r\nContent-Encoding: gzip", &gzip), "not UTF-8"),
+        (
+            "cut inside a character",
+            answer("HTTP/1.1 200 OK", "caf\u{e9}".as_bytes().split_last().unwrap().1),
+            "inside a UTF-8",
+        ),
+    ];
+    for (name, response, needle) in cases {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("corpus.txt");
+        std::fs::write(&out, BODY).unwrap();
+        let url = serve(vec![response]);
+        let err = format!("{:#}", run(&opts(url, out.clone(), None, true)).unwrap_err());
+        assert!(err.contains(needle), "{name}: {err}");
+        assert_eq!(std::fs::read(&out).unwrap(), BODY, "{name}: the good file was touched");
+        assert_eq!(listing(dir.path()), vec!["corpus.txt"], "{name}: something was left behind");
+    }
+}
+
+#[test]
+fn an_invalid_byte_is_reported_at_its_offset_across_chunks() {
+    let dir = tempfile::tempdir().unwrap();
+    // A valid two-byte character split by the 64 KiB read boundary is fine; the bad byte
+    // comes later, at a known offset.
+    let mut body = vec![b'a'; 65535];
+    body.extend_from_slice("\u{e9}".as_bytes());
+    body.extend_from_slice(b"bcd");
+    let bad = body.len();
+    body.push(0xff);
+    body.extend_from_slice(b"tail");
+    let url = serve(vec![answer("HTTP/1.1 200 OK", &body)]);
+    let err = format!("{:#}", run(&opts(url, dir.path().join("c.txt"), None, false)).unwrap_err());
+    assert!(err.contains(&format!("byte {bad} is invalid")), "{err}");
+    assert!(listing(dir.path()).is_empty());
+}
+
+#[test]
+fn the_size_limit_and_the_deadline_bound_the_body() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("c.txt");
+    // An announced length over the limit is refused before reading.
+    let url = serve(vec![answer("HTTP/1.1 200 OK", &vec![b'x'; 2048])]);
+    let mut o = opts(url, out.clone(), None, false);
+    o.max_bytes = 1024;
+    let err = format!("{:#}", run(&o).unwrap_err());
+    assert!(err.contains("--max-bytes 1024"), "{err}");
+
+    // An endless body (no length, a line every few milliseconds, for at most 10 s): the
+    // deadline ends it, however steadily it trickles.
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/endless", listener.local_addr().unwrap());
+    thread::spawn(move || {
+        let Ok((mut stream, _)) = listener.accept() else { return };
+        let _ = stream.write_all(b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n");
+        let until = std::time::Instant::now() + Duration::from_secs(10);
+        while std::time::Instant::now() < until && stream.write_all(&[b'y'; 512]).is_ok() {
+            thread::sleep(Duration::from_millis(5));
+        }
+    });
+    let mut o = opts(url, out, None, false);
+    o.timeout = Duration::from_secs(1);
+    let started = std::time::Instant::now();
+    let err = format!("{:#}", run(&o).unwrap_err());
+    assert!(err.contains("longer than --timeout"), "{err}");
+    assert!(started.elapsed() < Duration::from_secs(5), "the deadline did not stop it");
+    assert!(listing(dir.path()).is_empty());
 }

@@ -1,0 +1,29 @@
+//! The value rules of the settings, shared by the command-line parsers and by every source of
+//! settings read back from disk (a resumed run's optimizer file), so both refuse the same
+//! values with the same words.
+
+use std::fmt::Display;
+
+/// A rule a setting's value must satisfy, and how to say it.
+pub struct Rule<T> {
+    pub ok: fn(T) -> bool,
+    /// Completes "must be …".
+    pub expected: &'static str,
+}
+
+impl<T: Display + Copy> Rule<T> {
+    /// `Err("--flag must be …, got v")` when `value` breaks the rule.
+    pub fn check(&self, flag: &str, value: T) -> Result<(), String> {
+        match (self.ok)(value) {
+            true => Ok(()),
+            false => Err(format!("{flag} must be {}, got {value}", self.expected)),
+        }
+    }
+}
+
+pub const AT_LEAST_ONE: Rule<usize> = Rule { ok: |n| n > 0, expected: "at least 1" };
+pub const AT_LEAST_ONE_U64: Rule<u64> = Rule { ok: |n| n > 0, expected: "at least 1" };
+pub const POSITIVE: Rule<f64> = Rule { ok: |x| x.is_finite() && x > 0.0, expected: "a positive number" };
+pub const NON_NEGATIVE: Rule<f64> = Rule { ok: |x| x.is_finite() && x >= 0.0, expected: "0 or more" };
+pub const FRACTION: Rule<f64> = Rule { ok: |x| (0.0..1.0).contains(&x), expected: "in [0, 1)" };
+pub const PROBABILITY: Rule<f32> = Rule { ok: |x| x > 0.0 && x <= 1.0, expected: "in (0, 1]" };
