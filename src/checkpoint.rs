@@ -132,7 +132,7 @@ pub fn save(path: &Path, model: &Model, vocab: &Vocab, provenance: &Provenance) 
 
 /// Loads and validates a checkpoint; every problem is an error naming the file.
 pub fn load(path: &Path, device: &Device) -> Result<Checkpoint> {
-    let bytes = std::fs::read(path).with_context(|| {
+    let bytes = crate::files::read(path).with_context(|| {
         format!(
             "cannot read checkpoint {}; pass --checkpoint FILE, or train one with `charrnn train`",
             path.display()
@@ -274,7 +274,7 @@ pub fn save_optim(
 /// the training position and the carried states (empty when none were saved).
 pub fn load_optim(path: &Path, model: &Model, adam: &mut Adam) -> Result<(serde_json::Value, Vec<Tensor>)> {
     let ctx = || format!("invalid optimizer state {}", path.display());
-    let bytes = std::fs::read(path)
+    let bytes = crate::files::read(path)
         .with_context(|| format!("cannot read the optimizer state {} needed to resume", path.display()))?;
     let (_, header) = SafeTensors::read_metadata(&bytes).map_err(|e| anyhow!("{e}")).with_context(ctx)?;
     let st = SafeTensors::deserialize(&bytes).map_err(|e| anyhow!("{e}")).with_context(ctx)?;
@@ -305,7 +305,7 @@ pub fn load_optim(path: &Path, model: &Model, adam: &mut Adam) -> Result<(serde_
 
 /// The provenance of a checkpoint, read from its header only.
 pub fn read_provenance(path: &Path) -> Result<Provenance> {
-    let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let bytes = crate::files::read(path).with_context(|| format!("cannot read {}", path.display()))?;
     let (_, header) = SafeTensors::read_metadata(&bytes)
         .map_err(|e| anyhow!("{}: not a readable checkpoint: {e}", path.display()))?;
     let text = header
@@ -319,10 +319,17 @@ pub fn read_provenance(path: &Path) -> Result<Provenance> {
 /// The checkpoint to resume from: a file given directly, or the one with the most training
 /// steps among those in a folder that have their optimizer state beside them.
 pub fn resolve_resumable(path: &Path) -> Result<PathBuf> {
+    Ok(resumable_candidates(path)?.remove(0))
+}
+
+/// What a resume may start from: a file given directly, or, in a folder, every checkpoint with
+/// its optimizer state beside it, the most trained first. A checkpoint whose header cannot be
+/// read is reported and left out, so one damaged file does not stop the run.
+pub fn resumable_candidates(path: &Path) -> Result<Vec<PathBuf>> {
     if !path.is_dir() {
-        return Ok(path.to_path_buf());
+        return Ok(vec![path.to_path_buf()]);
     }
-    let mut best: Option<(u64, PathBuf)> = None;
+    let mut found: Vec<(u64, PathBuf)> = Vec::new();
     for entry in std::fs::read_dir(path).with_context(|| format!("cannot list {}", path.display()))? {
         let p = entry?.path();
         let name = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
@@ -333,15 +340,14 @@ pub fn resolve_resumable(path: &Path) -> Result<PathBuf> {
         {
             continue;
         }
-        let step = read_provenance(&p)?.step;
-        if best.as_ref().is_none_or(|(s, _)| step > *s) {
-            best = Some((step, p));
+        match read_provenance(&p) {
+            Ok(prov) => found.push((prov.step, p)),
+            Err(e) => eprintln!("skipped {}: {e:#}", p.display()),
         }
     }
-    best.map(|(_, p)| p).ok_or_else(|| {
-        anyhow!(
-            "nothing to resume in {}: no checkpoint with its .optim.safetensors beside it",
-            path.display()
-        )
-    })
+    found.sort_by(|a, b| b.0.cmp(&a.0).then_with(|| a.1.cmp(&b.1)));
+    if found.is_empty() {
+        bail!("nothing to resume in {}: no checkpoint with its .optim.safetensors beside it", path.display());
+    }
+    Ok(found.into_iter().map(|(_, p)| p).collect())
 }

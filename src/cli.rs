@@ -14,7 +14,7 @@ use crate::kernel::{self, Kernel};
 use crate::model::{Cell, Config};
 use crate::presets::Preset;
 use crate::train::LrSchedule;
-use crate::{bench, checkpoint, download, eval, sample, train};
+use crate::{bench, budget, checkpoint, download, eval, sample, train};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -428,6 +428,11 @@ pub fn run(cli: Cli, explicit: Vec<String>) -> Result<()> {
             let device = device::select(a.device)?;
             let path = checkpoint::resolve(&a.checkpoint)?;
             let ckpt = checkpoint::load(&path, &device)?;
+            budget::check(
+                "scoring",
+                budget::training_bytes(&ckpt.model.config, a.batch_size, a.seq_len),
+                &format!("--batch-size {} --seq-len {}", a.batch_size, a.seq_len),
+            )?;
             let text = crate::data::read_corpus(&a.data)?;
             let score = eval::score(&ckpt.model, &ckpt.vocab, &text, a.seq_len, a.batch_size)?;
             match a.json {
@@ -449,11 +454,19 @@ pub fn run(cli: Cli, explicit: Vec<String>) -> Result<()> {
             let ckpt = checkpoint::load(&path, &device)?;
             eprintln!("checkpoint {} (epoch {})", path.display(), ckpt.provenance.epoch);
             let start = match &a.start_file {
-                Some(f) => std::fs::read_to_string(f).with_context(|| {
-                    format!("cannot read --start-file {} (it must be UTF-8 text)", f.display())
-                })?,
+                Some(f) => crate::files::read(f)
+                    .map_err(anyhow::Error::from)
+                    .and_then(|b| Ok(String::from_utf8(b)?))
+                    .with_context(|| {
+                        format!("cannot read --start-file {} (it must be UTF-8 text)", f.display())
+                    })?,
                 None => a.start.clone(),
             };
+            budget::check(
+                "sampling",
+                budget::sampling_bytes(&ckpt.model.config, a.num_samples),
+                &format!("--num-samples {}", a.num_samples),
+            )?;
             let mut sampler = sample::Engine::new(&ckpt.model, a.num_samples)?;
             let mut picker = sample::Picker::new(a.temperature, a.top_k, a.top_p);
             let mut rng = StdRng::seed_from_u64(a.seed.unwrap_or_else(rand::random));
@@ -469,14 +482,24 @@ pub fn run(cli: Cli, explicit: Vec<String>) -> Result<()> {
                 names if names.iter().any(|n| n == "all") => Kernel::available(),
                 names => names.iter().map(|n| Kernel::parse(n)).collect::<Result<_>>()?,
             };
+            let config = Config::gru(a.vocab_size, a.embedding_dim, a.rnn_units)
+                .with_layers(a.layers)
+                .with_cell(a.cell);
+            let sizes = format!(
+                "--vocab-size {} --embedding-dim {} --rnn-units {} --layers {} --batch-size {} --seq-len {} --gen-chars {}",
+                a.vocab_size, a.embedding_dim, a.rnn_units, a.layers, a.batch_size, a.seq_len, a.gen_chars
+            );
+            // Training, sampling, and the generated ids (4 bytes each).
+            let need = budget::training_bytes(&config, a.batch_size, a.seq_len)
+                .zip(budget::sampling_bytes(&config, 1))
+                .and_then(|(t, s)| t.checked_add(s)?.checked_add((a.gen_chars as u128).checked_mul(4)?));
+            budget::check("benchmarking", need, &sizes)?;
             let device = device::select(a.device)?;
             let mut reports = Vec::new();
             for k in kernels {
                 kernel::set(k).context("bench --kernel")?;
                 let report = bench::run(&bench::BenchOptions {
-                    config: Config::gru(a.vocab_size, a.embedding_dim, a.rnn_units)
-                        .with_layers(a.layers)
-                        .with_cell(a.cell),
+                    config: config.clone(),
                     batch_size: a.batch_size,
                     seq_len: a.seq_len,
                     batches: a.batches,

@@ -9,7 +9,7 @@ use rand::Rng;
 
 /// Reads a corpus, refusing missing, empty and non-UTF-8 files with a message that says why.
 pub fn read_corpus(path: &Path) -> Result<String> {
-    let bytes = std::fs::read(path).with_context(|| {
+    let bytes = crate::files::read(path).with_context(|| {
         format!("cannot read the corpus {}; run `charrnn download` or pass --data FILE", path.display())
     })?;
     if bytes.is_empty() {

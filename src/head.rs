@@ -52,7 +52,9 @@ fn forward<T: Float>(hs: &[T], w: &[T], b: &[T], targets: &[u32], probs: &mut [T
             for p in row.iter_mut() {
                 *p /= sum;
             }
-            max + sum.ln() - target_logit
+            // (max − target) first: for logits near ±3e38, max + ln(sum) would round ln(sum)
+            // away and report a loss of 0.
+            (max - target_logit) + sum.ln()
         })
         .reduce(T::zero, |a, b| a + b)
 }

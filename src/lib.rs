@@ -3,6 +3,7 @@
 pub mod atomic;
 pub mod bench;
 pub mod blas;
+pub mod budget;
 pub mod checkpoint;
 pub mod checks;
 pub mod cli;
@@ -12,6 +13,7 @@ pub mod data;
 pub mod device;
 pub mod download;
 pub mod eval;
+pub mod files;
 pub mod float;
 pub mod head;
 pub mod kernel;

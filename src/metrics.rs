@@ -75,13 +75,21 @@ impl Metrics {
     }
 }
 
+/// The records of a metrics file; lines that are not records are reported and skipped.
 pub fn read(path: &Path) -> Result<Vec<Record>> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
-    text.lines()
-        .enumerate()
-        .filter(|(_, l)| !l.trim().is_empty())
-        .map(|(i, l)| serde_json::from_str(l).with_context(|| format!("{} line {}", path.display(), i + 1)))
-        .collect()
+    let bytes = crate::files::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let text = String::from_utf8(bytes).with_context(|| format!("{} is not UTF-8 text", path.display()))?;
+    // A damaged line (a crash mid-append, an edit) costs that record, not the run.
+    let mut records = Vec::new();
+    for (i, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
+        match serde_json::from_str(line) {
+            Ok(r) => records.push(r),
+            Err(e) => {
+                eprintln!("warning: {} line {}: not a metrics record, skipped ({e})", path.display(), i + 1)
+            }
+        }
+    }
+    Ok(records)
 }
 
 /// Train loss (logged steps and epoch means) and validation loss against step.

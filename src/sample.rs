@@ -284,7 +284,8 @@ impl Engine {
         let n = self.batch();
         match self {
             Engine::Cpu(s) => {
-                let mut out = Vec::with_capacity(steps * n);
+                // Reserved up front only up to a bound: `steps` comes from the user.
+                let mut out = Vec::with_capacity(steps.saturating_mul(n).min(1 << 20));
                 for _ in 0..steps {
                     let first = out.len();
                     for b in 0..n {

@@ -13,7 +13,7 @@ use rand::{rngs::StdRng, SeedableRng};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::checkpoint::{self, Provenance};
+use crate::checkpoint::{self, Checkpoint, Provenance};
 use crate::checks;
 use crate::data::{epoch_batches, read_corpus, split_validation, Batch, Lanes, Sequences};
 use crate::metrics::{Metrics, Record};
@@ -254,7 +254,8 @@ fn on_compute_thread<R: Send>(device: &Device, work: impl FnOnce() -> Result<R> 
 /// constant, or cosine decay to `min_lr` at the last step (nanoGPT's schedule).
 pub fn learning_rate(s: &Settings, step: u64, total: u64) -> f64 {
     if step < s.warmup_steps {
-        return s.learning_rate * (step + 1) as f64 / (s.warmup_steps + 1) as f64;
+        // In f64: warmup_steps + 1 can overflow u64 (--warmup-steps 18446744073709551615).
+        return s.learning_rate * (step as f64 + 1.0) / (s.warmup_steps as f64 + 1.0);
     }
     match s.lr_schedule {
         LrSchedule::Constant => s.learning_rate,
@@ -432,6 +433,45 @@ fn remove_stale_temporaries(dir: &Path) {
     }
 }
 
+/// A checkpoint, its optimizer state and the training position, checked to belong together.
+fn load_resumable(
+    path: &Path,
+    device: &Device,
+) -> Result<(PathBuf, Checkpoint, Adam, Position, Vec<Tensor>)> {
+    let ckpt = checkpoint::load(path, device)?;
+    let mut adam = Adam::new(ckpt.model.vars())?;
+    let (state, carried) = checkpoint::load_optim(&checkpoint::optim_path(path), &ckpt.model, &mut adam)?;
+    let pos: Position =
+        serde_json::from_value(state).context("bad training position in the optimizer state")?;
+    if adam.step != ckpt.provenance.step {
+        bail!(
+            "{} is at step {} but its optimizer state at step {}; resume from another checkpoint",
+            path.display(),
+            ckpt.provenance.step,
+            adam.step
+        );
+    }
+    if let (Some(model_run), Some(optim_run)) = (&ckpt.provenance.run_id, &pos.run_id) {
+        if model_run != optim_run {
+            bail!(
+                "{} belongs to run {optim_run}, not to {}'s run {model_run}; resume from a checkpoint with its own optimizer state",
+                checkpoint::optim_path(path).display(),
+                path.display()
+            );
+        }
+    }
+    Ok((path.to_path_buf(), ckpt, adam, pos, carried))
+}
+
+/// Refuses a run whose sizes need more memory than the machine has.
+fn check_memory(config: &Config, s: &Settings) -> Result<()> {
+    let sizes = format!(
+        "--embedding-dim {} --rnn-units {} --layers {} --batch-size {} --seq-len {} ({} characters in the vocabulary)",
+        config.embedding_dim, config.rnn_units, config.layers, s.batch_size, s.seq_len, config.vocab_size
+    );
+    crate::budget::check("training", crate::budget::training_bytes(config, s.batch_size, s.seq_len), &sizes)
+}
+
 /// A fresh run's folder must not hold another run: refuse, or with `overwrite` delete that
 /// run's files (only those) first.
 fn claim_folder(dir: &Path, overwrite: bool) -> Result<()> {
@@ -460,35 +500,36 @@ fn claim_folder(dir: &Path, overwrite: bool) -> Result<()> {
 
 pub fn run(o: &TrainOptions) -> Result<()> {
     let dir = &o.checkpoint_dir;
-    // Resume: weights, optimizer, position and settings from the checkpoint.
+    // Resume: weights, optimizer, position and settings from the checkpoint (in a folder, the
+    // most trained pair that loads; a damaged one is reported and passed over).
     let resumed = match &o.resume {
         None => None,
         Some(p) => {
-            let path = checkpoint::resolve_resumable(p)?;
-            let ckpt = checkpoint::load(&path, &o.device)?;
-            let mut adam = Adam::new(ckpt.model.vars())?;
-            let (state, carried) =
-                checkpoint::load_optim(&checkpoint::optim_path(&path), &ckpt.model, &mut adam)?;
-            let pos: Position =
-                serde_json::from_value(state).context("bad training position in the optimizer state")?;
-            if adam.step != ckpt.provenance.step {
-                bail!(
-                    "{} is at step {} but its optimizer state at step {}; resume from another checkpoint",
-                    path.display(),
-                    ckpt.provenance.step,
-                    adam.step
-                );
-            }
-            if let (Some(model_run), Some(optim_run)) = (&ckpt.provenance.run_id, &pos.run_id) {
-                if model_run != optim_run {
-                    bail!(
-                        "{} belongs to run {optim_run}, not to {}'s run {model_run}; resume from a checkpoint with its own optimizer state",
-                        checkpoint::optim_path(&path).display(),
-                        path.display()
-                    );
+            let mut failures = Vec::new();
+            let mut found = None;
+            for path in checkpoint::resumable_candidates(p)? {
+                match load_resumable(&path, &o.device) {
+                    Ok(r) => {
+                        found = Some(r);
+                        break;
+                    }
+                    Err(e) if p.is_dir() => {
+                        eprintln!("skipped {}: {e:#}", path.display());
+                        failures.push(e);
+                    }
+                    Err(e) => return Err(e),
                 }
             }
-            Some((path, ckpt, adam, pos, carried))
+            match found {
+                Some(r) => Some(r),
+                None => {
+                    let last = failures.pop().map(|e| format!("{e:#}")).unwrap_or_default();
+                    bail!(
+                        "nothing to resume in {}: no checkpoint pair there loads (last: {last})",
+                        p.display()
+                    )
+                }
+            }
         }
     };
     let settings = match &resumed {
@@ -541,6 +582,7 @@ pub fn run(o: &TrainOptions) -> Result<()> {
                 );
             }
             adam.weight_decay = s.weight_decay;
+            check_memory(&ckpt.model.config, s)?;
             eprintln!("resuming {} at epoch {} batch {}", path.display(), pos.epoch + 1, pos.batch);
             let carried = (!carried.is_empty()).then_some(carried);
             (ckpt.model, adam, pos, carried)
@@ -549,6 +591,7 @@ pub fn run(o: &TrainOptions) -> Result<()> {
             let config = Config::gru(vocab.len(), s.embedding_dim, s.rnn_units)
                 .with_layers(s.layers)
                 .with_cell(s.cell);
+            check_memory(&config, s)?;
             let model = Model::new_random(config, DType::F32, &o.device, &mut StdRng::seed_from_u64(s.seed))?;
             let mut adam = Adam::new(model.vars())?;
             adam.weight_decay = s.weight_decay;
@@ -565,7 +608,12 @@ pub fn run(o: &TrainOptions) -> Result<()> {
     };
     let config = &model.config;
     let batches_per_epoch = if s.stateful { lanes.len() } else { train.len() / s.batch_size };
-    let total_steps = (batches_per_epoch * s.epochs) as u64;
+    let total_steps = (batches_per_epoch as u64).checked_mul(s.epochs as u64).ok_or_else(|| {
+        anyhow::anyhow!(
+            "--epochs {} × {batches_per_epoch} batches per epoch is too many steps to count",
+            s.epochs
+        )
+    })?;
 
     eprintln!("corpus {}: {} characters, {} unique", s.data.display(), ids.len(), vocab.len());
     let order = match s.stateful {

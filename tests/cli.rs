@@ -564,3 +564,251 @@ fn a_closed_stdout_is_not_a_crash() {
     assert!(!stderr(&o).contains("panicked"), "{}", stderr(&o));
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
 }
+
+/// Runs the binary, failing the test (instead of hanging it) if it takes over `secs` seconds.
+fn charrnn_within(args: &[&str], secs: u64) -> Output {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_charrnn"))
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+    while child.try_wait().unwrap().is_none() {
+        if std::time::Instant::now() > until {
+            let _ = child.kill();
+            panic!("charrnn {args:?} still running after {secs} s");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    child.wait_with_output().unwrap()
+}
+
+#[test]
+fn devices_and_fifos_are_refused_without_reading_or_blocking() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = tiny_corpus(dir.path());
+    let ck = dir.path().join("ck");
+    assert!(train_into(&data, &ck, "1", &["--seed", "1"]).status.success());
+    let ck_s = ck.to_str().unwrap();
+    let fifo = dir.path().join("fifo");
+    assert!(Command::new("mkfifo").arg(&fifo).status().unwrap().success());
+    let link = dir.path().join("zero-link");
+    std::os::unix::fs::symlink("/dev/zero", &link).unwrap();
+    let fresh = dir.path().join("new");
+    for special in ["/dev/zero", fifo.to_str().unwrap(), link.to_str().unwrap()] {
+        let runs: [Vec<&str>; 5] = [
+            vec!["train", "--data", special, "--checkpoint-dir", fresh.to_str().unwrap()],
+            vec!["generate", "--checkpoint", special],
+            vec!["generate", "--checkpoint", ck_s, "--start-file", special],
+            vec!["eval", "--checkpoint", ck_s, "--data", special],
+            vec!["info", special],
+        ];
+        for args in runs {
+            let o = charrnn_within(&args, 20);
+            assert_fails_with(&o, "not a regular file");
+            assert_eq!(o.status.code(), Some(1), "{args:?}");
+        }
+    }
+}
+
+#[test]
+fn a_damaged_metrics_line_is_reported_and_skipped() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = tiny_corpus(dir.path());
+    let ck = dir.path().join("ck");
+    assert!(train_into(&data, &ck, "1", &["--seed", "1"]).status.success());
+    let metrics = ck.join("metrics.jsonl");
+    let mut text = std::fs::read_to_string(&metrics).unwrap();
+    text.push_str("{\"kind\": \"epo\n");
+    std::fs::write(&metrics, text).unwrap();
+    let o = charrnn(&["train", "--data", &data, "--resume", ck.to_str().unwrap(), "--epochs", "2"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stderr(&o).contains("not a metrics record, skipped"), "{}", stderr(&o));
+    let after = std::fs::read_to_string(&metrics).unwrap();
+    assert!(after.lines().all(|l| serde_json::from_str::<serde_json::Value>(l).is_ok()), "{after}");
+}
+
+#[test]
+fn absurd_sizes_are_refused_with_an_estimate_before_allocating() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = tiny_corpus(dir.path());
+    let ck = dir.path().join("ck");
+    let ck_s = ck.to_str().unwrap();
+    let fresh = dir.path().join("fresh");
+    let fresh_s = fresh.to_str().unwrap();
+    let tiny = ["--batch-size", "4", "--seq-len", "20", "--checkpoint-dir", fresh_s];
+    let o = charrnn_within(&[&["train", "--data", &data, "--rnn-units", "1000000"][..], &tiny].concat(), 20);
+    assert_fails_with(&o, "needs about");
+    assert!(stderr(&o).contains("--rnn-units 1000000"), "{}", stderr(&o));
+    let big = u64::MAX.to_string();
+    let o = charrnn_within(&["train", "--data", &data, "--seq-len", &big, "--checkpoint-dir", fresh_s], 20);
+    assert_fails_with(&o, "too large");
+    let o = charrnn_within(
+        &["train", "--data", &data, "--batch-size", "9223372036854775808", "--seq-len", "1"],
+        20,
+    );
+    assert_fails_with(&o, "too large");
+    assert!(!fresh.exists(), "nothing is written for a refused run");
+
+    assert!(train_into(&data, &ck, "1", &["--seed", "1"]).status.success());
+    let o = charrnn_within(&["generate", "--checkpoint", ck_s, "--num-samples", "4611686018427387904"], 20);
+    assert_fails_with(&o, "--num-samples 4611686018427387904");
+    let o = charrnn_within(&["eval", "--checkpoint", ck_s, "--data", &data, "--batch-size", &big], 20);
+    assert_fails_with(&o, "--batch-size");
+    for flag in ["--seq-len", "--batch-size", "--vocab-size", "--rnn-units"] {
+        let o = charrnn_within(&["bench", flag, &big, "--device", "cpu"], 20);
+        assert_fails_with(&o, flag);
+        assert_eq!(o.status.code(), Some(1), "{flag}");
+    }
+    let o = charrnn_within(&["download", "--timeout", &big, "--output", fresh_s], 20);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+}
+
+#[test]
+fn an_endless_warm_up_trains_at_a_tiny_rate_instead_of_an_infinite_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = tiny_corpus(dir.path());
+    let o = train_into(&data, &dir.path().join("ck"), "1", &["--warmup-steps", &u64::MAX.to_string()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+}
+
+#[test]
+fn resume_from_a_folder_passes_over_a_damaged_pair() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = tiny_corpus(dir.path());
+    let ck = dir.path().join("ck");
+    assert!(train_into(&data, &ck, "2", &["--seed", "1"]).status.success());
+    // The newest pair's optimizer state is cut short; its header is still readable.
+    let optim = ck.join("ckpt_2.optim.safetensors");
+    let bytes = std::fs::read(&optim).unwrap();
+    std::fs::write(&optim, &bytes[..bytes.len() - 100]).unwrap();
+    // Given directly, the damaged pair is an error, not a silent substitute.
+    let o = charrnn(&["train", "--data", &data, "--resume", ck.join("ckpt_2.safetensors").to_str().unwrap()]);
+    assert_fails_with(&o, "ckpt_2.optim.safetensors");
+    let o = charrnn(&["train", "--data", &data, "--resume", ck.to_str().unwrap(), "--epochs", "3"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let err = stderr(&o);
+    assert!(err.contains("skipped") && err.contains("ckpt_2.safetensors"), "{err}");
+    assert!(err.contains("resuming") && err.contains("ckpt_1.safetensors"), "{err}");
+}
+
+/// Every numeric flag of every command with 0, -1, 2^64−1, 1e30, nan and inf: each run ends
+/// with exit 1 or 2 and an `error:` line, or (where the value is legitimate, such as a huge
+/// --epochs) is still working after a moment; never a panic (101) or an abort (134).
+#[test]
+fn every_numeric_flag_survives_hostile_values() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = tiny_corpus(dir.path());
+    let ck = dir.path().join("ck");
+    assert!(train_into(&data, &ck, "1", &["--seed", "1"]).status.success());
+    let (ck_s, out) = (ck.to_str().unwrap().to_string(), dir.path().join("o").to_string_lossy().into_owned());
+    let small: Vec<String> = SMALL.iter().map(|s| s.to_string()).collect();
+    let commands: Vec<(Vec<String>, Vec<&str>)> = vec![
+        (
+            [
+                vec!["train".into(), "--data".into(), data.clone(), "--checkpoint-dir".into(), out.clone()],
+                small.clone(),
+            ]
+            .concat(),
+            vec![
+                "--epochs",
+                "--batch-size",
+                "--seq-len",
+                "--buffer-size",
+                "--embedding-dim",
+                "--rnn-units",
+                "--layers",
+                "--learning-rate",
+                "--val-fraction",
+                "--save-every",
+                "--seed",
+                "--keep",
+                "--clip-grad-norm",
+                "--warmup-steps",
+                "--min-lr",
+                "--weight-decay",
+                "--dropout",
+            ],
+        ),
+        (
+            vec!["generate".into(), "--checkpoint".into(), ck_s.clone(), "--length".into(), "20".into()],
+            vec!["--length", "--temperature", "--top-k", "--top-p", "--seed", "--num-samples"],
+        ),
+        (
+            vec!["eval".into(), "--checkpoint".into(), ck_s.clone(), "--data".into(), data.clone()],
+            vec!["--seq-len", "--batch-size"],
+        ),
+        (
+            vec!["bench".into(), "--device".into(), "cpu".into(), "--rnn-units".into(), "16".into()],
+            vec![
+                "--batches",
+                "--gen-chars",
+                "--batch-size",
+                "--seq-len",
+                "--embedding-dim",
+                "--rnn-units",
+                "--layers",
+                "--vocab-size",
+            ],
+        ),
+        (
+            vec![
+                "download".into(),
+                "--url".into(),
+                "http://127.0.0.1:9/x".into(),
+                "--output".into(),
+                out.clone(),
+            ],
+            vec!["--timeout", "--max-bytes"],
+        ),
+    ];
+    let values = ["0", "-1", "18446744073709551615", "1e30", "nan", "inf"];
+    let mut runs = Vec::new();
+    for (base, flags) in &commands {
+        for flag in flags {
+            for value in values {
+                let mut args = base.clone();
+                args.push(flag.to_string());
+                args.push(value.to_string());
+                runs.push(args);
+            }
+        }
+    }
+    let check = |args: &Vec<String>| {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_charrnn"))
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let until = std::time::Instant::now() + std::time::Duration::from_millis(2500);
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                let o = child.wait_with_output().unwrap();
+                let err = stderr(&o);
+                assert!(!err.contains("panicked"), "{args:?}: {err}");
+                match status.code() {
+                    Some(0) => {}
+                    Some(1 | 2) => assert!(err.contains("error:"), "{args:?}: {err}"),
+                    other => panic!("{args:?} ended with {other:?} (signal {status:?}): {err}"),
+                }
+                return;
+            }
+            if std::time::Instant::now() > until {
+                // Still at legitimate work (a huge --epochs, an endless --length): fine.
+                let _ = child.kill();
+                let _ = child.wait();
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+    };
+    std::thread::scope(|s| {
+        for part in runs.chunks(runs.len().div_ceil(4)) {
+            s.spawn(move || part.iter().for_each(check));
+        }
+    });
+}

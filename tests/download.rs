@@ -228,6 +228,11 @@ fn the_size_limit_and_the_deadline_bound_the_body() {
     let url = format!("http://{}/endless", listener.local_addr().unwrap());
     thread::spawn(move || {
         let Ok((mut stream, _)) = listener.accept() else { return };
+        let mut reader = BufReader::new(stream.try_clone().unwrap());
+        let mut line = String::new();
+        while reader.read_line(&mut line).is_ok_and(|n| n > 0) && line != "\r\n" {
+            line.clear();
+        }
         let _ = stream.write_all(b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n");
         let until = std::time::Instant::now() + Duration::from_secs(10);
         while std::time::Instant::now() < until && stream.write_all(&[b'y'; 512]).is_ok() {

@@ -57,3 +57,14 @@ fn a_non_finite_loss_stops_and_leaves_the_weights_alone() {
     let after = model.param("gru.weight_hh_l0").flatten_all().unwrap().to_vec1::<f32>().unwrap();
     assert_eq!(before, after);
 }
+
+/// Huge but finite logits (an output bias near f32's limit) must still give the true loss:
+/// all logits round to the same value, so the model is uniform over its 3 characters and
+/// every prediction costs ln 3. Computed as max + ln Σ − target, that rounds to 0.
+#[test]
+fn the_loss_stays_right_for_huge_finite_logits() {
+    let model = constant_model(vec![3e38, 3e38, 3e38]);
+    let vocab = Vocab::from_text("abc");
+    let s = score(&model, &vocab, &"abc".repeat(10), 5, 2).unwrap();
+    assert!((s.nats_per_char - 3f64.ln()).abs() < 1e-5, "{} nats/char, want ln 3", s.nats_per_char);
+}

@@ -125,7 +125,8 @@ extern "C" __global__ void softmax_cross_entropy(
     }
     sum = warp_sum(sum);
     for (int v = lane; v < vocab; v += 32) l[v] /= sum;
-    if (lane == 0) row_loss[row] = m + logf(sum) - target;
+    // (max − target) first: with logits near ±3e38, max + log(sum) would lose log(sum).
+    if (lane == 0) row_loss[row] = (m - target) + logf(sum);
 }
 
 // out[0] = scale · Σ x, in one block, in a fixed order (so results repeat exactly).
