@@ -274,3 +274,58 @@ fn regex_like_numbers(header: &str) -> Vec<(usize, usize)> {
     }
     spots
 }
+
+/// The same for optimizer states: every mutation loads into a model's Adam or is refused,
+/// never a panic.
+#[test]
+fn mutated_optimizer_states_never_panic() {
+    use rand::Rng;
+    let (model, _, _) = fixture();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("ckpt_1.optim.safetensors");
+    let mut adam = charrnn::optim::Adam::new(model.vars()).unwrap();
+    adam.step = 7;
+    let state = serde_json::json!({"epoch": 1, "batch": 0});
+    checkpoint::save_optim(&path, &model, &adam, &state, &[]).unwrap();
+    let good = std::fs::read(&path).unwrap();
+    let header_len = u64::from_le_bytes(good[..8].try_into().unwrap()) as usize;
+    let header = String::from_utf8(good[8..8 + header_len].to_vec()).unwrap();
+    let spots = regex_like_numbers(&header);
+    let mut rng = StdRng::seed_from_u64(12);
+    let numbers = ["0", "1", "-1", "4294967296", "18446744073709551615", "1e30", "null"];
+    let mut refused = 0;
+    for case in 0..1500 {
+        let bytes = match case % 3 {
+            0 => {
+                let mut b = good.clone();
+                let i = rng.random_range(0..b.len());
+                b[i] ^= 1 << rng.random_range(0..8);
+                b
+            }
+            1 => good[..rng.random_range(0..good.len())].to_vec(),
+            _ => {
+                let (a, b) = spots[rng.random_range(0..spots.len())];
+                let edited = format!(
+                    "{}{}{}",
+                    &header[..a],
+                    numbers[rng.random_range(0..numbers.len())],
+                    &header[b..]
+                );
+                let mut out = (edited.len() as u64).to_le_bytes().to_vec();
+                out.extend_from_slice(edited.as_bytes());
+                out.extend_from_slice(&good[8 + header_len..]);
+                out
+            }
+        };
+        std::fs::write(&path, &bytes).unwrap();
+        let mut into = charrnn::optim::Adam::new(model.vars()).unwrap();
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            checkpoint::load_optim(&path, &model, &mut into)
+        })) {
+            Err(_) => panic!("case {case}: loading panicked"),
+            Ok(Err(_)) => refused += 1,
+            Ok(Ok(_)) => {}
+        }
+    }
+    assert!(refused > 1000, "{refused} of 1500 refused");
+}
