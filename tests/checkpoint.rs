@@ -10,6 +10,50 @@ use charrnn::vocab::Vocab;
 use rand::{rngs::StdRng, SeedableRng};
 use safetensors::tensor::{Dtype, SafeTensors, TensorView};
 
+/// Counts this thread's live heap bytes and their peak, so a test can bound what a load
+/// allocates (the loaders run on the calling thread).
+struct Counting;
+
+thread_local! {
+    static LIVE: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+    static PEAK: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+fn note(grow: usize, shrink: usize) {
+    let _ = LIVE.try_with(|live| {
+        let now = (live.get() + grow).saturating_sub(shrink);
+        live.set(now);
+        let _ = PEAK.try_with(|p| p.set(p.get().max(now)));
+    });
+}
+
+// SAFETY: every call is passed to the system allocator unchanged; only counters are updated.
+unsafe impl std::alloc::GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: std::alloc::Layout) -> *mut u8 {
+        note(layout.size(), 0);
+        std::alloc::System.alloc(layout)
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: std::alloc::Layout) {
+        note(0, layout.size());
+        std::alloc::System.dealloc(ptr, layout)
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: std::alloc::Layout, new_size: usize) -> *mut u8 {
+        note(new_size, layout.size());
+        std::alloc::System.realloc(ptr, layout, new_size)
+    }
+}
+
+#[global_allocator]
+static COUNTING: Counting = Counting;
+
+/// The most this thread had allocated at once while running `f`, above what it held before.
+fn peak_allocation<R>(f: impl FnOnce() -> R) -> (R, usize) {
+    let base = LIVE.with(|l| l.get());
+    PEAK.with(|p| p.set(base));
+    let r = f();
+    (r, PEAK.with(|p| p.get()) - base)
+}
+
 fn fixture() -> (Model, Vocab, Provenance) {
     let vocab = Vocab::from_text("To be, or not to be: that is the question.\n");
     let mut rng = StdRng::seed_from_u64(4);
@@ -239,9 +283,17 @@ fn mutated_checkpoints_never_panic() {
                 out
             }
         };
-        let result = std::panic::catch_unwind(|| {
-            checkpoint::from_bytes(&bytes, &Device::Cpu).map(|c| logits(&c.model))
+        let (result, peak) = peak_allocation(|| {
+            std::panic::catch_unwind(|| checkpoint::from_bytes(&bytes, &Device::Cpu).map(|c| c.model))
         });
+        // The file's bytes a few times over (tensors decoded, names, the vocabulary), never
+        // sizes its header merely claims.
+        assert!(
+            peak <= 8 * good.len() + (256 << 10),
+            "case {case}: {peak} bytes for a {}-byte file",
+            bytes.len()
+        );
+        let result = result.map(|r| r.map(|model| logits(&model)));
         match result {
             Err(_) => panic!("case {case}: loading panicked"),
             Ok(Ok(_)) => loaded += 1,
