@@ -212,3 +212,28 @@ fn an_lstm_on_the_gpu_is_refused_clearly() {
     let err = Engine::new(&model, 1).err().expect("no GPU sampler for an LSTM").to_string();
     assert!(err.contains("--cell lstm has no GPU sampler yet"), "{err}");
 }
+
+/// Huge but finite logits (an output bias of 3e38): the GPU's loss, like the CPU's, is the
+/// uniform model's ln V, not the 0 that max + log Σ − target rounds to.
+#[test]
+fn the_gpu_loss_stays_right_for_huge_finite_logits() {
+    let dev = gpu();
+    let config = Config::gru(3, 4, 8);
+    let tensors = config
+        .parameter_shapes()
+        .into_iter()
+        .map(|(name, shape)| {
+            let t = match name.as_str() {
+                "dense.bias" => Tensor::new(vec![3e38f32; 3], &dev).unwrap(),
+                _ => Tensor::zeros(shape, DType::F32, &dev).unwrap(),
+            };
+            (name, t)
+        })
+        .collect();
+    let model = Model::from_tensors(config, tensors).unwrap();
+    let ids = ids_tensor(&[0, 1, 2, 0, 1, 2], 2, 3, &dev).unwrap();
+    let loss = model.loss(&ids, &[1, 2, 0, 1, 2, 0], &Pass::Eval).unwrap();
+    let loss = loss.to_dtype(DType::F64).unwrap().to_scalar::<f64>().unwrap();
+    println!("loss with logits of 3e38: {loss} (ln 3 = {})", 3f64.ln());
+    assert!((loss - 3f64.ln()).abs() < 1e-5, "{loss}");
+}
