@@ -812,3 +812,44 @@ fn every_numeric_flag_survives_hostile_values() {
         }
     });
 }
+
+/// Ctrl-C in the middle of a download removes its temporary file and exits 130.
+#[test]
+fn an_interrupted_download_leaves_nothing_behind() {
+    let dir = tempfile::tempdir().unwrap();
+    // A server that trickles text for up to 20 s after reading the request.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/slow.txt", listener.local_addr().unwrap());
+    std::thread::spawn(move || {
+        use std::io::Write;
+        let Ok((mut stream, _)) = listener.accept() else { return };
+        let mut reader = BufReader::new(stream.try_clone().unwrap());
+        let mut line = String::new();
+        while reader.read_line(&mut line).is_ok_and(|n| n > 0) && line != "\r\n" {
+            line.clear();
+        }
+        let _ = stream.write_all(b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n");
+        let until = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        while std::time::Instant::now() < until && stream.write_all(&[b'z'; 256]).is_ok() {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    });
+    let out = dir.path().join("corpus.txt");
+    let child = Command::new(env!("CARGO_BIN_EXE_charrnn"))
+        .args(["download", "--url", &url, "--output", out.to_str().unwrap(), "--timeout", "60"])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Wait for the temporary file, then interrupt.
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    while std::fs::read_dir(dir.path()).unwrap().next().is_none() {
+        assert!(std::time::Instant::now() < until, "the download never started");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    assert!(Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap().success());
+    let o = child.wait_with_output().unwrap();
+    assert_eq!(o.status.code(), Some(130), "{}", stderr(&o));
+    let left: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert!(left.is_empty(), "left behind: {left:?}");
+}
