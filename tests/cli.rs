@@ -3,6 +3,9 @@
 use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
+use std::time::Duration;
+
+mod common;
 
 fn charrnn(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_charrnn")).args(args).output().expect("the binary runs")
@@ -817,23 +820,7 @@ fn every_numeric_flag_survives_hostile_values() {
 #[test]
 fn an_interrupted_download_leaves_nothing_behind() {
     let dir = tempfile::tempdir().unwrap();
-    // A server that trickles text for up to 20 s after reading the request.
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let url = format!("http://{}/slow.txt", listener.local_addr().unwrap());
-    std::thread::spawn(move || {
-        use std::io::Write;
-        let Ok((mut stream, _)) = listener.accept() else { return };
-        let mut reader = BufReader::new(stream.try_clone().unwrap());
-        let mut line = String::new();
-        while reader.read_line(&mut line).is_ok_and(|n| n > 0) && line != "\r\n" {
-            line.clear();
-        }
-        let _ = stream.write_all(b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n");
-        let until = std::time::Instant::now() + std::time::Duration::from_secs(20);
-        while std::time::Instant::now() < until && stream.write_all(&[b'z'; 256]).is_ok() {
-            std::thread::sleep(std::time::Duration::from_millis(20));
-        }
-    });
+    let url = common::trickling_server(&[b'z'; 256], Duration::from_millis(20), Duration::from_secs(20));
     let out = dir.path().join("corpus.txt");
     let child = Command::new(env!("CARGO_BIN_EXE_charrnn"))
         .args(["download", "--url", &url, "--output", out.to_str().unwrap(), "--timeout", "60"])

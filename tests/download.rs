@@ -10,6 +10,8 @@ use charrnn::checkpoint::hex;
 use charrnn::download::{run, DownloadOptions, Outcome};
 use sha2::{Digest, Sha256};
 
+mod common;
+
 /// Serves each of `responses` to one connection, in order, then stops.
 fn serve(responses: Vec<Vec<u8>>) -> String {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
@@ -226,21 +228,7 @@ fn the_size_limit_and_the_deadline_bound_the_body() {
 
     // An endless body (no length, a line every few milliseconds, for at most 10 s): the
     // deadline ends it, however steadily it trickles.
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let url = format!("http://{}/endless", listener.local_addr().unwrap());
-    thread::spawn(move || {
-        let Ok((mut stream, _)) = listener.accept() else { return };
-        let mut reader = BufReader::new(stream.try_clone().unwrap());
-        let mut line = String::new();
-        while reader.read_line(&mut line).is_ok_and(|n| n > 0) && line != "\r\n" {
-            line.clear();
-        }
-        let _ = stream.write_all(b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n");
-        let until = std::time::Instant::now() + Duration::from_secs(10);
-        while std::time::Instant::now() < until && stream.write_all(&[b'y'; 512]).is_ok() {
-            thread::sleep(Duration::from_millis(5));
-        }
-    });
+    let url = common::trickling_server(&[b'y'; 512], Duration::from_millis(5), Duration::from_secs(10));
     let mut o = opts(url, out, None, false);
     o.timeout = Duration::from_secs(1);
     let started = std::time::Instant::now();
