@@ -266,14 +266,20 @@ pub enum Pass {
 /// Inverted dropout: each value kept with probability 1 − p and then scaled by 1/(1 − p).
 /// Element i is dropped when a hash of (seed, i) falls below p: every element is drawn on its
 /// own, so the mask is made in parallel (a sequential generator took most of a 3-layer GPU
-/// step at the tutorial's sizes), and it is the same on every device and thread count.
-fn dropout_mask(shape: &[usize], p: f32, seed: u64, device: &Device) -> Result<Tensor> {
+/// step at the tutorial's sizes), and it is the same on every device and thread count. On a
+/// GPU it is made there, by the same hash (bit for bit; tests/cuda.rs).
+pub fn dropout_mask(shape: &[usize], p: f32, seed: u64, device: &Device) -> Result<Tensor> {
     use rayon::prelude::*;
     const CHUNK: usize = 1 << 15;
     let keep = 1.0 / (1.0 - p);
     let threshold = (p as f64 * 2f64.powi(32)) as u64;
     let base = splitmix64(seed);
     let n: usize = shape.iter().product();
+    #[cfg(feature = "cuda")]
+    if let Ok(dev) = device.as_cuda_device() {
+        let mask = crate::cuda::dropout_mask(dev, n, base, threshold, keep)?;
+        return Ok(crate::cuda::tensor(mask, dev, shape));
+    }
     let mut mask = vec![0f32; n];
     mask.par_chunks_mut(CHUNK).enumerate().for_each(|(c, chunk)| {
         for (k, m) in chunk.iter_mut().enumerate() {

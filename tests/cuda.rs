@@ -237,3 +237,25 @@ fn the_gpu_loss_stays_right_for_huge_finite_logits() {
     println!("loss with logits of 3e38: {loss} (ln 3 = {})", 3f64.ln());
     assert!((loss - 3f64.ln()).abs() < 1e-5, "{loss}");
 }
+
+/// Dropout masks made on the GPU are bit for bit the CPU's, for several shapes, rates and
+/// seeds (odd sizes included).
+#[test]
+fn gpu_dropout_masks_are_the_cpus_bit_for_bit() {
+    let dev = gpu();
+    for (shape, p, seed) in [
+        (vec![5, 11, 96], 0.1f32, 1u64),
+        (vec![64, 100, 1024], 0.4, 0x9E37_79B9_7F4A_7C15),
+        (vec![3, 7, 13], 0.5, u64::MAX),
+        (vec![1, 1, 257], 0.05, 42),
+    ] {
+        let cpu = charrnn::model::dropout_mask(&shape, p, seed, &Device::Cpu).unwrap();
+        let gpu = charrnn::model::dropout_mask(&shape, p, seed, &dev).unwrap();
+        assert!(gpu.device().is_cuda());
+        let (a, b): (Vec<f32>, Vec<f32>) =
+            (cpu.flatten_all().unwrap().to_vec1().unwrap(), gpu.flatten_all().unwrap().to_vec1().unwrap());
+        let differ = a.iter().zip(&b).filter(|(x, y)| x.to_bits() != y.to_bits()).count();
+        println!("dropout mask {shape:?} p {p}: {differ} of {} elements differ", a.len());
+        assert_eq!(differ, 0, "{shape:?} p {p} seed {seed}");
+    }
+}

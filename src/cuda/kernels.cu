@@ -99,6 +99,24 @@ extern "C" __global__ void fill(int n, float value, float* out) {
     if (k < n) out[k] = value;
 }
 
+// SplitMix64's output function, as src/model.rs has it.
+__device__ __forceinline__ unsigned long long splitmix64(unsigned long long x) {
+    unsigned long long z = x + 0x9E3779B97F4A7C15ull;
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    return z ^ (z >> 31);
+}
+
+// The inverted-dropout mask of src/model.rs, made where it is used: element i is 0 when the
+// top 32 bits of splitmix64(base ^ i) fall below `threshold`, else `keep` (bit for bit the
+// CPU's mask).
+extern "C" __global__ void dropout_mask(
+    unsigned long long n, unsigned long long base, unsigned long long threshold, float keep, float* out)
+{
+    unsigned long long i = (unsigned long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n) out[i] = (splitmix64(base ^ i) >> 32) < threshold ? 0.0f : keep;
+}
+
 // Row-wise: logits + bias → softmax probabilities in place, and each row's cross-entropy
 // against its target. One warp per row.
 extern "C" __global__ void softmax_cross_entropy(

@@ -103,6 +103,21 @@ fn filled(dev: &CudaDevice, len: usize, value: f32) -> Result<CudaSlice<f32>> {
     Ok(out)
 }
 
+/// The inverted-dropout mask of `n` elements made on the GPU (see `model::dropout_mask`):
+/// `base` is the mixed seed, `threshold` the drop probability in units of 2⁻³², `keep` the
+/// scale of the kept elements. No host memory and no upload.
+pub fn dropout_mask(
+    dev: &CudaDevice,
+    n: usize,
+    base: u64,
+    threshold: u64,
+    keep: f32,
+) -> Result<CudaSlice<f32>> {
+    let out = uninit(dev, n)?;
+    launch!(kernel(dev, "dropout_mask")?, per_element(n); n as u64, base, threshold, keep, addr(&out, 0));
+    Ok(out)
+}
+
 /// C[m×n] = op(A)·op(B) + β·C with row-major operands, op(X) = Xᵀ where the flag is set.
 /// cuBLAS is column-major, so it computes Cᵀ = op(B)ᵀ·op(A)ᵀ. Full f32 (no TF32).
 #[allow(clippy::too_many_arguments)]
