@@ -28,8 +28,22 @@ pub fn write_with(path: &Path, fill: impl FnOnce(&mut dyn Write) -> std::io::Res
 }
 
 /// Whether a file name is one of [`temporary_file`]'s.
-pub fn is_temporary(name: &str) -> bool {
+fn is_temporary(name: &str) -> bool {
     name.starts_with(".charrnn-") && name.ends_with(".tmp")
+}
+
+/// Removes the temporary files of our own naming in `dir` (left by an interrupted write);
+/// returns those removed.
+pub fn remove_temporaries(dir: &Path) -> Vec<std::path::PathBuf> {
+    let Ok(entries) = std::fs::read_dir(dir) else { return Vec::new() };
+    entries
+        .flatten()
+        .filter(|e| {
+            is_temporary(&e.file_name().to_string_lossy()) && e.file_type().is_ok_and(|t| t.is_file())
+        })
+        .map(|e| e.path())
+        .filter(|p| std::fs::remove_file(p).is_ok())
+        .collect()
 }
 
 /// A temporary file in `dir`, named so that an interrupted run's leftovers are recognisable,

@@ -107,20 +107,6 @@ pub fn step_product_gflops(batch: usize, h: usize, gh: usize) -> f64 {
     2.0 * (batch * h * gh) as f64 / median(&times) / 1e9
 }
 
-/// The device as a person would name it: the GPU's name from the driver ("cuda:0 NVIDIA
-/// H200"), or the CPU.
-fn device_name(device: &Device) -> String {
-    #[cfg(feature = "cuda")]
-    if let Ok(d) = device.as_cuda_device() {
-        let ordinal = d.cuda_stream().context().ordinal();
-        return match d.cuda_stream().context().name() {
-            Ok(name) => format!("cuda:{ordinal} {name}"),
-            Err(e) => format!("cuda:{ordinal} (the driver did not give its name: {e})"),
-        };
-    }
-    format!("{:?}", device.location())
-}
-
 /// Peak resident memory of this process, from /proc (0 where unavailable).
 pub fn peak_rss_mib() -> f64 {
     std::fs::read_to_string("/proc/self/status")
@@ -170,7 +156,7 @@ pub fn run(o: &BenchOptions) -> Result<BenchReport> {
     let gen_rate = o.gen_chars as f64 / t0.elapsed().as_secs_f64();
     let achieved = flops / per_batch / 1e9;
     Ok(BenchReport {
-        device: device_name(&o.device),
+        device: crate::device::name(&o.device),
         kernel: crate::kernel::active().name().to_string(),
         threads: rayon::current_num_threads(),
         batch_size: o.batch_size,

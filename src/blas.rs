@@ -10,7 +10,8 @@
 use gemm::{gemm, Parallelism};
 use rayon::prelude::*;
 
-use crate::kernel::{self, Baseline, Isa, Kernel};
+use crate::float::Float;
+use crate::kernel::{self, per_kernel, Kernel};
 
 /// A read-only matrix view: element (i, j) is `data[i * row_stride + j * col_stride]`.
 #[derive(Clone, Copy)]
@@ -249,11 +250,10 @@ impl PanelJob<'_> {
     ///
     /// # Safety
     /// `c` must address `a.rows` rows (stride `ldc`) of `cols` writable values that no other
-    /// thread touches, and `kernel` must be supported by this CPU.
+    /// thread touches; `a` must lie in its buffer with `a.cols == k` and `panel` hold k rows
+    /// (`matmul_packed_on` checks both once per product); `kernel` must be supported by this
+    /// CPU.
     unsafe fn run(&self, kernel: Kernel) {
-        assert!(self.panel.len() >= self.k * PANEL, "panel shorter than its rows");
-        assert_eq!(self.a.cols, self.k, "inner dimensions differ");
-        self.a.assert_in_bounds();
         let (tile_rows, tile_cols) = match kernel {
             Kernel::Avx512 => (8, 32),
             Kernel::Avx2 | Kernel::Neon => (6, 16),
@@ -437,47 +437,18 @@ pub fn gemv(out: &mut [f32], w: &[f32], x: &[f32], bias: Option<&[f32]>) {
         let first = chunk * ROWS_PER_TASK;
         for (k, o) in out.iter_mut().enumerate() {
             let row = &w[(first + k) * cols..(first + k + 1) * cols];
-            *o = dot_with(kernel, row, x) + bias.map_or(0.0, |b| b[first + k]);
+            *o = dot(kernel, row, x) + bias.map_or(0.0, |b| b[first + k]);
         }
     });
 }
 
-/// A dot product on the active kernel.
-pub fn dot(a: &[f32], b: &[f32]) -> f32 {
-    dot_with(kernel::active(), a, b)
-}
-
-/// A dot product compiled for `kernel`'s instruction set.
-fn dot_with(kernel: Kernel, a: &[f32], b: &[f32]) -> f32 {
-    debug_assert!(kernel.supported());
-    #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "avx512f,avx512vl,fma")]
-    fn avx512(a: &[f32], b: &[f32]) -> f32 {
-        dot_body::<kernel::Wide>(a, b)
-    }
-    #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "avx2,fma")]
-    fn avx2(a: &[f32], b: &[f32]) -> f32 {
-        dot_body::<kernel::Wide>(a, b)
-    }
-    match kernel {
-        // SAFETY: a kernel is only ever active on a CPU that has its features.
-        #[cfg(target_arch = "x86_64")]
-        Kernel::Avx512 => unsafe { avx512(a, b) },
-        #[cfg(target_arch = "x86_64")]
-        Kernel::Avx2 => unsafe { avx2(a, b) },
-        // NEON (and FMA) are part of aarch64's baseline.
-        _ => dot_body::<Baseline>(a, b),
-    }
-}
-
-/// The dot product's loop, with independent accumulators so the compiler can vectorise it;
-/// fused multiply-adds only where the instruction set has them (elsewhere `mul_add` is a
-/// library call per element).
-#[inline(always)]
-fn dot_body<I: Isa>(a: &[f32], b: &[f32]) -> f32 {
+per_kernel! {
+/// A dot product with independent accumulators so the compiler can vectorise it; fused
+/// multiply-adds only where the instruction set has them (elsewhere `mul_add` is a library
+/// call per element).
+fn dot<T: Float, I: Isa>(a: &[T], b: &[T]) -> T {
     const LANES: usize = 32;
-    let mut acc = [0.0f32; LANES];
+    let mut acc = [T::zero(); LANES];
     let (a_main, a_tail) = a.split_at(a.len() / LANES * LANES);
     let (b_main, b_tail) = b.split_at(a_main.len());
     for (ca, cb) in a_main.chunks_exact(LANES).zip(b_main.chunks_exact(LANES)) {
@@ -485,11 +456,12 @@ fn dot_body<I: Isa>(a: &[f32], b: &[f32]) -> f32 {
             acc[l] = if I::FMA { ca[l].mul_add(cb[l], acc[l]) } else { ca[l] * cb[l] + acc[l] };
         }
     }
-    let mut sum: f32 = acc.iter().sum();
-    for (x, y) in a_tail.iter().zip(b_tail) {
+    let mut sum = acc.iter().fold(T::zero(), |s, &x| s + x);
+    for (&x, &y) in a_tail.iter().zip(b_tail) {
         sum += x * y;
     }
     sum
+}
 }
 
 #[cfg(test)]
@@ -565,7 +537,7 @@ mod tests {
                 let a: Vec<f32> = seq(len, 0.01).iter().map(|&x| x as f32).collect();
                 let b: Vec<f32> = seq(len + 3, 0.02)[3..].iter().map(|&x| x as f32).collect();
                 let want: f64 = a.iter().zip(&b).map(|(&x, &y)| x as f64 * y as f64).sum();
-                let got = dot_with(kernel, &a, &b) as f64;
+                let got = dot(kernel, &a, &b) as f64;
                 assert!((got - want).abs() < 1e-5 * want.abs().max(1.0), "{kernel} {len}: {got} vs {want}");
             }
         }

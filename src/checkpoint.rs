@@ -52,6 +52,17 @@ pub fn epoch_of(name: &str) -> Option<usize> {
     name.strip_prefix("ckpt_")?.strip_suffix(".safetensors")?.parse().ok()
 }
 
+/// Whether `name` is a checkpoint a training run writes (`ckpt_{epoch}`, `best`,
+/// `interrupted`) or the optimizer state beside one.
+pub fn is_run_checkpoint(name: &str) -> bool {
+    let model = name.strip_suffix(".optim.safetensors").or_else(|| name.strip_suffix(".safetensors"));
+    model.is_some_and(|m| {
+        m == "best"
+            || m == "interrupted"
+            || m.strip_prefix("ckpt_").is_some_and(|e| e.parse::<usize>().is_ok())
+    })
+}
+
 fn tensors_digest<'a>(tensors: impl IntoIterator<Item = (&'a str, &'a [u8])>) -> String {
     let mut sorted: Vec<_> = tensors.into_iter().collect();
     sorted.sort_by_key(|(name, _)| *name);
@@ -314,12 +325,6 @@ pub fn read_provenance(path: &Path) -> Result<Provenance> {
         .and_then(|m| m.get("provenance"))
         .ok_or_else(|| anyhow!("{}: no provenance metadata", path.display()))?;
     Ok(serde_json::from_str(text)?)
-}
-
-/// The checkpoint to resume from: a file given directly, or the one with the most training
-/// steps among those in a folder that have their optimizer state beside them.
-pub fn resolve_resumable(path: &Path) -> Result<PathBuf> {
-    Ok(resumable_candidates(path)?.remove(0))
 }
 
 /// What a resume may start from: a file given directly, or, in a folder, every checkpoint with

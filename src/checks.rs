@@ -12,12 +12,17 @@ pub struct Rule<T> {
 }
 
 impl<T: Display + Copy> Rule<T> {
-    /// `Err("--flag must be …, got v")` when `value` breaks the rule.
-    pub fn check(&self, flag: &str, value: T) -> Result<(), String> {
+    /// The value, or `Err("must be …, got v")` when it breaks the rule.
+    pub fn check(&self, value: T) -> Result<T, String> {
         match (self.ok)(value) {
-            true => Ok(()),
-            false => Err(format!("{flag} must be {}, got {value}", self.expected)),
+            true => Ok(value),
+            false => Err(format!("must be {}, got {value}", self.expected)),
         }
+    }
+
+    /// [`Rule::check`] for a named flag: `Err("--flag must be …, got v")`.
+    pub fn check_flag(&self, flag: &str, value: T) -> Result<T, String> {
+        self.check(value).map_err(|e| format!("{flag} {e}"))
     }
 }
 

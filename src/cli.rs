@@ -288,8 +288,8 @@ pub struct BenchArgs {
     /// CPU kernel(s) to time, comma-separated: avx512, avx2, neon, portable, or all this CPU
     /// can run (default: CHARRNN_KERNEL, else the fastest); several are timed one after another
     /// in this run
-    #[arg(long, value_delimiter = ',', value_parser = kernel_name)]
-    pub kernel: Vec<String>,
+    #[arg(long, value_delimiter = ',', value_parser = kernel_choice)]
+    pub kernel: Vec<Option<Kernel>>,
     /// Print JSON (one object, or an array with several kernels) instead of a table
     #[arg(long)]
     pub json: bool,
@@ -313,17 +313,14 @@ where
     T: std::str::FromStr + std::fmt::Display + Copy,
     T::Err: std::fmt::Display,
 {
-    let x: T = s.parse().map_err(|e: T::Err| e.to_string())?;
-    match (rule.ok)(x) {
-        true => Ok(x),
-        false => Err(format!("must be {}, got {x}", rule.expected)),
-    }
+    rule.check(s.parse().map_err(|e: T::Err| e.to_string())?)
 }
 
-fn kernel_name(s: &str) -> Result<String, String> {
+/// A kernel by name, or `None` for `all`.
+fn kernel_choice(s: &str) -> Result<Option<Kernel>, String> {
     match s {
-        "all" => Ok(s.to_string()),
-        _ => Kernel::parse(s).map(|k| k.name().to_string()).map_err(|e| e.to_string()),
+        "all" => Ok(None),
+        _ => Kernel::parse(s).map(Some).map_err(|e| e.to_string()),
     }
 }
 
@@ -454,12 +451,9 @@ pub fn run(cli: Cli, explicit: Vec<String>) -> Result<()> {
             let ckpt = checkpoint::load(&path, &device)?;
             eprintln!("checkpoint {} (epoch {})", path.display(), ckpt.provenance.epoch);
             let start = match &a.start_file {
-                Some(f) => crate::files::read(f)
-                    .map_err(anyhow::Error::from)
-                    .and_then(|b| Ok(String::from_utf8(b)?))
-                    .with_context(|| {
-                        format!("cannot read --start-file {} (it must be UTF-8 text)", f.display())
-                    })?,
+                Some(f) => crate::files::read_to_string(f).with_context(|| {
+                    format!("cannot read --start-file {} (it must be UTF-8 text)", f.display())
+                })?,
                 None => a.start.clone(),
             };
             budget::check(
@@ -477,10 +471,10 @@ pub fn run(cli: Cli, explicit: Vec<String>) -> Result<()> {
             Ok(())
         }
         Command::Bench(a) => {
-            let kernels = match a.kernel.as_slice() {
-                [] => vec![kernel::active()],
-                names if names.iter().any(|n| n == "all") => Kernel::available(),
-                names => names.iter().map(|n| Kernel::parse(n)).collect::<Result<_>>()?,
+            let kernels = match a.kernel.iter().copied().collect::<Option<Vec<Kernel>>>() {
+                None => Kernel::available(), // `all` was among them
+                Some(named) if named.is_empty() => vec![kernel::active()],
+                Some(named) => named,
             };
             let config = Config::gru(a.vocab_size, a.embedding_dim, a.rnn_units)
                 .with_layers(a.layers)

@@ -27,7 +27,7 @@ pub fn select(choice: DeviceChoice) -> Result<Device> {
     };
     match &device {
         Device::Cpu => eprintln!("device: {}", cpu_summary()),
-        _ => eprintln!("device: cuda:0"),
+        _ => eprintln!("device: {}", name(&device)),
     }
     Ok(device)
 }
@@ -35,6 +35,20 @@ pub fn select(choice: DeviceChoice) -> Result<Device> {
 /// "cpu, 2 threads, avx512 kernel"
 fn cpu_summary() -> String {
     format!("cpu, {} threads, {} kernel", rayon::current_num_threads(), crate::kernel::active())
+}
+
+/// The device as a person would name it: a GPU by its driver's name ("cuda:0 NVIDIA H200"),
+/// else "cpu".
+pub fn name(device: &Device) -> String {
+    #[cfg(feature = "cuda")]
+    if let Ok(d) = device.as_cuda_device() {
+        let context = d.cuda_stream().context().clone();
+        return match context.name() {
+            Ok(name) => format!("cuda:{} {name}", context.ordinal()),
+            Err(e) => format!("cuda:{} (the driver did not give its name: {e})", context.ordinal()),
+        };
+    }
+    format!("{:?}", device.location()).to_lowercase()
 }
 
 #[cfg(feature = "cuda")]

@@ -6,7 +6,6 @@
 
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
@@ -97,18 +96,17 @@ pub fn run(o: &DownloadOptions) -> Result<Outcome> {
         );
     }
     let expected_len = response.content_length();
-    if expected_len.is_some_and(|l| l > o.max_bytes) {
+    if let Some(len) = expected_len.filter(|&l| l > o.max_bytes) {
         bail!(
-            "download of {} announces {} bytes, more than --max-bytes {}; nothing was written",
+            "download of {} announces {len} bytes, more than --max-bytes {}; nothing was written",
             o.url,
-            expected_len.unwrap_or(0),
             o.max_bytes
         );
     }
 
     let mut tmp = crate::atomic::temporary_file(&dir)
         .with_context(|| format!("cannot create a temporary file in {}", dir.display()))?;
-    let _cleanup = remove_on_interrupt(tmp.path());
+    remove_on_interrupt(tmp.path().to_path_buf());
     let pb = ProgressBar::with_draw_target(expected_len, ProgressDrawTarget::stderr());
     pb.set_style(
         ProgressStyle::with_template("{bar:30} {bytes}/{total_bytes} {bytes_per_sec} ETA {eta}")
@@ -213,17 +211,12 @@ fn looks_like_html(start: &[u8]) -> bool {
     head.starts_with("<!doctype html") || head.starts_with("<html")
 }
 
-/// While alive, Ctrl-C or SIGTERM removes the temporary download at `path` before exiting
-/// (status 130), so an interrupted download leaves nothing behind.
-fn remove_on_interrupt(path: &Path) -> Arc<Mutex<Option<PathBuf>>> {
-    let slot = Arc::new(Mutex::new(Some(path.to_path_buf())));
-    let seen = slot.clone();
+/// From now on Ctrl-C or SIGTERM removes the temporary download at `path` (if it is still
+/// there) before exiting with status 130, so an interrupted download leaves nothing behind.
+fn remove_on_interrupt(path: PathBuf) {
     let _ = ctrlc::set_handler(move || {
-        if let Some(p) = seen.lock().ok().and_then(|mut s| s.take()) {
-            let _ = std::fs::remove_file(p);
-        }
+        let _ = std::fs::remove_file(&path);
         eprintln!("\ninterrupted; nothing was written");
         std::process::exit(130);
     });
-    slot
 }

@@ -89,8 +89,9 @@ impl Kernel {
         Kernel::ALL.get(usize::from(v)).copied()
     }
 
+    /// Its index in [`Kernel::ALL`] (the declaration order).
     fn to_u8(self) -> u8 {
-        Kernel::ALL.iter().position(|&k| k == self).expect("every kernel is listed") as u8
+        self as u8
     }
 }
 
@@ -141,31 +142,23 @@ pub fn set(kernel: Kernel) -> Result<()> {
     Ok(())
 }
 
-/// The kernel `CHARRNN_KERNEL` asks for (checked against the CPU), else the best one.
-pub fn from_env() -> Result<Kernel> {
+/// Chooses the kernel once: the one `CHARRNN_KERNEL` names (checked against the CPU), else the
+/// best. The binary calls this first, so a bad request is an error before any work; library
+/// users who skip it get the same choice on first use.
+pub fn init() -> Result<Kernel> {
+    if let Some(k) = Kernel::from_u8(ACTIVE.load(Ordering::Relaxed)) {
+        return Ok(k);
+    }
     let kernel = match std::env::var(ENV) {
         Ok(name) if !name.is_empty() => Kernel::parse(&name).map_err(|e| anyhow::anyhow!("{ENV}: {e}"))?,
-        _ => return Ok(Kernel::best()),
+        _ => Kernel::best(),
     };
     set(kernel).map_err(|e| anyhow::anyhow!("{ENV}={kernel}: {e}"))?;
     Ok(kernel)
 }
 
-/// Chooses the kernel from the environment, once, with a clear error for a bad request. The
-/// binary calls this first; library users who skip it get the same choice on first use.
-pub fn init() -> Result<Kernel> {
-    match Kernel::from_u8(ACTIVE.load(Ordering::Relaxed)) {
-        Some(k) => Ok(k),
-        None => {
-            let k = from_env()?;
-            ACTIVE.store(k.to_u8(), Ordering::Relaxed);
-            Ok(k)
-        }
-    }
-}
-
-/// The kernel in use. One relaxed load: callers read it once per product or pass, never per
-/// tile or element.
+/// The kernel in use. One relaxed load: callers read it once per product or pass and hand it
+/// down, never per tile, row or element.
 pub fn active() -> Kernel {
     match Kernel::from_u8(ACTIVE.load(Ordering::Relaxed)) {
         Some(k) => k,
@@ -175,37 +168,40 @@ pub fn active() -> Kernel {
     }
 }
 
-/// Defines `fn name<T: Float>(…)` from a body written as `fn name<T: Float, I: Isa>(…)`: the
-/// body is compiled once per kernel (with `I` telling it what that instruction set offers) and
-/// the one matching [`active`] runs, so that element-wise loops are vectorised as wide as the
-/// chosen kernel allows, and no wider: `portable` really runs baseline code.
+/// Defines `fn name<T: Float>(kernel: Kernel, …)` from a body written as
+/// `fn name<T: Float, I: Isa>(…)`: the body is compiled once per instruction set (with `I`
+/// telling it what that set offers) and `kernel`'s runs, so that element-wise loops are
+/// vectorised as wide as the chosen kernel allows, and no wider: `portable` really runs
+/// baseline code. Callers read [`active`] once per pass and hand it down.
 macro_rules! per_kernel {
     (
         $(#[$meta:meta])*
-        $vis:vis fn $name:ident<T: Float, I: Isa>($($arg:ident: $ty:ty),* $(,)?) $body:block
+        $vis:vis fn $name:ident<T: Float, I: Isa>($($arg:ident: $ty:ty),* $(,)?) $(-> $ret:ty)? $body:block
     ) => {
         $(#[$meta])*
-        $vis fn $name<T: Float>($($arg: $ty),*) {
+        #[allow(clippy::too_many_arguments)] // the kernel comes on top of the body's own
+        $vis fn $name<T: Float>(kernel: $crate::kernel::Kernel, $($arg: $ty),*) $(-> $ret)? {
             #[inline(always)]
             // A body may not need to know what its instruction set offers.
             #[allow(clippy::too_many_arguments, clippy::extra_unused_type_parameters)]
-            fn body<T: Float, I: $crate::kernel::Isa>($($arg: $ty),*) $body
+            fn body<T: Float, I: $crate::kernel::Isa>($($arg: $ty),*) $(-> $ret)? $body
             #[cfg(target_arch = "x86_64")]
             #[target_feature(enable = "avx512f,avx512vl,fma")]
             #[allow(clippy::too_many_arguments)]
-            fn avx512<T: Float>($($arg: $ty),*) { body::<T, $crate::kernel::Wide>($($arg),*) }
+            fn avx512<T: Float>($($arg: $ty),*) $(-> $ret)? { body::<T, $crate::kernel::Wide>($($arg),*) }
             #[cfg(target_arch = "x86_64")]
             #[target_feature(enable = "avx2,fma")]
             #[allow(clippy::too_many_arguments)]
-            fn avx2<T: Float>($($arg: $ty),*) { body::<T, $crate::kernel::Wide>($($arg),*) }
-            match $crate::kernel::active() {
-                // SAFETY: `active` returns a kernel only after checking that the CPU has its
-                // features.
+            fn avx2<T: Float>($($arg: $ty),*) $(-> $ret)? { body::<T, $crate::kernel::Wide>($($arg),*) }
+            debug_assert!(kernel.supported());
+            match kernel {
+                // SAFETY: a kernel is only ever active (or handed out by `Kernel::available`)
+                // on a CPU that has its features.
                 #[cfg(target_arch = "x86_64")]
                 $crate::kernel::Kernel::Avx512 => unsafe { avx512::<T>($($arg),*) },
                 #[cfg(target_arch = "x86_64")]
                 $crate::kernel::Kernel::Avx2 => unsafe { avx2::<T>($($arg),*) },
-                // NEON is part of the aarch64 baseline, so the plain body already uses it.
+                // NEON (and FMA) are part of the aarch64 baseline, so the plain body uses them.
                 _ => body::<T, $crate::kernel::Baseline>($($arg),*),
             }
         }

@@ -77,8 +77,8 @@ impl Metrics {
 
 /// The records of a metrics file; lines that are not records are reported and skipped.
 pub fn read(path: &Path) -> Result<Vec<Record>> {
-    let bytes = crate::files::read(path).with_context(|| format!("cannot read {}", path.display()))?;
-    let text = String::from_utf8(bytes).with_context(|| format!("{} is not UTF-8 text", path.display()))?;
+    let text =
+        crate::files::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
     // A damaged line (a crash mid-append, an edit) costs that record, not the run.
     let mut records = Vec::new();
     for (i, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {

@@ -36,7 +36,7 @@ use rayon::prelude::*;
 
 use crate::blas::{matmul, View};
 use crate::float::{give_buffer, storage_slice, take_buffer, Float};
-use crate::kernel::per_kernel;
+use crate::kernel::{self, per_kernel};
 
 /// The recurrent cell.
 #[derive(
@@ -207,7 +207,6 @@ per_kernel! {
 /// layer's output. Writes the pre-activation gradients, which are the same for the input
 /// projection (`dx`) and for W_hh·h_prev + b_hh (`dgh`); leaves dL/dc_prev in `dc` and zero in
 /// `dh` (all of dL/dh_prev goes through W_hh; the caller adds dgh · W_hh).
-#[allow(clippy::too_many_arguments)]
 pub fn lstm_gate_backward<T: Float, I: Isa>(
     dx: &mut [T],
     dgh: &mut [T],
@@ -277,6 +276,7 @@ pub fn forward<T: Float>(
     };
     let (h0, c0) = (part(0), if cell == Cell::Lstm { part(1) } else { None });
     let w_t = T::pack(View::rows(w_hh, gh_width, h).t()); // W_hhᵀ [H, GH], packed once for all steps
+    let kernel = kernel::active(); // the gate passes' instruction set, read once for the sweep
     let zeros = vec![T::zero(); h];
     // Written in full, step by step, before anything reads them.
     let mut hs = take_buffer(steps * batch * h);
@@ -300,14 +300,14 @@ pub fn forward<T: Float>(
         match cell {
             Cell::Gru => rows.for_each(|(b, (h_row, g_row))| {
                 let prev = h_prev.map_or(&zeros[..], |p| &p[b * h..(b + 1) * h]);
-                gate_forward(h_row, g_row, x_of(b), gh_of(b), b_hh, prev);
+                gate_forward(kernel, h_row, g_row, x_of(b), gh_of(b), b_hh, prev);
             }),
             Cell::Lstm => {
                 let (c_done, c_rest) = cs.split_at_mut(t * batch * h);
                 let c_prev = if t > 0 { Some(&c_done[(t - 1) * batch * h..]) } else { c0.as_deref() };
                 rows.zip(c_rest[..batch * h].par_chunks_mut(h)).for_each(|((b, (h_row, g_row)), c_row)| {
                     let prev = c_prev.map_or(&zeros[..], |p| &p[b * h..(b + 1) * h]);
-                    lstm_gate_forward(h_row, c_row, g_row, x_of(b), gh_of(b), b_hh, prev);
+                    lstm_gate_forward(kernel, h_row, c_row, g_row, x_of(b), gh_of(b), b_hh, prev);
                 });
             }
         }
@@ -336,6 +336,7 @@ impl<T: Float> Tape<T> {
         let g = self.cell.gates() * h;
         assert_eq!(grad_out.len(), batch * steps * h);
         let w_hh = T::pack(View::rows(w_hh, g, h)); // the right operand of dh = dgh · W_hh
+        let kernel = kernel::active();
         let zeros = vec![T::zero(); h];
         let mut dx = vec![T::zero(); batch * g]; // this step's input gradients
         let mut dgh = take_buffer(steps * batch * g); // written in full by the sweep
@@ -366,12 +367,14 @@ impl<T: Float> Tape<T> {
                     match cell {
                         Cell::Gru => {
                             let prev = h_prev.map_or(&zeros[..], |p| &p[row]);
-                            gate_backward(dx_row, dgh_row, dh_row, dh_out, gates, prev);
+                            gate_backward(kernel, dx_row, dgh_row, dh_row, dh_out, gates, prev);
                         }
                         Cell::Lstm => {
                             let prev = c_prev.map_or(&zeros[..], |p| &p[row.clone()]);
                             let now = &self.cs[t * batch * h..(t + 1) * batch * h][row];
-                            lstm_gate_backward(dx_row, dgh_row, dh_row, dc_row, dh_out, gates, prev, now);
+                            lstm_gate_backward(
+                                kernel, dx_row, dgh_row, dh_row, dc_row, dh_out, gates, prev, now,
+                            );
                         }
                     }
                 });

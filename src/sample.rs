@@ -11,6 +11,7 @@ use candle_core::DType;
 use rand::Rng;
 
 use crate::blas::{gemv, matmul_packed, Packed, View};
+use crate::kernel;
 use crate::model::Model;
 use crate::rnn::{gate_forward, lstm_gate_forward, Cell};
 use crate::vocab::Vocab;
@@ -136,6 +137,7 @@ impl Sampler {
         assert_eq!(ids.len(), self.batch);
         let (h, n) = (self.hidden, self.batch);
         let g = self.cell.gates() * h;
+        let kernel = kernel::active();
         for l in 0..self.layers.len() {
             let (below, rest) = self.layers.split_at_mut(l);
             let layer = &mut rest[0];
@@ -151,10 +153,21 @@ impl Sampler {
                 let (row, gh) = (b * h..(b + 1) * h, &layer.gh[b * g..(b + 1) * g]);
                 let h_next = &mut layer.h_next[row.clone()];
                 match self.cell {
-                    Cell::Gru => gate_forward(h_next, &mut self.gates, x, gh, &layer.b_hh, &layer.h[row]),
+                    Cell::Gru => {
+                        gate_forward(kernel, h_next, &mut self.gates, x, gh, &layer.b_hh, &layer.h[row])
+                    }
                     Cell::Lstm => {
                         let c_next = &mut layer.c_next[row.clone()];
-                        lstm_gate_forward(h_next, c_next, &mut self.gates, x, gh, &layer.b_hh, &layer.c[row]);
+                        lstm_gate_forward(
+                            kernel,
+                            h_next,
+                            c_next,
+                            &mut self.gates,
+                            x,
+                            gh,
+                            &layer.b_hh,
+                            &layer.c[row],
+                        );
                     }
                 }
             }

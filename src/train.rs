@@ -79,19 +79,19 @@ impl Settings {
         ];
         let mut problems: Vec<String> = Vec::new();
         for (flag, v) in sizes {
-            problems.extend(checks::AT_LEAST_ONE.check(flag, v).err());
+            problems.extend(checks::AT_LEAST_ONE.check_flag(flag, v).err());
         }
         if let Some(keep) = self.keep {
-            problems.extend(checks::AT_LEAST_ONE.check("--keep", keep).err());
+            problems.extend(checks::AT_LEAST_ONE.check_flag("--keep", keep).err());
         }
         if let Some(clip) = self.clip_grad_norm {
-            problems.extend(checks::POSITIVE.check("--clip-grad-norm", clip).err());
+            problems.extend(checks::POSITIVE.check_flag("--clip-grad-norm", clip).err());
         }
-        problems.extend(checks::POSITIVE.check("--learning-rate", self.learning_rate).err());
-        problems.extend(checks::NON_NEGATIVE.check("--min-lr", self.min_lr).err());
-        problems.extend(checks::NON_NEGATIVE.check("--weight-decay", self.weight_decay).err());
-        problems.extend(checks::FRACTION.check("--val-fraction", self.val_fraction).err());
-        problems.extend(checks::FRACTION.check("--dropout", self.dropout).err());
+        problems.extend(checks::POSITIVE.check_flag("--learning-rate", self.learning_rate).err());
+        problems.extend(checks::NON_NEGATIVE.check_flag("--min-lr", self.min_lr).err());
+        problems.extend(checks::NON_NEGATIVE.check_flag("--weight-decay", self.weight_decay).err());
+        problems.extend(checks::FRACTION.check_flag("--val-fraction", self.val_fraction).err());
+        problems.extend(checks::FRACTION.check_flag("--dropout", self.dropout).err());
         if let Some(p) = problems.into_iter().next() {
             bail!(p);
         }
@@ -292,13 +292,7 @@ fn interrupt_flag(checkpoint_dir: PathBuf) -> Arc<AtomicBool> {
     // after removing any temporary file a checkpoint write may have left behind.
     let _ = ctrlc::set_handler(move || {
         if seen.swap(true, Ordering::SeqCst) {
-            if let Ok(entries) = std::fs::read_dir(&checkpoint_dir) {
-                for e in entries.flatten() {
-                    if crate::atomic::is_temporary(&e.file_name().to_string_lossy()) {
-                        let _ = std::fs::remove_file(e.path());
-                    }
-                }
-            }
+            crate::atomic::remove_temporaries(&checkpoint_dir);
             eprintln!("\naborted");
             std::process::exit(130);
         }
@@ -389,7 +383,7 @@ fn prune(dir: &Path, keep: usize, run_id: &Option<String>, just_written: usize) 
         })
         .collect();
     epochs.sort_unstable_by(|a, b| b.cmp(a));
-    for epoch in epochs.into_iter().skip(keep.max(1)).filter(|&e| e != just_written) {
+    for epoch in epochs.into_iter().skip(keep).filter(|&e| e != just_written) {
         let path = dir.join(checkpoint::file_name(epoch));
         std::fs::remove_file(&path).with_context(|| format!("cannot remove {}", path.display()))?;
         let _ = std::fs::remove_file(checkpoint::optim_path(&path));
@@ -405,32 +399,10 @@ fn run_files(dir: &Path) -> Vec<String> {
         .filter_map(|e| e.ok())
         .filter(|e| e.file_type().is_ok_and(|t| t.is_file()))
         .filter_map(|e| e.file_name().into_string().ok())
-        .filter(|n| {
-            let stem = n.strip_suffix(".optim.safetensors").or_else(|| n.strip_suffix(".safetensors"));
-            let checkpoint = stem.is_some_and(|s| {
-                s == "best"
-                    || s == "interrupted"
-                    || checkpoint::epoch_of(&format!("{s}.safetensors")).is_some()
-            });
-            checkpoint || n == Metrics::FILE || n == Metrics::PLOT
-        })
+        .filter(|n| checkpoint::is_run_checkpoint(n) || n == Metrics::FILE || n == Metrics::PLOT)
         .collect();
     names.sort();
     names
-}
-
-/// Removes temporary files of our own naming that a crashed write left in `dir`.
-fn remove_stale_temporaries(dir: &Path) {
-    let Ok(entries) = std::fs::read_dir(dir) else { return };
-    for e in entries.flatten() {
-        let name = e.file_name().to_string_lossy().into_owned();
-        if crate::atomic::is_temporary(&name) && e.file_type().is_ok_and(|t| t.is_file()) {
-            match std::fs::remove_file(e.path()) {
-                Ok(()) => eprintln!("removed {}, left by an interrupted write", e.path().display()),
-                Err(err) => eprintln!("warning: cannot remove {}: {err}", e.path().display()),
-            }
-        }
-    }
 }
 
 /// A checkpoint, its optimizer state and the training position, checked to belong together.
@@ -472,29 +444,35 @@ fn check_memory(config: &Config, s: &Settings) -> Result<()> {
     crate::budget::check("training", crate::budget::training_bytes(config, s.batch_size, s.seq_len), &sizes)
 }
 
-/// A fresh run's folder must not hold another run: refuse, or with `overwrite` delete that
-/// run's files (only those) first.
-fn claim_folder(dir: &Path, overwrite: bool) -> Result<()> {
+/// A fresh run's folder must not hold another run; the error says how to go on.
+fn refuse_another_run(dir: &Path) -> Result<()> {
     let found = run_files(dir);
     if found.is_empty() {
         return Ok(());
     }
-    if !overwrite {
-        let shown: Vec<&str> = found.iter().take(4).map(String::as_str).collect();
-        bail!(
-            "{} already holds a training run ({}{}); continue it with `charrnn train --resume {}`, choose another --checkpoint-dir, or pass --overwrite to delete that run's files first",
-            dir.display(),
-            shown.join(", "),
-            if found.len() > shown.len() { format!(" and {} more", found.len() - shown.len()) } else { String::new() },
-            dir.display()
-        );
-    }
+    let shown = found.iter().take(4).cloned().collect::<Vec<_>>().join(", ");
+    let more = match found.len() {
+        n if n > 4 => format!(" and {} more", n - 4),
+        _ => String::new(),
+    };
+    bail!(
+        "{} already holds a training run ({shown}{more}); continue it with `charrnn train --resume {}`, choose another --checkpoint-dir, or pass --overwrite to delete that run's files first",
+        dir.display(),
+        dir.display()
+    )
+}
+
+/// `--overwrite`: deletes the previous run's files (only those) from `dir`.
+fn remove_another_run(dir: &Path) -> Result<()> {
+    let found = run_files(dir);
     for name in &found {
         let path = dir.join(name);
         std::fs::remove_file(&path)
             .with_context(|| format!("--overwrite: cannot remove {}", path.display()))?;
     }
-    eprintln!("--overwrite: removed the previous run's {} files from {}", found.len(), dir.display());
+    if !found.is_empty() {
+        eprintln!("--overwrite: removed the previous run's {} files from {}", found.len(), dir.display());
+    }
     Ok(())
 }
 
@@ -542,8 +520,8 @@ pub fn run(o: &TrainOptions) -> Result<()> {
         }
         None => {
             o.settings.validate()?;
-            if dir.is_dir() {
-                claim_folder(dir, false).or_else(|e| if o.overwrite { Ok(()) } else { Err(e) })?;
+            if !o.overwrite {
+                refuse_another_run(dir)?;
             }
             o.settings.clone()
         }
@@ -640,9 +618,11 @@ pub fn run(o: &TrainOptions) -> Result<()> {
 
     std::fs::create_dir_all(dir)
         .with_context(|| format!("cannot create the checkpoint folder {}", dir.display()))?;
-    remove_stale_temporaries(dir);
+    for stale in crate::atomic::remove_temporaries(dir) {
+        eprintln!("removed {}, left by an interrupted write", stale.display());
+    }
     if o.resume.is_none() && o.overwrite {
-        claim_folder(dir, true)?;
+        remove_another_run(dir)?;
     }
     let run_id = pos.run_id.clone();
     let resume_hint = format!("charrnn train --resume {}", dir.display());

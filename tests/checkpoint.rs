@@ -248,41 +248,12 @@ fn sizes_and_values_from_a_file_are_not_trusted() {
 /// fails with an error or gives a model that runs; none panics.
 #[test]
 fn mutated_checkpoints_never_panic() {
-    use rand::Rng;
     let (model, vocab, prov) = fixture();
     let good = checkpoint::to_bytes(&model, &vocab, &prov).unwrap();
-    let header_len = u64::from_le_bytes(good[..8].try_into().unwrap()) as usize;
-    let header = String::from_utf8(good[8..8 + header_len].to_vec()).unwrap();
     let mut rng = StdRng::seed_from_u64(11);
-    let numbers = ["0", "1", "7", "-1", "4294967296", "18446744073709551615", "1e30", "null", "[]"];
     let (mut loaded, mut refused) = (0, 0);
     for case in 0..3000 {
-        let bytes = match case % 4 {
-            0 => {
-                let mut b = good.clone();
-                for _ in 0..rng.random_range(1..4) {
-                    let i = rng.random_range(0..b.len());
-                    b[i] ^= 1 << rng.random_range(0..8);
-                }
-                b
-            }
-            1 => good[..rng.random_range(0..good.len())].to_vec(),
-            _ => {
-                // Replace one number (or a dtype) in the header JSON, then fix its length.
-                let spots: Vec<(usize, usize)> = regex_like_numbers(&header);
-                let (a, b) = spots[rng.random_range(0..spots.len())];
-                let with = if case % 4 == 3 {
-                    ["\"F64\"", "\"I32\"", "\"BOOL\""][rng.random_range(0..3)]
-                } else {
-                    numbers[rng.random_range(0..numbers.len())]
-                };
-                let edited = format!("{}{}{}", &header[..a], with, &header[b..]);
-                let mut out = (edited.len() as u64).to_le_bytes().to_vec();
-                out.extend_from_slice(edited.as_bytes());
-                out.extend_from_slice(&good[8 + header_len..]);
-                out
-            }
-        };
+        let bytes = mutate(&good, case, &mut rng);
         let (result, peak) = peak_allocation(|| {
             std::panic::catch_unwind(|| checkpoint::from_bytes(&bytes, &Device::Cpu).map(|c| c.model))
         });
@@ -302,6 +273,41 @@ fn mutated_checkpoints_never_panic() {
     }
     eprintln!("{loaded} loaded, {refused} refused");
     assert!(refused > 2500, "most mutations must be refused ({loaded} loaded, {refused} refused)");
+}
+
+/// The `case`-th mutation of a valid safetensors file, in turn: 1–3 flipped bits, a
+/// truncation, one number of the header JSON replaced, one dtype replaced (the header's length
+/// fixed up after an edit).
+fn mutate(good: &[u8], case: usize, rng: &mut StdRng) -> Vec<u8> {
+    use rand::Rng;
+    let header_len = u64::from_le_bytes(good[..8].try_into().unwrap()) as usize;
+    let header = std::str::from_utf8(&good[8..8 + header_len]).unwrap();
+    let numbers = ["0", "1", "7", "-1", "4294967296", "18446744073709551615", "1e30", "null", "[]"];
+    match case % 4 {
+        0 => {
+            let mut b = good.to_vec();
+            for _ in 0..rng.random_range(1..4) {
+                let i = rng.random_range(0..b.len());
+                b[i] ^= 1 << rng.random_range(0..8);
+            }
+            b
+        }
+        1 => good[..rng.random_range(0..good.len())].to_vec(),
+        _ => {
+            let spots = regex_like_numbers(header);
+            let (a, b) = spots[rng.random_range(0..spots.len())];
+            let with = if case % 4 == 3 {
+                ["\"F64\"", "\"I32\"", "\"BOOL\""][rng.random_range(0..3)]
+            } else {
+                numbers[rng.random_range(0..numbers.len())]
+            };
+            let edited = format!("{}{}{}", &header[..a], with, &header[b..]);
+            let mut out = (edited.len() as u64).to_le_bytes().to_vec();
+            out.extend_from_slice(edited.as_bytes());
+            out.extend_from_slice(&good[8 + header_len..]);
+            out
+        }
+    }
 }
 
 /// Byte ranges of the numbers and quoted dtype names in a safetensors JSON header (the
@@ -331,7 +337,6 @@ fn regex_like_numbers(header: &str) -> Vec<(usize, usize)> {
 /// never a panic.
 #[test]
 fn mutated_optimizer_states_never_panic() {
-    use rand::Rng;
     let (model, _, _) = fixture();
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("ckpt_1.optim.safetensors");
@@ -340,35 +345,10 @@ fn mutated_optimizer_states_never_panic() {
     let state = serde_json::json!({"epoch": 1, "batch": 0});
     checkpoint::save_optim(&path, &model, &adam, &state, &[]).unwrap();
     let good = std::fs::read(&path).unwrap();
-    let header_len = u64::from_le_bytes(good[..8].try_into().unwrap()) as usize;
-    let header = String::from_utf8(good[8..8 + header_len].to_vec()).unwrap();
-    let spots = regex_like_numbers(&header);
     let mut rng = StdRng::seed_from_u64(12);
-    let numbers = ["0", "1", "-1", "4294967296", "18446744073709551615", "1e30", "null"];
     let mut refused = 0;
     for case in 0..1500 {
-        let bytes = match case % 3 {
-            0 => {
-                let mut b = good.clone();
-                let i = rng.random_range(0..b.len());
-                b[i] ^= 1 << rng.random_range(0..8);
-                b
-            }
-            1 => good[..rng.random_range(0..good.len())].to_vec(),
-            _ => {
-                let (a, b) = spots[rng.random_range(0..spots.len())];
-                let edited = format!(
-                    "{}{}{}",
-                    &header[..a],
-                    numbers[rng.random_range(0..numbers.len())],
-                    &header[b..]
-                );
-                let mut out = (edited.len() as u64).to_le_bytes().to_vec();
-                out.extend_from_slice(edited.as_bytes());
-                out.extend_from_slice(&good[8 + header_len..]);
-                out
-            }
-        };
+        let bytes = mutate(&good, case, &mut rng);
         std::fs::write(&path, &bytes).unwrap();
         let mut into = charrnn::optim::Adam::new(model.vars()).unwrap();
         match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {

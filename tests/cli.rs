@@ -401,6 +401,14 @@ fn train_into(data: &str, dir: &Path, epochs: &str, extra: &[&str]) -> Output {
     charrnn(&a)
 }
 
+/// Two one-epoch runs of the same settings and different seeds, in folders `a` and `b`.
+fn two_runs(dir: &Path, data: &str) -> (std::path::PathBuf, std::path::PathBuf) {
+    let (a, b) = (dir.join("a"), dir.join("b"));
+    assert!(train_into(data, &a, "1", &["--seed", "1"]).status.success());
+    assert!(train_into(data, &b, "1", &["--seed", "2"]).status.success());
+    (a, b)
+}
+
 /// Every file in `dir` with its contents, to show that nothing changed.
 fn snapshot(dir: &Path) -> Vec<(String, Vec<u8>)> {
     let mut files: Vec<(String, Vec<u8>)> = std::fs::read_dir(dir)
@@ -443,9 +451,7 @@ fn a_fresh_run_refuses_a_folder_holding_another_run_and_overwrite_replaces_it() 
 fn pruning_keeps_other_runs_checkpoints_and_the_one_just_written() {
     let dir = tempfile::tempdir().unwrap();
     let data = tiny_corpus(dir.path());
-    let (a, b) = (dir.path().join("a"), dir.path().join("b"));
-    assert!(train_into(&data, &a, "1", &["--seed", "1"]).status.success());
-    assert!(train_into(&data, &b, "1", &["--seed", "2"]).status.success());
+    let (a, b) = two_runs(dir.path(), &data);
     // Another run's checkpoint in B's folder, under a name pruning would otherwise take.
     std::fs::copy(a.join("ckpt_1.safetensors"), b.join("ckpt_0.safetensors")).unwrap();
     let b_s = b.to_str().unwrap();
@@ -517,9 +523,7 @@ fn settings_read_back_on_resume_are_validated_like_flags() {
 fn an_optimizer_state_from_another_run_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let data = tiny_corpus(dir.path());
-    let (a, b) = (dir.path().join("a"), dir.path().join("b"));
-    assert!(train_into(&data, &a, "1", &["--seed", "1"]).status.success());
-    assert!(train_into(&data, &b, "1", &["--seed", "2"]).status.success());
+    let (a, b) = two_runs(dir.path(), &data);
     // Same settings, same step count: only the run ids tell them apart.
     std::fs::copy(b.join("ckpt_1.optim.safetensors"), a.join("ckpt_1.optim.safetensors")).unwrap();
     let o = charrnn(&["train", "--data", &data, "--resume", a.to_str().unwrap(), "--epochs", "2"]);
@@ -568,8 +572,9 @@ fn a_closed_stdout_is_not_a_crash() {
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
 }
 
-/// Runs the binary, failing the test (instead of hanging it) if it takes over `secs` seconds.
-fn charrnn_within(args: &[&str], secs: u64) -> Output {
+/// Runs the binary for at most `limit`: its output, or `None` (after killing it) when it is
+/// still running then.
+fn run_for(args: &[&str], limit: Duration) -> Option<Output> {
     let mut child = Command::new(env!("CARGO_BIN_EXE_charrnn"))
         .args(args)
         .stdin(Stdio::null())
@@ -577,15 +582,22 @@ fn charrnn_within(args: &[&str], secs: u64) -> Output {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let until = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+    let until = std::time::Instant::now() + limit;
     while child.try_wait().unwrap().is_none() {
         if std::time::Instant::now() > until {
             let _ = child.kill();
-            panic!("charrnn {args:?} still running after {secs} s");
+            let _ = child.wait();
+            return None;
         }
-        std::thread::sleep(std::time::Duration::from_millis(20));
+        std::thread::sleep(Duration::from_millis(10));
     }
-    child.wait_with_output().unwrap()
+    Some(child.wait_with_output().unwrap())
+}
+
+/// Runs the binary, failing the test (instead of hanging it) if it takes over `secs` seconds.
+fn charrnn_within(args: &[&str], secs: u64) -> Output {
+    run_for(args, Duration::from_secs(secs))
+        .unwrap_or_else(|| panic!("charrnn {args:?} still running after {secs} s"))
 }
 
 #[test]
@@ -780,33 +792,15 @@ fn every_numeric_flag_survives_hostile_values() {
         }
     }
     let check = |args: &Vec<String>| {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_charrnn"))
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let until = std::time::Instant::now() + std::time::Duration::from_millis(2500);
-        loop {
-            if let Some(status) = child.try_wait().unwrap() {
-                let o = child.wait_with_output().unwrap();
-                let err = stderr(&o);
-                assert!(!err.contains("panicked"), "{args:?}: {err}");
-                match status.code() {
-                    Some(0) => {}
-                    Some(1 | 2) => assert!(err.contains("error:"), "{args:?}: {err}"),
-                    other => panic!("{args:?} ended with {other:?} (signal {status:?}): {err}"),
-                }
-                return;
-            }
-            if std::time::Instant::now() > until {
-                // Still at legitimate work (a huge --epochs, an endless --length): fine.
-                let _ = child.kill();
-                let _ = child.wait();
-                return;
-            }
-            std::thread::sleep(std::time::Duration::from_millis(10));
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        // Still running after a moment means legitimate work (a huge --epochs): fine.
+        let Some(o) = run_for(&args, Duration::from_millis(2500)) else { return };
+        let err = stderr(&o);
+        assert!(!err.contains("panicked"), "{args:?}: {err}");
+        match o.status.code() {
+            Some(0) => {}
+            Some(1 | 2) => assert!(err.contains("error:"), "{args:?}: {err}"),
+            other => panic!("{args:?} ended with {other:?} ({:?}): {err}", o.status),
         }
     };
     std::thread::scope(|s| {
