@@ -1,0 +1,89 @@
+//! Checkpoints written by an earlier build keep loading and resuming bit for bit.
+//!
+//! `tests/fixtures/main-e09027d/{gru,lstm}` hold epoch 1 of two small runs (the LSTM with two
+//! layers, dropout, --stateful, clipping, cosine schedule and weight decay) and the epoch-2
+//! files that build wrote when it trained on. Both runs used the portable kernel, whose
+//! arithmetic is the same on every CPU, so the comparison holds on any machine.
+
+use std::path::Path;
+use std::process::Command;
+
+const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/main-e09027d");
+
+/// Every tensor's name and raw bytes.
+fn tensor_bytes(path: &Path) -> Vec<(String, Vec<u8>)> {
+    let bytes = std::fs::read(path).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let mut v: Vec<_> = st.tensors().into_iter().map(|(n, t)| (n, t.data().to_vec())).collect();
+    v.sort();
+    v
+}
+
+/// The training position saved in an optimizer file.
+fn position(path: &Path) -> serde_json::Value {
+    let bytes = std::fs::read(path).unwrap();
+    let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
+    let state = &meta.metadata().as_ref().unwrap()["state"];
+    serde_json::from_str(state).unwrap()
+}
+
+fn resumes_bit_for_bit(cell: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let run = dir.path();
+    std::fs::copy(Path::new(FIXTURES).join("tiny.txt"), run.join("tiny.txt")).unwrap();
+    std::fs::create_dir(run.join(cell)).unwrap();
+    for f in ["ckpt_1.safetensors", "ckpt_1.optim.safetensors"] {
+        std::fs::copy(Path::new(FIXTURES).join(cell).join(f), run.join(cell).join(f)).unwrap();
+    }
+    let out = Command::new(env!("CARGO_BIN_EXE_charrnn"))
+        .args(["train", "--device", "cpu", "--resume", &format!("{cell}/ckpt_1.safetensors")])
+        .env("CHARRNN_KERNEL", "portable")
+        .current_dir(run)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let expected = Path::new(FIXTURES).join(cell);
+    for (got, want) in [
+        ("ckpt_2.safetensors", "expected_ckpt_2.safetensors"),
+        ("ckpt_2.optim.safetensors", "expected_ckpt_2.optim.safetensors"),
+    ] {
+        let (got, want) = (run.join(cell).join(got), expected.join(want));
+        assert!(
+            tensor_bytes(&got) == tensor_bytes(&want),
+            "{cell}: {} differs from {}",
+            got.display(),
+            want.display()
+        );
+    }
+    let got = position(&run.join(cell).join("ckpt_2.optim.safetensors"));
+    assert_same_position(&got, &position(&expected.join("expected_ckpt_2.optim.safetensors")));
+}
+
+/// Equal positions; losses (reports, not weights) within f32 rounding, because the earlier
+/// build added the rows' losses in a thread-dependent order.
+fn assert_same_position(got: &serde_json::Value, want: &serde_json::Value) {
+    use serde_json::Value;
+    match (got, want) {
+        (Value::Number(g), Value::Number(w)) if g.is_f64() || w.is_f64() => {
+            let (g, w) = (g.as_f64().unwrap(), w.as_f64().unwrap());
+            assert!((g - w).abs() <= 1e-6 * w.abs().max(1.0), "{g} vs {w}");
+        }
+        (Value::Object(g), Value::Object(w)) => {
+            assert_eq!(g.keys().collect::<Vec<_>>(), w.keys().collect::<Vec<_>>());
+            for (k, v) in w {
+                assert_same_position(&g[k], v);
+            }
+        }
+        _ => assert_eq!(got, want),
+    }
+}
+
+#[test]
+fn a_gru_run_from_an_earlier_build_resumes_bit_for_bit() {
+    resumes_bit_for_bit("gru");
+}
+
+#[test]
+fn a_stateful_two_layer_lstm_run_from_an_earlier_build_resumes_bit_for_bit() {
+    resumes_bit_for_bit("lstm");
+}
