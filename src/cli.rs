@@ -105,7 +105,7 @@ pub struct TrainArgs {
     /// Stacked recurrent layers
     #[arg(long, default_value_t = 1, value_parser = positive)]
     pub layers: usize,
-    /// Recurrent cell: gru (the tutorial's) or lstm (PyTorch's layout, forget-gate bias 1)
+    /// Recurrent cell (parameters in the layout of PyTorch's module of that name)
     #[arg(long, value_enum, default_value_t = Cell::Gru)]
     pub cell: Cell,
     /// Adam step size
@@ -276,7 +276,7 @@ pub struct BenchArgs {
     /// Stacked recurrent layers
     #[arg(long, default_value_t = 1, value_parser = positive)]
     pub layers: usize,
-    /// Recurrent cell: gru (the tutorial's) or lstm (PyTorch's layout, forget-gate bias 1)
+    /// Recurrent cell (parameters in the layout of PyTorch's module of that name)
     #[arg(long, value_enum, default_value_t = Cell::Gru)]
     pub cell: Cell,
     /// Vocabulary size (Shakespeare's is 65)

@@ -4,6 +4,7 @@ pub mod atomic;
 pub mod bench;
 pub mod blas;
 pub mod budget;
+pub mod cells;
 pub mod checkpoint;
 pub mod checks;
 pub mod cli;

@@ -7,9 +7,9 @@ use candle_core::{DType, Device, Tensor, Var};
 use rand::{distr::Uniform, Rng};
 use serde::{Deserialize, Serialize};
 
+pub use crate::cells::Cell;
 use crate::head::dense_cross_entropy;
 use crate::rnn::rnn_sequence;
-pub use crate::rnn::Cell;
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Config {
@@ -100,8 +100,7 @@ pub struct Model {
 impl Model {
     /// The tutorial's initialisation: embedding U(-0.05, 0.05); recurrent kernels and the dense
     /// kernel Glorot-uniform (Keras' fans: fan_in + fan_out of the [in, out] kernel); biases 0,
-    /// except an LSTM's forget gate, whose input bias starts at 1 (Keras' `unit_forget_bias`:
-    /// the cell remembers by default until it learns otherwise).
+    /// except where the cell sets its input bias otherwise (an LSTM's forget gate starts at 1).
     pub fn new_random(config: Config, dtype: DType, device: &Device, rng: &mut impl Rng) -> Result<Self> {
         config.validate()?;
         let mut params = Vec::new();
@@ -117,9 +116,8 @@ impl Model {
                 Some(l) => rng.sample_iter(Uniform::new(-l, l)?).take(n).collect(),
                 None => vec![0.0; n],
             };
-            if config.cell == Cell::Lstm && name.starts_with("lstm.bias_ih_") {
-                let h = config.rnn_units;
-                values[h..2 * h].fill(1.0); // gate order i, f, g, o
+            if name.starts_with(&format!("{}.bias_ih_", config.cell.name())) {
+                config.cell.init_bias_ih(&mut values, config.rnn_units);
             }
             let t = Tensor::from_vec(values, shape, device)?.to_dtype(dtype)?;
             params.push(Var::from_tensor(&t)?);

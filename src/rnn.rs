@@ -1,31 +1,15 @@
-//! A recurrent layer (GRU or LSTM) over a whole sequence as one fused operation, with its own
-//! backward.
-//!
-//! GRU: PyTorch's / cuDNN's formulation (Keras `reset_after=True`), gate order r, z, n:
-//!
-//! ```text
-//! r = σ(x_r + W_hr h + b_hr)        z = σ(x_z + W_hz h + b_hz)
-//! n = tanh(x_n + r ⊙ (W_hn h + b_hn))
-//! h' = (1 − z) ⊙ n + z ⊙ h
-//! ```
-//!
-//! LSTM: PyTorch's, gate order i, f, g, o, with a pre-activation a = x + W_hh h + b_hh:
-//!
-//! ```text
-//! i = σ(a_i)   f = σ(a_f)   g = tanh(a_g)   o = σ(a_o)
-//! c' = f ⊙ c + i ⊙ g        h' = o ⊙ tanh(c')
-//! ```
+//! A recurrent layer over a whole sequence as one fused operation, with its own backward,
+//! generic over the cell (`crate::cells`).
 //!
 //! `x` is the input projection `W_ih e + b_ih`; for an embedding input it is a row of the V×GH
-//! table `E·W_ihᵀ + b_ih` (G gates: 3 or 4), so the layer takes that table and the token ids and
-//! looks rows up. Per time step the forward pass does one [B×H]·[H×GH] product and one fused,
-//! multi-threaded pass over the gates; the backward pass does one [B×GH]·[GH×H] product per
-//! step and, after the sweep, dW_hh as one [GH × T·B]·[T·B × H] product. Only the two gate
-//! passes differ between the cells.
+//! table `E·W_ihᵀ + b_ih` (G gates), so the layer takes that table and the token ids and looks
+//! rows up. Per time step the forward pass does one [B×H]·[H×GH] product and one fused,
+//! multi-threaded pass of the cell's gate arithmetic; the backward pass does one [B×GH]·[GH×H]
+//! product per step and, after the sweep, dW_hh as one [GH × T·B]·[T·B × H] product.
 //!
 //! Internal buffers are time-major ([T, B, ·]) so that each step's rows are contiguous; the
 //! tensors the operation exchanges with candle are batch-major ([B, T, ·]). A layer's state is
-//! one row per sequence: h ([B, H]) for a GRU, h then c ([B, 2H]) for an LSTM.
+//! one row per sequence: h, then the cell's other state parts (an LSTM's c): [B, P·H].
 
 use std::sync::Mutex;
 
@@ -35,45 +19,9 @@ use candle_core::{
 use rayon::prelude::*;
 
 use crate::blas::{matmul, View};
+use crate::cells::{with_cell, Cell, RecurrentCell, StepBackward, StepForward};
 use crate::float::{give_buffer, storage_slice, take_buffer, Float};
-use crate::kernel::{self, per_kernel};
-
-/// The recurrent cell.
-#[derive(
-    Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize, clap::ValueEnum,
-)]
-#[serde(rename_all = "lowercase")]
-pub enum Cell {
-    #[default]
-    Gru,
-    Lstm,
-}
-
-impl Cell {
-    /// Gates per unit: W_ih and W_hh have this many blocks of H rows.
-    pub fn gates(self) -> usize {
-        match self {
-            Cell::Gru => 3,
-            Cell::Lstm => 4,
-        }
-    }
-
-    /// Vectors of H per sequence in the state: h, or h and c.
-    pub fn state_parts(self) -> usize {
-        match self {
-            Cell::Gru => 1,
-            Cell::Lstm => 2,
-        }
-    }
-
-    /// The prefix of the parameter names, as PyTorch's `nn.GRU` / `nn.LSTM` module would have it.
-    pub fn name(self) -> &'static str {
-        match self {
-            Cell::Gru => "gru",
-            Cell::Lstm => "lstm",
-        }
-    }
-}
+use crate::kernel;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Dims {
@@ -82,21 +30,20 @@ pub struct Dims {
     pub hidden: usize,
 }
 
-/// What the forward pass keeps for the backward pass: h (and, for an LSTM, c) for every step
-/// ([T, B, H]) and, per step and row, 4H gate values ([T, B, 4H]): the GRU's activations r, z,
-/// n and its recurrent n-term W_hn h + b_hn, or the LSTM's activations i, f, g, o.
+/// What the forward pass keeps for the backward pass, time-major: h for every step
+/// ([T, B, H]), the cell's other state parts ([T, B, E·H]; empty when it has none) and its
+/// tape ([T, B, TAPE·H]).
 pub struct Tape<T: Float> {
     pub cell: Cell,
     pub dims: Dims,
     /// Rows of the input table: V.
     vocab: usize,
-    /// The initial h and c [B, H], when not zero.
+    /// The initial h [B, H] and other state parts [B, E·H], when not zero.
     h0: Option<Vec<T>>,
-    c0: Option<Vec<T>>,
+    extra0: Option<Vec<T>>,
     pub hs: Vec<T>,
-    /// LSTM only (empty for a GRU).
-    pub cs: Vec<T>,
-    pub gates: Vec<T>,
+    pub extras: Vec<T>,
+    pub tapes: Vec<T>,
 }
 
 /// Gradients of the fused layer with respect to its three inputs.
@@ -109,143 +56,10 @@ pub struct Grads<T> {
     pub b_hh: Vec<T>,
 }
 
-per_kernel! {
-/// One step of gate arithmetic for one batch row. `gh` is W_hh·h_prev without bias; writes the
-/// new state to `h_out` and (r, z, n, W_hn h + b_hn) to `gates`.
-pub fn gate_forward<T: Float, I: Isa>(h_out: &mut [T], gates: &mut [T], x: &[T], gh: &[T], b_hh: &[T], h_prev: &[T]) {
-    let h = h_out.len();
-    let (xr, xz, xn) = (&x[..h], &x[h..2 * h], &x[2 * h..3 * h]);
-    let (gr, gz, gn) = (&gh[..h], &gh[h..2 * h], &gh[2 * h..3 * h]);
-    let (br, bz, bn) = (&b_hh[..h], &b_hh[h..2 * h], &b_hh[2 * h..3 * h]);
-    let h_prev = &h_prev[..h];
-    let (r_out, rest) = gates[..4 * h].split_at_mut(h);
-    let (z_out, rest) = rest.split_at_mut(h);
-    let (n_out, ghn_out) = rest.split_at_mut(h);
-    for j in 0..h {
-        let r = T::sigmoid::<I>(xr[j] + gr[j] + br[j]);
-        let z = T::sigmoid::<I>(xz[j] + gz[j] + bz[j]);
-        let ghn = gn[j] + bn[j];
-        let n = T::tanh_::<I>(xn[j] + r * ghn);
-        h_out[j] = n + z * (h_prev[j] - n);
-        r_out[j] = r;
-        z_out[j] = z;
-        n_out[j] = n;
-        ghn_out[j] = ghn;
-    }
-}
-}
-
-per_kernel! {
-/// The backward of [`gate_forward`] for one row. On entry `dh` holds the gradient reaching
-/// h_t through the recurrence; `dh_out` is the gradient from the layer's output. Writes the
-/// pre-activation gradients for the input projection (`dx`) and for W_hh·h_prev + b_hh
-/// (`dgh`), and leaves in `dh` the part of dL/dh_prev that bypasses W_hh (dh_t ⊙ z).
-pub fn gate_backward<T: Float, I: Isa>(
-    dx: &mut [T],
-    dgh: &mut [T],
-    dh: &mut [T],
-    dh_out: &[T],
-    gates: &[T],
-    h_prev: &[T],
-) {
-    let h = dh.len();
-    let one = T::one();
-    let (r, z, n, ghn) = (&gates[..h], &gates[h..2 * h], &gates[2 * h..3 * h], &gates[3 * h..4 * h]);
-    let (dxr, rest) = dx[..3 * h].split_at_mut(h);
-    let (dxz, dxn) = rest.split_at_mut(h);
-    let (dgr, rest) = dgh[..3 * h].split_at_mut(h);
-    let (dgz, dgn) = rest.split_at_mut(h);
-    let (dh_out, h_prev) = (&dh_out[..h], &h_prev[..h]);
-    for j in 0..h {
-        let d = dh[j] + dh_out[j];
-        let dn_pre = d * (one - z[j]) * (one - n[j] * n[j]);
-        let dz_pre = d * (h_prev[j] - n[j]) * z[j] * (one - z[j]);
-        let dr_pre = dn_pre * ghn[j] * r[j] * (one - r[j]);
-        dxr[j] = dr_pre;
-        dxz[j] = dz_pre;
-        dxn[j] = dn_pre;
-        dgr[j] = dr_pre;
-        dgz[j] = dz_pre;
-        dgn[j] = dn_pre * r[j];
-        dh[j] = d * z[j];
-    }
-}
-}
-
-per_kernel! {
-/// One LSTM step for one batch row. `gh` is W_hh·h_prev without bias; writes h and c to
-/// `h_out` and `c_out` and the activations (i, f, g, o) to `gates`.
-pub fn lstm_gate_forward<T: Float, I: Isa>(
-    h_out: &mut [T],
-    c_out: &mut [T],
-    gates: &mut [T],
-    x: &[T],
-    gh: &[T],
-    b_hh: &[T],
-    c_prev: &[T],
-) {
-    let h = h_out.len();
-    let (c_out, c_prev) = (&mut c_out[..h], &c_prev[..h]);
-    let (x, gh, b_hh, gates) = (&x[..4 * h], &gh[..4 * h], &b_hh[..4 * h], &mut gates[..4 * h]);
-    for j in 0..h {
-        let pre = |k: usize| x[k * h + j] + gh[k * h + j] + b_hh[k * h + j];
-        let (i, f, g, o) = (T::sigmoid::<I>(pre(0)), T::sigmoid::<I>(pre(1)), T::tanh_::<I>(pre(2)), T::sigmoid::<I>(pre(3)));
-        let c = f * c_prev[j] + i * g;
-        c_out[j] = c;
-        h_out[j] = o * T::tanh_::<I>(c);
-        gates[j] = i;
-        gates[h + j] = f;
-        gates[2 * h + j] = g;
-        gates[3 * h + j] = o;
-    }
-}
-}
-
-per_kernel! {
-/// The backward of [`lstm_gate_forward`] for one row. On entry `dh` and `dc` hold the
-/// gradients reaching h_t and c_t through the recurrence; `dh_out` is the gradient from the
-/// layer's output. Writes the pre-activation gradients, which are the same for the input
-/// projection (`dx`) and for W_hh·h_prev + b_hh (`dgh`); leaves dL/dc_prev in `dc` and zero in
-/// `dh` (all of dL/dh_prev goes through W_hh; the caller adds dgh · W_hh).
-pub fn lstm_gate_backward<T: Float, I: Isa>(
-    dx: &mut [T],
-    dgh: &mut [T],
-    dh: &mut [T],
-    dc: &mut [T],
-    dh_out: &[T],
-    gates: &[T],
-    c_prev: &[T],
-    c_now: &[T],
-) {
-    let h = dh.len();
-    let one = T::one();
-    let (dc, dh_out, c_prev, c_now) = (&mut dc[..h], &dh_out[..h], &c_prev[..h], &c_now[..h]);
-    let (dx, dgh, gates) = (&mut dx[..4 * h], &mut dgh[..4 * h], &gates[..4 * h]);
-    for j in 0..h {
-        let (i, f, g, o) = (gates[j], gates[h + j], gates[2 * h + j], gates[3 * h + j]);
-        let tc = T::tanh_::<I>(c_now[j]);
-        let d = dh[j] + dh_out[j];
-        let dct = dc[j] + d * o * (one - tc * tc);
-        let pre = [
-            dct * g * i * (one - i),
-            dct * c_prev[j] * f * (one - f),
-            dct * i * (one - g * g),
-            d * tc * o * (one - o),
-        ];
-        for (k, v) in pre.into_iter().enumerate() {
-            dx[k * h + j] = v;
-            dgh[k * h + j] = v;
-        }
-        dc[j] = dct * f;
-        dh[j] = T::zero();
-    }
-}
-}
-
 /// The forward pass. The input projection of token `ids[b·T + t]` is row `ids[b·T + t]` of
 /// `table` ([V, GH]); `w_hh` is [GH, H], `b_hh` [GH]. Returns the tape; its `hs` holds the
-/// outputs (time-major). `state0` ([B, H] or, for an LSTM, [B, 2H]: h then c) is the initial
-/// state (zero when `None`); it is a constant: no gradient flows into it (truncated
+/// outputs (time-major). `state0` ([B, P·H]: h, then the other parts) is the initial state
+/// (zero when `None`); it is a constant: no gradient flows into it (truncated
 /// backpropagation).
 pub fn forward<T: Float>(
     cell: Cell,
@@ -256,32 +70,41 @@ pub fn forward<T: Float>(
     b_hh: &[T],
     state0: Option<&[T]>,
 ) -> Tape<T> {
+    with_cell!(cell, C => forward_cell::<C, T>(cell, dims, table, ids, w_hh, b_hh, state0))
+}
+
+fn forward_cell<C: RecurrentCell, T: Float>(
+    cell: Cell,
+    dims: Dims,
+    table: &[T],
+    ids: &[u32],
+    w_hh: &[T],
+    b_hh: &[T],
+    state0: Option<&[T]>,
+) -> Tape<T> {
     let Dims { batch, steps, hidden: h } = dims;
-    let gh_width = cell.gates() * h;
+    let gh_width = C::GATES * h;
+    let (e, tw) = (C::EXTRA_STATE * h, C::TAPE * h);
     let vocab = table.len() / gh_width;
     assert_eq!(table.len(), vocab * gh_width);
     assert_eq!(ids.len(), batch * steps);
     assert!(ids.iter().all(|&i| (i as usize) < vocab), "token id outside the table");
     assert_eq!(w_hh.len(), gh_width * h);
     assert_eq!(b_hh.len(), gh_width);
-    assert!(
-        state0.is_none_or(|s| s.len() == batch * cell.state_parts() * h),
-        "initial state has the wrong size"
-    );
-    // h0 and c0 as [B, H] each.
-    let part = |k: usize| -> Option<Vec<T>> {
+    assert!(state0.is_none_or(|s| s.len() == batch * (h + e)), "initial state has the wrong size");
+    // h0 [B, H] and the other parts [B, E·H] of the initial state.
+    let part = |range: std::ops::Range<usize>| -> Option<Vec<T>> {
         let s = state0?;
-        let width = cell.state_parts() * h;
-        Some(s.chunks_exact(width).flat_map(|row| &row[k * h..(k + 1) * h]).copied().collect())
+        Some(s.chunks_exact(h + e).flat_map(|row| &row[range.clone()]).copied().collect())
     };
-    let (h0, c0) = (part(0), if cell == Cell::Lstm { part(1) } else { None });
+    let (h0, extra0) = (part(0..h), if e > 0 { part(h..h + e) } else { None });
     let w_t = T::pack(View::rows(w_hh, gh_width, h).t()); // W_hhᵀ [H, GH], packed once for all steps
     let kernel = kernel::active(); // the gate passes' instruction set, read once for the sweep
-    let zeros = vec![T::zero(); h];
+    let zeros = vec![T::zero(); h.max(e)];
     // Written in full, step by step, before anything reads them.
     let mut hs = take_buffer(steps * batch * h);
-    let mut cs = if cell == Cell::Lstm { take_buffer(steps * batch * h) } else { Vec::new() };
-    let mut gates = take_buffer(steps * batch * 4 * h);
+    let mut extras = if e > 0 { take_buffer(steps * batch * e) } else { Vec::new() };
+    let mut tapes = take_buffer(steps * batch * tw);
     let mut gh = vec![T::zero(); batch * gh_width];
     for t in 0..steps {
         let (done, rest) = hs.split_at_mut(t * batch * h);
@@ -290,29 +113,32 @@ pub fn forward<T: Float>(
         if let Some(prev) = h_prev {
             T::matmul_packed(&mut gh, false, View::rows(prev, batch, h), &w_t);
         }
-        let g_now = &mut gates[t * batch * 4 * h..(t + 1) * batch * 4 * h];
-        let rows = h_now.par_chunks_mut(h).zip(g_now.par_chunks_mut(4 * h)).enumerate();
-        let x_of = |b: usize| {
-            let id = ids[b * steps + t] as usize;
-            &table[id * gh_width..(id + 1) * gh_width]
-        };
-        let gh_of = |b: usize| &gh[b * gh_width..(b + 1) * gh_width];
-        match cell {
-            Cell::Gru => rows.for_each(|(b, (h_row, g_row))| {
-                let prev = h_prev.map_or(&zeros[..], |p| &p[b * h..(b + 1) * h]);
-                gate_forward(kernel, h_row, g_row, x_of(b), gh_of(b), b_hh, prev);
-            }),
-            Cell::Lstm => {
-                let (c_done, c_rest) = cs.split_at_mut(t * batch * h);
-                let c_prev = if t > 0 { Some(&c_done[(t - 1) * batch * h..]) } else { c0.as_deref() };
-                rows.zip(c_rest[..batch * h].par_chunks_mut(h)).for_each(|((b, (h_row, g_row)), c_row)| {
-                    let prev = c_prev.map_or(&zeros[..], |p| &p[b * h..(b + 1) * h]);
-                    lstm_gate_forward(kernel, h_row, c_row, g_row, x_of(b), gh_of(b), b_hh, prev);
-                });
-            }
-        }
+        let (e_done, e_rest) = extras.split_at_mut(t * batch * e);
+        let e_prev = if t > 0 { Some(&e_done[(t - 1) * batch * e..]) } else { extra0.as_deref() };
+        let tape_now = &mut tapes[t * batch * tw..(t + 1) * batch * tw];
+        h_now
+            .par_chunks_mut(h)
+            .zip(tape_now.par_chunks_mut(tw.max(1)))
+            .zip(rows_mut(e_rest, batch, e))
+            .enumerate()
+            .for_each(|(b, ((h_row, tape), extra))| {
+                let id = ids[b * steps + t] as usize;
+                C::forward(
+                    kernel,
+                    StepForward {
+                        x: &table[id * gh_width..(id + 1) * gh_width],
+                        gh: &gh[b * gh_width..(b + 1) * gh_width],
+                        b_hh,
+                        h_prev: h_prev.map_or(&zeros[..h], |p| &p[b * h..(b + 1) * h]),
+                        extra_prev: e_prev.map_or(&zeros[..e], |p| &p[b * e..(b + 1) * e]),
+                        h: h_row,
+                        extra,
+                        tape,
+                    },
+                );
+            });
     }
-    Tape { cell, dims, vocab, h0, c0, hs, cs, gates }
+    Tape { cell, dims, vocab, h0, extra0, hs, extras, tapes }
 }
 
 impl<T: Float> Tape<T> {
@@ -329,54 +155,63 @@ impl<T: Float> Tape<T> {
         out
     }
 
+    /// The other state parts after the last step, [B, E·H] (empty when the cell has none).
+    pub fn final_extra(&self) -> &[T] {
+        let n = self.extras.len() / self.dims.steps.max(1);
+        &self.extras[self.extras.len() - n..]
+    }
+
     /// Backpropagation through time. `grad_out` is dL/dh for every output, [B, T, H]; `ids`
     /// and `w_hh` are the forward pass's.
     pub fn backward(&self, grad_out: &[T], ids: &[u32], w_hh: &[T]) -> Grads<T> {
+        with_cell!(self.cell, C => self.backward_cell::<C>(grad_out, ids, w_hh))
+    }
+
+    fn backward_cell<C: RecurrentCell>(&self, grad_out: &[T], ids: &[u32], w_hh: &[T]) -> Grads<T> {
         let Dims { batch, steps, hidden: h } = self.dims;
-        let g = self.cell.gates() * h;
+        let g = C::GATES * h;
+        let (e, tw) = (C::EXTRA_STATE * h, C::TAPE * h);
         assert_eq!(grad_out.len(), batch * steps * h);
         let w_hh = T::pack(View::rows(w_hh, g, h)); // the right operand of dh = dgh · W_hh
         let kernel = kernel::active();
-        let zeros = vec![T::zero(); h];
+        let zeros = vec![T::zero(); h.max(e)];
         let mut dx = vec![T::zero(); batch * g]; // this step's input gradients
         let mut dgh = take_buffer(steps * batch * g); // written in full by the sweep
         let mut d_table = vec![T::zero(); self.vocab * g];
         let mut db = vec![T::zero(); g];
         let mut dh = vec![T::zero(); batch * h];
-        let mut dc = vec![T::zero(); batch * h]; // LSTM only
+        let mut d_extra = vec![T::zero(); batch * e];
         for t in (0..steps).rev() {
             let rows = t * batch * g..(t + 1) * batch * g;
             let h_prev =
                 if t > 0 { Some(&self.hs[(t - 1) * batch * h..t * batch * h]) } else { self.h0.as_deref() };
-            let lstm = self.cell == Cell::Lstm;
-            let c_prev = if t > 0 && lstm {
-                Some(&self.cs[(t - 1) * batch * h..t * batch * h])
+            let e_prev = if t > 0 {
+                Some(&self.extras[(t - 1) * batch * e..t * batch * e])
             } else {
-                self.c0.as_deref()
+                self.extra0.as_deref()
             };
-            let g_now = &self.gates[t * batch * 4 * h..(t + 1) * batch * 4 * h];
-            let cell = self.cell;
+            let e_now = &self.extras[t * batch * e..(t + 1) * batch * e];
+            let tape_now = &self.tapes[t * batch * tw..(t + 1) * batch * tw];
             dx.par_chunks_mut(g)
                 .zip(dgh[rows.clone()].par_chunks_mut(g))
-                .zip(dh.par_chunks_mut(h).zip(dc.par_chunks_mut(h)))
+                .zip(dh.par_chunks_mut(h))
+                .zip(rows_mut(&mut d_extra, batch, e))
                 .enumerate()
-                .for_each(|(b, ((dx_row, dgh_row), (dh_row, dc_row)))| {
-                    let row = b * h..(b + 1) * h;
-                    let dh_out = &grad_out[(b * steps + t) * h..(b * steps + t + 1) * h];
-                    let gates = &g_now[b * 4 * h..(b + 1) * 4 * h];
-                    match cell {
-                        Cell::Gru => {
-                            let prev = h_prev.map_or(&zeros[..], |p| &p[row]);
-                            gate_backward(kernel, dx_row, dgh_row, dh_row, dh_out, gates, prev);
-                        }
-                        Cell::Lstm => {
-                            let prev = c_prev.map_or(&zeros[..], |p| &p[row.clone()]);
-                            let now = &self.cs[t * batch * h..(t + 1) * batch * h][row];
-                            lstm_gate_backward(
-                                kernel, dx_row, dgh_row, dh_row, dc_row, dh_out, gates, prev, now,
-                            );
-                        }
-                    }
+                .for_each(|(b, (((dx, dgh), dh), d_extra))| {
+                    C::backward(
+                        kernel,
+                        StepBackward {
+                            dh_out: &grad_out[(b * steps + t) * h..(b * steps + t + 1) * h],
+                            tape: &tape_now[b * tw..(b + 1) * tw],
+                            h_prev: h_prev.map_or(&zeros[..h], |p| &p[b * h..(b + 1) * h]),
+                            extra_prev: e_prev.map_or(&zeros[..e], |p| &p[b * e..(b + 1) * e]),
+                            extra: &e_now[b * e..(b + 1) * e],
+                            dx,
+                            dgh,
+                            dh,
+                            d_extra,
+                        },
+                    );
                 });
             let dgh_now = &dgh[rows];
             // Row sums that several batch rows may share a target of (same token id), so
@@ -419,9 +254,19 @@ impl<T: Float> Tape<T> {
 impl<T: Float> Drop for Tape<T> {
     fn drop(&mut self) {
         give_buffer(std::mem::take(&mut self.hs));
-        give_buffer(std::mem::take(&mut self.cs));
-        give_buffer(std::mem::take(&mut self.gates));
+        give_buffer(std::mem::take(&mut self.extras));
+        give_buffer(std::mem::take(&mut self.tapes));
     }
+}
+
+/// The first `batch` rows of `width` values of `buf`, as slices to hand out one per batch row
+/// (empty ones when the width is 0, as for a cell without extra state).
+fn rows_mut<T: Send>(buf: &mut [T], batch: usize, width: usize) -> rayon::vec::IntoIter<&mut [T]> {
+    let rows: Vec<&mut [T]> = match width {
+        0 => (0..batch).map(|_| Default::default()).collect(),
+        _ => buf[..batch * width].chunks_mut(width).collect(),
+    };
+    rows.into_par_iter()
 }
 
 fn add_assign<T: Float>(acc: &mut [T], x: &[T]) {
@@ -435,14 +280,15 @@ fn add_assign<T: Float>(acc: &mut [T], x: &[T]) {
 struct FusedRnn {
     cell: Cell,
     ids: Vec<u32>,
-    /// The initial state [B, H] or [B, 2H] (a constant), or zero.
+    /// The initial state [B, P·H] (a constant), or zero.
     state0: Option<Tensor>,
     batch: usize,
     steps: usize,
     keep_tape: bool,
     tape: Mutex<Option<AnyTape>>,
-    /// An LSTM's final c [B, H], which is not among the outputs; shared with the caller.
-    final_c: std::sync::Arc<Mutex<Option<Tensor>>>,
+    /// The final state's parts after h (an LSTM's c), which are not among the outputs; shared
+    /// with the caller.
+    final_extra: std::sync::Arc<Mutex<Option<Tensor>>>,
 }
 
 enum AnyTape {
@@ -502,14 +348,11 @@ impl FusedRnn {
             state0.as_deref(),
         );
         let out = tape.outputs();
-        if self.cell == Cell::Lstm {
-            let (bh, last) = (dims.batch * dims.hidden, tape.cs.len());
-            let c_final = Tensor::from_slice(
-                &tape.cs[last - bh..],
-                (dims.batch, dims.hidden),
-                &candle_core::Device::Cpu,
-            )?;
-            *self.final_c.lock().expect("final state lock") = Some(c_final);
+        let extra = tape.final_extra();
+        if !extra.is_empty() {
+            let extra =
+                Tensor::from_slice(extra, (dims.batch, extra.len() / dims.batch), &candle_core::Device::Cpu)?;
+            *self.final_extra.lock().expect("final state lock") = Some(extra);
         }
         if self.keep_tape {
             *self.tape.lock().expect("tape lock") = Some(wrap(tape));
@@ -574,7 +417,7 @@ impl CustomOp3 for FusedRnn {
         lb: &Layout,
     ) -> Result<(candle_core::CudaStorage, Shape)> {
         use crate::cuda::{gru_forward, storage, storage_addr, tensor_addr};
-        if self.cell != Cell::Gru {
+        if !self.cell.on_gpu() {
             bail!("--cell {} has no GPU kernels yet; train it with --device cpu", self.cell.name());
         }
         let (dims, vocab) = self.dims(lt.shape(), lw.shape(), lb.shape())?;
@@ -633,8 +476,8 @@ impl CustomOp3 for FusedRnn {
 }
 
 /// Runs a recurrent layer over the tokens `ids` ([B, T], u32), whose input projections are the
-/// rows of `table` ([V, GH]), from the state `state0` ([B, H], or [B, 2H] for an LSTM: h then
-/// c; treated as a constant) or zero. Returns every h ([B, T, H]) and the final state (the
+/// rows of `table` ([V, GH]), from the state `state0` ([B, P·H]: h, then the cell's other parts;
+/// treated as a constant) or zero. Returns every h ([B, T, H]) and the final state (the
 /// shape of `state0`, detached). With `for_training` the activations are kept so that
 /// `backward` reaches table, W_hh and b_hh.
 pub fn rnn_sequence(
@@ -649,7 +492,7 @@ pub fn rnn_sequence(
     let (batch, steps) = ids.dims2()?;
     let ids = ids.flatten_all()?.to_vec1::<u32>()?;
     let state0 = state0.map(Tensor::detach);
-    let final_c = std::sync::Arc::new(Mutex::new(None));
+    let final_extra = std::sync::Arc::new(Mutex::new(None));
     let op = FusedRnn {
         cell,
         ids,
@@ -658,14 +501,14 @@ pub fn rnn_sequence(
         steps,
         keep_tape: for_training,
         tape: Mutex::new(None),
-        final_c: final_c.clone(),
+        final_extra: final_extra.clone(),
     };
     let (x, w, b) = (table.contiguous()?, w_hh.contiguous()?, b_hh.contiguous()?);
     // Always registered with backward support: without a tape, a backward call fails loudly
     // instead of silently producing no gradient.
     let out = x.apply_op3(&w, &b, op)?;
     let h_final = out.narrow(1, steps - 1, 1)?.squeeze(1)?.detach();
-    let state = match final_c.lock().expect("final state lock").take() {
+    let state = match final_extra.lock().expect("final state lock").take() {
         Some(c) => Tensor::cat(&[&h_final, &c.to_device(out.device())?.to_dtype(out.dtype())?], 1)?,
         None => h_final.contiguous()?,
     };

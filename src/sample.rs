@@ -11,9 +11,9 @@ use candle_core::DType;
 use rand::Rng;
 
 use crate::blas::{gemv, matmul_packed, Packed, View};
+use crate::cells::{with_cell, Cell, RecurrentCell, StepForward};
 use crate::kernel;
 use crate::model::Model;
-use crate::rnn::{gate_forward, lstm_gate_forward, Cell};
 use crate::vocab::Vocab;
 
 /// A weight matrix W [rows, cols] applied to each of `batch` inputs: row dot products at
@@ -59,9 +59,9 @@ struct LayerState {
     x: Vec<f32>,
     h: Vec<f32>,
     h_next: Vec<f32>,
-    /// An LSTM's cell state (unused for a GRU).
-    c: Vec<f32>,
-    c_next: Vec<f32>,
+    /// The state's other parts (an LSTM's c), [batch, E·H]; empty when the cell has none.
+    extra: Vec<f32>,
+    extra_next: Vec<f32>,
     gh: Vec<f32>,
 }
 
@@ -74,7 +74,8 @@ pub struct Sampler {
     layers: Vec<LayerState>,
     dense: Weights,
     dense_b: Vec<f32>,
-    gates: Vec<f32>,
+    /// One row's tape, which sampling does not keep.
+    tape: Vec<f32>,
     logits: Vec<f32>,
 }
 
@@ -101,8 +102,8 @@ impl Sampler {
                 x: vec![0.0; batch * g],
                 h: vec![0.0; batch * h],
                 h_next: vec![0.0; batch * h],
-                c: vec![0.0; batch * h],
-                c_next: vec![0.0; batch * h],
+                extra: vec![0.0; batch * (cell.state_parts() - 1) * h],
+                extra_next: vec![0.0; batch * (cell.state_parts() - 1) * h],
                 gh: vec![0.0; batch * g],
             });
         }
@@ -115,7 +116,7 @@ impl Sampler {
             layers,
             dense: Weights::new(host_f32(model.param("dense.weight"))?, v, h, batch),
             dense_b: host_f32(model.param("dense.bias"))?,
-            gates: vec![0.0; 4 * h],
+            tape: vec![0.0; with_cell!(cell, C => C::TAPE) * h],
             logits: vec![0.0; batch * v],
         })
     }
@@ -128,15 +129,19 @@ impl Sampler {
     pub fn reset(&mut self) {
         for l in &mut self.layers {
             l.h.fill(0.0);
-            l.c.fill(0.0);
+            l.extra.fill(0.0);
         }
     }
 
     /// Feeds one character to each sequence and returns the logits for the next, [batch, V].
     pub fn step(&mut self, ids: &[u32]) -> &[f32] {
+        with_cell!(self.cell, C => self.step_cell::<C>(ids))
+    }
+
+    fn step_cell<C: RecurrentCell>(&mut self, ids: &[u32]) -> &[f32] {
         assert_eq!(ids.len(), self.batch);
         let (h, n) = (self.hidden, self.batch);
-        let g = self.cell.gates() * h;
+        let (g, e) = (C::GATES * h, C::EXTRA_STATE * h);
         let kernel = kernel::active();
         for l in 0..self.layers.len() {
             let (below, rest) = self.layers.split_at_mut(l);
@@ -150,29 +155,20 @@ impl Sampler {
                     0 => &self.table[id as usize * g..(id as usize + 1) * g],
                     _ => &layer.x[b * g..(b + 1) * g],
                 };
-                let (row, gh) = (b * h..(b + 1) * h, &layer.gh[b * g..(b + 1) * g]);
-                let h_next = &mut layer.h_next[row.clone()];
-                match self.cell {
-                    Cell::Gru => {
-                        gate_forward(kernel, h_next, &mut self.gates, x, gh, &layer.b_hh, &layer.h[row])
-                    }
-                    Cell::Lstm => {
-                        let c_next = &mut layer.c_next[row.clone()];
-                        lstm_gate_forward(
-                            kernel,
-                            h_next,
-                            c_next,
-                            &mut self.gates,
-                            x,
-                            gh,
-                            &layer.b_hh,
-                            &layer.c[row],
-                        );
-                    }
-                }
+                let step = StepForward {
+                    x,
+                    gh: &layer.gh[b * g..(b + 1) * g],
+                    b_hh: &layer.b_hh,
+                    h_prev: &layer.h[b * h..(b + 1) * h],
+                    extra_prev: &layer.extra[b * e..(b + 1) * e],
+                    h: &mut layer.h_next[b * h..(b + 1) * h],
+                    extra: &mut layer.extra_next[b * e..(b + 1) * e],
+                    tape: &mut self.tape,
+                };
+                C::forward(kernel, step);
             }
             std::mem::swap(&mut layer.h, &mut layer.h_next);
-            std::mem::swap(&mut layer.c, &mut layer.c_next);
+            std::mem::swap(&mut layer.extra, &mut layer.extra_next);
         }
         let top = &self.layers.last().expect("at least one layer").h;
         self.dense.apply(&mut self.logits, top, n, Some(&self.dense_b));

@@ -51,7 +51,7 @@ impl GpuSampler {
             anyhow::bail!("the GPU sampler needs a model on the GPU")
         };
         let (h, v) = (model.config.rnn_units, model.config.vocab_size);
-        if model.config.cell != crate::model::Cell::Gru {
+        if !model.config.cell.on_gpu() {
             anyhow::bail!(
                 "--cell {} has no GPU sampler yet; generate with --device cpu",
                 model.config.cell.name()

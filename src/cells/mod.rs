@@ -1,0 +1,129 @@
+//! The recurrent cells. Each cell is one file: its gate arithmetic for one batch row, forward
+//! and backward, and the few facts the rest of the program needs (gate count, state, what the
+//! backward pass keeps). The recurrent sweep (`crate::rnn`), the sampler and the parameter
+//! layout are written once, generic over [`RecurrentCell`].
+//!
+//! To add a cell: write its file, then add one arm to [`Cell`] and to [`with_cell!`] below.
+
+mod gru;
+mod lstm;
+
+pub use gru::Gru;
+pub use lstm::Lstm;
+
+use crate::float::Float;
+use crate::kernel::Kernel;
+
+/// The cell a model uses; its lowercase name is the `--cell` value and the PyTorch module name.
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize, clap::ValueEnum,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum Cell {
+    /// The tutorial's GRU (PyTorch's and cuDNN's formulation)
+    #[default]
+    Gru,
+    /// PyTorch's LSTM, forget-gate bias 1
+    Lstm,
+}
+
+/// Runs `$body` with `$C` naming the type of `$cell`'s [`RecurrentCell`].
+macro_rules! with_cell {
+    ($cell:expr, $C:ident => $body:expr) => {
+        match $cell {
+            $crate::cells::Cell::Gru => {
+                type $C = $crate::cells::Gru;
+                $body
+            }
+            $crate::cells::Cell::Lstm => {
+                type $C = $crate::cells::Lstm;
+                $body
+            }
+        }
+    };
+}
+pub(crate) use with_cell;
+
+impl Cell {
+    /// Gates per unit: W_ih and W_hh have this many blocks of H rows.
+    pub fn gates(self) -> usize {
+        with_cell!(self, C => C::GATES)
+    }
+
+    /// Vectors of H per sequence in the state: h, then any others (an LSTM's c).
+    pub fn state_parts(self) -> usize {
+        with_cell!(self, C => 1 + C::EXTRA_STATE)
+    }
+
+    /// The prefix of the parameter names, as PyTorch's module would have it (`gru`, `lstm`).
+    pub fn name(self) -> &'static str {
+        with_cell!(self, C => C::NAME)
+    }
+
+    /// Whether the GPU has kernels for this cell.
+    pub fn on_gpu(self) -> bool {
+        with_cell!(self, C => C::GPU)
+    }
+
+    /// Sets the initial values of a layer's input bias b_ih ([G·H], zero on entry).
+    pub fn init_bias_ih(self, bias: &mut [f32], hidden: usize) {
+        with_cell!(self, C => C::init_bias_ih(bias, hidden))
+    }
+}
+
+/// One step of one batch row, forward. `x` is the input projection W_ih·x + b_ih and `gh`
+/// the recurrent product W_hh·h_prev without its bias, [G·H] each; the previous state comes in
+/// `h_prev` (and `extra_prev`), the new one goes to `h` (and `extra`), and what the backward
+/// pass needs to `tape`.
+pub struct StepForward<'a, T> {
+    pub x: &'a [T],
+    pub gh: &'a [T],
+    pub b_hh: &'a [T],
+    pub h_prev: &'a [T],
+    /// The rest of the previous state, [EXTRA_STATE·H] (empty when the cell has none).
+    pub extra_prev: &'a [T],
+    pub h: &'a mut [T],
+    pub extra: &'a mut [T],
+    /// [TAPE·H]
+    pub tape: &'a mut [T],
+}
+
+/// One step of one batch row, backward. On entry `dh` (and `d_extra`) hold the gradient
+/// reaching this step's state through the recurrence, and `dh_out` the gradient from the
+/// layer's output. Writes the pre-activation gradients for the input projection (`dx`) and for
+/// W_hh·h_prev + b_hh (`dgh`); leaves in `dh` the part of dL/dh_prev that bypasses W_hh (the
+/// caller adds dgh·W_hh) and in `d_extra` the gradient of the rest of the previous state.
+pub struct StepBackward<'a, T> {
+    pub dh_out: &'a [T],
+    pub tape: &'a [T],
+    pub h_prev: &'a [T],
+    pub extra_prev: &'a [T],
+    /// This step's own extra state (an LSTM's c_t).
+    pub extra: &'a [T],
+    pub dx: &'a mut [T],
+    pub dgh: &'a mut [T],
+    pub dh: &'a mut [T],
+    pub d_extra: &'a mut [T],
+}
+
+/// A recurrent cell's arithmetic and shape.
+pub trait RecurrentCell {
+    /// PyTorch's module name, the prefix of the parameter names.
+    const NAME: &'static str;
+    /// Gates per unit: W_ih and W_hh are [GATES·H, ·].
+    const GATES: usize;
+    /// Vectors of H in the state besides h.
+    const EXTRA_STATE: usize;
+    /// Values per unit the forward pass keeps for the backward pass.
+    const TAPE: usize;
+    /// Whether the GPU has kernels for this cell.
+    const GPU: bool = false;
+
+    /// Initial values of the input bias b_ih ([G·H], zero on entry); zero unless the cell
+    /// says otherwise.
+    fn init_bias_ih(_bias: &mut [f32], _hidden: usize) {}
+
+    fn forward<T: Float>(kernel: Kernel, step: StepForward<'_, T>);
+
+    fn backward<T: Float>(kernel: Kernel, step: StepBackward<'_, T>);
+}
