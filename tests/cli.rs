@@ -90,6 +90,43 @@ fn an_lstm_trains_and_generates() {
 }
 
 #[test]
+fn an_elman_rnn_trains_and_generates() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = tiny_corpus(dir.path());
+    let ckpt = dir.path().join("ckpt");
+    let ckpt_s = ckpt.to_str().unwrap();
+    let mut args =
+        vec!["train", "--data", &data, "--epochs", "2", "--checkpoint-dir", ckpt_s, "--cell", "rnn"];
+    args.extend_from_slice(SMALL);
+    let o = charrnn(&args);
+    assert!(o.status.success(), "{}", stderr(&o));
+    // 16 × (8 + 16 + 2) parameters in the layer, and the loss falls from epoch 1 to 2.
+    assert!(stderr(&o).contains("rnn 416"), "the summary names the cell: {}", stderr(&o));
+    let losses: Vec<f64> =
+        stderr(&o).lines().filter_map(|l| l.split_once(" Loss: ")?.1.trim().parse().ok()).collect();
+    assert!(losses.len() == 2 && losses[1] < losses[0], "{losses:?}");
+    let o = charrnn(&[
+        "generate",
+        "--checkpoint",
+        ckpt_s,
+        "--start",
+        "the ",
+        "--length",
+        "30",
+        "--device",
+        "cpu",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(String::from_utf8(o.stdout).unwrap().trim_end_matches('\n').chars().count(), 34);
+}
+
+/// An Elman layer carries its state across an interrupted and resumed stateful run too.
+#[test]
+fn stateful_elman_runs_resume_exactly() {
+    interrupt_then_resume(&["--stateful", "--cell", "rnn", "--layers", "2"]);
+}
+
+#[test]
 fn ctrl_c_saves_and_exits_130() {
     interrupt_then_resume(&[]);
 }

@@ -1,4 +1,4 @@
-//! The fused recurrent layers (GRU and LSTM) against a reference composition of plain candle
+//! The fused recurrent layers (every cell) against a reference composition of plain candle
 //! ops, against finite differences, and against the batch-1 sampler; and a loss that falls on
 //! a tiny corpus.
 
@@ -43,6 +43,22 @@ fn reference_lstm(
         outs.push(hs.clone());
     }
     (Tensor::stack(&outs, 1).unwrap(), Tensor::cat(&[&hs, &cs], 1).unwrap())
+}
+
+/// PyTorch's nn.RNN (tanh) equations, step by step, with candle's own ops and autograd.
+fn reference_elman(x_proj: &Tensor, w_hh: &Tensor, b_hh: &Tensor, h0: Option<&Tensor>) -> Tensor {
+    let (b, t, h) = x_proj.dims3().unwrap();
+    let mut state = match h0 {
+        Some(s) => s.clone(),
+        None => Tensor::zeros((b, h), x_proj.dtype(), x_proj.device()).unwrap(),
+    };
+    let mut outs = Vec::new();
+    for s in 0..t {
+        let gh = state.matmul(&w_hh.t().unwrap()).unwrap().broadcast_add(b_hh).unwrap();
+        state = (x_proj.i((.., s, ..)).unwrap() + gh).unwrap().tanh().unwrap();
+        outs.push(state.clone());
+    }
+    Tensor::stack(&outs, 1).unwrap()
 }
 
 /// PyTorch's GRU equations, step by step, with candle's own ops and autograd.
@@ -105,6 +121,11 @@ fn fused_and_reference(cell: Cell, dtype: DType, tol_fwd: f64, tol_grad: f64, wi
             (out, last)
         }
         Cell::Lstm => reference_lstm(&x, &w, &bias, state0.as_ref()),
+        Cell::Rnn => {
+            let out = reference_elman(&x, &w, &bias, state0.as_ref());
+            let last = out.i((.., t - 1, ..)).unwrap();
+            (out, last)
+        }
     };
     let fwd = max_rel_diff(&fused, &reference);
     assert!(fwd <= tol_fwd, "{cell:?}: forward differs by {fwd:e} (relative)");
@@ -122,7 +143,7 @@ fn fused_and_reference(cell: Cell, dtype: DType, tol_fwd: f64, tol_grad: f64, wi
 
 #[test]
 fn fused_layers_match_the_reference_composition_f64() {
-    for cell in [Cell::Gru, Cell::Lstm] {
+    for cell in [Cell::Gru, Cell::Lstm, Cell::Rnn] {
         fused_and_reference(cell, DType::F64, 1e-12, 1e-10, false);
         fused_and_reference(cell, DType::F64, 1e-12, 1e-10, true);
     }
@@ -130,7 +151,7 @@ fn fused_layers_match_the_reference_composition_f64() {
 
 #[test]
 fn fused_layers_match_the_reference_composition_f32() {
-    for cell in [Cell::Gru, Cell::Lstm] {
+    for cell in [Cell::Gru, Cell::Lstm, Cell::Rnn] {
         fused_and_reference(cell, DType::F32, 1e-5, 1e-4, false);
         fused_and_reference(cell, DType::F32, 1e-5, 1e-4, true);
     }
@@ -143,10 +164,10 @@ fn tiny_model(dtype: DType, seed: u64) -> Model {
 
 /// Every parameter of the whole model (embedding, recurrent layers, dense) against central
 /// differences: one layer as the tutorial, and two stacked layers with dropout between them;
-/// GRU and LSTM.
+/// every cell.
 #[test]
 fn model_gradients_match_finite_differences_f64() {
-    for cell in [Cell::Gru, Cell::Lstm] {
+    for cell in [Cell::Gru, Cell::Lstm, Cell::Rnn] {
         check_finite_differences(cell, 1, 0.0);
         check_finite_differences(cell, 2, 0.3);
     }
@@ -154,7 +175,10 @@ fn model_gradients_match_finite_differences_f64() {
 
 fn check_finite_differences(cell: Cell, layers: usize, dropout: f32) {
     let mut rng = StdRng::seed_from_u64(3);
-    let config = Config::gru(7, 5, 6).with_layers(layers).with_cell(cell);
+    // A one-gate cell has a third of a GRU's weights per unit; a wider layer gives the check
+    // as many to test.
+    let hidden = if cell.gates() == 1 { 8 } else { 6 };
+    let config = Config::gru(7, 5, hidden).with_layers(layers).with_cell(cell);
     let model = Model::new_random(config, DType::F64, &Device::Cpu, &mut rng).unwrap();
     // Make the zero-initialised biases non-zero so their gradients are exercised.
     for (name, _) in model.config.parameter_shapes().into_iter().filter(|(n, _)| n.contains("bias")) {
@@ -202,7 +226,7 @@ fn check_finite_differences(cell: Cell, layers: usize, dropout: f32) {
 /// matrix-vector path) and at batch 3 (its packed-product path).
 #[test]
 fn stepwise_sampling_matches_the_sequence_forward() {
-    for cell in [Cell::Gru, Cell::Lstm] {
+    for cell in [Cell::Gru, Cell::Lstm, Cell::Rnn] {
         for layers in [1, 3] {
             for batch in [1, 3] {
                 stepwise_matches(cell, layers, batch);
@@ -270,7 +294,7 @@ fn forward_shape_is_batch_time_vocab() {
 
 #[test]
 fn loss_falls_on_a_tiny_repetitive_corpus() {
-    for cell in [Cell::Gru, Cell::Lstm] {
+    for cell in [Cell::Gru, Cell::Lstm, Cell::Rnn] {
         loss_falls(cell);
     }
 }
@@ -356,6 +380,30 @@ fn lstm_parameters_follow_pytorch_and_the_forget_gate_starts_open() {
             .iter()
             .all(|&x| x == 0.0));
     }
+}
+
+#[test]
+fn elman_parameters_follow_pytorch_nn_rnn() {
+    let (v, e, h) = (9, 5, 7);
+    let config = Config::gru(v, e, h).with_cell(Cell::Rnn).with_layers(2);
+    let shapes = config.parameter_shapes();
+    let expected = [
+        ("embedding.weight", vec![v, e]),
+        ("rnn.weight_ih_l0", vec![h, e]),
+        ("rnn.weight_hh_l0", vec![h, h]),
+        ("rnn.bias_ih_l0", vec![h]),
+        ("rnn.bias_hh_l0", vec![h]),
+        ("rnn.weight_ih_l1", vec![h, h]),
+        ("rnn.weight_hh_l1", vec![h, h]),
+        ("rnn.bias_ih_l1", vec![h]),
+        ("rnn.bias_hh_l1", vec![h]),
+        ("dense.weight", vec![v, h]),
+        ("dense.bias", vec![v]),
+    ];
+    let got: Vec<(&str, Vec<usize>)> = shapes.iter().map(|(n, s)| (n.as_str(), s.clone())).collect();
+    assert_eq!(got, expected);
+    let counted: usize = shapes.iter().map(|(_, s)| s.iter().product::<usize>()).sum();
+    assert_eq!(config.parameter_count(), counted);
 }
 
 /// CI runs this file once per kernel the CPU has (CHARRNN_KERNEL=avx512, avx2, neon, portable):

@@ -7,9 +7,11 @@
 
 mod gru;
 mod lstm;
+mod rnn;
 
 pub use gru::Gru;
 pub use lstm::Lstm;
+pub use rnn::Elman;
 
 use crate::float::Float;
 use crate::kernel::Kernel;
@@ -25,6 +27,8 @@ pub enum Cell {
     Gru,
     /// PyTorch's LSTM, forget-gate bias 1
     Lstm,
+    /// Elman's RNN with tanh (PyTorch's nn.RNN, char-rnn's rnn)
+    Rnn,
 }
 
 /// Runs `$body` with `$C` naming the type of `$cell`'s [`RecurrentCell`].
@@ -37,6 +41,10 @@ macro_rules! with_cell {
             }
             $crate::cells::Cell::Lstm => {
                 type $C = $crate::cells::Lstm;
+                $body
+            }
+            $crate::cells::Cell::Rnn => {
+                type $C = $crate::cells::Elman;
                 $body
             }
         }
