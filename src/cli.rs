@@ -11,9 +11,9 @@ use rand::{rngs::StdRng, SeedableRng};
 use crate::checks::{self, Rule};
 use crate::device::{self, DeviceChoice};
 use crate::kernel::{self, Kernel};
-use crate::model::{Cell, Config};
+use crate::model::Config;
 use crate::presets::Preset;
-use crate::train::LrSchedule;
+use crate::settings::{checked, positive, ModelArgs, SettingsArgs};
 use crate::{bench, budget, checkpoint, download, eval, sample, train};
 
 #[derive(Parser, Debug)]
@@ -35,7 +35,7 @@ pub enum Command {
     Download(DownloadArgs),
     /// Train a model and write checkpoints
     #[command(after_help = "Example:\n  charrnn train --epochs 10 --rnn-units 1024 --seed 1")]
-    Train(TrainArgs),
+    Train(Box<TrainArgs>),
     /// Sample text from a checkpoint
     #[command(
         after_help = "Example:\n  charrnn generate --start \"ROMEO: \" --length 500 --temperature 0.8"
@@ -81,111 +81,30 @@ pub struct TrainArgs {
     /// A named set of settings to start from; flags given here override its values
     #[arg(long, value_enum, default_value_t = Preset::Tutorial)]
     pub preset: Preset,
-    /// UTF-8 text to train on
-    #[arg(long, default_value = "data/shakespeare.txt")]
-    pub data: PathBuf,
-    /// Passes over the training data
-    #[arg(long, default_value_t = 10, value_parser = positive)]
-    pub epochs: usize,
-    /// Sequences per batch
-    #[arg(long, default_value_t = 64, value_parser = positive)]
-    pub batch_size: usize,
-    /// Characters per training sequence
-    #[arg(long, default_value_t = 100, value_parser = positive)]
-    pub seq_len: usize,
-    /// Shuffle buffer size, in sequences (tf.data's shuffle)
-    #[arg(long, default_value_t = 10000, value_parser = positive)]
-    pub buffer_size: usize,
-    /// Width of the character embedding
-    #[arg(long, default_value_t = 256, value_parser = positive)]
-    pub embedding_dim: usize,
-    /// Width of the GRU state
-    #[arg(long, default_value_t = 1024, value_parser = positive)]
-    pub rnn_units: usize,
-    /// Stacked recurrent layers
-    #[arg(long, default_value_t = 1, value_parser = positive)]
-    pub layers: usize,
-    /// Recurrent cell (parameters in the layout of PyTorch's module of that name)
-    #[arg(long, value_enum, default_value_t = Cell::Gru)]
-    pub cell: Cell,
-    /// Adam step size
-    #[arg(long, default_value_t = 0.001, value_parser = positive_f64, allow_negative_numbers = true)]
-    pub learning_rate: f64,
-    /// Share of the text (its end) held out for validation; 0 reproduces the tutorial
-    #[arg(long, default_value_t = 0.1, value_parser = fraction, allow_negative_numbers = true)]
-    pub val_fraction: f64,
-    /// Where checkpoints go
-    #[arg(long, default_value = "checkpoints")]
-    pub checkpoint_dir: PathBuf,
-    /// Save a checkpoint every N epochs (and after the last)
-    #[arg(long, default_value_t = 5, value_parser = positive)]
-    pub save_every: usize,
-    /// Seed for initialisation and shuffling (random if not given; printed either way)
-    #[arg(long)]
-    pub seed: Option<u64>,
-    /// Where to run
-    #[arg(long, value_enum, default_value_t = DeviceChoice::Auto)]
-    pub device: DeviceChoice,
+    #[command(flatten)]
+    pub settings: SettingsArgs,
+    /// Where checkpoints go [default: checkpoints, or the resumed run's folder]
+    #[arg(long, value_name = "DIR")]
+    pub checkpoint_dir: Option<PathBuf>,
+    #[command(flatten)]
+    pub device: DeviceArg,
     /// Continue a run exactly where it stopped: from this checkpoint, or the newest resumable
     /// one in this folder (default: the --checkpoint-dir); new checkpoints go beside it
     #[arg(long, num_args = 0..=1, value_name = "FILE|DIR")]
     pub resume: Option<Option<PathBuf>>,
-    /// Keep only the newest N periodic checkpoints
-    #[arg(long, value_parser = positive)]
-    pub keep: Option<usize>,
     /// Start afresh in a --checkpoint-dir that holds another run, deleting that run's
     /// checkpoints, optimizer states and metrics first (without it such a folder is refused)
     #[arg(long, conflicts_with = "resume")]
     pub overwrite: bool,
-    /// Rescale gradients whose global L2 norm exceeds X (off by default)
-    #[arg(long, value_parser = positive_f64, value_name = "X")]
-    pub clip_grad_norm: Option<f64>,
-    /// Learning-rate schedule after the warm-up
-    #[arg(long, value_enum, default_value_t = LrSchedule::Constant)]
-    pub lr_schedule: LrSchedule,
-    /// Steps of linear learning-rate warm-up
-    #[arg(long, default_value_t = 0)]
-    pub warmup_steps: u64,
-    /// Final learning rate of the cosine schedule
-    #[arg(long, default_value_t = 0.0, value_parser = non_negative_f64)]
-    pub min_lr: f64,
-    /// Decoupled weight decay (AdamW); 0 is the tutorial's plain Adam
-    #[arg(long, default_value_t = 0.0, value_parser = non_negative_f64)]
-    pub weight_decay: f64,
-    /// Truncated backpropagation through time: contiguous lanes in order, the state carried
-    /// from batch to batch (no shuffling)
-    #[arg(long)]
-    pub stateful: bool,
-    /// Dropout probability after each recurrent layer (training only)
-    #[arg(long, default_value_t = 0.0, value_parser = fraction, allow_negative_numbers = true)]
-    pub dropout: f64,
 }
 
-/// Settings of `train` that the user may have typed; the rest come from defaults.
-pub const TRAIN_SETTINGS: [&str; 22] = [
-    "stateful",
-    "layers",
-    "cell",
-    "clip_grad_norm",
-    "lr_schedule",
-    "warmup_steps",
-    "min_lr",
-    "weight_decay",
-    "dropout",
-    "checkpoint_dir",
-    "data",
-    "epochs",
-    "batch_size",
-    "seq_len",
-    "buffer_size",
-    "embedding_dim",
-    "rnn_units",
-    "learning_rate",
-    "val_fraction",
-    "save_every",
-    "keep",
-    "seed",
-];
+/// Where to run.
+#[derive(Args, Debug)]
+pub struct DeviceArg {
+    /// Where to run
+    #[arg(long = "device", value_enum, default_value_t = DeviceChoice::Auto)]
+    pub choice: DeviceChoice,
+}
 
 #[derive(Args, Debug)]
 pub struct EvalArgs {
@@ -204,9 +123,8 @@ pub struct EvalArgs {
     /// Print one JSON object instead of text
     #[arg(long)]
     pub json: bool,
-    /// Where to run
-    #[arg(long, value_enum, default_value_t = DeviceChoice::Auto)]
-    pub device: DeviceChoice,
+    #[command(flatten)]
+    pub device: DeviceArg,
 }
 
 #[derive(Args, Debug)]
@@ -248,9 +166,8 @@ pub struct GenerateArgs {
     /// Seed for sampling (random if not given)
     #[arg(long)]
     pub seed: Option<u64>,
-    /// Where to run
-    #[arg(long, value_enum, default_value_t = DeviceChoice::Auto)]
-    pub device: DeviceChoice,
+    #[command(flatten)]
+    pub device: DeviceArg,
 }
 
 #[derive(Args, Debug)]
@@ -267,24 +184,14 @@ pub struct BenchArgs {
     /// Characters per training sequence
     #[arg(long, default_value_t = 100, value_parser = positive)]
     pub seq_len: usize,
-    /// Width of the character embedding
-    #[arg(long, default_value_t = 256, value_parser = positive)]
-    pub embedding_dim: usize,
-    /// Width of the GRU state
-    #[arg(long, default_value_t = 1024, value_parser = positive)]
-    pub rnn_units: usize,
-    /// Stacked recurrent layers
-    #[arg(long, default_value_t = 1, value_parser = positive)]
-    pub layers: usize,
-    /// Recurrent cell (parameters in the layout of PyTorch's module of that name)
-    #[arg(long, value_enum, default_value_t = Cell::Gru)]
-    pub cell: Cell,
+    /// The model to time (the tutorial's where a size is not given)
+    #[command(flatten)]
+    pub model: ModelArgs,
     /// Vocabulary size (Shakespeare's is 65)
     #[arg(long, default_value_t = 65, value_parser = positive)]
     pub vocab_size: usize,
-    /// Where to run
-    #[arg(long, value_enum, default_value_t = DeviceChoice::Auto)]
-    pub device: DeviceChoice,
+    #[command(flatten)]
+    pub device: DeviceArg,
     /// CPU kernel(s) to time, comma-separated: avx512, avx2, neon, portable, or all this CPU
     /// can run (default: CHARRNN_KERNEL, else the fastest); several are timed one after another
     /// in this run
@@ -295,37 +202,12 @@ pub struct BenchArgs {
     pub json: bool,
 }
 
-/// The `train` settings given on the command line (not taken from defaults).
-pub fn explicit_train_settings(matches: &clap::ArgMatches) -> Vec<String> {
-    let Some(("train", m)) = matches.subcommand() else {
-        return Vec::new();
-    };
-    TRAIN_SETTINGS
-        .iter()
-        .filter(|id| m.value_source(id) == Some(clap::parser::ValueSource::CommandLine))
-        .map(|id| id.to_string())
-        .collect()
-}
-
-/// Parses a number and checks it against a rule, saying what was expected when it fails.
-fn checked<T>(s: &str, rule: &Rule<T>) -> Result<T, String>
-where
-    T: std::str::FromStr + std::fmt::Display + Copy,
-    T::Err: std::fmt::Display,
-{
-    rule.check(s.parse().map_err(|e: T::Err| e.to_string())?)
-}
-
 /// A kernel by name, or `None` for `all`.
 fn kernel_choice(s: &str) -> Result<Option<Kernel>, String> {
     match s {
         "all" => Ok(None),
         _ => Kernel::parse(s).map(Some).map_err(|e| e.to_string()),
     }
-}
-
-fn positive(s: &str) -> Result<usize, String> {
-    checked(s, &checks::AT_LEAST_ONE)
 }
 
 fn positive_u64(s: &str) -> Result<u64, String> {
@@ -336,18 +218,6 @@ fn timeout_seconds(s: &str) -> Result<u64, String> {
     checked(s, &Rule { ok: |n: u64| (1..=7 * 24 * 3600).contains(&n), expected: "from 1 to 604800 (a week)" })
 }
 
-fn positive_f64(s: &str) -> Result<f64, String> {
-    checked(s, &checks::POSITIVE)
-}
-
-fn non_negative_f64(s: &str) -> Result<f64, String> {
-    checked(s, &checks::NON_NEGATIVE)
-}
-
-fn fraction(s: &str) -> Result<f64, String> {
-    checked(s, &checks::FRACTION)
-}
-
 fn probability(s: &str) -> Result<f32, String> {
     checked(s, &checks::PROBABILITY)
 }
@@ -356,7 +226,7 @@ fn temperature(s: &str) -> Result<f32, String> {
     checked(s, &Rule { ok: |x: f32| x.is_finite() && x >= 0.0, expected: "0 (greedy) or a positive number" })
 }
 
-pub fn run(cli: Cli, explicit: Vec<String>) -> Result<()> {
+pub fn run(cli: Cli) -> Result<()> {
     // A bad CHARRNN_KERNEL is a clear error before any work starts.
     kernel::init()?;
     match cli.command {
@@ -380,49 +250,26 @@ pub fn run(cli: Cli, explicit: Vec<String>) -> Result<()> {
             Ok(())
         }
         Command::Train(a) => {
-            let resume = a.resume.map(|p| p.unwrap_or_else(|| a.checkpoint_dir.clone()));
-            let mut settings = train::Settings {
-                data: a.data,
-                epochs: a.epochs,
-                batch_size: a.batch_size,
-                seq_len: a.seq_len,
-                buffer_size: a.buffer_size,
-                embedding_dim: a.embedding_dim,
-                rnn_units: a.rnn_units,
-                layers: a.layers,
-                cell: a.cell,
-                learning_rate: a.learning_rate,
-                val_fraction: a.val_fraction,
-                save_every: a.save_every,
-                keep: a.keep,
-                seed: a.seed.unwrap_or_else(rand::random),
-                clip_grad_norm: a.clip_grad_norm,
-                lr_schedule: a.lr_schedule,
-                warmup_steps: a.warmup_steps,
-                min_lr: a.min_lr,
-                weight_decay: a.weight_decay,
-                dropout: a.dropout,
-                stateful: a.stateful,
+            let resume =
+                a.resume.map(|p| p.unwrap_or_else(|| a.checkpoint_dir.clone().unwrap_or_else(default_dir)));
+            let checkpoint_dir = match (&a.checkpoint_dir, &resume) {
+                (Some(dir), _) => dir.clone(),
+                // A resumed run writes where it was found unless told otherwise.
+                (None, Some(r)) if r.is_dir() => r.clone(),
+                (None, Some(r)) => r.parent().map_or_else(|| PathBuf::from("."), PathBuf::from),
+                (None, None) => default_dir(),
             };
-            a.preset.apply(&mut settings, &explicit);
             train::run(&train::TrainOptions {
-                device: device::select(a.device)?,
-                settings,
-                checkpoint_dir: match &resume {
-                    // A resumed run writes where it was found unless told otherwise.
-                    Some(r) if !explicit.iter().any(|e| e == "checkpoint_dir") => match r.is_dir() {
-                        true => r.clone(),
-                        false => r.parent().map_or_else(|| PathBuf::from("."), PathBuf::from),
-                    },
-                    _ => a.checkpoint_dir,
-                },
+                device: device::select(a.device.choice)?,
+                base: a.preset.settings(rand::random()),
+                typed: a.settings,
+                checkpoint_dir,
                 resume,
-                explicit,
                 overwrite: a.overwrite,
             })
         }
         Command::Eval(a) => {
-            let device = device::select(a.device)?;
+            let device = device::select(a.device.choice)?;
             let path = checkpoint::resolve(&a.checkpoint)?;
             let ckpt = checkpoint::load(&path, &device)?;
             budget::check(
@@ -446,7 +293,7 @@ pub fn run(cli: Cli, explicit: Vec<String>) -> Result<()> {
             }
         }
         Command::Generate(a) => {
-            let device = device::select(a.device)?;
+            let device = device::select(a.device.choice)?;
             let path = checkpoint::resolve(&a.checkpoint)?;
             let ckpt = checkpoint::load(&path, &device)?;
             eprintln!("checkpoint {} (epoch {})", path.display(), ckpt.provenance.epoch);
@@ -476,19 +323,20 @@ pub fn run(cli: Cli, explicit: Vec<String>) -> Result<()> {
                 Some(named) if named.is_empty() => vec![kernel::active()],
                 Some(named) => named,
             };
-            let config = Config::gru(a.vocab_size, a.embedding_dim, a.rnn_units)
-                .with_layers(a.layers)
-                .with_cell(a.cell);
+            let m = Preset::Tutorial.settings(0).model.overlay(&a.model);
+            let config = Config::gru(a.vocab_size, m.embedding_dim, m.rnn_units)
+                .with_layers(m.layers)
+                .with_cell(m.cell);
             let sizes = format!(
                 "--vocab-size {} --embedding-dim {} --rnn-units {} --layers {} --batch-size {} --seq-len {} --gen-chars {}",
-                a.vocab_size, a.embedding_dim, a.rnn_units, a.layers, a.batch_size, a.seq_len, a.gen_chars
+                a.vocab_size, m.embedding_dim, m.rnn_units, m.layers, a.batch_size, a.seq_len, a.gen_chars
             );
             // Training, sampling, and the generated ids (4 bytes each).
             let need = budget::training_bytes(&config, a.batch_size, a.seq_len)
                 .zip(budget::sampling_bytes(&config, 1))
                 .and_then(|(t, s)| t.checked_add(s)?.checked_add((a.gen_chars as u128).checked_mul(4)?));
             budget::check("benchmarking", need, &sizes)?;
-            let device = device::select(a.device)?;
+            let device = device::select(a.device.choice)?;
             let mut reports = Vec::new();
             for k in kernels {
                 kernel::set(k).context("bench --kernel")?;
@@ -515,6 +363,11 @@ pub fn run(cli: Cli, explicit: Vec<String>) -> Result<()> {
             Ok(())
         }
     }
+}
+
+/// Where checkpoints go when no --checkpoint-dir is given.
+fn default_dir() -> PathBuf {
+    PathBuf::from("checkpoints")
 }
 
 /// Writes a command's result to stdout, returning the error (a closed pipe included, which

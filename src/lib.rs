@@ -24,5 +24,6 @@ pub mod optim;
 pub mod presets;
 pub mod rnn;
 pub mod sample;
+pub mod settings;
 pub mod train;
 pub mod vocab;

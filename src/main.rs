@@ -2,15 +2,10 @@ use std::process::ExitCode;
 
 use charrnn::cli::{self, Cli};
 use charrnn::train::Interrupted;
-use clap::{CommandFactory, FromArgMatches};
+use clap::Parser;
 
 fn main() -> ExitCode {
-    let matches = Cli::command().get_matches();
-    let cli = match Cli::from_arg_matches(&matches) {
-        Ok(cli) => cli,
-        Err(e) => e.exit(),
-    };
-    match cli::run(cli, cli::explicit_train_settings(&matches)) {
+    match cli::run(Cli::parse()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) if e.is::<Interrupted>() => ExitCode::from(130),
         Err(e) if is_broken_pipe(&e) => ExitCode::SUCCESS, // e.g. `charrnn generate | head`

@@ -1,7 +1,10 @@
 //! Named starting points for `train`: the tutorial, a model for a few minutes on a laptop CPU,
 //! and a larger one for a GPU. Flags typed on the command line override a preset's values.
 
-use crate::train::{LrSchedule, Settings};
+use std::path::PathBuf;
+
+use crate::cells::Cell;
+use crate::settings::{DataSettings, LrSchedule, ModelSettings, OptimizerSettings, RunControl, Settings};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Preset {
@@ -15,42 +18,60 @@ pub enum Preset {
 }
 
 impl Preset {
-    /// Sets the preset's values on every setting the user did not type (`explicit`).
-    pub fn apply(self, s: &mut Settings, explicit: &[String]) {
-        let typed = |id: &str| explicit.iter().any(|e| e == id);
-        macro_rules! set {
-            ($($field:ident = $value:expr),* $(,)?) => {
-                {
-                    $(if !typed(stringify!($field)) { s.$field = $value; })*
-                }
-            };
-        }
+    /// The preset's complete settings, seeded with `seed`.
+    pub fn settings(self, seed: u64) -> Settings {
+        let tutorial = Settings {
+            model: ModelSettings { embedding_dim: 256, rnn_units: 1024, layers: 1, cell: Cell::Gru },
+            data: DataSettings {
+                data: PathBuf::from("data/shakespeare.txt"),
+                batch_size: 64,
+                seq_len: 100,
+                buffer_size: 10_000,
+                val_fraction: 0.1,
+                stateful: false,
+            },
+            optimizer: OptimizerSettings {
+                learning_rate: 1e-3,
+                clip_grad_norm: None,
+                lr_schedule: LrSchedule::Constant,
+                warmup_steps: 0,
+                min_lr: 0.0,
+                weight_decay: 0.0,
+                dropout: 0.0,
+            },
+            control: RunControl { epochs: 10, save_every: 5, keep: None },
+            seed,
+        };
         match self {
-            Preset::Tutorial => {}
-            Preset::Fast => set!(
-                rnn_units = 512,
-                embedding_dim = 128,
-                epochs = 7,
-                dropout = 0.1,
-                learning_rate = 2e-3,
-                lr_schedule = LrSchedule::Cosine,
-                warmup_steps = 50,
-                min_lr = 1e-4,
-                clip_grad_norm = Some(5.0),
-            ),
-            Preset::Best => set!(
-                layers = 2,
-                rnn_units = 1024,
-                embedding_dim = 256,
-                epochs = 10,
-                learning_rate = 2e-3,
-                lr_schedule = LrSchedule::Cosine,
-                warmup_steps = 200,
-                min_lr = 1e-4,
-                dropout = 0.4,
-                clip_grad_norm = Some(1.0),
-                weight_decay = 0.01,
-            ),
+            Preset::Tutorial => tutorial,
+            Preset::Fast => Settings {
+                model: ModelSettings { rnn_units: 512, embedding_dim: 128, ..tutorial.model },
+                optimizer: OptimizerSettings {
+                    dropout: 0.1,
+                    learning_rate: 2e-3,
+                    lr_schedule: LrSchedule::Cosine,
+                    warmup_steps: 50,
+                    min_lr: 1e-4,
+                    clip_grad_norm: Some(5.0),
+                    ..tutorial.optimizer
+                },
+                control: RunControl { epochs: 7, ..tutorial.control },
+                ..tutorial
+            },
+            Preset::Best => Settings {
+                model: ModelSettings { layers: 2, rnn_units: 1024, embedding_dim: 256, ..tutorial.model },
+                optimizer: OptimizerSettings {
+                    learning_rate: 2e-3,
+                    lr_schedule: LrSchedule::Cosine,
+                    warmup_steps: 200,
+                    min_lr: 1e-4,
+                    dropout: 0.4,
+                    clip_grad_norm: Some(1.0),
+                    weight_decay: 0.01,
+                },
+                control: RunControl { epochs: 10, ..tutorial.control },
+                ..tutorial
+            },
         }
     }
 }
@@ -58,39 +79,51 @@ impl Preset {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn tutorial() -> Settings {
-        Settings {
-            data: "data/shakespeare.txt".into(),
-            epochs: 10,
-            batch_size: 64,
-            seq_len: 100,
-            buffer_size: 10_000,
-            embedding_dim: 256,
-            rnn_units: 1024,
-            layers: 1,
-            cell: crate::model::Cell::Gru,
-            learning_rate: 1e-3,
-            val_fraction: 0.1,
-            save_every: 5,
-            keep: None,
-            seed: 1,
-            clip_grad_norm: None,
-            lr_schedule: LrSchedule::Constant,
-            warmup_steps: 0,
-            min_lr: 0.0,
-            weight_decay: 0.0,
-            dropout: 0.0,
-            stateful: false,
-        }
-    }
+    use crate::settings::{RunControlArgs, SettingsArgs};
 
     #[test]
     fn typed_flags_override_a_preset() {
-        let mut s = tutorial();
-        Preset::Tutorial.apply(&mut s, &[]);
-        assert_eq!(s, tutorial());
-        Preset::Fast.apply(&mut s, &["epochs".to_string()]);
-        assert_eq!((s.rnn_units, s.epochs, s.lr_schedule), (512, 10, LrSchedule::Cosine));
+        let s = Settings::fresh(Preset::Tutorial.settings(1), &SettingsArgs::default()).unwrap();
+        assert_eq!(s, Preset::Tutorial.settings(1));
+        let typed = SettingsArgs {
+            control: RunControlArgs { epochs: Some(10), ..Default::default() },
+            ..Default::default()
+        };
+        let s = Settings::fresh(Preset::Fast.settings(1), &typed).unwrap();
+        assert_eq!(
+            (s.model.rnn_units, s.control.epochs, s.optimizer.lr_schedule),
+            (512, 10, LrSchedule::Cosine)
+        );
+    }
+}
+
+#[cfg(test)]
+mod help_tests {
+    use clap::CommandFactory;
+
+    use super::*;
+
+    /// The `[tutorial: v]` each flag's help shows is the tutorial preset's value.
+    #[test]
+    fn the_help_states_the_tutorial_preset_values() {
+        let tutorial = serde_json::to_value(Preset::Tutorial.settings(0)).unwrap();
+        let cli = crate::cli::Cli::command();
+        let train = cli.find_subcommand("train").unwrap();
+        let mut checked = 0;
+        for arg in train.get_arguments() {
+            let help = arg.get_help().map(|h| h.to_string()).unwrap_or_default();
+            let Some(stated) = help.split("[tutorial: ").nth(1).and_then(|r| r.split(']').next()) else {
+                continue;
+            };
+            let value = &tutorial[arg.get_id().as_str()];
+            let shown = match value {
+                serde_json::Value::String(s) => s.clone(),
+                v => v.to_string(),
+            };
+            let same = shown == stated || stated.parse::<f64>().ok() == value.as_f64();
+            assert!(same, "--{}: help says {stated}, the preset has {shown}", arg.get_id());
+            checked += 1;
+        }
+        assert!(checked >= 12, "only {checked} flags state a tutorial value");
     }
 }

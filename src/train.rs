@@ -14,126 +14,24 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::checkpoint::{self, Checkpoint, Provenance};
-use crate::checks;
 use crate::data::{epoch_batches, read_corpus, split_validation, Batch, Lanes, Sequences};
 use crate::metrics::{Metrics, Record};
-use crate::model::{ids_tensor, Cell, Config, Model, Pass};
+use crate::model::{ids_tensor, Config, Model, Pass};
 use crate::optim::Adam;
 use crate::vocab::Vocab;
 
-/// Everything that defines a training run; saved with each resumable checkpoint.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct Settings {
-    pub data: PathBuf,
-    pub epochs: usize,
-    pub batch_size: usize,
-    pub seq_len: usize,
-    pub buffer_size: usize,
-    pub embedding_dim: usize,
-    pub rnn_units: usize,
-    #[serde(default = "one")]
-    pub layers: usize,
-    #[serde(default)]
-    pub cell: Cell,
-    pub learning_rate: f64,
-    pub val_fraction: f64,
-    pub save_every: usize,
-    pub keep: Option<usize>,
-    pub seed: u64,
-    #[serde(default)]
-    pub clip_grad_norm: Option<f64>,
-    #[serde(default)]
-    pub lr_schedule: LrSchedule,
-    #[serde(default)]
-    pub warmup_steps: u64,
-    #[serde(default)]
-    pub min_lr: f64,
-    #[serde(default)]
-    pub weight_decay: f64,
-    #[serde(default)]
-    pub dropout: f64,
-    /// Truncated backpropagation through time over contiguous lanes, state carried between
-    /// batches (no shuffling).
-    #[serde(default)]
-    pub stateful: bool,
-}
-
-fn one() -> usize {
-    1
-}
-
-impl Settings {
-    /// The command line's rules, for settings from any source: flags, a preset, or a resumed
-    /// run's optimizer file (which may be damaged or crafted). Also checks that the sizes the
-    /// run multiplies together fit in memory arithmetic.
-    pub fn validate(&self) -> Result<()> {
-        let sizes = [
-            ("--epochs", self.epochs),
-            ("--batch-size", self.batch_size),
-            ("--seq-len", self.seq_len),
-            ("--buffer-size", self.buffer_size),
-            ("--embedding-dim", self.embedding_dim),
-            ("--rnn-units", self.rnn_units),
-            ("--layers", self.layers),
-            ("--save-every", self.save_every),
-        ];
-        let mut problems: Vec<String> = Vec::new();
-        for (flag, v) in sizes {
-            problems.extend(checks::AT_LEAST_ONE.check_flag(flag, v).err());
-        }
-        if let Some(keep) = self.keep {
-            problems.extend(checks::AT_LEAST_ONE.check_flag("--keep", keep).err());
-        }
-        if let Some(clip) = self.clip_grad_norm {
-            problems.extend(checks::POSITIVE.check_flag("--clip-grad-norm", clip).err());
-        }
-        problems.extend(checks::POSITIVE.check_flag("--learning-rate", self.learning_rate).err());
-        problems.extend(checks::NON_NEGATIVE.check_flag("--min-lr", self.min_lr).err());
-        problems.extend(checks::NON_NEGATIVE.check_flag("--weight-decay", self.weight_decay).err());
-        problems.extend(checks::FRACTION.check_flag("--val-fraction", self.val_fraction).err());
-        problems.extend(checks::FRACTION.check_flag("--dropout", self.dropout).err());
-        if let Some(p) = problems.into_iter().next() {
-            bail!(p);
-        }
-        // One batch's characters, and a step's activations (batch × steps × width), are
-        // computed in usize; refuse settings whose products overflow it.
-        let widest = self.rnn_units.max(self.embedding_dim).saturating_mul(4);
-        let fits = self
-            .batch_size
-            .checked_mul(self.seq_len.saturating_add(1))
-            .and_then(|chars| chars.checked_mul(widest))
-            .is_some();
-        if !fits {
-            bail!(
-                "--batch-size {} × --seq-len {} × --rnn-units {} is too large to compute with",
-                self.batch_size,
-                self.seq_len,
-                self.rnn_units
-            );
-        }
-        Ok(())
-    }
-}
-
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
-#[serde(rename_all = "lowercase")]
-pub enum LrSchedule {
-    /// The same rate throughout (after any warm-up)
-    #[default]
-    Constant,
-    /// Cosine decay from --learning-rate to --min-lr over the run
-    Cosine,
-}
+use crate::settings::SettingsArgs;
+pub use crate::settings::{LrSchedule, Settings};
 
 pub struct TrainOptions {
-    pub settings: Settings,
+    /// A fresh run's settings before the typed flags (a preset's).
+    pub base: Settings,
+    /// The settings flags the user typed; on resume they may change only the run control.
+    pub typed: SettingsArgs,
     pub checkpoint_dir: PathBuf,
     pub device: Device,
     /// Continue from this checkpoint (or the newest resumable one in this folder).
     pub resume: Option<PathBuf>,
-    /// The settings the user gave on the command line (clap ids, e.g. `rnn_units`); on
-    /// resume, these must agree with the saved run, except those that may change.
-    pub explicit: Vec<String>,
     /// A fresh run may delete another run's files in its folder first (otherwise it refuses
     /// such a folder).
     pub overwrite: bool,
@@ -253,16 +151,19 @@ fn on_compute_thread<R: Send>(device: &Device, work: impl FnOnce() -> Result<R> 
 /// The step size for 0-based `step` of `total`: linear warm-up over `warmup_steps`, then
 /// constant, or cosine decay to `min_lr` at the last step (nanoGPT's schedule).
 pub fn learning_rate(s: &Settings, step: u64, total: u64) -> f64 {
-    if step < s.warmup_steps {
+    if step < s.optimizer.warmup_steps {
         // In f64: warmup_steps + 1 can overflow u64 (--warmup-steps 18446744073709551615).
-        return s.learning_rate * (step as f64 + 1.0) / (s.warmup_steps as f64 + 1.0);
+        return s.optimizer.learning_rate * (step as f64 + 1.0) / (s.optimizer.warmup_steps as f64 + 1.0);
     }
-    match s.lr_schedule {
-        LrSchedule::Constant => s.learning_rate,
+    match s.optimizer.lr_schedule {
+        LrSchedule::Constant => s.optimizer.learning_rate,
         LrSchedule::Cosine => {
-            let span = total.saturating_sub(s.warmup_steps).max(1) as f64;
-            let ratio = ((step - s.warmup_steps) as f64 / span).min(1.0);
-            s.min_lr + 0.5 * (1.0 + (std::f64::consts::PI * ratio).cos()) * (s.learning_rate - s.min_lr)
+            let span = total.saturating_sub(s.optimizer.warmup_steps).max(1) as f64;
+            let ratio = ((step - s.optimizer.warmup_steps) as f64 / span).min(1.0);
+            s.optimizer.min_lr
+                + 0.5
+                    * (1.0 + (std::f64::consts::PI * ratio).cos())
+                    * (s.optimizer.learning_rate - s.optimizer.min_lr)
         }
     }
 }
@@ -320,54 +221,6 @@ fn epoch_rng(seed: u64, epoch: usize) -> StdRng {
     bytes[8..16].copy_from_slice(&(epoch as u64).to_le_bytes());
     bytes[16..24].copy_from_slice(b"shuffle\0");
     StdRng::from_seed(bytes)
-}
-
-/// The saved settings with the command line's changes that a resumed run allows: more epochs,
-/// another save schedule. Anything else that differs is refused.
-fn merge_settings(saved: &Settings, given: &Settings, explicit: &[String], done: usize) -> Result<Settings> {
-    let flag = |id: &str| format!("--{}", id.replace('_', "-"));
-    let fixed: [(&str, String, String); 18] = [
-        ("stateful", saved.stateful.to_string(), given.stateful.to_string()),
-        ("layers", saved.layers.to_string(), given.layers.to_string()),
-        ("cell", saved.cell.name().to_string(), given.cell.name().to_string()),
-        ("clip_grad_norm", format!("{:?}", saved.clip_grad_norm), format!("{:?}", given.clip_grad_norm)),
-        ("lr_schedule", format!("{:?}", saved.lr_schedule), format!("{:?}", given.lr_schedule)),
-        ("warmup_steps", saved.warmup_steps.to_string(), given.warmup_steps.to_string()),
-        ("min_lr", saved.min_lr.to_string(), given.min_lr.to_string()),
-        ("weight_decay", saved.weight_decay.to_string(), given.weight_decay.to_string()),
-        ("dropout", saved.dropout.to_string(), given.dropout.to_string()),
-        ("data", saved.data.display().to_string(), given.data.display().to_string()),
-        ("batch_size", saved.batch_size.to_string(), given.batch_size.to_string()),
-        ("seq_len", saved.seq_len.to_string(), given.seq_len.to_string()),
-        ("buffer_size", saved.buffer_size.to_string(), given.buffer_size.to_string()),
-        ("embedding_dim", saved.embedding_dim.to_string(), given.embedding_dim.to_string()),
-        ("rnn_units", saved.rnn_units.to_string(), given.rnn_units.to_string()),
-        ("learning_rate", saved.learning_rate.to_string(), given.learning_rate.to_string()),
-        ("val_fraction", saved.val_fraction.to_string(), given.val_fraction.to_string()),
-        ("seed", saved.seed.to_string(), given.seed.to_string()),
-    ];
-    for (id, was, now) in fixed {
-        if explicit.iter().any(|e| e == id) && was != now {
-            bail!(
-                "{} {now} differs from the resumed run's {was}; a resumed run keeps its settings (start a new run in another --checkpoint-dir to change it)",
-                flag(id)
-            );
-        }
-    }
-    let mut merged = saved.clone();
-    if explicit.iter().any(|e| e == "epochs") {
-        if given.epochs < done {
-            bail!("--epochs {} is fewer than the {done} epochs already trained", given.epochs);
-        }
-        merged.epochs = given.epochs;
-    }
-    if explicit.iter().any(|e| e == "save_every") {
-        merged.save_every = given.save_every;
-    }
-    if explicit.iter().any(|e| e == "keep") {
-        merged.keep = given.keep;
-    }
-    Ok(merged)
 }
 
 /// Deletes all but the newest `keep` periodic checkpoints of this run (and their optimizer
@@ -439,9 +292,13 @@ fn load_resumable(
 fn check_memory(config: &Config, s: &Settings) -> Result<()> {
     let sizes = format!(
         "--embedding-dim {} --rnn-units {} --layers {} --batch-size {} --seq-len {} ({} characters in the vocabulary)",
-        config.embedding_dim, config.rnn_units, config.layers, s.batch_size, s.seq_len, config.vocab_size
+        config.embedding_dim, config.rnn_units, config.layers, s.data.batch_size, s.data.seq_len, config.vocab_size
     );
-    crate::budget::check("training", crate::budget::training_bytes(config, s.batch_size, s.seq_len), &sizes)
+    crate::budget::check(
+        "training",
+        crate::budget::training_bytes(config, s.data.batch_size, s.data.seq_len),
+        &sizes,
+    )
 }
 
 /// A fresh run's folder must not hold another run; the error says how to go on.
@@ -512,39 +369,39 @@ pub fn run(o: &TrainOptions) -> Result<()> {
     };
     let settings = match &resumed {
         Some((path, _, _, pos, _)) => {
-            let merged = merge_settings(&pos.settings, &o.settings, &o.explicit, pos.epoch)?;
+            let merged = Settings::resumed(&pos.settings, &o.typed, pos.epoch)?;
             merged.validate().with_context(|| {
                 format!("the run saved in {} cannot be resumed", checkpoint::optim_path(path).display())
             })?;
             merged
         }
         None => {
-            o.settings.validate()?;
+            let fresh = Settings::fresh(o.base.clone(), &o.typed)?;
             if !o.overwrite {
                 refuse_another_run(dir)?;
             }
-            o.settings.clone()
+            fresh
         }
     };
     let s = &settings;
 
-    let text = read_corpus(&s.data)?;
+    let text = read_corpus(&s.data.data)?;
     let vocab = Vocab::from_text(&text);
     let ids = vocab.encode(&text)?;
     let corpus_sha256 = checkpoint::hex(&Sha256::digest(text.as_bytes()));
-    let (train_ids, val_ids) = split_validation(&ids, s.val_fraction);
-    let train = Sequences::new(train_ids, s.seq_len);
-    let lanes = Lanes::new(train_ids, s.batch_size, s.seq_len);
-    let val = Sequences::new(val_ids, s.seq_len);
-    if train.len() < s.batch_size || (s.stateful && lanes.is_empty()) {
-        let need = ((s.batch_size * (s.seq_len + 1)) as f64 / (1.0 - s.val_fraction)).ceil();
+    let (train_ids, val_ids) = split_validation(&ids, s.data.val_fraction);
+    let train = Sequences::new(train_ids, s.data.seq_len);
+    let lanes = Lanes::new(train_ids, s.data.batch_size, s.data.seq_len);
+    let val = Sequences::new(val_ids, s.data.seq_len);
+    if train.len() < s.data.batch_size || (s.data.stateful && lanes.is_empty()) {
+        let need = ((s.data.batch_size * (s.data.seq_len + 1)) as f64 / (1.0 - s.data.val_fraction)).ceil();
         bail!(
             "the corpus {} is too short: one batch of {} sequences of {} characters needs at least {} characters{}, it has {}. Use a longer text or lower --batch-size / --seq-len",
-            s.data.display(),
-            s.batch_size,
-            s.seq_len + 1,
+            s.data.data.display(),
+            s.data.batch_size,
+            s.data.seq_len + 1,
             need,
-            if s.val_fraction > 0.0 { format!(" (with --val-fraction {})", s.val_fraction) } else { String::new() },
+            if s.data.val_fraction > 0.0 { format!(" (with --val-fraction {})", s.data.val_fraction) } else { String::new() },
             ids.len()
         );
     }
@@ -554,25 +411,25 @@ pub fn run(o: &TrainOptions) -> Result<()> {
             if ckpt.provenance.corpus_sha256 != corpus_sha256 {
                 bail!(
                     "{} differs from the text {} was trained on (SHA-256 {}); resume with the same corpus",
-                    s.data.display(),
+                    s.data.data.display(),
                     path.display(),
                     ckpt.provenance.corpus_sha256
                 );
             }
-            adam.weight_decay = s.weight_decay;
+            adam.weight_decay = s.optimizer.weight_decay;
             check_memory(&ckpt.model.config, s)?;
             eprintln!("resuming {} at epoch {} batch {}", path.display(), pos.epoch + 1, pos.batch);
             let carried = (!carried.is_empty()).then_some(carried);
             (ckpt.model, adam, pos, carried)
         }
         None => {
-            let config = Config::gru(vocab.len(), s.embedding_dim, s.rnn_units)
-                .with_layers(s.layers)
-                .with_cell(s.cell);
+            let config = Config::gru(vocab.len(), s.model.embedding_dim, s.model.rnn_units)
+                .with_layers(s.model.layers)
+                .with_cell(s.model.cell);
             check_memory(&config, s)?;
             let model = Model::new_random(config, DType::F32, &o.device, &mut StdRng::seed_from_u64(s.seed))?;
             let mut adam = Adam::new(model.vars())?;
-            adam.weight_decay = s.weight_decay;
+            adam.weight_decay = s.optimizer.weight_decay;
             let pos = Position {
                 settings: settings.clone(),
                 epoch: 0,
@@ -585,33 +442,33 @@ pub fn run(o: &TrainOptions) -> Result<()> {
         }
     };
     let config = &model.config;
-    let batches_per_epoch = if s.stateful { lanes.len() } else { train.len() / s.batch_size };
-    let total_steps = (batches_per_epoch as u64).checked_mul(s.epochs as u64).ok_or_else(|| {
+    let batches_per_epoch = if s.data.stateful { lanes.len() } else { train.len() / s.data.batch_size };
+    let total_steps = (batches_per_epoch as u64).checked_mul(s.control.epochs as u64).ok_or_else(|| {
         anyhow::anyhow!(
             "--epochs {} × {batches_per_epoch} batches per epoch is too many steps to count",
-            s.epochs
+            s.control.epochs
         )
     })?;
 
-    eprintln!("corpus {}: {} characters, {} unique", s.data.display(), ids.len(), vocab.len());
-    let order = match s.stateful {
-        false => format!("{} shuffled sequences of {}", train.len(), s.seq_len + 1),
+    eprintln!("corpus {}: {} characters, {} unique", s.data.data.display(), ids.len(), vocab.len());
+    let order = match s.data.stateful {
+        false => format!("{} shuffled sequences of {}", train.len(), s.data.seq_len + 1),
         true => format!(
             "{} contiguous lanes of {} read in order (--stateful)",
-            s.batch_size,
-            train_ids.len() / s.batch_size
+            s.data.batch_size,
+            train_ids.len() / s.data.batch_size
         ),
     };
     eprintln!(
         "split: {} training / {} validation characters; {order}; {batches_per_epoch} batches of {} per epoch",
         train_ids.len(),
         val_ids.len(),
-        s.batch_size
+        s.data.batch_size
     );
     let layers: Vec<String> = config.layer_sizes().iter().map(|(n, c)| format!("{n} {c}")).collect();
     eprintln!("model: {} | total {} parameters", layers.join(" | "), config.parameter_count());
     eprintln!("seed {} (pass --seed {} to repeat this run)", s.seed, s.seed);
-    if pos.epoch >= s.epochs {
+    if pos.epoch >= s.control.epochs {
         eprintln!("already trained {} epochs; pass a larger --epochs to continue", pos.epoch);
         return Ok(());
     }
@@ -628,8 +485,8 @@ pub fn run(o: &TrainOptions) -> Result<()> {
     let resume_hint = format!("charrnn train --resume {}", dir.display());
     let interrupted = interrupt_flag(dir.clone());
     let mut metrics = Metrics::open(dir, (adam.step > 0).then_some(adam.step))?;
-    let pb = progress_bar((batches_per_epoch * (s.epochs - pos.epoch) - pos.batch) as u64);
-    let chars_per_batch = (s.batch_size * s.seq_len) as f64;
+    let pb = progress_bar((batches_per_epoch * (s.control.epochs - pos.epoch) - pos.batch) as u64);
+    let chars_per_batch = (s.data.batch_size * s.data.seq_len) as f64;
     let mut provenance = Provenance {
         seed: s.seed,
         corpus_sha256,
@@ -653,11 +510,12 @@ pub fn run(o: &TrainOptions) -> Result<()> {
             checkpoint::save(path, &model, &vocab, provenance)
         };
 
-    for epoch in pos.epoch + 1..=s.epochs {
+    for epoch in pos.epoch + 1..=s.control.epochs {
         let started = Instant::now();
         // Shuffled sequences, or (stateful) the lanes in order, the state reset each epoch.
-        let order = (!s.stateful)
-            .then(|| epoch_batches(train.len(), s.batch_size, s.buffer_size, &mut epoch_rng(s.seed, epoch)));
+        let order = (!s.data.stateful).then(|| {
+            epoch_batches(train.len(), s.data.batch_size, s.data.buffer_size, &mut epoch_rng(s.seed, epoch))
+        });
         let first = if epoch == pos.epoch + 1 { pos.batch } else { 0 };
         let mut loss_sum = if first > 0 { pos.epoch_loss_sum } else { 0.0 };
         if first == 0 {
@@ -671,14 +529,14 @@ pub fn run(o: &TrainOptions) -> Result<()> {
             let t0 = Instant::now();
             let step_options = StepOptions {
                 learning_rate: learning_rate(s, adam.step, total_steps),
-                clip_grad_norm: s.clip_grad_norm,
-                dropout: s.dropout as f32,
+                clip_grad_norm: s.optimizer.clip_grad_norm,
+                dropout: s.optimizer.dropout as f32,
                 seed: s.seed ^ adam.step.wrapping_mul(0x9E37_79B9_7F4A_7C15),
             };
             let (l, _, finals) =
                 train_step_from(&model, &mut adam, &batch, &step_options, carried.as_deref())
                     .with_context(|| format!("epoch {epoch} batch {n}"))?;
-            if s.stateful {
+            if s.data.stateful {
                 carried = Some(finals);
             }
             loss_sum += l as f64;
@@ -715,7 +573,7 @@ pub fn run(o: &TrainOptions) -> Result<()> {
             }
         }
         let train_loss = loss_sum / batches_per_epoch as f64;
-        let val_loss = evaluate(&model, &val, s.batch_size)?;
+        let val_loss = evaluate(&model, &val, s.data.batch_size)?;
         let seconds = started.elapsed().as_secs_f64();
         pb.suspend(|| {
             eprintln!("Epoch {epoch} Loss: {train_loss:.4}");
@@ -752,7 +610,7 @@ pub fn run(o: &TrainOptions) -> Result<()> {
                 checkpoint::save(&dir.join("best.safetensors"), &model, &vocab, &provenance)?;
             }
         }
-        if epoch % s.save_every == 0 || epoch == s.epochs {
+        if epoch % s.control.save_every == 0 || epoch == s.control.epochs {
             let path = dir.join(checkpoint::file_name(epoch));
             let position = Position {
                 settings: settings.clone(),
@@ -763,7 +621,7 @@ pub fn run(o: &TrainOptions) -> Result<()> {
                 run_id: run_id.clone(),
             };
             save_point(&path, &adam, &provenance, &position, &[])?;
-            if let Some(keep) = s.keep {
+            if let Some(keep) = s.control.keep {
                 prune(dir, keep, &run_id, epoch)?;
             }
             pb.suspend(|| eprintln!("saved {}", path.display()));

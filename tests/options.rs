@@ -4,6 +4,8 @@ use candle_core::{DType, Device};
 use charrnn::data::Batch;
 use charrnn::model::{ids_tensor, Config, Model, Pass};
 use charrnn::optim::Adam;
+use charrnn::presets::Preset;
+use charrnn::settings::OptimizerSettings;
 use charrnn::train::{learning_rate, train_step, LrSchedule, Settings, StepOptions};
 use rand::{rngs::StdRng, SeedableRng};
 
@@ -58,29 +60,17 @@ fn clipping_bounds_the_gradient_norm_adam_sees() {
 }
 
 fn settings(schedule: LrSchedule, warmup: u64) -> Settings {
-    Settings {
-        data: "x".into(),
-        epochs: 1,
-        batch_size: 1,
-        seq_len: 1,
-        buffer_size: 1,
-        embedding_dim: 1,
-        rnn_units: 1,
-        layers: 1,
-        cell: charrnn::model::Cell::Gru,
+    let mut s = Preset::Tutorial.settings(0);
+    s.optimizer = OptimizerSettings {
         learning_rate: 1e-3,
-        val_fraction: 0.0,
-        save_every: 1,
-        keep: None,
-        seed: 0,
         clip_grad_norm: None,
         lr_schedule: schedule,
         warmup_steps: warmup,
         min_lr: 1e-4,
         weight_decay: 0.0,
         dropout: 0.0,
-        stateful: false,
-    }
+    };
+    s
 }
 
 #[test]

@@ -1,0 +1,398 @@
+//! A training run's settings as types.
+//!
+//! Each group is declared once, below, and that declaration makes two structs: the settings
+//! (what a run uses and saves beside its checkpoints) and the command-line arguments, where
+//! every setting a preset or a resumed run may supply is optional, so "typed by the user" is
+//! `Some`. One resolver turns `preset ← saved run ← typed flags` into a validated [`Settings`];
+//! a resumed run compares its fixed groups with `==` and names a differing setting's flag from
+//! the field itself.
+
+use std::path::PathBuf;
+
+use anyhow::{bail, Result};
+use serde::{Deserialize, Serialize};
+
+use crate::cells::Cell;
+use crate::checks;
+
+/// The flag of a settings field: `rnn_units` → `--rnn-units`, as clap derives it.
+fn flag(field: &str) -> String {
+    format!("--{}", field.replace('_', "-"))
+}
+
+/// The setting with the typed value laid over it.
+macro_rules! overlay {
+    (value $setting:expr, $typed:expr) => {
+        $typed.clone().unwrap_or_else(|| $setting.clone())
+    };
+    (optional $setting:expr, $typed:expr) => {
+        $typed.clone().or_else(|| $setting.clone())
+    };
+    (switch $setting:expr, $typed:expr) => {
+        $setting || $typed
+    };
+}
+
+macro_rules! check_rule {
+    (value $rule:expr, $field:ident, $v:expr) => {
+        $rule.check_flag(&flag(stringify!($field)), $v).err()
+    };
+    (optional $rule:expr, $field:ident, $v:expr) => {
+        $v.and_then(|v| $rule.check_flag(&flag(stringify!($field)), v).err())
+    };
+}
+
+/// Declares a settings group: `$name` (the settings) and `$args` (the flags that override
+/// them). Each field is `value` (a flag that may be left out), `optional` (a setting that may
+/// be absent) or `switch` (a flag without a value, which can only turn the setting on), with
+/// its type as a setting and `as` a flag (written out: clap reads the type's syntax); `=>`
+/// gives the rule its value must satisfy, from whatever source.
+macro_rules! settings_group {
+    (
+        $(#[doc = $sdoc:literal])*
+        $name:ident / $args:ident {
+            $(
+                $(#[doc = $doc:literal])*
+                #[arg($($arg:tt)*)]
+                $(#[serde($($serde:tt)*)])?
+                $kind:ident $field:ident: $ty:ty as $arg_ty:ty $(=> $rule:expr)?;
+            )*
+        }
+    ) => {
+        $(#[doc = $sdoc])*
+        #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+        pub struct $name {
+            $(
+                $(#[doc = $doc])*
+                $(#[serde($($serde)*)])?
+                pub $field: $ty,
+            )*
+        }
+
+        $(#[doc = $sdoc])*
+        #[derive(clap::Args, Clone, Debug, Default)]
+        pub struct $args {
+            $(
+                $(#[doc = $doc])*
+                #[arg($($arg)*)]
+                pub $field: $arg_ty,
+            )*
+        }
+
+        impl $name {
+            /// These settings with the typed flags laid over them.
+            pub fn overlay(&self, typed: &$args) -> Self {
+                $name { $($field: overlay!($kind self.$field, typed.$field),)* }
+            }
+
+            /// The first setting that differs in `other`: its flag, this value and that one.
+            pub fn first_difference(&self, other: &Self) -> Option<(String, String, String)> {
+                $(
+                    if self.$field != other.$field {
+                        let show = |v: &$ty| format!("{}", Shown(v));
+                        return Some((flag(stringify!($field)), show(&self.$field), show(&other.$field)));
+                    }
+                )*
+                None
+            }
+
+            /// The first value that breaks its rule, as "--flag must be …, got v".
+            pub fn problem(&self) -> Option<String> {
+                None $($(.or_else(|| check_rule!($kind $rule, $field, self.$field)))?)*
+            }
+        }
+    };
+}
+
+/// A setting's value as the command line would spell it.
+struct Shown<'a, T>(&'a T);
+
+macro_rules! shown_by_display {
+    ($($t:ty),*) => {$(
+        impl std::fmt::Display for Shown<'_, $t> {
+            fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                write!(f, "{}", self.0)
+            }
+        }
+    )*};
+}
+shown_by_display!(usize, u64, f64, bool);
+
+impl std::fmt::Display for Shown<'_, Option<usize>> {
+    fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        match self.0 {
+            Some(v) => write!(f, "{v}"),
+            None => write!(f, "none"),
+        }
+    }
+}
+
+impl std::fmt::Display for Shown<'_, Option<f64>> {
+    fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        match self.0 {
+            Some(v) => write!(f, "{v}"),
+            None => write!(f, "none"),
+        }
+    }
+}
+
+impl std::fmt::Display for Shown<'_, PathBuf> {
+    fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        write!(f, "{}", self.0.display())
+    }
+}
+
+impl std::fmt::Display for Shown<'_, Cell> {
+    fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        write!(f, "{}", self.0.name())
+    }
+}
+
+impl std::fmt::Display for Shown<'_, LrSchedule> {
+    fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        let value = clap::ValueEnum::to_possible_value(self.0).expect("every schedule has a name");
+        write!(f, "{}", value.get_name())
+    }
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LrSchedule {
+    /// The same rate throughout (after any warm-up)
+    #[default]
+    Constant,
+    /// Cosine decay from --learning-rate to --min-lr over the run
+    Cosine,
+}
+
+fn one() -> usize {
+    1
+}
+
+settings_group! {
+    /// The model's shape (the vocabulary comes from the text).
+    ModelSettings / ModelArgs {
+        /// Width of the character embedding [tutorial: 256]
+        #[arg(long, value_parser = positive)]
+        value embedding_dim: usize as Option<usize> => checks::AT_LEAST_ONE;
+        /// Width of the recurrent state [tutorial: 1024]
+        #[arg(long, value_parser = positive)]
+        value rnn_units: usize as Option<usize> => checks::AT_LEAST_ONE;
+        /// Stacked recurrent layers [tutorial: 1]
+        #[arg(long, value_parser = positive)]
+        #[serde(default = "one")]
+        value layers: usize as Option<usize> => checks::AT_LEAST_ONE;
+        /// Recurrent cell (parameters in the layout of PyTorch's module of that name) [tutorial: gru]
+        #[arg(long, value_enum)]
+        #[serde(default)]
+        value cell: Cell as Option<Cell>;
+    }
+}
+
+settings_group! {
+    /// The text and how it is cut into batches.
+    DataSettings / DataArgs {
+        /// UTF-8 text to train on [default: data/shakespeare.txt]
+        #[arg(long)]
+        value data: PathBuf as Option<PathBuf>;
+        /// Sequences per batch [tutorial: 64]
+        #[arg(long, value_parser = positive)]
+        value batch_size: usize as Option<usize> => checks::AT_LEAST_ONE;
+        /// Characters per training sequence [tutorial: 100]
+        #[arg(long, value_parser = positive)]
+        value seq_len: usize as Option<usize> => checks::AT_LEAST_ONE;
+        /// Shuffle buffer size, in sequences (tf.data's shuffle) [tutorial: 10000]
+        #[arg(long, value_parser = positive)]
+        value buffer_size: usize as Option<usize> => checks::AT_LEAST_ONE;
+        /// Share of the text (its end) held out for validation; 0 reproduces the tutorial [default: 0.1]
+        #[arg(long, value_parser = fraction, allow_negative_numbers = true)]
+        value val_fraction: f64 as Option<f64> => checks::FRACTION;
+        /// Truncated backpropagation through time: contiguous lanes in order, the state carried
+        /// from batch to batch (no shuffling)
+        #[arg(long)]
+        #[serde(default)]
+        switch stateful: bool as bool;
+    }
+}
+
+settings_group! {
+    /// The optimizer, its schedule and the regularisation.
+    OptimizerSettings / OptimizerArgs {
+        /// Adam step size [tutorial: 0.001]
+        #[arg(long, value_parser = positive_f64, allow_negative_numbers = true)]
+        value learning_rate: f64 as Option<f64> => checks::POSITIVE;
+        /// Rescale gradients whose global L2 norm exceeds X (off in the tutorial)
+        #[arg(long, value_parser = positive_f64, value_name = "X")]
+        #[serde(default)]
+        optional clip_grad_norm: Option<f64> as Option<f64> => checks::POSITIVE;
+        /// Learning-rate schedule after the warm-up [tutorial: constant]
+        #[arg(long, value_enum)]
+        #[serde(default)]
+        value lr_schedule: LrSchedule as Option<LrSchedule>;
+        /// Steps of linear learning-rate warm-up [tutorial: 0]
+        #[arg(long)]
+        #[serde(default)]
+        value warmup_steps: u64 as Option<u64>;
+        /// Final learning rate of the cosine schedule [tutorial: 0]
+        #[arg(long, value_parser = non_negative_f64)]
+        #[serde(default)]
+        value min_lr: f64 as Option<f64> => checks::NON_NEGATIVE;
+        /// Decoupled weight decay (AdamW); 0 is the tutorial's plain Adam
+        #[arg(long, value_parser = non_negative_f64)]
+        #[serde(default)]
+        value weight_decay: f64 as Option<f64> => checks::NON_NEGATIVE;
+        /// Dropout probability after each recurrent layer (training only) [tutorial: 0]
+        #[arg(long, value_parser = fraction, allow_negative_numbers = true)]
+        #[serde(default)]
+        value dropout: f64 as Option<f64> => checks::FRACTION;
+    }
+}
+
+settings_group! {
+    /// How long the run goes and what it keeps: the settings a resumed run may change.
+    RunControl / RunControlArgs {
+        /// Passes over the training data [tutorial: 10]
+        #[arg(long, value_parser = positive)]
+        value epochs: usize as Option<usize> => checks::AT_LEAST_ONE;
+        /// Save a checkpoint every N epochs (and after the last) [default: 5]
+        #[arg(long, value_parser = positive)]
+        value save_every: usize as Option<usize> => checks::AT_LEAST_ONE;
+        /// Keep only the newest N periodic checkpoints
+        #[arg(long, value_parser = positive)]
+        optional keep: Option<usize> as Option<usize> => checks::AT_LEAST_ONE;
+    }
+}
+
+/// Everything that defines a training run; saved with each resumable checkpoint (as one flat
+/// JSON object, the groups' fields side by side).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Settings {
+    #[serde(flatten)]
+    pub model: ModelSettings,
+    #[serde(flatten)]
+    pub data: DataSettings,
+    #[serde(flatten)]
+    pub optimizer: OptimizerSettings,
+    #[serde(flatten)]
+    pub control: RunControl,
+    /// Seeds the initialisation, the shuffling and the dropout masks.
+    pub seed: u64,
+}
+
+/// The flags of `train` that a preset or a resumed run may also supply.
+#[derive(clap::Args, Clone, Debug, Default)]
+pub struct SettingsArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    #[command(flatten)]
+    pub data: DataArgs,
+    #[command(flatten)]
+    pub optimizer: OptimizerArgs,
+    #[command(flatten)]
+    pub control: RunControlArgs,
+    /// Seed for initialisation and shuffling (random if not given; printed either way)
+    #[arg(long)]
+    pub seed: Option<u64>,
+}
+
+impl Settings {
+    /// These settings with the typed flags laid over them; the seed, when neither has one,
+    /// drawn at random.
+    pub fn overlay(&self, typed: &SettingsArgs) -> Settings {
+        Settings {
+            model: self.model.overlay(&typed.model),
+            data: self.data.overlay(&typed.data),
+            optimizer: self.optimizer.overlay(&typed.optimizer),
+            control: self.control.overlay(&typed.control),
+            seed: typed.seed.unwrap_or(self.seed),
+        }
+    }
+
+    /// A fresh run: the preset's settings with the typed flags over them.
+    pub fn fresh(base: Settings, typed: &SettingsArgs) -> Result<Settings> {
+        let settings = base.overlay(typed);
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    /// A resumed run: the saved settings, of which the typed flags may change only the run
+    /// control (more epochs, another save schedule); anything else that differs is refused.
+    pub fn resumed(saved: &Settings, typed: &SettingsArgs, epochs_done: usize) -> Result<Settings> {
+        let wanted = saved.overlay(typed);
+        let differences = [
+            saved.model.first_difference(&wanted.model),
+            saved.data.first_difference(&wanted.data),
+            saved.optimizer.first_difference(&wanted.optimizer),
+            (saved.seed != wanted.seed)
+                .then(|| (flag("seed"), saved.seed.to_string(), wanted.seed.to_string())),
+        ];
+        if let Some((flag, was, now)) = differences.into_iter().flatten().next() {
+            bail!(
+                "{flag} {now} differs from the resumed run's {was}; a resumed run keeps its settings (start a new run in another --checkpoint-dir to change it)"
+            );
+        }
+        if wanted.control.epochs < epochs_done {
+            bail!(
+                "--epochs {} is fewer than the {epochs_done} epochs already trained",
+                wanted.control.epochs
+            );
+        }
+        Ok(wanted)
+    }
+
+    /// The command line's rules, for settings from any source: flags, a preset, or a resumed
+    /// run's optimizer file (which may be damaged or crafted). Also checks that the sizes the
+    /// run multiplies together fit in memory arithmetic.
+    pub fn validate(&self) -> Result<()> {
+        let problem = (self.model.problem())
+            .or_else(|| self.data.problem())
+            .or_else(|| self.optimizer.problem())
+            .or_else(|| self.control.problem());
+        if let Some(p) = problem {
+            bail!(p);
+        }
+        // One batch's characters, and a step's activations (batch × steps × width), are
+        // computed in usize; refuse settings whose products overflow it.
+        let (m, d) = (&self.model, &self.data);
+        let widest = m.rnn_units.max(m.embedding_dim).saturating_mul(4);
+        let fits = d
+            .batch_size
+            .checked_mul(d.seq_len.saturating_add(1))
+            .and_then(|chars| chars.checked_mul(widest))
+            .is_some();
+        if !fits {
+            bail!(
+                "--batch-size {} × --seq-len {} × --rnn-units {} is too large to compute with",
+                d.batch_size,
+                d.seq_len,
+                m.rnn_units
+            );
+        }
+        Ok(())
+    }
+}
+
+/// Parses a number and checks it against a rule, saying what was expected when it fails.
+pub(crate) fn checked<T>(s: &str, rule: &checks::Rule<T>) -> Result<T, String>
+where
+    T: std::str::FromStr + std::fmt::Display + Copy,
+    T::Err: std::fmt::Display,
+{
+    rule.check(s.parse().map_err(|e: T::Err| e.to_string())?)
+}
+
+pub(crate) fn positive(s: &str) -> Result<usize, String> {
+    checked(s, &checks::AT_LEAST_ONE)
+}
+
+pub(crate) fn positive_f64(s: &str) -> Result<f64, String> {
+    checked(s, &checks::POSITIVE)
+}
+
+pub(crate) fn non_negative_f64(s: &str) -> Result<f64, String> {
+    checked(s, &checks::NON_NEGATIVE)
+}
+
+pub(crate) fn fraction(s: &str) -> Result<f64, String> {
+    checked(s, &checks::FRACTION)
+}
