@@ -7,4 +7,4 @@ stand_in=$(mktemp -d)
 trap 'rm -rf "$stand_in"' EXIT
 install -m 755 scripts/fake-nvcc "$stand_in/nvcc"
 export PATH="$stand_in:$PATH" NVCC="$stand_in/nvcc" CUDA_COMPUTE_CAP=90 CUDARC_CUDA_VERSION=13000
-cargo clippy --release --all-targets --features cuda --target-dir target/cuda-check -- -D warnings
+cargo clippy --release --all-targets --features cuda --target-dir target/cuda-check -- -D warnings -W clippy::undocumented_unsafe_blocks

@@ -159,13 +159,15 @@ impl PackedMatmul for f64 {
 struct OutPtr(*mut f32);
 // SAFETY: each thread writes only the columns of its own panels.
 unsafe impl Send for OutPtr {}
+// SAFETY: as for Send: the threads sharing it write disjoint columns.
 unsafe impl Sync for OutPtr {}
 
 impl OutPtr {
     /// # Safety
     /// `offset` must stay inside the output buffer.
     unsafe fn at(self, offset: usize) -> *mut f32 {
-        self.0.add(offset)
+        // SAFETY: the caller keeps `offset` inside the buffer (this function's contract).
+        unsafe { self.0.add(offset) }
     }
 }
 
@@ -263,14 +265,18 @@ impl PanelJob<'_> {
             let mut row0 = 0;
             while row0 < self.a.rows {
                 let rows = tile_rows.min(self.a.rows - row0);
-                match kernel {
-                    #[cfg(target_arch = "x86_64")]
-                    Kernel::Avx512 => with_rows!(rows, self.avx512(row0)),
-                    #[cfg(target_arch = "x86_64")]
-                    Kernel::Avx2 => with_rows!(rows, self.avx2(row0, col0)),
-                    #[cfg(target_arch = "aarch64")]
-                    Kernel::Neon => with_rows!(rows, self.neon(row0, col0)),
-                    _ => with_rows!(rows, self.portable(row0, col0)),
+                // SAFETY: this function's contract covers the tile's reads and writes (its rows
+                // lie below a.rows, its columns below cols) and the kernel's CPU features.
+                unsafe {
+                    match kernel {
+                        #[cfg(target_arch = "x86_64")]
+                        Kernel::Avx512 => with_rows!(rows, self.avx512(row0)),
+                        #[cfg(target_arch = "x86_64")]
+                        Kernel::Avx2 => with_rows!(rows, self.avx2(row0, col0)),
+                        #[cfg(target_arch = "aarch64")]
+                        Kernel::Neon => with_rows!(rows, self.neon(row0, col0)),
+                        _ => with_rows!(rows, self.portable(row0, col0)),
+                    }
                 }
                 row0 += rows;
             }
@@ -280,7 +286,8 @@ impl PanelJob<'_> {
     /// Element (row, kk) of `a`. The caller has checked `a`'s bounds.
     #[inline(always)]
     unsafe fn a_at(&self, row: usize, kk: usize) -> f32 {
-        *self.a.data.as_ptr().add(row * self.a.row_stride + kk * self.a.col_stride)
+        // SAFETY: the caller has checked `a`'s bounds (this function's contract).
+        unsafe { *self.a.data.as_ptr().add(row * self.a.row_stride + kk * self.a.col_stride) }
     }
 
     /// Writes (or adds) an MR × NR block of results at (row0, col0), keeping to `cols`.
@@ -291,12 +298,15 @@ impl PanelJob<'_> {
         row0: usize,
         col0: usize,
     ) {
-        let width = NR.min(self.cols - col0);
-        for (i, row) in acc.iter().enumerate() {
-            let c = self.c.add((row0 + i) * self.ldc + col0);
-            for (j, v) in row.iter().enumerate().take(width) {
-                let dst = c.add(j);
-                *dst = if self.accumulate { *dst + v } else { *v };
+        // SAFETY: rows row0.. and columns col0..+width lie in this job's block of the output (run's contract).
+        unsafe {
+            let width = NR.min(self.cols - col0);
+            for (i, row) in acc.iter().enumerate() {
+                let c = self.c.add((row0 + i) * self.ldc + col0);
+                for (j, v) in row.iter().enumerate().take(width) {
+                    let dst = c.add(j);
+                    *dst = if self.accumulate { *dst + v } else { *v };
+                }
             }
         }
     }
@@ -304,83 +314,95 @@ impl PanelJob<'_> {
     /// Baseline code the compiler vectorises for whatever the target has (on x86-64, SSE2:
     /// twelve 4-lane accumulators, no spills).
     unsafe fn portable<const MR: usize>(&self, row0: usize, col0: usize) {
-        let a = self.a.data.as_ptr().add(row0 * self.a.row_stride);
-        let w = self.panel.as_ptr().add(col0);
-        let acc = portable_tile::<MR>(a, self.a.row_stride, self.a.col_stride, w, self.k);
-        self.store(&acc, row0, col0);
+        // SAFETY: the tile's rows and columns lie in the operands and the output (run's contract).
+        unsafe {
+            let a = self.a.data.as_ptr().add(row0 * self.a.row_stride);
+            let w = self.panel.as_ptr().add(col0);
+            let acc = portable_tile::<MR>(a, self.a.row_stride, self.a.col_stride, w, self.k);
+            self.store(&acc, row0, col0);
+        }
     }
 
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx512f")]
     unsafe fn avx512<const MR: usize>(&self, row0: usize) {
-        use std::arch::x86_64::*;
-        let mut lo = [_mm512_setzero_ps(); MR];
-        let mut hi = [_mm512_setzero_ps(); MR];
-        let w = self.panel.as_ptr();
-        for kk in 0..self.k {
-            let w_lo = _mm512_loadu_ps(w.add(kk * PANEL));
-            let w_hi = _mm512_loadu_ps(w.add(kk * PANEL + 16));
-            for i in 0..MR {
-                let x = _mm512_set1_ps(self.a_at(row0 + i, kk));
-                lo[i] = _mm512_fmadd_ps(x, w_lo, lo[i]);
-                hi[i] = _mm512_fmadd_ps(x, w_hi, hi[i]);
+        // SAFETY: the tile's rows and columns lie in the operands and the output, and the CPU has AVX-512 (run's contract).
+        unsafe {
+            use std::arch::x86_64::*;
+            let mut lo = [_mm512_setzero_ps(); MR];
+            let mut hi = [_mm512_setzero_ps(); MR];
+            let w = self.panel.as_ptr();
+            for kk in 0..self.k {
+                let w_lo = _mm512_loadu_ps(w.add(kk * PANEL));
+                let w_hi = _mm512_loadu_ps(w.add(kk * PANEL + 16));
+                for i in 0..MR {
+                    let x = _mm512_set1_ps(self.a_at(row0 + i, kk));
+                    lo[i] = _mm512_fmadd_ps(x, w_lo, lo[i]);
+                    hi[i] = _mm512_fmadd_ps(x, w_hi, hi[i]);
+                }
             }
+            let mut acc = [[0.0f32; PANEL]; MR];
+            for i in 0..MR {
+                _mm512_storeu_ps(acc[i].as_mut_ptr(), lo[i]);
+                _mm512_storeu_ps(acc[i].as_mut_ptr().add(16), hi[i]);
+            }
+            self.store(&acc, row0, 0);
         }
-        let mut acc = [[0.0f32; PANEL]; MR];
-        for i in 0..MR {
-            _mm512_storeu_ps(acc[i].as_mut_ptr(), lo[i]);
-            _mm512_storeu_ps(acc[i].as_mut_ptr().add(16), hi[i]);
-        }
-        self.store(&acc, row0, 0);
     }
 
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx2,fma")]
     unsafe fn avx2<const MR: usize>(&self, row0: usize, col0: usize) {
-        use std::arch::x86_64::*;
-        let mut lo = [_mm256_setzero_ps(); MR];
-        let mut hi = [_mm256_setzero_ps(); MR];
-        let w = self.panel.as_ptr().add(col0);
-        for kk in 0..self.k {
-            let w_lo = _mm256_loadu_ps(w.add(kk * PANEL));
-            let w_hi = _mm256_loadu_ps(w.add(kk * PANEL + 8));
-            for i in 0..MR {
-                let x = _mm256_set1_ps(self.a_at(row0 + i, kk));
-                lo[i] = _mm256_fmadd_ps(x, w_lo, lo[i]);
-                hi[i] = _mm256_fmadd_ps(x, w_hi, hi[i]);
+        // SAFETY: the tile's rows and columns lie in the operands and the output, and the CPU has AVX2 and FMA (run's contract).
+        unsafe {
+            use std::arch::x86_64::*;
+            let mut lo = [_mm256_setzero_ps(); MR];
+            let mut hi = [_mm256_setzero_ps(); MR];
+            let w = self.panel.as_ptr().add(col0);
+            for kk in 0..self.k {
+                let w_lo = _mm256_loadu_ps(w.add(kk * PANEL));
+                let w_hi = _mm256_loadu_ps(w.add(kk * PANEL + 8));
+                for i in 0..MR {
+                    let x = _mm256_set1_ps(self.a_at(row0 + i, kk));
+                    lo[i] = _mm256_fmadd_ps(x, w_lo, lo[i]);
+                    hi[i] = _mm256_fmadd_ps(x, w_hi, hi[i]);
+                }
             }
+            let mut acc = [[0.0f32; 16]; MR];
+            for i in 0..MR {
+                _mm256_storeu_ps(acc[i].as_mut_ptr(), lo[i]);
+                _mm256_storeu_ps(acc[i].as_mut_ptr().add(8), hi[i]);
+            }
+            self.store(&acc, row0, col0);
         }
-        let mut acc = [[0.0f32; 16]; MR];
-        for i in 0..MR {
-            _mm256_storeu_ps(acc[i].as_mut_ptr(), lo[i]);
-            _mm256_storeu_ps(acc[i].as_mut_ptr().add(8), hi[i]);
-        }
-        self.store(&acc, row0, col0);
     }
 
     #[cfg(target_arch = "aarch64")]
     #[inline(never)]
     unsafe fn neon<const MR: usize>(&self, row0: usize, col0: usize) {
-        use std::arch::aarch64::*;
-        let mut acc = [[vdupq_n_f32(0.0); 4]; MR];
-        let w = self.panel.as_ptr().add(col0);
-        for kk in 0..self.k {
-            let wk = w.add(kk * PANEL);
-            let ws = [vld1q_f32(wk), vld1q_f32(wk.add(4)), vld1q_f32(wk.add(8)), vld1q_f32(wk.add(12))];
-            for (i, row) in acc.iter_mut().enumerate() {
-                let x = vdupq_n_f32(self.a_at(row0 + i, kk));
-                for (r, wv) in row.iter_mut().zip(ws) {
-                    *r = vfmaq_f32(*r, wv, x);
+        // SAFETY: the tile's rows and columns lie in the operands and the output (run's contract).
+        unsafe {
+            use std::arch::aarch64::*;
+            let mut acc = [[vdupq_n_f32(0.0); 4]; MR];
+            let w = self.panel.as_ptr().add(col0);
+            for kk in 0..self.k {
+                let wk = w.add(kk * PANEL);
+                let ws = [vld1q_f32(wk), vld1q_f32(wk.add(4)), vld1q_f32(wk.add(8)), vld1q_f32(wk.add(12))];
+                for (i, row) in acc.iter_mut().enumerate() {
+                    let x = vdupq_n_f32(self.a_at(row0 + i, kk));
+                    for (r, wv) in row.iter_mut().zip(ws) {
+                        *r = vfmaq_f32(*r, wv, x);
+                    }
                 }
             }
-        }
-        let mut out = [[0.0f32; 16]; MR];
-        for (o, a) in out.iter_mut().zip(&acc) {
-            for (q, v) in a.iter().enumerate() {
-                vst1q_f32(o.as_mut_ptr().add(4 * q), *v);
+            let mut out = [[0.0f32; 16]; MR];
+            for (o, a) in out.iter_mut().zip(&acc) {
+                for (q, v) in a.iter().enumerate() {
+                    vst1q_f32(o.as_mut_ptr().add(4 * q), *v);
+                }
             }
+            self.store(&out, row0, col0);
         }
-        self.store(&out, row0, col0);
     }
 }
 
@@ -400,19 +422,22 @@ unsafe fn portable_tile<const MR: usize>(
     w: *const f32,
     k: usize,
 ) -> [[f32; 8]; MR] {
-    let mut acc = [[0.0f32; 8]; MR];
-    for kk in 0..k {
-        // A plain copy into a local array (not a checked slice) lets the loads vectorise.
-        let mut wk = [0.0f32; 8];
-        std::ptr::copy_nonoverlapping(w.add(kk * PANEL), wk.as_mut_ptr(), 8);
-        for (i, row) in acc.iter_mut().enumerate() {
-            let x = *a.add(i * a_rs + kk * a_cs);
-            for (r, wv) in row.iter_mut().zip(&wk) {
-                *r += x * wv;
+    // SAFETY: `a` and `w` address what this function's contract says.
+    unsafe {
+        let mut acc = [[0.0f32; 8]; MR];
+        for kk in 0..k {
+            // A plain copy into a local array (not a checked slice) lets the loads vectorise.
+            let mut wk = [0.0f32; 8];
+            std::ptr::copy_nonoverlapping(w.add(kk * PANEL), wk.as_mut_ptr(), 8);
+            for (i, row) in acc.iter_mut().enumerate() {
+                let x = *a.add(i * a_rs + kk * a_cs);
+                for (r, wv) in row.iter_mut().zip(&wk) {
+                    *r += x * wv;
+                }
             }
         }
+        acc
     }
-    acc
 }
 
 /// A contiguous row-major copy of the transpose of a `rows × cols` matrix.

@@ -177,14 +177,10 @@ impl CustomOp3 for DenseCrossEntropy {
             bail!("output layer: the GPU kernels are f32 only, not {:?}", hs.dtype());
         }
         let dev = hs.device();
-        let (loss, tape) = head_forward(
-            dev,
-            dims,
-            storage_addr(hs, lh)?,
-            storage_addr(w, lw)?,
-            storage_addr(b, lb)?,
-            &self.targets,
-        )?;
+        let (hs, w, b) = (storage_addr(hs, lh)?, storage_addr(w, lw)?, storage_addr(b, lb)?);
+        // SAFETY: `dims` checked that h is [N, H], W [V, H], b [V] and every target below V;
+        // the three storages are borrowed for the whole call.
+        let (loss, tape) = unsafe { head_forward(dev, dims, hs, w, b, &self.targets) }?;
         *self.saved.lock().expect("saved lock") = Some(Saved::Cuda(tape));
         Ok((storage(loss, dev), Shape::from(())))
     }
@@ -211,9 +207,19 @@ impl CustomOp3 for DenseCrossEntropy {
                     bail!("output layer: GPU tensors expected")
                 };
                 let ((n, h), v) = (hs.dims2()?, w.dim(0)?);
+                if w.dims() != [v, h] || grad.elem_count() != 1 {
+                    bail!(
+                        "output layer: backward with h {:?}, W {:?}, gradient {:?}",
+                        hs.dims(),
+                        w.dims(),
+                        grad.dims()
+                    );
+                }
                 let g = grad.to_dtype(candle_core::DType::F32)?.contiguous()?;
-                let (d_hs, d_w, d_b) =
-                    tape.backward(dev, (n, h, v), tensor_addr(&hs)?, tensor_addr(&w)?, tensor_addr(&g)?)?;
+                let addrs = (tensor_addr(&hs)?, tensor_addr(&w)?, tensor_addr(&g)?);
+                // SAFETY: h [N, H], W [V, H] and the one-element gradient, checked just above,
+                // are contiguous f32 tensors held until this block ends.
+                let (d_hs, d_w, d_b) = unsafe { tape.backward(dev, (n, h, v), addrs.0, addrs.1, addrs.2) }?;
                 (tensor(d_hs, dev, (n, h)), tensor(d_w, dev, (v, h)), tensor(d_b, dev, v))
             }
         };

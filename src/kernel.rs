@@ -200,6 +200,7 @@ macro_rules! per_kernel {
                 #[cfg(target_arch = "x86_64")]
                 $crate::kernel::Kernel::Avx512 => unsafe { avx512::<T>($($arg),*) },
                 #[cfg(target_arch = "x86_64")]
+                // SAFETY: as above.
                 $crate::kernel::Kernel::Avx2 => unsafe { avx2::<T>($($arg),*) },
                 // NEON (and FMA) are part of the aarch64 baseline, so the plain body uses them.
                 _ => body::<T, $crate::kernel::Baseline>($($arg),*),

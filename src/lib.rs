@@ -1,24 +1,27 @@
 //! charrnn: character-level recurrent language models — train on any UTF-8 text, sample.
 
-pub mod atomic;
-pub mod bench;
-pub mod blas;
-pub mod budget;
+#![deny(unsafe_op_in_unsafe_fn)]
+#![warn(clippy::undocumented_unsafe_blocks)]
+
+pub(crate) mod atomic;
+pub(crate) mod bench;
+pub(crate) mod blas;
+pub(crate) mod budget;
 pub mod cells;
 pub mod checkpoint;
-pub mod checks;
+pub(crate) mod checks;
 pub mod cli;
 #[cfg(feature = "cuda")]
-pub mod cuda;
+pub(crate) mod cuda;
 pub mod data;
-pub mod device;
+pub(crate) mod device;
 pub mod download;
 pub mod eval;
-pub mod files;
-pub mod float;
-pub mod head;
+pub(crate) mod files;
+pub(crate) mod float;
+pub(crate) mod head;
 pub mod kernel;
-pub mod metrics;
+pub(crate) mod metrics;
 pub mod model;
 pub mod optim;
 pub mod presets;

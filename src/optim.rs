@@ -120,16 +120,14 @@ impl InplaceOp2 for Moment {
     ) -> candle_core::Result<()> {
         use crate::cuda::{adam_moment, storage_addr};
         use candle_core::backend::BackendStorage;
+        let n = lm.shape().elem_count();
+        if lg.shape().elem_count() != n {
+            bail!("adam: moment of {n} values, gradient of {}", lg.shape().elem_count());
+        }
         let (mm, gg) = (storage_addr(m, lm)?, storage_addr(g, lg)?);
-        adam_moment(
-            m.device(),
-            lm.shape().elem_count(),
-            self.beta as f32,
-            self.scale as f32,
-            self.square,
-            mm,
-            gg,
-        )
+        // SAFETY: both storages are borrowed for the call, contiguous (storage_addr checks)
+        // and hold the n values just compared.
+        unsafe { adam_moment(m.device(), n, self.beta as f32, self.scale as f32, self.square, mm, gg) }
     }
 }
 
@@ -189,9 +187,16 @@ impl InplaceOp3 for Step {
     ) -> candle_core::Result<()> {
         use crate::cuda::{adam_step, storage_addr};
         use candle_core::backend::BackendStorage;
-        let (ww, mm, vv) = (storage_addr(w, lw)?, storage_addr(m, lm)?, storage_addr(v, lv)?);
         let n = lw.shape().elem_count();
-        adam_step(w.device(), n, self.alpha as f32, self.decay as f32, self.epsilon as f32, ww, mm, vv)
+        if lm.shape().elem_count() != n || lv.shape().elem_count() != n {
+            bail!("adam: weight, moments and second moments differ in size");
+        }
+        let (ww, mm, vv) = (storage_addr(w, lw)?, storage_addr(m, lm)?, storage_addr(v, lv)?);
+        // SAFETY: the three storages are borrowed for the call, contiguous (storage_addr
+        // checks) and hold the n values just compared.
+        unsafe {
+            adam_step(w.device(), n, self.alpha as f32, self.decay as f32, self.epsilon as f32, ww, mm, vv)
+        }
     }
 }
 

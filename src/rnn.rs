@@ -427,16 +427,13 @@ impl CustomOp3 for FusedRnn {
         let dev = table.device();
         let h0 =
             self.state0.as_ref().map(|t| t.to_dtype(candle_core::DType::F32)?.contiguous()).transpose()?;
-        let (out, tape) = gru_forward(
-            dev,
-            (dims.batch, dims.steps, dims.hidden, vocab),
-            storage_addr(table, lt)?,
-            &self.ids,
-            storage_addr(w, lw)?,
-            storage_addr(b, lb)?,
-            h0.as_ref().map(tensor_addr).transpose()?,
-            self.keep_tape,
-        )?;
+        let (table, w, b) = (storage_addr(table, lt)?, storage_addr(w, lw)?, storage_addr(b, lb)?);
+        let h0_addr = h0.as_ref().map(tensor_addr).transpose()?;
+        let sizes = (dims.batch, dims.steps, dims.hidden, vocab);
+        // SAFETY: `dims` checked table [V, 3H], W_hh [3H, H], b_hh [3H], h0 [B, H] and every id
+        // below V; the storages are borrowed for the call and h0 is held until it returns.
+        let (out, tape) =
+            unsafe { gru_forward(dev, sizes, table, &self.ids, w, b, h0_addr, self.keep_tape) }?;
         if let Some(tape) = tape {
             *self.tape.lock().expect("tape lock") = Some(AnyTape::Cuda(tape));
         }
@@ -464,7 +461,14 @@ impl CustomOp3 for FusedRnn {
                     bail!("fused recurrent layer: GPU tensors expected")
                 };
                 let (grad, w_hh) = (grad.contiguous()?, w.contiguous()?);
-                let (d_table, d_w, d_b) = t.backward(dev, tensor_addr(&grad)?, tensor_addr(&w_hh)?)?;
+                let (hidden, steps) = (w_hh.dim(1)?, self.steps);
+                if grad.dims() != [self.batch, steps, hidden] || w_hh.dims() != [3 * hidden, hidden] {
+                    bail!("fused GRU: backward with gradient {:?} and W_hh {:?}", grad.dims(), w_hh.dims());
+                }
+                let (g, w_addr) = (tensor_addr(&grad)?, tensor_addr(&w_hh)?);
+                // SAFETY: the gradient [B, T, H] and W_hh [3H, H], checked just above, are
+                // contiguous f32 tensors held until this block ends.
+                let (d_table, d_w, d_b) = unsafe { t.backward(dev, g, w_addr) }?;
                 Ok((
                     Some(tensor(d_table, dev, x.shape())),
                     Some(tensor(d_w, dev, w.shape())),

@@ -10,10 +10,17 @@
 //! address slices of one large buffer, and candle hands custom operations whole storages with
 //! an offset. Everything is f32 and runs on candle's stream, in order, so no further
 //! synchronisation is needed.
+//!
+//! The boundary: a function that takes a raw address is an `unsafe fn` whose `# Safety`
+//! section says what the address must point to; its callers (the custom operations) derive
+//! each address from a storage or tensor they hold for the whole call, and say so. Functions
+//! that only touch buffers they allocate are safe. Work is queued on the device's one stream,
+//! and freeing a buffer is queued on the same stream, so a buffer held until the call returns
+//! outlives the work that uses it.
 
 mod sampler;
 
-pub use sampler::GpuSampler;
+pub(crate) use sampler::GpuSampler;
 
 use candle_core::cuda::cudarc::cublas::{result::sgemm, sys::cublasOperation_t};
 use candle_core::cuda::cudarc::driver::{CudaFunction, CudaSlice, CudaStream, DevicePtr, LaunchConfig};
@@ -43,7 +50,8 @@ macro_rules! launch {
             args.arg(&arg);
         )+
         // SAFETY: each call site passes the arguments of the kernel's signature in
-        // kernels.cu, in order, with buffers of the sizes the kernel indexes.
+        // kernels.cu, in order, with buffers of the sizes the kernel indexes (its own
+        // allocations, or addresses its caller vouched for).
         unsafe { args.launch($cfg) }.map_err(err)?;
     }};
 }
@@ -64,8 +72,9 @@ fn addr<T>(s: &CudaSlice<T>, offset: usize) -> u64 {
     s.device_ptr(s.stream()).0 + (offset * std::mem::size_of::<T>()) as u64
 }
 
-/// The address of the first element a contiguous f32 layout of a storage covers.
-pub fn storage_addr(s: &CudaStorage, l: &Layout) -> Result<u64> {
+/// The address of the first element a contiguous f32 layout of a storage covers; valid while
+/// the storage lives.
+pub(crate) fn storage_addr(s: &CudaStorage, l: &Layout) -> Result<u64> {
     let Some((start, _)) = l.contiguous_offsets() else {
         bail!("a CUDA kernel was handed a non-contiguous tensor")
     };
@@ -73,7 +82,7 @@ pub fn storage_addr(s: &CudaStorage, l: &Layout) -> Result<u64> {
 }
 
 /// The address of a contiguous f32 CUDA tensor's data; valid while the tensor lives.
-pub fn tensor_addr(t: &Tensor) -> Result<u64> {
+pub(crate) fn tensor_addr(t: &Tensor) -> Result<u64> {
     let (storage, layout) = t.storage_and_layout();
     match &*storage {
         Storage::Cuda(s) => storage_addr(s, layout),
@@ -82,12 +91,12 @@ pub fn tensor_addr(t: &Tensor) -> Result<u64> {
 }
 
 /// A tensor that owns `data`, outside the autograd graph.
-pub fn tensor(data: CudaSlice<f32>, dev: &CudaDevice, shape: impl Into<Shape>) -> Tensor {
+pub(crate) fn tensor(data: CudaSlice<f32>, dev: &CudaDevice, shape: impl Into<Shape>) -> Tensor {
     let storage = Storage::Cuda(CudaStorage::wrap_cuda_slice(data, dev.clone()));
     Tensor::from_storage(storage, shape, BackpropOp::none(), false)
 }
 
-pub fn storage(data: CudaSlice<f32>, dev: &CudaDevice) -> CudaStorage {
+pub(crate) fn storage(data: CudaSlice<f32>, dev: &CudaDevice) -> CudaStorage {
     CudaStorage::wrap_cuda_slice(data, dev.clone())
 }
 
@@ -106,7 +115,7 @@ fn filled(dev: &CudaDevice, len: usize, value: f32) -> Result<CudaSlice<f32>> {
 /// The inverted-dropout mask of `n` elements made on the GPU (see `model::dropout_mask`):
 /// `base` is the mixed seed, `threshold` the drop probability in units of 2⁻³², `keep` the
 /// scale of the kept elements. No host memory and no upload.
-pub fn dropout_mask(
+pub(crate) fn dropout_mask(
     dev: &CudaDevice,
     n: usize,
     base: u64,
@@ -120,8 +129,12 @@ pub fn dropout_mask(
 
 /// C[m×n] = op(A)·op(B) + β·C with row-major operands, op(X) = Xᵀ where the flag is set.
 /// cuBLAS is column-major, so it computes Cᵀ = op(B)ᵀ·op(A)ᵀ. Full f32 (no TF32).
+///
+/// # Safety
+/// `a`, `b` and `c` must be addresses of f32 device memory on `dev` holding at least m·k, k·n
+/// and m·n elements, alive until the queued product has run.
 #[allow(clippy::too_many_arguments)]
-fn gemm(
+unsafe fn gemm(
     dev: &CudaDevice,
     m: usize,
     n: usize,
@@ -136,7 +149,8 @@ fn gemm(
     let op = |t| if t { cublasOperation_t::CUBLAS_OP_T } else { cublasOperation_t::CUBLAS_OP_N };
     let blas = dev.cublas_handle();
     let (lda, ldb) = (if tb { k } else { n }, if ta { m } else { k });
-    // SAFETY: the callers pass buffers of at least the sizes the dimensions describe.
+    // SAFETY: the caller vouches for the three buffers' sizes and lifetimes (this function's
+    // contract); the dimensions and leading dimensions describe exactly those sizes.
     unsafe {
         sgemm(
             *blas.handle(),
@@ -159,7 +173,7 @@ fn gemm(
 }
 
 /// What the GRU's forward pass keeps for its backward pass (see src/rnn.rs).
-pub struct GruTape {
+pub(crate) struct GruTape {
     batch: usize,
     steps: usize,
     hidden: usize,
@@ -175,8 +189,13 @@ pub struct GruTape {
 /// The GRU forward pass on the GPU: per step one product h·W_hhᵀ and one gate kernel. `table`
 /// [V, 3H], `w_hh` [3H, H], `b_hh` [3H], `h0` [B, H] are device addresses. Returns the outputs
 /// [B, T, H] and, with `keep`, the tape.
+///
+/// # Safety
+/// `table`, `w_hh`, `b_hh` and `h0` must be addresses of f32 device memory on `dev` with at
+/// least the elements their shapes above describe, alive until the queued work has run; every
+/// id must be below `vocab`.
 #[allow(clippy::too_many_arguments)]
-pub fn gru_forward(
+pub(crate) unsafe fn gru_forward(
     dev: &CudaDevice,
     (batch, steps, hidden, vocab): (usize, usize, usize, usize),
     table: u64,
@@ -197,7 +216,10 @@ pub fn gru_forward(
     let out = uninit(dev, batch * steps * hidden)?;
     let gate_kernel = kernel(dev, "gru_gates_forward")?;
     for t in 0..steps {
-        gemm(dev, batch, 3 * hidden, hidden, addr(&hs, t * bh), false, w_hh, true, 0.0, addr(&gh, 0))?;
+        // SAFETY: slot t of hs [B, H] and gh [B, 3H] are this function's buffers; w_hh is [3H, H] by its contract.
+        unsafe {
+            gemm(dev, batch, 3 * hidden, hidden, addr(&hs, t * bh), false, w_hh, true, 0.0, addr(&gh, 0))
+        }?;
         let gates_now = gates.as_ref().map_or(0, |g| addr(g, t * batch * 4 * hidden));
         launch!(gate_kernel, per_element(bh);
             batch as i32, steps as i32, hidden as i32, t as i32,
@@ -212,7 +234,11 @@ pub fn gru_forward(
 impl GruTape {
     /// Backpropagation through time: `grad_out` [B, T, H] and `w_hh` are device addresses.
     /// Returns the gradients of the table [V, 3H], W_hh [3H, H] and b_hh [3H].
-    pub fn backward(
+    ///
+    /// # Safety
+    /// `grad_out` and `w_hh` must be addresses of f32 device memory on `dev` with at least
+    /// B·T·H and 3H·H elements, alive until the queued work has run.
+    pub(crate) unsafe fn backward(
         &self,
         dev: &CudaDevice,
         grad_out: u64,
@@ -231,15 +257,24 @@ impl GruTape {
                 addr(&dh, 0), addr(&dgh, t * bh3), addr(&dx, 0));
             if t > 0 {
                 // dL/dh_{t−1} += dgh_t · W_hh
-                gemm(dev, batch, h, 3 * h, addr(&dgh, t * bh3), false, w_hh, false, 1.0, addr(&dh, 0))?;
+                // SAFETY: step t of dgh [B, 3H] and dh [B, H] are this function's buffers; w_hh is [3H, H] by its contract.
+                unsafe {
+                    gemm(dev, batch, h, 3 * h, addr(&dgh, t * bh3), false, w_hh, false, 1.0, addr(&dh, 0))
+                }?;
             }
         }
         // dW_hh = Σ_t dgh_tᵀ · h_{t−1}: slots 0..T of hs line up with the steps of dgh.
         let d_w = uninit(dev, 3 * h * h)?;
-        gemm(dev, 3 * h, h, rows, addr(&dgh, 0), true, addr(&self.hs, 0), false, 0.0, addr(&d_w, 0))?;
+        // SAFETY: dgh [T·B, 3H] and d_w [3H, H] are this function's buffers, hs's first T slots [T·B, H] the tape's.
+        unsafe {
+            gemm(dev, 3 * h, h, rows, addr(&dgh, 0), true, addr(&self.hs, 0), false, 0.0, addr(&d_w, 0))
+        }?;
         let ones = filled(dev, rows, 1.0)?;
         let d_b = uninit(dev, 3 * h)?;
-        gemm(dev, 1, 3 * h, rows, addr(&ones, 0), false, addr(&dgh, 0), false, 0.0, addr(&d_b, 0))?;
+        // SAFETY: ones [T·B], dgh [T·B, 3H] and d_b [3H] are this function's buffers.
+        unsafe {
+            gemm(dev, 1, 3 * h, rows, addr(&ones, 0), false, addr(&dgh, 0), false, 0.0, addr(&d_b, 0))
+        }?;
         if self.identity {
             return Ok((dx, d_w, d_b));
         }
@@ -249,31 +284,38 @@ impl GruTape {
         launch!(kernel(dev, "one_hot")?, per_element(self.vocab * rows);
             rows as i32, self.vocab as i32, addr(&self.ids, 0), addr(&one_hot, 0));
         let d_table = uninit(dev, self.vocab * 3 * h)?;
-        gemm(
-            dev,
-            self.vocab,
-            3 * h,
-            rows,
-            addr(&one_hot, 0),
-            false,
-            addr(&dx, 0),
-            false,
-            0.0,
-            addr(&d_table, 0),
-        )?;
+        // SAFETY: one_hot [V, T·B], dx [T·B, 3H] and d_table [V, 3H] are this function's.
+        unsafe {
+            gemm(
+                dev,
+                self.vocab,
+                3 * h,
+                rows,
+                addr(&one_hot, 0),
+                false,
+                addr(&dx, 0),
+                false,
+                0.0,
+                addr(&d_table, 0),
+            )
+        }?;
         Ok((d_table, d_w, d_b))
     }
 }
 
 /// What the output layer's forward pass keeps: softmax probabilities [N, V] and the targets.
-pub struct HeadTape {
+pub(crate) struct HeadTape {
     probs: CudaSlice<f32>,
     targets: CudaSlice<u32>,
 }
 
 /// Mean cross-entropy of softmax(hs·Wᵀ + b) against `targets`: hs [N, H], W [V, H], b [V] as
 /// device addresses. Returns the one-element loss and the tape.
-pub fn head_forward(
+///
+/// # Safety
+/// `hs`, `w` and `b` must be addresses of f32 device memory on `dev` with at least N·H, V·H
+/// and V elements, alive until the queued work has run; every target must be below V.
+pub(crate) unsafe fn head_forward(
     dev: &CudaDevice,
     (n, h, v): (usize, usize, usize),
     hs: u64,
@@ -283,7 +325,8 @@ pub fn head_forward(
 ) -> Result<(CudaSlice<f32>, HeadTape)> {
     let targets = dev.clone_htod(targets)?;
     let probs = uninit(dev, n * v)?;
-    gemm(dev, n, v, h, hs, false, w, true, 0.0, addr(&probs, 0))?;
+    // SAFETY: hs [N, H] and w [V, H] by this function's contract; probs [N, V] is allocated here.
+    unsafe { gemm(dev, n, v, h, hs, false, w, true, 0.0, addr(&probs, 0)) }?;
     let row_loss = uninit(dev, n)?;
     launch!(kernel(dev, "softmax_cross_entropy")?, per_warp(n);
         n as i32, v as i32, b, addr(&targets, 0), addr(&probs, 0), addr(&row_loss, 0));
@@ -296,7 +339,11 @@ pub fn head_forward(
 impl HeadTape {
     /// Gradients of hs [N, H], W [V, H] and b [V], given the gradient `g` of the loss (a
     /// one-element device buffer).
-    pub fn backward(
+    ///
+    /// # Safety
+    /// `hs`, `w` and `g` must be addresses of f32 device memory on `dev` with at least N·H,
+    /// V·H and 1 elements, alive until the queued work has run.
+    pub(crate) unsafe fn backward(
         self,
         dev: &CudaDevice,
         (n, h, v): (usize, usize, usize),
@@ -308,18 +355,25 @@ impl HeadTape {
         launch!(kernel(dev, "cross_entropy_grad")?, per_element(n * v);
             n as i32, v as i32, addr(&self.targets, 0), g, addr(&d, 0));
         let d_hs = uninit(dev, n * h)?;
-        gemm(dev, n, h, v, addr(&d, 0), false, w, false, 0.0, addr(&d_hs, 0))?;
+        // SAFETY: d [N, V] is the tape's, w [V, H] by this function's contract, d_hs [N, H] allocated here.
+        unsafe { gemm(dev, n, h, v, addr(&d, 0), false, w, false, 0.0, addr(&d_hs, 0)) }?;
         let d_w = uninit(dev, v * h)?;
-        gemm(dev, v, h, n, addr(&d, 0), true, hs, false, 0.0, addr(&d_w, 0))?;
+        // SAFETY: d [N, V] is the tape's, hs [N, H] by this function's contract, d_w [V, H] allocated here.
+        unsafe { gemm(dev, v, h, n, addr(&d, 0), true, hs, false, 0.0, addr(&d_w, 0)) }?;
         let ones = filled(dev, n, 1.0)?;
         let d_b = uninit(dev, v)?;
-        gemm(dev, 1, v, n, addr(&ones, 0), false, addr(&d, 0), false, 0.0, addr(&d_b, 0))?;
+        // SAFETY: ones [N], d [N, V] and d_b [V] are this function's or the tape's buffers.
+        unsafe { gemm(dev, 1, v, n, addr(&ones, 0), false, addr(&d, 0), false, 0.0, addr(&d_b, 0)) }?;
         Ok((d_hs, d_w, d_b))
     }
 }
 
 /// Adam's moment update in place (see src/optim.rs).
-pub fn adam_moment(
+///
+/// # Safety
+/// `m` and `g` must be addresses of f32 device memory on `dev` with at least `n` elements each,
+/// alive until the queued update has run.
+pub(crate) unsafe fn adam_moment(
     dev: &CudaDevice,
     n: usize,
     beta: f32,
@@ -333,8 +387,12 @@ pub fn adam_moment(
 }
 
 /// Adam's weight update in place (see src/optim.rs).
+///
+/// # Safety
+/// `w`, `m` and `v` must be addresses of f32 device memory on `dev` with at least `n` elements
+/// each, alive until the queued update has run.
 #[allow(clippy::too_many_arguments)]
-pub fn adam_step(
+pub(crate) unsafe fn adam_step(
     dev: &CudaDevice,
     n: usize,
     alpha: f32,

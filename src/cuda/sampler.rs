@@ -15,12 +15,18 @@ use crate::model::Model;
 /// vocabulary entry).
 const MAX_VOCAB: usize = 48 * 1024 / 12;
 
+/// A layer's weights, contiguous f32 copies the sampler owns: W_ih and b_ih (layers above
+/// the first), W_hh and b_hh. Kernels get their addresses at each launch, from the tensors
+/// themselves.
 struct LayerWeights {
-    /// Addresses of W_ih and b_ih (layers above the first), W_hh and b_hh.
-    w_ih: u64,
-    b_ih: u64,
-    w_hh: u64,
-    b_hh: u64,
+    input: Option<(Tensor, Tensor)>,
+    w_hh: Tensor,
+    b_hh: Tensor,
+}
+
+/// A tensor's address, or 0 (the kernel's "none") for an absent one.
+fn addr_or_null(t: Option<&Tensor>) -> Result<u64> {
+    t.map_or(Ok(0), tensor_addr)
 }
 
 pub struct GpuSampler {
@@ -28,12 +34,11 @@ pub struct GpuSampler {
     batch: usize,
     hidden: usize,
     vocab: usize,
-    /// Keeps the weights that the addresses below point into alive.
-    _weights: Vec<Tensor>,
-    table: u64,
+    /// The first layer's input projection of every character, [V, 3H].
+    table: Tensor,
     layers: Vec<LayerWeights>,
-    dense_w: u64,
-    dense_b: u64,
+    dense_w: Tensor,
+    dense_b: Tensor,
     /// Two state buffers [B, H] per layer: a step reads one and writes the other.
     states: Vec<[CudaSlice<f32>; 2]>,
     current: usize,
@@ -60,22 +65,16 @@ impl GpuSampler {
         if v > MAX_VOCAB {
             anyhow::bail!("the GPU sampler handles up to {MAX_VOCAB} distinct characters, the model has {v}");
         }
-        let mut weights = Vec::new();
-        let mut keep = |t: &Tensor| -> Result<u64> {
-            let t = t.to_dtype(DType::F32)?.contiguous()?;
-            let a = tensor_addr(&t)?;
-            weights.push(t);
-            Ok(a)
-        };
-        let table = keep(&model.input_table()?)?;
+        let own = |t: &Tensor| -> Result<Tensor> { t.to_dtype(DType::F32)?.contiguous() };
+        let table = own(&model.input_table()?)?;
         let mut layers = Vec::new();
         for l in 0..model.config.layers {
             let p = model.layer(l);
-            let (w_ih, b_ih) = if l == 0 { (0, 0) } else { (keep(p.w_ih)?, keep(p.b_ih)?) };
-            layers.push(LayerWeights { w_ih, b_ih, w_hh: keep(p.w_hh)?, b_hh: keep(p.b_hh)? });
+            let input = if l == 0 { None } else { Some((own(p.w_ih)?, own(p.b_ih)?)) };
+            layers.push(LayerWeights { input, w_hh: own(p.w_hh)?, b_hh: own(p.b_hh)? });
         }
-        let dense_w = keep(model.param("dense.weight"))?;
-        let dense_b = keep(model.param("dense.bias"))?;
+        let dense_w = own(model.param("dense.weight"))?;
+        let dense_b = own(model.param("dense.bias"))?;
         let states = (0..layers.len())
             .map(|_| Ok([dev.alloc_zeros::<f32>(batch * h)?, dev.alloc_zeros::<f32>(batch * h)?]))
             .collect::<Result<_>>()?;
@@ -84,7 +83,6 @@ impl GpuSampler {
             batch,
             hidden: h,
             vocab: v,
-            _weights: weights,
             table,
             layers,
             dense_w,
@@ -121,11 +119,14 @@ impl GpuSampler {
     /// Every layer takes one step on the ids in the device buffer.
     fn step(&mut self) -> Result<()> {
         let (now, next) = (self.current, 1 - self.current);
+        let table = tensor_addr(&self.table)?;
         for (l, w) in self.layers.iter().enumerate() {
             let below = if l == 0 { 0 } else { addr(&self.states[l - 1][next], 0) };
+            let w_ih = addr_or_null(w.input.as_ref().map(|(w, _)| w))?;
+            let b_ih = addr_or_null(w.input.as_ref().map(|(_, b)| b))?;
             launch!(self.step_kernel, per_warp(self.hidden);
-                self.batch as i32, self.hidden as i32, self.table, addr(&self.ids, 0),
-                below, w.w_ih, w.b_ih, w.w_hh, w.b_hh,
+                self.batch as i32, self.hidden as i32, table, addr(&self.ids, 0),
+                below, w_ih, b_ih, tensor_addr(&w.w_hh)?, tensor_addr(&w.b_hh)?,
                 addr(&self.states[l][now], 0), addr(&self.states[l][next], 0));
         }
         self.current = next;
@@ -156,11 +157,12 @@ impl GpuSampler {
             block_dim: (256, 1, 1),
             shared_mem_bytes: (3 * self.vocab * 4) as u32,
         };
+        let (dense_w, dense_b) = (tensor_addr(&self.dense_w)?, tensor_addr(&self.dense_b)?);
         for s in 0..steps {
             let top = addr(&self.states[self.layers.len() - 1][self.current], 0);
             let u = if greedy { addr(&uniforms, 0) } else { addr(&uniforms, s * n) };
             launch!(self.draw_kernel, blocks;
-                self.hidden as i32, self.vocab as i32, self.dense_w, self.dense_b, top,
+                self.hidden as i32, self.vocab as i32, dense_w, dense_b, top,
                 u, temperature, top_k as i32, top_p, addr(&self.ids, 0), addr(&out, s * n));
             self.step()?;
         }
