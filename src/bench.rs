@@ -123,7 +123,7 @@ pub fn run(o: &BenchOptions) -> Result<BenchReport> {
     let mut rng = StdRng::seed_from_u64(0);
     let c = &o.config;
     let model = Model::new_random(c.clone(), DType::F32, &o.device, &mut rng)?;
-    let mut adam = Adam::new(model.vars())?;
+    let mut adam = Adam::new(model.parameters())?;
     let step = StepOptions::plain(1e-3);
     let n = o.batch_size * o.seq_len;
     let random_ids = |rng: &mut StdRng| (0..n).map(|_| rng.random_range(0..c.vocab_size as u32)).collect();

@@ -62,3 +62,18 @@ fn cuda() -> Result<Device> {
         "this charrnn was built without CUDA; rebuild with --features cuda (see scripts/build-cuda.sh)"
     )
 }
+
+/// Runs `work` where the device wants it. CPU work goes to a worker of the thread pool, so that
+/// its many short parallel regions are entered from inside the pool instead of each waking the
+/// pool from outside (a futex round trip per region, which at small sizes costs more than the
+/// region's work). GPU work stays on this thread: candle's CUDA stream is the calling thread's
+/// own, and all of a model's work must go through one stream, in order.
+pub(crate) fn on_compute_thread<R: Send>(
+    device: &Device,
+    work: impl FnOnce() -> anyhow::Result<R> + Send,
+) -> anyhow::Result<R> {
+    match device {
+        Device::Cpu => rayon::scope(|_| work()),
+        _ => work(),
+    }
+}

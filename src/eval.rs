@@ -4,14 +4,32 @@ use std::fmt::Write as _;
 use std::path::Path;
 
 use anyhow::{bail, Result};
+use candle_core::DType;
 use serde::Serialize;
 
 use crate::checkpoint::{self, Provenance};
 use crate::data::Sequences;
 use crate::metrics::{self, Metrics, Record};
-use crate::model::{Config, Model};
-use crate::train::evaluate;
+use crate::model::{ids_tensor, Config, Model, Pass};
 use crate::vocab::Vocab;
+
+/// Mean loss per character over all sequences (no shuffling, partial last batch included).
+pub fn mean_loss(model: &Model, seqs: &Sequences, batch_size: usize) -> Result<Option<f64>> {
+    if seqs.is_empty() {
+        return Ok(None);
+    }
+    let indices: Vec<usize> = (0..seqs.len()).collect();
+    crate::device::on_compute_thread(model.device(), || {
+        let mut total = 0.0;
+        for chunk in indices.chunks(batch_size) {
+            let b = seqs.batch(chunk);
+            let inputs = ids_tensor(&b.inputs, b.batch_size, b.seq_len, model.device())?;
+            let l = model.loss(&inputs, &b.targets, &Pass::Eval)?.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+            total += l * chunk.len() as f64;
+        }
+        Ok(Some(total / seqs.len() as f64))
+    })
+}
 
 #[derive(Debug, Serialize)]
 pub struct Score {
@@ -58,7 +76,7 @@ pub fn score(model: &Model, vocab: &Vocab, text: &str, seq_len: usize, batch_siz
     }
     let seq_len = seq_len.min(ids.len() - 1);
     let seqs = Sequences::new(&ids, seq_len);
-    let nats = evaluate(model, &seqs, batch_size)?.expect("at least one sequence");
+    let nats = mean_loss(model, &seqs, batch_size)?.expect("at least one sequence");
     Ok(Score {
         characters: seqs.len() * seq_len,
         skipped,

@@ -83,46 +83,79 @@ impl Config {
     }
 }
 
-/// One recurrent layer's parameters.
-pub struct Layer<'a> {
-    pub w_ih: &'a Var,
-    pub w_hh: &'a Var,
-    pub b_ih: &'a Var,
-    pub b_hh: &'a Var,
+/// One recurrent layer's parameters, in PyTorch's layout: W_ih [G·H, in], W_hh [G·H, H],
+/// b_ih and b_hh [G·H].
+pub struct Layer {
+    pub w_ih: Var,
+    pub w_hh: Var,
+    pub b_ih: Var,
+    pub b_hh: Var,
+}
+
+/// The output layer: logits = h · Wᵀ + b, W [V, H], b [V].
+pub struct Dense {
+    pub weight: Var,
+    pub bias: Var,
 }
 
 pub struct Model {
     pub config: Config,
-    /// In the order of [`Config::parameter_shapes`].
-    params: Vec<Var>,
+    /// [V, E]
+    pub embedding: Var,
+    pub layers: Vec<Layer>,
+    pub dense: Dense,
+}
+
+/// How a parameter starts, by its role.
+enum Init {
+    /// U(−0.05, 0.05), Keras' embedding default.
+    Embedding,
+    /// Glorot-uniform over the kernel's fans.
+    Glorot,
+    /// Zero, then whatever the cell sets (an input bias) or zero.
+    Zero,
 }
 
 impl Model {
     /// The tutorial's initialisation: embedding U(-0.05, 0.05); recurrent kernels and the dense
     /// kernel Glorot-uniform (Keras' fans: fan_in + fan_out of the [in, out] kernel); biases 0,
     /// except where the cell sets its input bias otherwise (an LSTM's forget gate starts at 1).
+    /// Values are drawn in the order of [`Config::parameter_shapes`].
     pub fn new_random(config: Config, dtype: DType, device: &Device, rng: &mut impl Rng) -> Result<Self> {
         config.validate()?;
-        let mut params = Vec::new();
-        for (name, shape) in config.parameter_shapes() {
+        let shapes = config.parameter_shapes();
+        let mut shapes = shapes.into_iter().map(|(_, shape)| shape);
+        let mut draw = |init: Init, input_bias: bool| -> Result<Var> {
+            let shape = shapes.next().expect("one shape per parameter");
             let n: usize = shape.iter().product();
             // Kernels are stored [out, in] (PyTorch); Glorot's fans are symmetric in the two.
-            let limit = match name.as_str() {
-                "embedding.weight" => Some(0.05),
-                n if n.contains(".weight_") || n == "dense.weight" => Some(glorot(shape[1], shape[0])),
-                _ => None,
+            let limit = match init {
+                Init::Embedding => Some(0.05),
+                Init::Glorot => Some(glorot(shape[1], shape[0])),
+                Init::Zero => None,
             };
             let mut values: Vec<f32> = match limit {
                 Some(l) => rng.sample_iter(Uniform::new(-l, l)?).take(n).collect(),
                 None => vec![0.0; n],
             };
-            if name.starts_with(&format!("{}.bias_ih_", config.cell.name())) {
+            if input_bias {
                 config.cell.init_bias_ih(&mut values, config.rnn_units);
             }
             let t = Tensor::from_vec(values, shape, device)?.to_dtype(dtype)?;
-            params.push(Var::from_tensor(&t)?);
+            Ok(Var::from_tensor(&t)?)
+        };
+        let embedding = draw(Init::Embedding, false)?;
+        let mut layers = Vec::with_capacity(config.layers);
+        for _ in 0..config.layers {
+            layers.push(Layer {
+                w_ih: draw(Init::Glorot, false)?,
+                w_hh: draw(Init::Glorot, false)?,
+                b_ih: draw(Init::Zero, true)?,
+                b_hh: draw(Init::Zero, false)?,
+            });
         }
-        Ok(Model { config, params })
+        let dense = Dense { weight: draw(Init::Glorot, false)?, bias: draw(Init::Zero, false)? };
+        Ok(Model { config, embedding, layers, dense })
     }
 
     /// A model from named tensors whose names and shapes the caller has checked.
@@ -139,38 +172,57 @@ impl Model {
             }
             params.push(Var::from_tensor(&t)?);
         }
-        Ok(Model { config, params })
+        // In the order of `parameter_shapes`: the embedding, four per layer, the dense pair.
+        let mut params = params.into_iter();
+        let mut next = || params.next().expect("one tensor per parameter");
+        let embedding = next();
+        let layers = (0..config.layers)
+            .map(|_| Layer { w_ih: next(), w_hh: next(), b_ih: next(), b_hh: next() })
+            .collect();
+        let dense = Dense { weight: next(), bias: next() };
+        Ok(Model { config, embedding, layers, dense })
     }
 
-    pub fn vars(&self) -> &[Var] {
-        &self.params
-    }
-
+    /// Every parameter with its PyTorch state_dict name, in the order of
+    /// [`Config::parameter_shapes`].
     pub fn named(&self) -> impl Iterator<Item = (String, &Var)> {
-        self.config.parameter_shapes().into_iter().map(|(n, _)| n).zip(self.params.iter())
+        let recurrent = self.layers.iter().flat_map(|l| [&l.w_ih, &l.w_hh, &l.b_ih, &l.b_hh]);
+        let vars =
+            std::iter::once(&self.embedding).chain(recurrent).chain([&self.dense.weight, &self.dense.bias]);
+        self.config.parameter_shapes().into_iter().map(|(n, _)| n).zip(vars)
     }
 
+    /// Every parameter, named, as the optimizer takes them.
+    pub fn parameters(&self) -> Vec<(String, Var)> {
+        self.named().map(|(n, v)| (n, v.clone())).collect()
+    }
+
+    /// Every parameter (handles to the same storage).
+    pub fn vars(&self) -> Vec<Var> {
+        self.named().map(|(_, v)| v.clone()).collect()
+    }
+
+    /// The parameter with this PyTorch name.
     pub fn param(&self, name: &str) -> &Var {
-        let i = self.config.parameter_shapes().iter().position(|(n, _)| n == name);
-        &self.params[i.unwrap_or_else(|| panic!("no parameter {name}"))]
+        let found = self.named().find(|(n, _)| n == name).map(|(_, v)| v);
+        found.unwrap_or_else(|| panic!("no parameter {name}"))
     }
 
-    /// Recurrent layer `l`'s parameters (the order of `parameter_shapes`).
-    pub fn layer(&self, l: usize) -> Layer<'_> {
-        let p = &self.params[1 + 4 * l..5 + 4 * l];
-        Layer { w_ih: &p[0], w_hh: &p[1], b_ih: &p[2], b_hh: &p[3] }
+    /// Recurrent layer `l`'s parameters.
+    pub fn layer(&self, l: usize) -> &Layer {
+        &self.layers[l]
     }
 
     pub fn device(&self) -> &Device {
-        self.params[0].device()
+        self.embedding.device()
     }
 
     /// The first layer's input projection of every vocabulary entry: embedding · W_ihᵀ + b_ih,
     /// [V, 3H]. An embedding input makes the per-token projection a lookup into this table.
     pub fn input_table(&self) -> Result<Tensor> {
         let l0 = self.layer(0);
-        let table = self.param("embedding.weight").matmul(&l0.w_ih.t()?)?;
-        Ok(table.broadcast_add(l0.b_ih)?)
+        let table = self.embedding.matmul(&l0.w_ih.t()?)?;
+        Ok(table.broadcast_add(&l0.b_ih)?)
     }
 
     /// The top layer's outputs [B, T, H] for input ids [B, T], every sequence starting from a
@@ -200,12 +252,12 @@ impl Model {
         for l in 0..self.config.layers {
             let layer = self.layer(l);
             if let Some(below) = &hs {
-                table = below.reshape((b * t, h))?.matmul(&layer.w_ih.t()?)?.broadcast_add(layer.b_ih)?;
+                table = below.reshape((b * t, h))?.matmul(&layer.w_ih.t()?)?.broadcast_add(&layer.b_ih)?;
                 ids = Tensor::arange(0u32, (b * t) as u32, inputs.device())?.reshape((b, t))?;
             }
             let cell = self.config.cell;
             let (out, last) =
-                rnn_sequence(cell, &table, &ids, layer.w_hh, layer.b_hh, state.map(|s| &s[l]), training)?;
+                rnn_sequence(cell, &table, &ids, &layer.w_hh, &layer.b_hh, state.map(|s| &s[l]), training)?;
             finals.push(last);
             // Dropout between layers and before the output layer.
             hs = Some(match *pass {
@@ -225,7 +277,7 @@ impl Model {
         let (b, t) = inputs.dims2()?;
         let (h, v) = (self.config.rnn_units, self.config.vocab_size);
         let hs = self.hidden(inputs, pass)?.reshape((b * t, h))?;
-        let logits = hs.matmul(&self.param("dense.weight").t()?)?.broadcast_add(self.param("dense.bias"))?;
+        let logits = hs.matmul(&self.dense.weight.t()?)?.broadcast_add(&self.dense.bias)?;
         Ok(logits.reshape((b, t, v))?)
     }
 
@@ -247,7 +299,7 @@ impl Model {
         let (b, t) = inputs.dims2()?;
         let (hs, finals) = self.hidden_from(inputs, pass, state)?;
         let hs = hs.reshape((b * t, self.config.rnn_units))?;
-        Ok((dense_cross_entropy(&hs, self.param("dense.weight"), self.param("dense.bias"), targets)?, finals))
+        Ok((dense_cross_entropy(&hs, &self.dense.weight, &self.dense.bias, targets)?, finals))
     }
 }
 

@@ -93,12 +93,12 @@ impl Sampler {
             let p = model.layer(l);
             let w_ih = match l {
                 0 => None,
-                _ => Some((Weights::new(host_f32(p.w_ih)?, g, h, batch), host_f32(p.b_ih)?)),
+                _ => Some((Weights::new(host_f32(&p.w_ih)?, g, h, batch), host_f32(&p.b_ih)?)),
             };
             layers.push(LayerState {
                 w_ih,
-                w_hh: Weights::new(host_f32(p.w_hh)?, g, h, batch),
-                b_hh: host_f32(p.b_hh)?,
+                w_hh: Weights::new(host_f32(&p.w_hh)?, g, h, batch),
+                b_hh: host_f32(&p.b_hh)?,
                 x: vec![0.0; batch * g],
                 h: vec![0.0; batch * h],
                 h_next: vec![0.0; batch * h],

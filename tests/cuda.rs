@@ -103,7 +103,8 @@ fn training_steps_match_the_cpu() {
     let mut rng = StdRng::seed_from_u64(3);
     let cpu = Model::new_random(config.clone(), DType::F32, &Device::Cpu, &mut rng).unwrap();
     let gpu = moved(&cpu, &dev);
-    let (mut adam_cpu, mut adam_gpu) = (Adam::new(cpu.vars()).unwrap(), Adam::new(gpu.vars()).unwrap());
+    let (mut adam_cpu, mut adam_gpu) =
+        (Adam::new(cpu.parameters()).unwrap(), Adam::new(gpu.parameters()).unwrap());
     adam_cpu.weight_decay = 0.01;
     adam_gpu.weight_decay = 0.01;
     let (mut state_cpu, mut state_gpu): (Option<Vec<Tensor>>, Option<Vec<Tensor>>) = (None, None);
@@ -178,7 +179,7 @@ fn checkpoints_move_between_devices() {
     let vocab = Vocab::from_text("abcdefgh\n");
     let mut rng = StdRng::seed_from_u64(2);
     let model = Model::new_random(Config::gru(vocab.len(), 6, 33), DType::F32, &dev, &mut rng).unwrap();
-    let mut adam = Adam::new(model.vars()).unwrap();
+    let mut adam = Adam::new(model.parameters()).unwrap();
     let ids: Vec<u32> = (0..64).map(|i| (i % 9) as u32).collect();
     let batch =
         Batch { inputs: ids[..48].to_vec(), targets: ids[1..49].to_vec(), batch_size: 4, seq_len: 12 };

@@ -49,11 +49,11 @@ fn eval_scores_a_hand_computed_case_and_counts_strangers() {
 fn a_non_finite_loss_stops_and_leaves_the_weights_alone() {
     let model = constant_model(vec![0.0, f32::NAN]);
     let before = model.param("gru.weight_hh_l0").flatten_all().unwrap().to_vec1::<f32>().unwrap();
-    let mut adam = Adam::new(model.vars()).unwrap();
+    let mut adam = Adam::new(model.parameters()).unwrap();
     let batch = Batch { inputs: vec![0, 1, 0], targets: vec![1, 0, 1], batch_size: 1, seq_len: 3 };
     let err = train_step(&model, &mut adam, &batch, &StepOptions::plain(1e-3)).unwrap_err().to_string();
     assert!(err.contains("NaN") && err.contains("--learning-rate"), "{err}");
-    assert_eq!(adam.step, 0);
+    assert_eq!(adam.updates(), 0);
     let after = model.param("gru.weight_hh_l0").flatten_all().unwrap().to_vec1::<f32>().unwrap();
     assert_eq!(before, after);
 }

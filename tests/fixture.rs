@@ -2,7 +2,8 @@
 //!
 //! `tests/fixtures/main-e09027d/{gru,lstm}` hold epoch 1 of two small runs (the LSTM with two
 //! layers, dropout, --stateful, clipping, cosine schedule and weight decay) and the epoch-2
-//! files that build wrote when it trained on. Both runs used the portable kernel, whose
+//! files that build wrote when it trained on; a fresh run must write the same files and a
+//! resumed one the same epoch 2. Both runs used the portable kernel, whose
 //! arithmetic is the same on every CPU, so the comparison holds on any machine.
 
 use std::path::Path;
@@ -76,6 +77,63 @@ fn assert_same_position(got: &serde_json::Value, want: &serde_json::Value) {
         }
         _ => assert_eq!(got, want),
     }
+}
+
+/// The same run started afresh writes, bit for bit, what the earlier build wrote: the
+/// initialisation, data order, dropout masks, steps and optimizer state are unchanged.
+fn trains_afresh_bit_for_bit(cell: &str, extra: &[&str]) {
+    let dir = tempfile::tempdir().unwrap();
+    let run = dir.path();
+    std::fs::copy(Path::new(FIXTURES).join("tiny.txt"), run.join("tiny.txt")).unwrap();
+    let mut args =
+        vec!["train", "--data", "tiny.txt", "--epochs", "2", "--save-every", "1", "--rnn-units", "16"];
+    args.extend([
+        "--embedding-dim",
+        "8",
+        "--batch-size",
+        "4",
+        "--seq-len",
+        "20",
+        "--seed",
+        "7",
+        "--cell",
+        cell,
+    ]);
+    args.extend(["--checkpoint-dir", cell, "--clip-grad-norm", "1", "--lr-schedule", "cosine"]);
+    args.extend(["--warmup-steps", "3", "--weight-decay", "0.01", "--device", "cpu"]);
+    args.extend(extra);
+    let out = Command::new(env!("CARGO_BIN_EXE_charrnn"))
+        .args(&args)
+        .env("CHARRNN_KERNEL", "portable")
+        .current_dir(run)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let expected = Path::new(FIXTURES).join(cell);
+    for (got, want) in [
+        ("ckpt_1.safetensors", "ckpt_1.safetensors"),
+        ("ckpt_1.optim.safetensors", "ckpt_1.optim.safetensors"),
+        ("ckpt_2.safetensors", "expected_ckpt_2.safetensors"),
+        ("ckpt_2.optim.safetensors", "expected_ckpt_2.optim.safetensors"),
+    ] {
+        let (got, want) = (run.join(cell).join(got), expected.join(want));
+        assert!(
+            tensor_bytes(&got) == tensor_bytes(&want),
+            "{cell}: {} differs from {}",
+            got.display(),
+            want.display()
+        );
+    }
+}
+
+#[test]
+fn a_fresh_gru_run_reproduces_the_earlier_build() {
+    trains_afresh_bit_for_bit("gru", &[]);
+}
+
+#[test]
+fn a_fresh_stateful_lstm_run_reproduces_the_earlier_build() {
+    trains_afresh_bit_for_bit("lstm", &["--layers", "2", "--dropout", "0.1", "--stateful"]);
 }
 
 #[test]

@@ -37,23 +37,23 @@ fn dropout_acts_in_training_only() {
 fn clipping_bounds_the_gradient_norm_adam_sees() {
     let clip = 1e-3;
     let m = model();
-    let mut adam = Adam::new(m.vars()).unwrap();
+    let mut adam = Adam::new(m.parameters()).unwrap();
     let o = StepOptions { clip_grad_norm: Some(clip), ..StepOptions::plain(1e-3) };
     let norm = train_step(&m, &mut adam, &batch(), &o).unwrap().1.expect("clipping reports the norm");
     assert!(norm > 10.0 * clip, "the raw norm {norm} must exceed the bound for this test to mean anything");
     // After one step Adam's first moment is (1 − β1)·g, so it reveals the gradient it used.
     let mut squares = 0.0f64;
-    for t in &adam.m {
+    for (_, t, _) in adam.moments() {
         squares += t.sqr().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap() as f64;
     }
     let used = squares.sqrt() / (1.0 - adam.beta1);
     assert!((used - clip).abs() < 1e-3 * clip, "norm after clipping {used}, bound {clip}");
 
     // Without clipping no norm is computed and Adam sees the raw gradient (large again).
-    let mut plain = Adam::new(m.vars()).unwrap();
+    let mut plain = Adam::new(m.parameters()).unwrap();
     assert!(train_step(&m, &mut plain, &batch(), &StepOptions::plain(1e-3)).unwrap().1.is_none());
     let mut squares = 0.0f64;
-    for t in &plain.m {
+    for (_, t, _) in plain.moments() {
         squares += t.sqr().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap() as f64;
     }
     assert!(squares.sqrt() / 0.1 > 10.0 * clip);

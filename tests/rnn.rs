@@ -307,7 +307,7 @@ fn loss_falls(cell: Cell) {
     let mut rng = StdRng::seed_from_u64(9);
     let config = Config::gru(vocab.len(), 8, 32).with_cell(cell);
     let model = Model::new_random(config, DType::F32, &Device::Cpu, &mut rng).unwrap();
-    let mut adam = Adam::new(model.vars()).unwrap();
+    let mut adam = Adam::new(model.parameters()).unwrap();
     let initial = (vocab.len() as f32).ln();
     let mut last = f32::INFINITY;
     for step in 0..40 {

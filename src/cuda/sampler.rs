@@ -70,8 +70,8 @@ impl GpuSampler {
         let mut layers = Vec::new();
         for l in 0..model.config.layers {
             let p = model.layer(l);
-            let input = if l == 0 { None } else { Some((own(p.w_ih)?, own(p.b_ih)?)) };
-            layers.push(LayerWeights { input, w_hh: own(p.w_hh)?, b_hh: own(p.b_hh)? });
+            let input = if l == 0 { None } else { Some((own(&p.w_ih)?, own(&p.b_ih)?)) };
+            layers.push(LayerWeights { input, w_hh: own(&p.w_hh)?, b_hh: own(&p.b_hh)? });
         }
         let dense_w = own(model.param("dense.weight"))?;
         let dense_b = own(model.param("dense.bias"))?;

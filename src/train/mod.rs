@@ -1,0 +1,98 @@
+//! Training: the tutorial's pipeline, model, loss and optimizer, with validation, progress,
+//! atomic checkpoints and a clean stop on Ctrl-C, in phases: resolve the settings (resuming
+//! where asked), set up the corpus, model and optimizer, prepare the folder, then the epoch
+//! loop (`session`).
+
+mod folder;
+mod resume;
+mod session;
+mod setup;
+mod step;
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use candle_core::Device;
+
+use crate::settings::SettingsArgs;
+pub use crate::settings::{LrSchedule, Settings};
+pub use step::{learning_rate, train_step, train_step_from, StepOptions};
+
+pub struct TrainOptions {
+    /// A fresh run's settings before the typed flags (a preset's).
+    pub base: Settings,
+    /// The settings flags the user typed; on resume they may change only the run control.
+    pub typed: SettingsArgs,
+    pub checkpoint_dir: PathBuf,
+    pub device: Device,
+    /// Continue from this checkpoint (or the newest resumable one in this folder).
+    pub resume: Option<PathBuf>,
+    /// A fresh run may delete another run's files in its folder first (otherwise it refuses
+    /// such a folder).
+    pub overwrite: bool,
+}
+
+/// Training stopped by Ctrl-C / SIGTERM after saving; the binary exits with status 130.
+#[derive(Debug)]
+pub struct Interrupted;
+
+impl std::fmt::Display for Interrupted {
+    fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        write!(f, "interrupted")
+    }
+}
+
+impl std::error::Error for Interrupted {}
+
+pub fn run(o: &TrainOptions) -> Result<()> {
+    let dir = &o.checkpoint_dir;
+    let resumed = o.resume.as_deref().map(|p| resume::find(p, &o.device)).transpose()?;
+    let settings = match &resumed {
+        Some(r) => r.settings(&o.typed)?,
+        None => {
+            let fresh = Settings::fresh(o.base.clone(), &o.typed)?;
+            if !o.overwrite {
+                folder::refuse_another_run(dir)?;
+            }
+            fresh
+        }
+    };
+    let s = &settings;
+    let corpus = setup::Corpus::read(s)?;
+    let batches = setup::Batches::new(&corpus, s)?;
+    let start = match resumed {
+        Some(r) => setup::resumed(r, s, &corpus)?,
+        None => setup::fresh(s, &corpus, &o.device)?,
+    };
+    let total_steps = (batches.per_epoch as u64).checked_mul(s.control.epochs as u64).ok_or_else(|| {
+        anyhow::anyhow!(
+            "--epochs {} × {} batches per epoch is too many steps to count",
+            s.control.epochs,
+            batches.per_epoch
+        )
+    })?;
+    setup::describe(s, &corpus, &batches, &start.model.config);
+    if start.position.epoch >= s.control.epochs {
+        eprintln!("already trained {} epochs; pass a larger --epochs to continue", start.position.epoch);
+        return Ok(());
+    }
+    prepare_folder(o)?;
+    let session =
+        session::Session::open(s, dir, &corpus.vocab, &corpus.sha256, start, &batches, total_steps)?;
+    session.run(&batches)
+}
+
+/// Creates the checkpoint folder, removes temporaries an interrupted write left, and (for
+/// --overwrite) the previous run's files.
+fn prepare_folder(o: &TrainOptions) -> Result<()> {
+    let dir = &o.checkpoint_dir;
+    std::fs::create_dir_all(dir)
+        .with_context(|| format!("cannot create the checkpoint folder {}", dir.display()))?;
+    for stale in crate::atomic::remove_temporaries(dir) {
+        eprintln!("removed {}, left by an interrupted write", stale.display());
+    }
+    if o.resume.is_none() && o.overwrite {
+        folder::remove_another_run(dir)?;
+    }
+    Ok(())
+}

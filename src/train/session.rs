@@ -1,0 +1,284 @@
+//! The epoch loop: batches, progress and metrics, evaluation and checkpoints at the end of
+//! each epoch, and a clean stop on Ctrl-C.
+
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+use candle_core::Tensor;
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use rand::{rngs::StdRng, SeedableRng};
+
+use super::folder::prune;
+use super::resume::Position;
+use super::setup::{Batches, Start};
+use super::step::{learning_rate, train_step_from, StepOptions};
+use super::Interrupted;
+use crate::checkpoint::{self, Provenance};
+use crate::data::epoch_batches;
+use crate::eval::mean_loss;
+use crate::metrics::{Metrics, Record};
+use crate::model::Model;
+use crate::optim::Adam;
+use crate::settings::Settings;
+use crate::vocab::Vocab;
+
+const NATS_PER_BIT: f64 = std::f64::consts::LN_2;
+
+/// Where the run is: optimisation steps taken (the schedule's and the dropout masks' clock),
+/// epochs completed, and batches done in the next epoch.
+#[derive(Clone, Copy, Debug)]
+struct Clock {
+    step: u64,
+    epoch: usize,
+    batch: usize,
+}
+
+pub(super) struct Session<'a> {
+    settings: &'a Settings,
+    dir: &'a Path,
+    vocab: &'a Vocab,
+    model: Model,
+    adam: Adam,
+    clock: Clock,
+    /// Sum of the batch losses so far in the current epoch.
+    loss_sum: f64,
+    /// The recurrent state carried from batch to batch (stateful runs).
+    carried: Option<Vec<Tensor>>,
+    best_val_loss: Option<f64>,
+    run_id: Option<String>,
+    provenance: Provenance,
+    metrics: Metrics,
+    progress: ProgressBar,
+    interrupted: Arc<AtomicBool>,
+    total_steps: u64,
+}
+
+impl<'a> Session<'a> {
+    /// Opens the run's metrics and progress bar and starts listening for Ctrl-C.
+    pub fn open(
+        settings: &'a Settings,
+        dir: &'a Path,
+        vocab: &'a Vocab,
+        corpus_sha256: &str,
+        start: Start,
+        batches: &Batches,
+        total_steps: u64,
+    ) -> Result<Self> {
+        let Start { model, adam, position, carried } = start;
+        let step = adam.updates();
+        let metrics = Metrics::open(dir, (step > 0).then_some(step))?;
+        let left = batches.per_epoch * (settings.control.epochs - position.epoch) - position.batch;
+        let provenance = Provenance {
+            seed: settings.seed,
+            corpus_sha256: corpus_sha256.to_string(),
+            charrnn_version: env!("CARGO_PKG_VERSION").to_string(),
+            run_id: position.run_id.clone(),
+            ..Default::default()
+        };
+        Ok(Session {
+            settings,
+            dir,
+            vocab,
+            model,
+            adam,
+            clock: Clock { step, epoch: position.epoch, batch: position.batch },
+            loss_sum: if position.batch > 0 { position.epoch_loss_sum } else { 0.0 },
+            carried,
+            best_val_loss: position.best_val_loss,
+            run_id: position.run_id,
+            provenance,
+            metrics,
+            progress: progress_bar(left as u64),
+            interrupted: interrupt_flag(dir),
+            total_steps,
+        })
+    }
+
+    /// Trains the remaining epochs; an interruption saves and ends as [`Interrupted`].
+    pub fn run(mut self, batches: &Batches) -> Result<()> {
+        while self.clock.epoch < self.settings.control.epochs {
+            let started = Instant::now();
+            let first = self.clock.batch;
+            self.train_epoch(batches)?;
+            self.end_epoch(batches, first, started.elapsed().as_secs_f64())?;
+        }
+        self.progress.finish_and_clear();
+        Ok(())
+    }
+
+    /// The batches of the current epoch from where the clock stands.
+    fn train_epoch(&mut self, batches: &Batches) -> Result<()> {
+        let s = self.settings;
+        let epoch = self.clock.epoch + 1;
+        // Shuffled sequences, or (stateful) the lanes in order, the state reset each epoch.
+        let order = (!s.data.stateful).then(|| {
+            let mut rng = epoch_rng(s.seed, epoch);
+            epoch_batches(batches.train.len(), s.data.batch_size, s.data.buffer_size, &mut rng)
+        });
+        if self.clock.batch == 0 {
+            self.carried = None;
+            self.loss_sum = 0.0;
+        }
+        let chars_per_batch = (s.data.batch_size * s.data.seq_len) as f64;
+        for n in self.clock.batch..batches.per_epoch {
+            let batch = match &order {
+                Some(order) => batches.train.batch(&order[n]),
+                None => batches.lanes.batch(n),
+            };
+            let t0 = Instant::now();
+            let step_options = StepOptions {
+                learning_rate: learning_rate(s, self.clock.step, self.total_steps),
+                clip_grad_norm: s.optimizer.clip_grad_norm,
+                dropout: s.optimizer.dropout as f32,
+                seed: s.seed ^ self.clock.step.wrapping_mul(0x9E37_79B9_7F4A_7C15),
+            };
+            let (l, _, finals) =
+                train_step_from(&self.model, &mut self.adam, &batch, &step_options, self.carried.as_deref())
+                    .with_context(|| format!("epoch {epoch} batch {n}"))?;
+            self.clock.step += 1;
+            self.clock.batch = n + 1;
+            if s.data.stateful {
+                self.carried = Some(finals);
+            }
+            self.loss_sum += l as f64;
+            let chars_per_s = chars_per_batch / t0.elapsed().as_secs_f64();
+            if n % 100 == 0 {
+                self.progress.suspend(|| eprintln!("Epoch {epoch} Batch {n} Loss {l:.4}"));
+                self.metrics.push(Record::Step {
+                    epoch,
+                    step: self.clock.step,
+                    loss: l as f64,
+                    learning_rate: step_options.learning_rate,
+                    chars_per_s,
+                })?;
+            }
+            self.progress.set_message(format!("loss {l:.4}  {chars_per_s:.0} chars/s"));
+            self.progress.inc(1);
+            if self.interrupted.load(Ordering::SeqCst) {
+                return self.stop();
+            }
+        }
+        Ok(())
+    }
+
+    /// Saves where the run stands mid-epoch and ends it as [`Interrupted`].
+    fn stop(&mut self) -> Result<()> {
+        self.provenance.epoch = self.clock.epoch;
+        self.provenance.step = self.clock.step;
+        let path = self.dir.join("interrupted.safetensors");
+        let carried = self.carried.clone().unwrap_or_default();
+        self.save_point(&path, &carried)?;
+        self.progress.abandon();
+        let (epoch, batch) = (self.clock.epoch + 1, self.clock.batch);
+        eprintln!("stopped in epoch {epoch} after batch {batch}; saved {}", path.display());
+        eprintln!("continue with: charrnn train --resume {}", self.dir.display());
+        Err(Interrupted.into())
+    }
+
+    /// Validation, the epoch's report and metrics, the best and periodic checkpoints.
+    fn end_epoch(&mut self, batches: &Batches, first: usize, seconds: f64) -> Result<()> {
+        let s = self.settings;
+        let epoch = self.clock.epoch + 1;
+        let train_loss = self.loss_sum / batches.per_epoch as f64;
+        let val_loss = mean_loss(&self.model, &batches.val, s.data.batch_size)?;
+        self.progress.suspend(|| report(epoch, train_loss, val_loss, first, seconds));
+        self.metrics.push(Record::Epoch {
+            epoch,
+            step: self.clock.step,
+            train_loss,
+            val_loss,
+            val_bits_per_char: val_loss.map(|v| v / NATS_PER_BIT),
+            seconds,
+        })?;
+        self.metrics.plot()?;
+        self.clock = Clock { epoch, batch: 0, ..self.clock };
+        self.loss_sum = 0.0;
+        self.provenance.epoch = epoch;
+        self.provenance.step = self.clock.step;
+        self.provenance.train_loss = Some(train_loss);
+        self.provenance.val_loss = val_loss;
+        if let Some(v) = val_loss.filter(|&v| self.best_val_loss.is_none_or(|b| v < b)) {
+            self.best_val_loss = Some(v);
+            checkpoint::save(&self.dir.join("best.safetensors"), &self.model, self.vocab, &self.provenance)?;
+        }
+        if epoch.is_multiple_of(s.control.save_every) || epoch == s.control.epochs {
+            let path = self.dir.join(checkpoint::file_name(epoch));
+            self.save_point(&path, &[])?;
+            if let Some(keep) = s.control.keep {
+                prune(self.dir, keep, &self.run_id, epoch)?;
+            }
+            self.progress.suspend(|| eprintln!("saved {}", path.display()));
+        }
+        Ok(())
+    }
+
+    /// Weights and optimizer state together (optimizer first: a crash in between leaves a
+    /// pair whose steps differ, which resume detects). The carried state (stateful runs) is
+    /// saved too, so a run resumed mid-epoch continues it.
+    fn save_point(&self, path: &Path, carried: &[Tensor]) -> Result<()> {
+        let position = Position {
+            settings: self.settings.clone(),
+            epoch: self.clock.epoch,
+            batch: self.clock.batch,
+            epoch_loss_sum: if self.clock.batch > 0 { self.loss_sum } else { 0.0 },
+            best_val_loss: self.best_val_loss,
+            run_id: self.run_id.clone(),
+        };
+        let state = serde_json::to_value(&position)?;
+        checkpoint::save_optim(&checkpoint::optim_path(path), &self.adam, &state, carried)?;
+        checkpoint::save(path, &self.model, self.vocab, &self.provenance)
+    }
+}
+
+/// The end-of-epoch lines, as the tutorial prints them plus validation.
+fn report(epoch: usize, train_loss: f64, val_loss: Option<f64>, first: usize, seconds: f64) {
+    eprintln!("Epoch {epoch} Loss: {train_loss:.4}");
+    match val_loss {
+        Some(v) => {
+            eprintln!("Epoch {epoch} validation loss {v:.4} nats/char ({:.4} bits/char)", v / NATS_PER_BIT)
+        }
+        None => eprintln!("Epoch {epoch} no validation split (--val-fraction 0)"),
+    }
+    match first {
+        0 => eprintln!("Time taken for 1 epoch {seconds:.2} sec"),
+        _ => eprintln!("Time taken for the rest of epoch {epoch} (from batch {first}) {seconds:.2} sec"),
+    }
+}
+
+/// The data order of one epoch depends only on the seed and the epoch number, so a resumed
+/// run shuffles exactly as an uninterrupted one.
+fn epoch_rng(seed: u64, epoch: usize) -> StdRng {
+    let mut bytes = [0u8; 32];
+    bytes[..8].copy_from_slice(&seed.to_le_bytes());
+    bytes[8..16].copy_from_slice(&(epoch as u64).to_le_bytes());
+    bytes[16..24].copy_from_slice(b"shuffle\0");
+    StdRng::from_seed(bytes)
+}
+
+/// A first signal asks the loop to stop after the current batch; a second one exits now,
+/// after removing any temporary file a checkpoint write may have left behind.
+fn interrupt_flag(checkpoint_dir: &Path) -> Arc<AtomicBool> {
+    let flag = Arc::new(AtomicBool::new(false));
+    let (seen, dir) = (flag.clone(), checkpoint_dir.to_path_buf());
+    let _ = ctrlc::set_handler(move || {
+        if seen.swap(true, Ordering::SeqCst) {
+            crate::atomic::remove_temporaries(&dir);
+            eprintln!("\naborted");
+            std::process::exit(130);
+        }
+        eprintln!("\nstopping after this batch (press Ctrl-C again to abort now)");
+    });
+    flag
+}
+
+fn progress_bar(total: u64) -> ProgressBar {
+    let pb = ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::stderr());
+    pb.set_style(
+        ProgressStyle::with_template("{bar:30} {pos}/{len} batches  {msg}  ETA {eta}")
+            .expect("valid template"),
+    );
+    pb
+}
