@@ -239,11 +239,34 @@ pub enum Engine {
     Gpu(crate::cuda::GpuSampler),
 }
 
+/// The GPU sampler's view of a model: the input table and each layer's weights.
+#[cfg(feature = "cuda")]
+fn gpu_weights(model: &Model) -> Result<crate::cuda::SamplerWeights> {
+    use crate::cuda::{LayerWeights, SamplerWeights};
+    let cell = model.config.cell;
+    if !cell.on_gpu() {
+        bail!("--cell {} has no GPU sampler yet; generate with --device cpu", cell.name());
+    }
+    let layers = (model.layers.iter().enumerate())
+        .map(|(l, p)| LayerWeights {
+            input: (l > 0).then(|| (p.w_ih.as_tensor().clone(), p.b_ih.as_tensor().clone())),
+            w_hh: p.w_hh.as_tensor().clone(),
+            b_hh: p.b_hh.as_tensor().clone(),
+        })
+        .collect();
+    Ok(SamplerWeights {
+        table: model.input_table()?,
+        layers,
+        dense_w: model.dense.weight.as_tensor().clone(),
+        dense_b: model.dense.bias.as_tensor().clone(),
+    })
+}
+
 impl Engine {
     pub fn new(model: &Model, batch: usize) -> Result<Self> {
         #[cfg(feature = "cuda")]
         if model.device().is_cuda() {
-            return Ok(Engine::Gpu(crate::cuda::GpuSampler::new(model, batch)?));
+            return Ok(Engine::Gpu(crate::cuda::GpuSampler::new(gpu_weights(model)?, batch)?));
         }
         Ok(Engine::Cpu(Sampler::new(model, batch)?))
     }

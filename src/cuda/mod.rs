@@ -20,7 +20,7 @@
 
 mod sampler;
 
-pub(crate) use sampler::GpuSampler;
+pub(crate) use sampler::{GpuSampler, LayerWeights, SamplerWeights};
 
 use candle_core::cuda::cudarc::cublas::{result::sgemm, sys::cublasOperation_t};
 use candle_core::cuda::cudarc::driver::{CudaFunction, CudaSlice, CudaStream, DevicePtr, LaunchConfig};

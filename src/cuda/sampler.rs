@@ -9,19 +9,26 @@ use candle_core::{bail, CudaDevice, DType, Device, Result, Tensor};
 use std::sync::Arc;
 
 use super::{addr, err, kernel, launch, per_warp, tensor_addr};
-use crate::model::Model;
 
 /// Shared memory the draw kernel may use per block without asking for more (3 words per
 /// vocabulary entry).
 const MAX_VOCAB: usize = 48 * 1024 / 12;
 
-/// A layer's weights, contiguous f32 copies the sampler owns: W_ih and b_ih (layers above
-/// the first), W_hh and b_hh. Kernels get their addresses at each launch, from the tensors
-/// themselves.
-struct LayerWeights {
-    input: Option<(Tensor, Tensor)>,
-    w_hh: Tensor,
-    b_hh: Tensor,
+/// A GRU layer's weights: W_ih and b_ih (layers above the first), W_hh [3H, H] and b_hh.
+pub struct LayerWeights {
+    pub input: Option<(Tensor, Tensor)>,
+    pub w_hh: Tensor,
+    pub b_hh: Tensor,
+}
+
+/// What the sampler samples from: the first layer's input table [V, 3H] (embedding · W_ihᵀ +
+/// b_ih), the recurrent layers, and the output layer W [V, H], b [V]; all on the GPU. The
+/// sampler keeps contiguous f32 copies and takes their addresses at each launch.
+pub struct SamplerWeights {
+    pub table: Tensor,
+    pub layers: Vec<LayerWeights>,
+    pub dense_w: Tensor,
+    pub dense_b: Tensor,
 }
 
 /// A tensor's address, or 0 (the kernel's "none") for an absent one.
@@ -50,31 +57,41 @@ pub struct GpuSampler {
 }
 
 impl GpuSampler {
-    /// A sampler for `batch` sequences of a model whose weights are on the GPU.
-    pub fn new(model: &Model, batch: usize) -> anyhow::Result<Self> {
-        let Device::Cuda(dev) = model.device() else {
-            anyhow::bail!("the GPU sampler needs a model on the GPU")
+    /// A sampler for `batch` sequences of a GRU whose weights are on the GPU.
+    pub fn new(weights: SamplerWeights, batch: usize) -> anyhow::Result<Self> {
+        let Device::Cuda(dev) = weights.table.device() else {
+            anyhow::bail!("the GPU sampler needs weights on the GPU")
         };
-        let (h, v) = (model.config.rnn_units, model.config.vocab_size);
-        if !model.config.cell.on_gpu() {
+        let ((v, h), (v_table, width)) = (weights.dense_w.dims2()?, weights.table.dims2()?);
+        if v_table != v || width != 3 * h || weights.layers.is_empty() {
             anyhow::bail!(
-                "--cell {} has no GPU sampler yet; generate with --device cpu",
-                model.config.cell.name()
+                "GPU sampler: table {:?} and output layer {:?} do not fit",
+                weights.table.dims(),
+                weights.dense_w.dims()
             );
+        }
+        for layer in &weights.layers {
+            let input_fits =
+                layer.input.as_ref().is_none_or(|(w, b)| w.dims() == [3 * h, h] && b.dims() == [3 * h]);
+            if !input_fits || layer.w_hh.dims() != [3 * h, h] || layer.b_hh.dims() != [3 * h] {
+                anyhow::bail!("GPU sampler: a layer's weights are not those of a GRU of {h} units");
+            }
         }
         if v > MAX_VOCAB {
             anyhow::bail!("the GPU sampler handles up to {MAX_VOCAB} distinct characters, the model has {v}");
         }
         let own = |t: &Tensor| -> Result<Tensor> { t.to_dtype(DType::F32)?.contiguous() };
-        let table = own(&model.input_table()?)?;
+        let table = own(&weights.table)?;
         let mut layers = Vec::new();
-        for l in 0..model.config.layers {
-            let p = model.layer(l);
-            let input = if l == 0 { None } else { Some((own(&p.w_ih)?, own(&p.b_ih)?)) };
+        for (l, p) in weights.layers.iter().enumerate() {
+            let input = match (&p.input, l) {
+                (Some((w, b)), 1..) => Some((own(w)?, own(b)?)),
+                (None, 0) => None,
+                _ => anyhow::bail!("GPU sampler: only the layers above the first have input weights"),
+            };
             layers.push(LayerWeights { input, w_hh: own(&p.w_hh)?, b_hh: own(&p.b_hh)? });
         }
-        let dense_w = own(model.param("dense.weight"))?;
-        let dense_b = own(model.param("dense.bias"))?;
+        let (dense_w, dense_b) = (own(&weights.dense_w)?, own(&weights.dense_b)?);
         let states = (0..layers.len())
             .map(|_| Ok([dev.alloc_zeros::<f32>(batch * h)?, dev.alloc_zeros::<f32>(batch * h)?]))
             .collect::<Result<_>>()?;
