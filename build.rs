@@ -1,10 +1,10 @@
-//! Builds with the `cuda` feature compile the GPU kernels (src/cuda/kernels.cu) to PTX, which
+//! Builds with the `cuda` feature compile the GPU kernels (src/kernels/cuda/kernels.cu) to PTX, which
 //! the binary embeds; other builds need nothing from CUDA.
 
 use std::{env, path::PathBuf, process::Command};
 
 fn main() {
-    println!("cargo:rerun-if-changed=src/cuda/kernels.cu");
+    println!("cargo:rerun-if-changed=src/kernels/cuda/kernels.cu");
     println!("cargo:rerun-if-env-changed=NVCC");
     println!("cargo:rerun-if-env-changed=CUDA_COMPUTE_CAP");
     if env::var_os("CARGO_FEATURE_CUDA").is_none() {
@@ -16,10 +16,10 @@ fn main() {
     let status = Command::new(&nvcc)
         .args(["--ptx", "-O3", &arch, "-o"])
         .arg(&out)
-        .arg("src/cuda/kernels.cu")
+        .arg("src/kernels/cuda/kernels.cu")
         .status()
         .unwrap_or_else(|e| {
             panic!("cannot run {nvcc} ({e}): the cuda feature needs CUDA's nvcc; see scripts/build-cuda.sh")
         });
-    assert!(status.success(), "nvcc failed on src/cuda/kernels.cu");
+    assert!(status.success(), "nvcc failed on src/kernels/cuda/kernels.cu");
 }

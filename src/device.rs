@@ -34,7 +34,7 @@ pub fn select(choice: DeviceChoice) -> Result<Device> {
 
 /// "cpu, 2 threads, avx512 kernel"
 fn cpu_summary() -> String {
-    format!("cpu, {} threads, {} kernel", rayon::current_num_threads(), crate::kernel::active())
+    format!("cpu, {} threads, {} kernel", rayon::current_num_threads(), crate::kernels::cpu::active())
 }
 
 /// The device as a person would name it: a GPU by its driver's name ("cuda:0 NVIDIA H200"),

@@ -8,10 +8,10 @@ use candle_core::DType;
 use serde::Serialize;
 
 use crate::checkpoint::{self, Provenance};
+use crate::data::vocab::Vocab;
 use crate::data::Sequences;
 use crate::metrics::{self, Metrics, Record};
 use crate::model::{ids_tensor, Config, Model, Pass};
-use crate::vocab::Vocab;
 
 /// Mean loss per character over all sequences (no shuffling, partial last batch included).
 pub fn mean_loss(model: &Model, seqs: &Sequences, batch_size: usize) -> Result<Option<f64>> {

@@ -1,11 +1,12 @@
 use std::process::ExitCode;
 
-use charrnn::cli::{self, Cli};
+use charrnn::cli::Cli;
+use charrnn::commands;
 use charrnn::train::Interrupted;
 use clap::Parser;
 
 fn main() -> ExitCode {
-    match cli::run(Cli::parse()) {
+    match commands::run(Cli::parse()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) if e.is::<Interrupted>() => ExitCode::from(130),
         Err(e) if is_broken_pipe(&e) => ExitCode::SUCCESS, // e.g. `charrnn generate | head`

@@ -6,10 +6,9 @@
 //! Adam step, as PyTorch does it).
 
 use anyhow::Result;
-use candle_core::{backprop::GradStore, bail, CpuStorage, InplaceOp2, InplaceOp3, Layout, Tensor, Var};
-use rayon::prelude::*;
+use candle_core::{backprop::GradStore, Tensor, Var};
 
-use crate::float::{layout_slice, layout_slice_mut, Float};
+use crate::ops::adam::{Moment, Step};
 
 /// One parameter and its two moments.
 struct Slot {
@@ -114,146 +113,6 @@ impl Adam {
         }
         Ok(())
     }
-}
-
-const CHUNK: usize = 1 << 14;
-
-/// A moment's update in place: m ← β·m + (1 − β)·x, x = s·g (first) or (s·g)² (second).
-struct Moment {
-    beta: f64,
-    scale: f64,
-    square: bool,
-}
-
-impl Moment {
-    fn run<T: Float>(&self, m: &mut [T], g: &[T]) {
-        let (beta, rest, scale) = (cast::<T>(self.beta), cast::<T>(1.0 - self.beta), cast::<T>(self.scale));
-        let square = self.square;
-        m.par_chunks_mut(CHUNK).zip(g.par_chunks(CHUNK)).for_each(|(m, g)| {
-            for (m, &g) in m.iter_mut().zip(g) {
-                let x = g * scale;
-                *m = beta * *m + rest * if square { x * x } else { x };
-            }
-        });
-    }
-}
-
-impl InplaceOp2 for Moment {
-    fn name(&self) -> &'static str {
-        "adam-moment"
-    }
-
-    fn cpu_fwd(
-        &self,
-        s1: &mut CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-    ) -> candle_core::Result<()> {
-        match (s1, s2) {
-            (CpuStorage::F32(m), CpuStorage::F32(g)) => {
-                self.run(layout_slice_mut(m, l1)?, layout_slice(g, l2)?)
-            }
-            (CpuStorage::F64(m), CpuStorage::F64(g)) => {
-                self.run(layout_slice_mut(m, l1)?, layout_slice(g, l2)?)
-            }
-            _ => bail!("adam: moment and gradient must both be f32 or f64"),
-        }
-        Ok(())
-    }
-
-    #[cfg(feature = "cuda")]
-    fn cuda_fwd(
-        &self,
-        m: &mut candle_core::CudaStorage,
-        lm: &Layout,
-        g: &candle_core::CudaStorage,
-        lg: &Layout,
-    ) -> candle_core::Result<()> {
-        use crate::cuda::{adam_moment, storage_addr};
-        use candle_core::backend::BackendStorage;
-        let n = lm.shape().elem_count();
-        if lg.shape().elem_count() != n {
-            bail!("adam: moment of {n} values, gradient of {}", lg.shape().elem_count());
-        }
-        let (mm, gg) = (storage_addr(m, lm)?, storage_addr(g, lg)?);
-        // SAFETY: both storages are borrowed for the call, contiguous (storage_addr checks)
-        // and hold the n values just compared.
-        unsafe { adam_moment(m.device(), n, self.beta as f32, self.scale as f32, self.square, mm, gg) }
-    }
-}
-
-/// The weight's update in place: w ← decay·w − α·m / (√v + ε).
-struct Step {
-    alpha: f64,
-    decay: f64,
-    epsilon: f64,
-}
-
-impl Step {
-    fn run<T: Float>(&self, w: &mut [T], m: &[T], v: &[T]) {
-        let (alpha, decay, eps) = (cast::<T>(self.alpha), cast::<T>(self.decay), cast::<T>(self.epsilon));
-        w.par_chunks_mut(CHUNK).zip(m.par_chunks(CHUNK).zip(v.par_chunks(CHUNK))).for_each(|(w, (m, v))| {
-            for ((w, &m), &v) in w.iter_mut().zip(m).zip(v) {
-                *w = decay * *w - alpha * m / (v.sqrt() + eps);
-            }
-        });
-    }
-}
-
-impl InplaceOp3 for Step {
-    fn name(&self) -> &'static str {
-        "adam-step"
-    }
-
-    fn cpu_fwd(
-        &self,
-        s1: &mut CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-        s3: &CpuStorage,
-        l3: &Layout,
-    ) -> candle_core::Result<()> {
-        match (s1, s2, s3) {
-            (CpuStorage::F32(w), CpuStorage::F32(m), CpuStorage::F32(v)) => {
-                self.run(layout_slice_mut(w, l1)?, layout_slice(m, l2)?, layout_slice(v, l3)?)
-            }
-            (CpuStorage::F64(w), CpuStorage::F64(m), CpuStorage::F64(v)) => {
-                self.run(layout_slice_mut(w, l1)?, layout_slice(m, l2)?, layout_slice(v, l3)?)
-            }
-            _ => bail!("adam: weight and moments must all be f32 or f64"),
-        }
-        Ok(())
-    }
-
-    #[cfg(feature = "cuda")]
-    fn cuda_fwd(
-        &self,
-        w: &mut candle_core::CudaStorage,
-        lw: &Layout,
-        m: &candle_core::CudaStorage,
-        lm: &Layout,
-        v: &candle_core::CudaStorage,
-        lv: &Layout,
-    ) -> candle_core::Result<()> {
-        use crate::cuda::{adam_step, storage_addr};
-        use candle_core::backend::BackendStorage;
-        let n = lw.shape().elem_count();
-        if lm.shape().elem_count() != n || lv.shape().elem_count() != n {
-            bail!("adam: weight, moments and second moments differ in size");
-        }
-        let (ww, mm, vv) = (storage_addr(w, lw)?, storage_addr(m, lm)?, storage_addr(v, lv)?);
-        // SAFETY: the three storages are borrowed for the call, contiguous (storage_addr
-        // checks) and hold the n values just compared.
-        unsafe {
-            adam_step(w.device(), n, self.alpha as f32, self.decay as f32, self.epsilon as f32, ww, mm, vv)
-        }
-    }
-}
-
-fn cast<T: Float>(x: f64) -> T {
-    T::from(x).expect("a finite optimizer constant")
 }
 
 #[cfg(test)]

@@ -5,8 +5,8 @@ use std::collections::HashMap;
 
 use candle_core::{DType, Device};
 use charrnn::checkpoint::{self, Provenance};
+use charrnn::data::vocab::Vocab;
 use charrnn::model::{ids_tensor, Config, Model, Pass};
-use charrnn::vocab::Vocab;
 use rand::{rngs::StdRng, SeedableRng};
 use safetensors::tensor::{Dtype, SafeTensors, TensorView};
 

@@ -5,12 +5,12 @@
 
 use candle_core::{DType, Device, Tensor};
 use charrnn::checkpoint::{self, Provenance};
+use charrnn::data::vocab::Vocab;
 use charrnn::data::Batch;
+use charrnn::model::sample::{generate, Engine, Picker};
 use charrnn::model::{ids_tensor, Config, Model, Pass};
 use charrnn::optim::Adam;
-use charrnn::sample::{generate, Engine, Picker};
 use charrnn::train::{train_step_from, StepOptions};
-use charrnn::vocab::Vocab;
 use rand::{rngs::StdRng, Rng, SeedableRng};
 
 /// The agreement the GPU must reach in f32: max |gpu − cpu| / max |cpu| per tensor.

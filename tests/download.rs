@@ -7,7 +7,7 @@ use std::thread;
 use std::time::Duration;
 
 use charrnn::checkpoint::hex;
-use charrnn::download::{run, DownloadOptions, Outcome};
+use charrnn::data::download::{run, DownloadOptions, Outcome};
 use sha2::{Digest, Sha256};
 
 mod common;

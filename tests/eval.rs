@@ -1,12 +1,12 @@
 //! `eval` against a case computed by hand, and a non-finite loss stopping training.
 
 use candle_core::{DType, Device, Tensor};
+use charrnn::data::vocab::Vocab;
 use charrnn::data::Batch;
 use charrnn::eval::score;
 use charrnn::model::{Config, Model};
 use charrnn::optim::Adam;
 use charrnn::train::{train_step, StepOptions};
-use charrnn::vocab::Vocab;
 
 /// A model whose every weight is zero except the output bias: it predicts the same
 /// distribution, softmax(bias), at every position whatever the input.

@@ -4,8 +4,8 @@ use candle_core::{DType, Device};
 use charrnn::data::Batch;
 use charrnn::model::{ids_tensor, Config, Model, Pass};
 use charrnn::optim::Adam;
-use charrnn::presets::Preset;
-use charrnn::settings::OptimizerSettings;
+use charrnn::train::presets::Preset;
+use charrnn::train::settings::OptimizerSettings;
 use charrnn::train::{learning_rate, train_step, LrSchedule, Settings, StepOptions};
 use rand::{rngs::StdRng, SeedableRng};
 

@@ -1,7 +1,7 @@
 //! The tutorial's numbers on the shipped corpus.
 
+use charrnn::data::vocab::Vocab;
 use charrnn::data::{epoch_batches, read_corpus, split_validation, Sequences};
-use charrnn::vocab::Vocab;
 use rand::{rngs::StdRng, SeedableRng};
 
 #[test]

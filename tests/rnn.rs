@@ -4,11 +4,11 @@
 
 use candle_core::{DType, Device, IndexOp, Tensor, Var};
 use charrnn::data::Sequences;
-use charrnn::kernel::{self, Kernel};
+use charrnn::kernels::cpu::{self as kernel, Kernel};
+use charrnn::model::sample::{Engine, Picker, Sampler};
 use charrnn::model::{ids_tensor, loss, Cell, Config, Model, Pass};
+use charrnn::ops::recurrent::rnn_sequence;
 use charrnn::optim::Adam;
-use charrnn::rnn::rnn_sequence;
-use charrnn::sample::{Engine, Picker, Sampler};
 use charrnn::train::{train_step, StepOptions};
 use rand::{rngs::StdRng, Rng, SeedableRng};
 
@@ -301,7 +301,7 @@ fn loss_falls_on_a_tiny_repetitive_corpus() {
 
 fn loss_falls(cell: Cell) {
     let text = "abcdefgh".repeat(60);
-    let vocab = charrnn::vocab::Vocab::from_text(&text);
+    let vocab = charrnn::data::vocab::Vocab::from_text(&text);
     let ids = vocab.encode(&text).unwrap();
     let seqs = Sequences::new(&ids, 16);
     let mut rng = StdRng::seed_from_u64(9);
@@ -319,12 +319,14 @@ fn loss_falls(cell: Cell) {
     let mut sampler = Engine::Cpu(Sampler::new(&model, 1).unwrap());
     let mut greedy = Picker::new(0.0, None, None);
     let mut out = Vec::new();
-    charrnn::sample::generate(&mut sampler, &vocab, "abc", 10, &mut greedy, &mut rng, &mut out).unwrap();
+    charrnn::model::sample::generate(&mut sampler, &vocab, "abc", 10, &mut greedy, &mut rng, &mut out)
+        .unwrap();
     assert_eq!(String::from_utf8(out).unwrap(), "abcdefghabcde\n", "{cell:?}");
     // Several samples at once take the batched path and agree with the single one.
     let mut batched = Engine::Cpu(Sampler::new(&model, 3).unwrap());
     let mut out = Vec::new();
-    charrnn::sample::generate(&mut batched, &vocab, "abc", 10, &mut greedy, &mut rng, &mut out).unwrap();
+    charrnn::model::sample::generate(&mut batched, &vocab, "abc", 10, &mut greedy, &mut rng, &mut out)
+        .unwrap();
     let text = String::from_utf8(out).unwrap();
     assert_eq!(text.matches("abcdefghabcde\n").count(), 3, "{text}");
     assert!(text.starts_with("--- sample 1 of 3 ---\n"), "{text}");

@@ -4,8 +4,10 @@
 //! loop (`session`).
 
 mod folder;
+pub mod presets;
 mod resume;
 mod session;
+pub mod settings;
 mod setup;
 mod step;
 
@@ -14,8 +16,8 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 use candle_core::Device;
 
-use crate::settings::SettingsArgs;
-pub use crate::settings::{LrSchedule, Settings};
+use crate::train::settings::SettingsArgs;
+pub use crate::train::settings::{LrSchedule, Settings};
 pub use step::{learning_rate, train_step, train_step_from, StepOptions};
 
 pub struct TrainOptions {

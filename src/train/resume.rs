@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::checkpoint::{self, Checkpoint};
 use crate::optim::Adam;
-use crate::settings::{Settings, SettingsArgs};
+use crate::train::settings::{Settings, SettingsArgs};
 
 /// Where a run stands: saved beside each resumable checkpoint.
 #[derive(Clone, Debug, Serialize, Deserialize)]

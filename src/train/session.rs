@@ -18,12 +18,12 @@ use super::step::{learning_rate, train_step_from, StepOptions};
 use super::Interrupted;
 use crate::checkpoint::{self, Provenance};
 use crate::data::epoch_batches;
+use crate::data::vocab::Vocab;
 use crate::eval::mean_loss;
 use crate::metrics::{Metrics, Record};
 use crate::model::Model;
 use crate::optim::Adam;
-use crate::settings::Settings;
-use crate::vocab::Vocab;
+use crate::train::settings::Settings;
 
 const NATS_PER_BIT: f64 = std::f64::consts::LN_2;
 

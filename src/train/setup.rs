@@ -8,11 +8,11 @@ use sha2::{Digest, Sha256};
 
 use super::resume::{Position, Resumed};
 use crate::checkpoint;
+use crate::data::vocab::Vocab;
 use crate::data::{read_corpus, split_validation, Lanes, Sequences};
 use crate::model::{Config, Model};
 use crate::optim::Adam;
-use crate::settings::Settings;
-use crate::vocab::Vocab;
+use crate::train::settings::Settings;
 
 /// The training text, encoded.
 pub(super) struct Corpus {

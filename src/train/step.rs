@@ -7,7 +7,7 @@ use candle_core::{DType, Tensor};
 use crate::data::Batch;
 use crate::model::{ids_tensor, Model, Pass};
 use crate::optim::Adam;
-use crate::settings::{LrSchedule, Settings};
+use crate::train::settings::{LrSchedule, Settings};
 
 /// What one optimisation step needs beyond the weights, optimizer and batch.
 #[derive(Clone, Copy, Debug)]

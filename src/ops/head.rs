@@ -12,15 +12,15 @@ use candle_core::{
 };
 use rayon::prelude::*;
 
-use crate::blas::{matmul, transpose, View};
-use crate::float::{storage_slice, Float};
+use crate::kernels::cpu::blas::{matmul, transpose, View};
+use crate::kernels::cpu::float::{storage_slice, Float};
 
 /// The softmax probabilities of every row, kept for the backward pass.
 enum Saved {
     F32(Vec<f32>),
     F64(Vec<f64>),
     #[cfg(feature = "cuda")]
-    Cuda(crate::cuda::HeadTape),
+    Cuda(crate::kernels::cuda::HeadTape),
 }
 
 struct DenseCrossEntropy {
@@ -171,7 +171,7 @@ impl CustomOp3 for DenseCrossEntropy {
         b: &candle_core::CudaStorage,
         lb: &Layout,
     ) -> Result<(candle_core::CudaStorage, Shape)> {
-        use crate::cuda::{head_forward, storage, storage_addr};
+        use crate::kernels::cuda::{head_forward, storage, storage_addr};
         let dims = self.dims(lh.shape(), lw.shape(), lb.shape())?;
         if hs.dtype() != candle_core::DType::F32 {
             bail!("output layer: the GPU kernels are f32 only, not {:?}", hs.dtype());
@@ -202,7 +202,7 @@ impl CustomOp3 for DenseCrossEntropy {
             Saved::F64(p) => self.grads(p, &hs, &w, grad.to_scalar::<f64>()?)?,
             #[cfg(feature = "cuda")]
             Saved::Cuda(tape) => {
-                use crate::cuda::{tensor, tensor_addr};
+                use crate::kernels::cuda::{tensor, tensor_addr};
                 let candle_core::Device::Cuda(dev) = hs.device() else {
                     bail!("output layer: GPU tensors expected")
                 };

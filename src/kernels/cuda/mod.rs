@@ -172,7 +172,7 @@ unsafe fn gemm(
     .map_err(err)
 }
 
-/// What the GRU's forward pass keeps for its backward pass (see src/rnn.rs).
+/// What the GRU's forward pass keeps for its backward pass (see src/ops/recurrent.rs).
 pub(crate) struct GruTape {
     batch: usize,
     steps: usize,

@@ -3,8 +3,10 @@
 
 use std::path::PathBuf;
 
-use crate::cells::Cell;
-use crate::settings::{DataSettings, LrSchedule, ModelSettings, OptimizerSettings, RunControl, Settings};
+use crate::ops::cells::Cell;
+use crate::train::settings::{
+    DataSettings, LrSchedule, ModelSettings, OptimizerSettings, RunControl, Settings,
+};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Preset {
@@ -79,7 +81,7 @@ impl Preset {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::settings::{RunControlArgs, SettingsArgs};
+    use crate::train::settings::{RunControlArgs, SettingsArgs};
 
     #[test]
     fn typed_flags_override_a_preset() {

@@ -9,8 +9,8 @@
 //! The tape keeps r, z, n and the recurrent n-term W_hn h + b_hn.
 
 use super::{RecurrentCell, StepBackward, StepForward};
-use crate::float::Float;
-use crate::kernel::{per_kernel, Kernel};
+use crate::kernels::cpu::float::Float;
+use crate::kernels::cpu::{per_kernel, Kernel};
 
 pub struct Gru;
 

@@ -1,5 +1,5 @@
 //! A recurrent layer over a whole sequence as one fused operation, with its own backward,
-//! generic over the cell (`crate::cells`).
+//! generic over the cell (`crate::ops::cells`).
 //!
 //! `x` is the input projection `W_ih e + b_ih`; for an embedding input it is a row of the V×GH
 //! table `E·W_ihᵀ + b_ih` (G gates), so the layer takes that table and the token ids and looks
@@ -18,10 +18,10 @@ use candle_core::{
 };
 use rayon::prelude::*;
 
-use crate::blas::{matmul, View};
-use crate::cells::{with_cell, Cell, RecurrentCell, StepBackward, StepForward};
-use crate::float::{give_buffer, storage_slice, take_buffer, Float};
-use crate::kernel;
+use crate::kernels::cpu as kernel;
+use crate::kernels::cpu::blas::{matmul, View};
+use crate::kernels::cpu::float::{give_buffer, storage_slice, take_buffer, Float};
+use crate::ops::cells::{with_cell, Cell, RecurrentCell, StepBackward, StepForward};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Dims {
@@ -295,7 +295,7 @@ enum AnyTape {
     F32(Tape<f32>),
     F64(Tape<f64>),
     #[cfg(feature = "cuda")]
-    Cuda(crate::cuda::GruTape),
+    Cuda(crate::kernels::cuda::GruTape),
 }
 
 impl FusedRnn {
@@ -416,7 +416,7 @@ impl CustomOp3 for FusedRnn {
         b: &candle_core::CudaStorage,
         lb: &Layout,
     ) -> Result<(candle_core::CudaStorage, Shape)> {
-        use crate::cuda::{gru_forward, storage, storage_addr, tensor_addr};
+        use crate::kernels::cuda::{gru_forward, storage, storage_addr, tensor_addr};
         if !self.cell.on_gpu() {
             bail!("--cell {} has no GPU kernels yet; train it with --device cpu", self.cell.name());
         }
@@ -456,7 +456,7 @@ impl CustomOp3 for FusedRnn {
             AnyTape::F64(t) => self.grads(&t, x, w, b, grad),
             #[cfg(feature = "cuda")]
             AnyTape::Cuda(t) => {
-                use crate::cuda::{tensor, tensor_addr};
+                use crate::kernels::cuda::{tensor, tensor_addr};
                 let candle_core::Device::Cuda(dev) = x.device() else {
                     bail!("fused recurrent layer: GPU tensors expected")
                 };

@@ -3,15 +3,15 @@
 //! General products go to the `gemm` crate (the same engine candle uses; it picks its own
 //! AVX-512, AVX2 or NEON kernel at run time), spread over rayon's pool. The per-step products
 //! of the recurrence multiply by a matrix packed once per batch, with register-tile kernels of
-//! our own per instruction set ([`crate::kernel`]). The batch-1 sampling step is a
+//! our own per instruction set ([`crate::kernels::cpu`]). The batch-1 sampling step is a
 //! matrix-vector product, which a GEMM runs poorly, so it has its own multi-threaded row-dot
 //! kernel.
 
 use gemm::{gemm, Parallelism};
 use rayon::prelude::*;
 
-use crate::float::Float;
-use crate::kernel::{self, per_kernel, Kernel};
+use crate::kernels::cpu::float::Float;
+use crate::kernels::cpu::{self as kernel, per_kernel, Kernel};
 
 /// A read-only matrix view: element (i, j) is `data[i * row_stride + j * col_stride]`.
 #[derive(Clone, Copy)]
@@ -173,7 +173,7 @@ impl OutPtr {
 
 /// `out = a · b` (or `out += a · b`), `out` contiguous row-major [a.rows × b.cols]; the panels
 /// are shared out among threads, and each is computed by the active kernel (see
-/// [`crate::kernel`]), chosen once for the whole product.
+/// [`crate::kernels::cpu`]), chosen once for the whole product.
 pub fn matmul_packed(out: &mut [f32], accumulate: bool, a: View<f32>, b: &Packed) {
     matmul_packed_on(kernel::active(), out, accumulate, a, b)
 }

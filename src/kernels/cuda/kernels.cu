@@ -3,7 +3,7 @@
 // in-place updates and the sampler's draw. Matrix products go to cuBLAS; these kernels do the
 // elementwise and row-wise work around them. Compiled to PTX by build.rs.
 //
-// Layouts match src/gru.rs: gate order r, z, n; `gates` rows hold (r, z, n, W_hn h + b_hn).
+// Layouts match src/ops/cells/gru.rs: gate order r, z, n; `gates` rows hold (r, z, n, W_hn h + b_hn).
 // Every kernel works in f32.
 
 #define FULL_MASK 0xffffffffu
@@ -99,7 +99,7 @@ extern "C" __global__ void fill(int n, float value, float* out) {
     if (k < n) out[k] = value;
 }
 
-// SplitMix64's output function, as src/model.rs has it.
+// SplitMix64's output function, as src/model/mod.rs has it.
 __device__ __forceinline__ unsigned long long splitmix64(unsigned long long x) {
     unsigned long long z = x + 0x9E3779B97F4A7C15ull;
     z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
@@ -107,7 +107,7 @@ __device__ __forceinline__ unsigned long long splitmix64(unsigned long long x) {
     return z ^ (z >> 31);
 }
 
-// The inverted-dropout mask of src/model.rs, made where it is used: element i is 0 when the
+// The inverted-dropout mask of src/model/mod.rs, made where it is used: element i is 0 when the
 // top 32 bits of splitmix64(base ^ i) fall below `threshold`, else `keep` (bit for bit the
 // CPU's mask).
 extern "C" __global__ void dropout_mask(
@@ -251,7 +251,7 @@ extern "C" __global__ void gru_sample_step(
     }
 }
 
-// The output layer and the draw for sequence b = blockIdx.x, as src/sample.rs's Picker does
+// The output layer and the draw for sequence b = blockIdx.x, as src/model/sample.rs's Picker does
 // it: weights exp((l − max)/T); with top-k or top-p, candidates by falling weight (ties: lower
 // id first), the k best, then the shortest prefix whose mass reaches p; the draw walks the
 // candidates with u·total. `uniform` holds one u per sequence; temperature 0 is argmax; top_k

@@ -151,7 +151,7 @@ impl GpuSampler {
     }
 
     /// Draws `steps` characters for every sequence ([steps, batch] ids), each from the state
-    /// the previous one left, as [`crate::sample::Picker`] does: `uniforms` holds one number in
+    /// the previous one left, as [`crate::model::sample::Picker`] does: `uniforms` holds one number in
     /// [0, 1) per character (none for greedy decoding), `top_k` 0 and a negative `top_p` mean
     /// no cut.
     pub fn sample(

@@ -2,14 +2,16 @@
 //! logits, with parameters in PyTorch's names and layouts and the tutorial's Keras
 //! initialisation.
 
+pub mod sample;
+
 use anyhow::{bail, Result};
 use candle_core::{DType, Device, Tensor, Var};
 use rand::{distr::Uniform, Rng};
 use serde::{Deserialize, Serialize};
 
-pub use crate::cells::Cell;
-use crate::head::dense_cross_entropy;
-use crate::rnn::rnn_sequence;
+pub use crate::ops::cells::Cell;
+use crate::ops::head::dense_cross_entropy;
+use crate::ops::recurrent::rnn_sequence;
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Config {
@@ -327,8 +329,8 @@ pub fn dropout_mask(shape: &[usize], p: f32, seed: u64, device: &Device) -> Resu
     let n: usize = shape.iter().product();
     #[cfg(feature = "cuda")]
     if let Ok(dev) = device.as_cuda_device() {
-        let mask = crate::cuda::dropout_mask(dev, n, base, threshold, keep)?;
-        return Ok(crate::cuda::tensor(mask, dev, shape));
+        let mask = crate::kernels::cuda::dropout_mask(dev, n, base, threshold, keep)?;
+        return Ok(crate::kernels::cuda::tensor(mask, dev, shape));
     }
     let mut mask = vec![0f32; n];
     mask.par_chunks_mut(CHUNK).enumerate().for_each(|(c, chunk)| {

@@ -2,7 +2,7 @@
 //! lookup for the input projection, the recurrent product (a multi-threaded matrix-vector
 //! product at batch 1, a packed matrix product for several samples at once), the same gate
 //! kernel training uses, and the dense layer; then sampling. A model on a GPU samples there
-//! instead (`crate::cuda::GpuSampler`), with the same picking rule and random numbers.
+//! instead (`crate::kernels::cuda::GpuSampler`), with the same picking rule and random numbers.
 
 use std::io::Write;
 
@@ -10,11 +10,11 @@ use anyhow::{bail, Result};
 use candle_core::DType;
 use rand::Rng;
 
-use crate::blas::{gemv, matmul_packed, Packed, View};
-use crate::cells::{with_cell, Cell, RecurrentCell, StepForward};
-use crate::kernel;
+use crate::data::vocab::Vocab;
+use crate::kernels::cpu as kernel;
+use crate::kernels::cpu::blas::{gemv, matmul_packed, Packed, View};
 use crate::model::Model;
-use crate::vocab::Vocab;
+use crate::ops::cells::{with_cell, Cell, RecurrentCell, StepForward};
 
 /// A weight matrix W [rows, cols] applied to each of `batch` inputs: row dot products at
 /// batch 1 (a matrix-vector product), the packed matrix kernel for several samples.
@@ -236,13 +236,13 @@ impl Picker {
 pub enum Engine {
     Cpu(Sampler),
     #[cfg(feature = "cuda")]
-    Gpu(crate::cuda::GpuSampler),
+    Gpu(crate::kernels::cuda::GpuSampler),
 }
 
 /// The GPU sampler's view of a model: the input table and each layer's weights.
 #[cfg(feature = "cuda")]
-fn gpu_weights(model: &Model) -> Result<crate::cuda::SamplerWeights> {
-    use crate::cuda::{LayerWeights, SamplerWeights};
+fn gpu_weights(model: &Model) -> Result<crate::kernels::cuda::SamplerWeights> {
+    use crate::kernels::cuda::{LayerWeights, SamplerWeights};
     let cell = model.config.cell;
     if !cell.on_gpu() {
         bail!("--cell {} has no GPU sampler yet; generate with --device cpu", cell.name());
@@ -266,7 +266,7 @@ impl Engine {
     pub fn new(model: &Model, batch: usize) -> Result<Self> {
         #[cfg(feature = "cuda")]
         if model.device().is_cuda() {
-            return Ok(Engine::Gpu(crate::cuda::GpuSampler::new(gpu_weights(model)?, batch)?));
+            return Ok(Engine::Gpu(crate::kernels::cuda::GpuSampler::new(gpu_weights(model)?, batch)?));
         }
         Ok(Engine::Cpu(Sampler::new(model, batch)?))
     }

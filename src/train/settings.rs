@@ -12,8 +12,8 @@ use std::path::PathBuf;
 use anyhow::{bail, Result};
 use serde::{Deserialize, Serialize};
 
-use crate::cells::Cell;
 use crate::checks;
+use crate::ops::cells::Cell;
 
 /// The flag of a settings field: `rnn_units` → `--rnn-units`, as clap derives it.
 fn flag(field: &str) -> String {

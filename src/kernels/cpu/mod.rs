@@ -5,6 +5,9 @@
 //! always present). By default the widest set this CPU has is used; `CHARRNN_KERNEL` (or
 //! `bench --kernel`) picks another, so every path can be tested and timed on one machine.
 
+pub(crate) mod blas;
+pub(crate) mod float;
+
 use std::sync::atomic::{AtomicU8, Ordering};
 
 use anyhow::{bail, Result};
@@ -180,30 +183,30 @@ macro_rules! per_kernel {
     ) => {
         $(#[$meta])*
         #[allow(clippy::too_many_arguments)] // the kernel comes on top of the body's own
-        $vis fn $name<T: Float>(kernel: $crate::kernel::Kernel, $($arg: $ty),*) $(-> $ret)? {
+        $vis fn $name<T: Float>(kernel: $crate::kernels::cpu::Kernel, $($arg: $ty),*) $(-> $ret)? {
             #[inline(always)]
             // A body may not need to know what its instruction set offers.
             #[allow(clippy::too_many_arguments, clippy::extra_unused_type_parameters)]
-            fn body<T: Float, I: $crate::kernel::Isa>($($arg: $ty),*) $(-> $ret)? $body
+            fn body<T: Float, I: $crate::kernels::cpu::Isa>($($arg: $ty),*) $(-> $ret)? $body
             #[cfg(target_arch = "x86_64")]
             #[target_feature(enable = "avx512f,avx512vl,fma")]
             #[allow(clippy::too_many_arguments)]
-            fn avx512<T: Float>($($arg: $ty),*) $(-> $ret)? { body::<T, $crate::kernel::Wide>($($arg),*) }
+            fn avx512<T: Float>($($arg: $ty),*) $(-> $ret)? { body::<T, $crate::kernels::cpu::Wide>($($arg),*) }
             #[cfg(target_arch = "x86_64")]
             #[target_feature(enable = "avx2,fma")]
             #[allow(clippy::too_many_arguments)]
-            fn avx2<T: Float>($($arg: $ty),*) $(-> $ret)? { body::<T, $crate::kernel::Wide>($($arg),*) }
+            fn avx2<T: Float>($($arg: $ty),*) $(-> $ret)? { body::<T, $crate::kernels::cpu::Wide>($($arg),*) }
             debug_assert!(kernel.supported());
             match kernel {
                 // SAFETY: a kernel is only ever active (or handed out by `Kernel::available`)
                 // on a CPU that has its features.
                 #[cfg(target_arch = "x86_64")]
-                $crate::kernel::Kernel::Avx512 => unsafe { avx512::<T>($($arg),*) },
+                $crate::kernels::cpu::Kernel::Avx512 => unsafe { avx512::<T>($($arg),*) },
                 #[cfg(target_arch = "x86_64")]
                 // SAFETY: as above.
-                $crate::kernel::Kernel::Avx2 => unsafe { avx2::<T>($($arg),*) },
+                $crate::kernels::cpu::Kernel::Avx2 => unsafe { avx2::<T>($($arg),*) },
                 // NEON (and FMA) are part of the aarch64 baseline, so the plain body uses them.
-                _ => body::<T, $crate::kernel::Baseline>($($arg),*),
+                _ => body::<T, $crate::kernels::cpu::Baseline>($($arg),*),
             }
         }
     };

@@ -10,8 +10,8 @@
 //! learns otherwise).
 
 use super::{RecurrentCell, StepBackward, StepForward};
-use crate::float::Float;
-use crate::kernel::{per_kernel, Kernel};
+use crate::kernels::cpu::float::Float;
+use crate::kernels::cpu::{per_kernel, Kernel};
 
 pub struct Lstm;
 

@@ -7,8 +7,8 @@
 //! One gate, no state besides h; the tape keeps h' for the derivative of tanh.
 
 use super::{RecurrentCell, StepBackward, StepForward};
-use crate::float::Float;
-use crate::kernel::{per_kernel, Kernel};
+use crate::kernels::cpu::float::Float;
+use crate::kernels::cpu::{per_kernel, Kernel};
 
 pub struct Elman;
 

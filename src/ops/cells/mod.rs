@@ -1,6 +1,6 @@
 //! The recurrent cells. Each cell is one file: its gate arithmetic for one batch row, forward
 //! and backward, and the few facts the rest of the program needs (gate count, state, what the
-//! backward pass keeps). The recurrent sweep (`crate::rnn`), the sampler and the parameter
+//! backward pass keeps). The recurrent sweep (`crate::ops::recurrent`), the sampler and the parameter
 //! layout are written once, generic over [`RecurrentCell`].
 //!
 //! To add a cell: write its file, then add one arm to [`Cell`] and to [`with_cell!`] below.
@@ -13,8 +13,8 @@ pub use gru::Gru;
 pub use lstm::Lstm;
 pub use rnn::Elman;
 
-use crate::float::Float;
-use crate::kernel::Kernel;
+use crate::kernels::cpu::float::Float;
+use crate::kernels::cpu::Kernel;
 
 /// The cell a model uses; its lowercase name is the `--cell` value and the PyTorch module name.
 #[derive(
@@ -35,16 +35,16 @@ pub enum Cell {
 macro_rules! with_cell {
     ($cell:expr, $C:ident => $body:expr) => {
         match $cell {
-            $crate::cells::Cell::Gru => {
-                type $C = $crate::cells::Gru;
+            $crate::ops::cells::Cell::Gru => {
+                type $C = $crate::ops::cells::Gru;
                 $body
             }
-            $crate::cells::Cell::Lstm => {
-                type $C = $crate::cells::Lstm;
+            $crate::ops::cells::Cell::Lstm => {
+                type $C = $crate::ops::cells::Lstm;
                 $body
             }
-            $crate::cells::Cell::Rnn => {
-                type $C = $crate::cells::Elman;
+            $crate::ops::cells::Cell::Rnn => {
+                type $C = $crate::ops::cells::Elman;
                 $body
             }
         }

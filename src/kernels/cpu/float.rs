@@ -10,8 +10,8 @@ use std::sync::Mutex;
 
 use candle_core::{bail, CpuStorage, Layout, WithDType};
 
-use crate::blas::PackedMatmul;
-use crate::kernel::Isa;
+use crate::kernels::cpu::blas::PackedMatmul;
+use crate::kernels::cpu::Isa;
 
 pub trait Float:
     num_traits::Float
@@ -26,7 +26,7 @@ pub trait Float:
     + Default
     + 'static
 {
-    /// σ(x) and tanh(x), compiled for the instruction set `I` (see [`crate::kernel::Isa`]).
+    /// σ(x) and tanh(x), compiled for the instruction set `I` (see [`crate::kernels::cpu::Isa`]).
     fn sigmoid<I: Isa>(x: Self) -> Self;
     fn tanh_<I: Isa>(x: Self) -> Self;
     /// Large buffers of this type kept for reuse (see [`take_buffer`]).
@@ -156,7 +156,7 @@ fn floor<I: Isa>(y: f32) -> f32 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::kernel::{Baseline, Wide};
+    use crate::kernels::cpu::{Baseline, Wide};
 
     #[test]
     fn exp_matches_std_to_a_few_ulp() {

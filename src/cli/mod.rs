@@ -1,20 +1,16 @@
-//! Command-line definitions and dispatch; the work itself lives in the other modules.
+//! The command line: every command's arguments and the parsers that check them; the
+//! commands themselves are in `crate::commands`.
 
-use std::io::Write;
 use std::path::PathBuf;
-use std::time::Duration;
 
-use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
-use rand::{rngs::StdRng, SeedableRng};
 
 use crate::checks::{self, Rule};
-use crate::device::{self, DeviceChoice};
-use crate::kernel::{self, Kernel};
-use crate::model::Config;
-use crate::presets::Preset;
-use crate::settings::{checked, positive, ModelArgs, SettingsArgs};
-use crate::{bench, budget, checkpoint, download, eval, sample, train};
+use crate::data::download;
+use crate::device::DeviceChoice;
+use crate::kernels::cpu::Kernel;
+use crate::train::presets::Preset;
+use crate::train::settings::{checked, positive, ModelArgs, SettingsArgs};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -224,157 +220,4 @@ fn probability(s: &str) -> Result<f32, String> {
 
 fn temperature(s: &str) -> Result<f32, String> {
     checked(s, &Rule { ok: |x: f32| x.is_finite() && x >= 0.0, expected: "0 (greedy) or a positive number" })
-}
-
-pub fn run(cli: Cli) -> Result<()> {
-    // A bad CHARRNN_KERNEL is a clear error before any work starts.
-    kernel::init()?;
-    match cli.command {
-        Command::Download(a) => {
-            let outcome = download::run(&download::DownloadOptions {
-                url: a.url,
-                output: a.output.clone(),
-                sha256: a.sha256,
-                force: a.force,
-                timeout: Duration::from_secs(a.timeout),
-                max_bytes: a.max_bytes,
-            })?;
-            match outcome {
-                download::Outcome::AlreadyPresent => {
-                    eprintln!("{} already present (checksum verified)", a.output.display())
-                }
-                download::Outcome::Downloaded { bytes, sha256 } => {
-                    eprintln!("wrote {} ({bytes} bytes, SHA-256 {sha256})", a.output.display())
-                }
-            }
-            Ok(())
-        }
-        Command::Train(a) => {
-            let resume =
-                a.resume.map(|p| p.unwrap_or_else(|| a.checkpoint_dir.clone().unwrap_or_else(default_dir)));
-            let checkpoint_dir = match (&a.checkpoint_dir, &resume) {
-                (Some(dir), _) => dir.clone(),
-                // A resumed run writes where it was found unless told otherwise.
-                (None, Some(r)) if r.is_dir() => r.clone(),
-                (None, Some(r)) => r.parent().map_or_else(|| PathBuf::from("."), PathBuf::from),
-                (None, None) => default_dir(),
-            };
-            train::run(&train::TrainOptions {
-                device: device::select(a.device.choice)?,
-                base: a.preset.settings(rand::random()),
-                typed: a.settings,
-                checkpoint_dir,
-                resume,
-                overwrite: a.overwrite,
-            })
-        }
-        Command::Eval(a) => {
-            let device = device::select(a.device.choice)?;
-            let path = checkpoint::resolve(&a.checkpoint)?;
-            let ckpt = checkpoint::load(&path, &device)?;
-            budget::check(
-                "scoring",
-                budget::training_bytes(&ckpt.model.config, a.batch_size, a.seq_len),
-                &format!("--batch-size {} --seq-len {}", a.batch_size, a.seq_len),
-            )?;
-            let text = crate::data::read_corpus(&a.data)?;
-            let score = eval::score(&ckpt.model, &ckpt.vocab, &text, a.seq_len, a.batch_size)?;
-            match a.json {
-                true => emit(&format!("{}\n", serde_json::to_string_pretty(&score)?)),
-                false => emit(&format!("{}\n", score.describe(&path, &a.data))),
-            }
-        }
-        Command::Info(a) => {
-            let path = checkpoint::resolve(&a.checkpoint)?;
-            let report = eval::info(&path)?;
-            match a.json {
-                true => emit(&format!("{}\n", serde_json::to_string_pretty(&report)?)),
-                false => emit(&eval::describe_info(&report)),
-            }
-        }
-        Command::Generate(a) => {
-            let device = device::select(a.device.choice)?;
-            let path = checkpoint::resolve(&a.checkpoint)?;
-            let ckpt = checkpoint::load(&path, &device)?;
-            eprintln!("checkpoint {} (epoch {})", path.display(), ckpt.provenance.epoch);
-            let start = match &a.start_file {
-                Some(f) => crate::files::read_to_string(f).with_context(|| {
-                    format!("cannot read --start-file {} (it must be UTF-8 text)", f.display())
-                })?,
-                None => a.start.clone(),
-            };
-            budget::check(
-                "sampling",
-                budget::sampling_bytes(&ckpt.model.config, a.num_samples),
-                &format!("--num-samples {}", a.num_samples),
-            )?;
-            let mut sampler = sample::Engine::new(&ckpt.model, a.num_samples)?;
-            let mut picker = sample::Picker::new(a.temperature, a.top_k, a.top_p);
-            let mut rng = StdRng::seed_from_u64(a.seed.unwrap_or_else(rand::random));
-            let stdout = std::io::stdout();
-            let mut out = stdout.lock();
-            sample::generate(&mut sampler, &ckpt.vocab, &start, a.length, &mut picker, &mut rng, &mut out)?;
-            out.flush()?;
-            Ok(())
-        }
-        Command::Bench(a) => {
-            let kernels = match a.kernel.iter().copied().collect::<Option<Vec<Kernel>>>() {
-                None => Kernel::available(), // `all` was among them
-                Some(named) if named.is_empty() => vec![kernel::active()],
-                Some(named) => named,
-            };
-            let m = Preset::Tutorial.settings(0).model.overlay(&a.model);
-            let config = Config::gru(a.vocab_size, m.embedding_dim, m.rnn_units)
-                .with_layers(m.layers)
-                .with_cell(m.cell);
-            let sizes = format!(
-                "--vocab-size {} --embedding-dim {} --rnn-units {} --layers {} --batch-size {} --seq-len {} --gen-chars {}",
-                a.vocab_size, m.embedding_dim, m.rnn_units, m.layers, a.batch_size, a.seq_len, a.gen_chars
-            );
-            // Training, sampling, and the generated ids (4 bytes each).
-            let need = budget::training_bytes(&config, a.batch_size, a.seq_len)
-                .zip(budget::sampling_bytes(&config, 1))
-                .and_then(|(t, s)| t.checked_add(s)?.checked_add((a.gen_chars as u128).checked_mul(4)?));
-            budget::check("benchmarking", need, &sizes)?;
-            let device = device::select(a.device.choice)?;
-            let mut reports = Vec::new();
-            for k in kernels {
-                kernel::set(k).context("bench --kernel")?;
-                let report = bench::run(&bench::BenchOptions {
-                    config: config.clone(),
-                    batch_size: a.batch_size,
-                    seq_len: a.seq_len,
-                    batches: a.batches,
-                    gen_chars: a.gen_chars,
-                    device: device.clone(),
-                })?;
-                if !a.json {
-                    emit(&bench::table(&report))?;
-                }
-                reports.push(report);
-            }
-            if a.json {
-                let json = match reports.as_slice() {
-                    [one] => serde_json::to_string_pretty(one)?,
-                    all => serde_json::to_string_pretty(all)?,
-                };
-                emit(&format!("{json}\n"))?;
-            }
-            Ok(())
-        }
-    }
-}
-
-/// Where checkpoints go when no --checkpoint-dir is given.
-fn default_dir() -> PathBuf {
-    PathBuf::from("checkpoints")
-}
-
-/// Writes a command's result to stdout, returning the error (a closed pipe included, which
-/// `main` treats as a reader that has seen enough) instead of panicking as `println!` does.
-fn emit(text: &str) -> Result<()> {
-    let mut out = std::io::stdout().lock();
-    out.write_all(text.as_bytes())?;
-    out.flush()?;
-    Ok(())
 }

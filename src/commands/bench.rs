@@ -3,16 +3,22 @@
 
 use std::time::Instant;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use candle_core::{DType, Device, Tensor};
 use rand::{rngs::StdRng, Rng, SeedableRng};
 use serde::Serialize;
 
-use crate::blas::{matmul_packed, Packed, View};
+use super::emit;
+use crate::budget;
+use crate::cli::BenchArgs;
 use crate::data::Batch;
+use crate::device;
+use crate::kernels::cpu::blas::{matmul_packed, Packed, View};
+use crate::kernels::cpu::{self as kernel, Kernel};
+use crate::model::sample::{Engine, Picker};
 use crate::model::{Config, Model};
 use crate::optim::Adam;
-use crate::sample::{Engine, Picker};
+use crate::train::presets::Preset;
 use crate::train::{train_step, StepOptions};
 
 pub struct BenchOptions {
@@ -157,7 +163,7 @@ pub fn run(o: &BenchOptions) -> Result<BenchReport> {
     let achieved = flops / per_batch / 1e9;
     Ok(BenchReport {
         device: crate::device::name(&o.device),
-        kernel: crate::kernel::active().name().to_string(),
+        kernel: crate::kernels::cpu::active().name().to_string(),
         threads: rayon::current_num_threads(),
         batch_size: o.batch_size,
         seq_len: o.seq_len,
@@ -210,6 +216,52 @@ pub fn table(r: &BenchReport) -> String {
     }
     out.push('\n');
     out
+}
+
+/// `charrnn bench`: times each kernel asked for, as a table or JSON.
+pub(super) fn command(a: BenchArgs) -> Result<()> {
+    let kernels = match a.kernel.iter().copied().collect::<Option<Vec<Kernel>>>() {
+        None => Kernel::available(), // `all` was among them
+        Some(named) if named.is_empty() => vec![kernel::active()],
+        Some(named) => named,
+    };
+    let m = Preset::Tutorial.settings(0).model.overlay(&a.model);
+    let config =
+        Config::gru(a.vocab_size, m.embedding_dim, m.rnn_units).with_layers(m.layers).with_cell(m.cell);
+    let sizes = format!(
+        "--vocab-size {} --embedding-dim {} --rnn-units {} --layers {} --batch-size {} --seq-len {} --gen-chars {}",
+        a.vocab_size, m.embedding_dim, m.rnn_units, m.layers, a.batch_size, a.seq_len, a.gen_chars
+    );
+    // Training, sampling, and the generated ids (4 bytes each).
+    let need = budget::training_bytes(&config, a.batch_size, a.seq_len)
+        .zip(budget::sampling_bytes(&config, 1))
+        .and_then(|(t, s)| t.checked_add(s)?.checked_add((a.gen_chars as u128).checked_mul(4)?));
+    budget::check("benchmarking", need, &sizes)?;
+    let device = device::select(a.device.choice)?;
+    let mut reports = Vec::new();
+    for k in kernels {
+        kernel::set(k).context("bench --kernel")?;
+        let report = run(&BenchOptions {
+            config: config.clone(),
+            batch_size: a.batch_size,
+            seq_len: a.seq_len,
+            batches: a.batches,
+            gen_chars: a.gen_chars,
+            device: device.clone(),
+        })?;
+        if !a.json {
+            emit(&table(&report))?;
+        }
+        reports.push(report);
+    }
+    if a.json {
+        let json = match reports.as_slice() {
+            [one] => serde_json::to_string_pretty(one)?,
+            all => serde_json::to_string_pretty(all)?,
+        };
+        emit(&format!("{json}\n"))?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -4,15 +4,17 @@
 //! place. Any failure, Ctrl-C included, removes the temporary file and leaves an existing
 //! target untouched.
 
+use std::fs::File;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use reqwest::blocking::Response;
 use sha2::{Digest, Sha256};
 
-use crate::checkpoint::hex;
+use crate::data::hex;
 
 /// The tutorial's corpus and its SHA-256.
 pub const DEFAULT_URL: &str = "https://storage.googleapis.com/download.tensorflow.org/data/shakespeare.txt";
@@ -47,16 +49,7 @@ fn file_sha256(path: &Path) -> Result<String> {
 }
 
 pub fn run(o: &DownloadOptions) -> Result<Outcome> {
-    let expected = match &o.sha256 {
-        Some(s) => Some(s.trim().to_ascii_lowercase()),
-        None if o.url == DEFAULT_URL => Some(DEFAULT_SHA256.to_string()),
-        None => None,
-    };
-    if let Some(e) = &expected {
-        if e.len() != 64 || !e.bytes().all(|b| b.is_ascii_hexdigit()) {
-            bail!("--sha256 must be 64 hexadecimal digits, got {e:?}");
-        }
-    }
+    let expected = expected_sha256(o)?;
     if o.output.exists() && !o.force {
         let have = file_sha256(&o.output)?;
         if expected.as_deref() == Some(have.as_str()) {
@@ -73,12 +66,47 @@ pub fn run(o: &DownloadOptions) -> Result<Outcome> {
         _ => PathBuf::from("."),
     };
     std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let started = Instant::now();
+    let response = request(o)?;
+    let mut tmp = crate::atomic::temporary_file(&dir)
+        .with_context(|| format!("cannot create a temporary file in {}", dir.display()))?;
+    remove_on_interrupt(tmp.path().to_path_buf());
+    let (received, sha256) = receive(o, response, started, tmp.as_file_mut(), &dir)?;
+    if let Some(e) = &expected {
+        if *e != sha256 {
+            bail!("download of {} has SHA-256 {sha256}, expected {e}; nothing was written", o.url);
+        }
+    }
+    tmp.as_file_mut().flush()?;
+    tmp.as_file().sync_all()?;
+    tmp.persist(&o.output)
+        .map_err(|e| e.error)
+        .with_context(|| format!("cannot move the download into {}", o.output.display()))?;
+    Ok(Outcome::Downloaded { bytes: received, sha256 })
+}
 
+/// The SHA-256 the download must have: the one given, or the default URL's.
+fn expected_sha256(o: &DownloadOptions) -> Result<Option<String>> {
+    let expected = match &o.sha256 {
+        Some(s) => Some(s.trim().to_ascii_lowercase()),
+        None if o.url == DEFAULT_URL => Some(DEFAULT_SHA256.to_string()),
+        None => None,
+    };
+    if let Some(e) = &expected {
+        if e.len() != 64 || !e.bytes().all(|b| b.is_ascii_hexdigit()) {
+            bail!("--sha256 must be 64 hexadecimal digits, got {e:?}");
+        }
+    }
+    Ok(expected)
+}
+
+/// Sends the request; refuses an error status, a redirect, an HTML page, and a body announced
+/// larger than --max-bytes, before anything is written.
+fn request(o: &DownloadOptions) -> Result<Response> {
     let client =
         reqwest::blocking::Client::builder().connect_timeout(o.timeout).timeout(o.timeout).build()?;
     let fail = |e: reqwest::Error| anyhow::Error::new(e).context(format!("download of {} failed", o.url));
-    let started = Instant::now();
-    let mut response = client.get(&o.url).send().map_err(fail)?;
+    let response = client.get(&o.url).send().map_err(fail)?;
     let status = response.status();
     if !status.is_success() || status == reqwest::StatusCode::NO_CONTENT {
         let location = response.headers().get(reqwest::header::LOCATION).and_then(|l| l.to_str().ok());
@@ -95,18 +123,27 @@ pub fn run(o: &DownloadOptions) -> Result<Outcome> {
             o.url
         );
     }
-    let expected_len = response.content_length();
-    if let Some(len) = expected_len.filter(|&l| l > o.max_bytes) {
+    if let Some(len) = response.content_length().filter(|&l| l > o.max_bytes) {
         bail!(
             "download of {} announces {len} bytes, more than --max-bytes {}; nothing was written",
             o.url,
             o.max_bytes
         );
     }
+    Ok(response)
+}
 
-    let mut tmp = crate::atomic::temporary_file(&dir)
-        .with_context(|| format!("cannot create a temporary file in {}", dir.display()))?;
-    remove_on_interrupt(tmp.path().to_path_buf());
+/// Streams the body into `out`, checking as it goes that it is UTF-8 text, not HTML, within
+/// --max-bytes and --timeout, and at the end that it is complete. Returns its length and
+/// SHA-256.
+fn receive(
+    o: &DownloadOptions,
+    mut response: Response,
+    started: Instant,
+    out: &mut File,
+    dir: &Path,
+) -> Result<(u64, String)> {
+    let expected_len = response.content_length();
     let pb = ProgressBar::with_draw_target(expected_len, ProgressDrawTarget::stderr());
     pb.set_style(
         ProgressStyle::with_template("{bar:30} {bytes}/{total_bytes} {bytes_per_sec} ETA {eta}")
@@ -145,14 +182,12 @@ pub fn run(o: &DownloadOptions) -> Result<Outcome> {
             );
         }
         hasher.update(chunk);
-        tmp.write_all(chunk).with_context(|| format!("cannot write into {}", dir.display()))?;
+        out.write_all(chunk).with_context(|| format!("cannot write into {}", dir.display()))?;
         pb.set_position(received);
     }
     pb.finish_and_clear();
-    if let Some(len) = expected_len {
-        if received != len {
-            bail!("download of {} is truncated: got {received} of {len} bytes", o.url);
-        }
+    if let Some(len) = expected_len.filter(|&len| len != received) {
+        bail!("download of {} is truncated: got {received} of {len} bytes", o.url);
     }
     if received == 0 {
         bail!("download of {} is empty; nothing was written", o.url);
@@ -160,18 +195,7 @@ pub fn run(o: &DownloadOptions) -> Result<Outcome> {
     if !text.complete() {
         bail!("download of {} ends inside a UTF-8 character (cut short?); nothing was written", o.url);
     }
-    let sha256 = hex(&hasher.finalize());
-    if let Some(e) = &expected {
-        if *e != sha256 {
-            bail!("download of {} has SHA-256 {sha256}, expected {e}; nothing was written", o.url);
-        }
-    }
-    tmp.as_file_mut().flush()?;
-    tmp.as_file().sync_all()?;
-    tmp.persist(&o.output)
-        .map_err(|e| e.error)
-        .with_context(|| format!("cannot move the download into {}", o.output.display()))?;
-    Ok(Outcome::Downloaded { bytes: received, sha256 })
+    Ok((received, hex(&hasher.finalize())))
 }
 
 /// UTF-8 validation of a stream that arrives in chunks: a character split between two chunks

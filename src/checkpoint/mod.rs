@@ -12,9 +12,13 @@ use safetensors::tensor::{Dtype, SafeTensors, TensorView};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+mod optim;
+
+pub use crate::data::hex;
+pub use optim::{load_optim, optim_path, save_optim};
+
+use crate::data::vocab::Vocab;
 use crate::model::{Config, Model};
-use crate::optim::{Adam, AdamState};
-use crate::vocab::Vocab;
 
 pub const FORMAT: &str = "charrnn";
 pub const FORMAT_VERSION: u32 = 1;
@@ -72,10 +76,6 @@ fn tensors_digest<'a>(tensors: impl IntoIterator<Item = (&'a str, &'a [u8])>) ->
         h.update(data);
     }
     hex(&h.finalize())
-}
-
-pub fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// A named tensor as the files store it: f32, little-endian.
@@ -247,67 +247,6 @@ pub fn resolve(path: &Path) -> Result<PathBuf> {
             path.display()
         ),
     }
-}
-
-/// The optimizer-state file that sits beside a checkpoint for an exact resume.
-pub fn optim_path(model_path: &Path) -> PathBuf {
-    model_path.with_extension("optim.safetensors")
-}
-
-/// Adam's state (its update count and moments `m.NAME`, `v.NAME`), the recurrent state
-/// carried between batches by a stateful run (`carried.l{k}`, if any) and the training position
-/// (JSON under `state` in the metadata), written atomically.
-pub fn save_optim(path: &Path, adam: &Adam, state: &serde_json::Value, carried: &[Tensor]) -> Result<()> {
-    let saved = adam.export();
-    let mut stored = Vec::new();
-    for (l, t) in carried.iter().enumerate() {
-        stored.push(Stored::new(format!("carried.l{l}"), t)?);
-    }
-    for (name, t) in &saved.moments {
-        stored.push(Stored::new(name.clone(), t)?);
-    }
-    let metadata = HashMap::from([
-        ("format".to_string(), format!("{FORMAT}-optim")),
-        ("format_version".to_string(), FORMAT_VERSION.to_string()),
-        ("adam_step".to_string(), saved.updates.to_string()),
-        ("state".to_string(), serde_json::to_string(state)?),
-    ]);
-    crate::atomic::write(path, &serialize(&stored, metadata)?)
-}
-
-/// Reads what [`save_optim`] wrote into `adam` (each moment checked against its parameter
-/// before it is read) and returns the training position and the carried states (empty when
-/// none were saved).
-pub fn load_optim(path: &Path, adam: &mut Adam) -> Result<(serde_json::Value, Vec<Tensor>)> {
-    let ctx = || format!("invalid optimizer state {}", path.display());
-    let bytes = crate::files::read(path)
-        .with_context(|| format!("cannot read the optimizer state {} needed to resume", path.display()))?;
-    let (_, header) = SafeTensors::read_metadata(&bytes).map_err(|e| anyhow!("{e}")).with_context(ctx)?;
-    let st = SafeTensors::deserialize(&bytes).map_err(|e| anyhow!("{e}")).with_context(ctx)?;
-    let meta = header.metadata().as_ref().ok_or_else(|| anyhow!("no metadata")).with_context(ctx)?;
-    let get =
-        |k: &str| meta.get(k).ok_or_else(|| anyhow!("metadata field `{k}` is missing")).with_context(ctx);
-    let updates = get("adam_step")?.parse().with_context(ctx)?;
-    let state: serde_json::Value = serde_json::from_str(get("state")?).with_context(ctx)?;
-    let mut moments = Vec::new();
-    let mut device = None;
-    for (key, var) in adam.expected() {
-        let view = st.tensor(&key).map_err(|e| anyhow!("{key}: {e}")).with_context(ctx)?;
-        if view.shape() != var.dims() {
-            return Err(anyhow!("{key} has the wrong shape")).with_context(ctx);
-        }
-        moments.push((key.clone(), tensor_from(&key, &view, var.device()).with_context(ctx)?));
-        device.get_or_insert_with(|| var.device().clone());
-    }
-    adam.import(AdamState { updates, moments }).with_context(ctx)?;
-    let device = device.unwrap_or(Device::Cpu);
-    let mut carried = Vec::new();
-    loop {
-        let key = format!("carried.l{}", carried.len());
-        let Ok(view) = st.tensor(&key) else { break };
-        carried.push(tensor_from(&key, &view, &device).with_context(ctx)?);
-    }
-    Ok((state, carried))
 }
 
 /// The provenance of a checkpoint, read from its header only.

@@ -2,10 +2,18 @@
 //! seq_len + 1, split each into input (all but last) and target (all but first), shuffle with
 //! a fixed-size buffer, batch, drop the remainder. Plus the contiguous validation split.
 
+pub mod download;
+pub mod vocab;
+
 use std::path::Path;
 
 use anyhow::{bail, Context, Result};
 use rand::Rng;
+
+/// Bytes as lowercase hexadecimal (SHA-256 digests).
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
 
 /// Reads a corpus, refusing missing, empty and non-UTF-8 files with a message that says why.
 pub fn read_corpus(path: &Path) -> Result<String> {
@@ -162,7 +170,7 @@ mod tests {
 
     #[test]
     fn the_tutorials_hello_example() {
-        let vocab = crate::vocab::Vocab::from_text("Hello");
+        let vocab = crate::data::vocab::Vocab::from_text("Hello");
         let ids = vocab.encode("Hello").unwrap();
         let seqs = Sequences::new(&ids, 4);
         assert_eq!(seqs.len(), 1);

@@ -1,0 +1,26 @@
+//! `charrnn download`: fetch a corpus, checksum-verified.
+
+use std::time::Duration;
+
+use anyhow::Result;
+
+use crate::cli::DownloadArgs;
+use crate::data::download::{self, DownloadOptions, Outcome};
+
+pub(super) fn run(a: DownloadArgs) -> Result<()> {
+    let outcome = download::run(&DownloadOptions {
+        url: a.url,
+        output: a.output.clone(),
+        sha256: a.sha256,
+        force: a.force,
+        timeout: Duration::from_secs(a.timeout),
+        max_bytes: a.max_bytes,
+    })?;
+    match outcome {
+        Outcome::AlreadyPresent => eprintln!("{} already present (checksum verified)", a.output.display()),
+        Outcome::Downloaded { bytes, sha256 } => {
+            eprintln!("wrote {} ({bytes} bytes, SHA-256 {sha256})", a.output.display())
+        }
+    }
+    Ok(())
+}
