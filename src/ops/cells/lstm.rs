@@ -25,21 +25,29 @@ impl RecurrentCell for Lstm {
         bias[hidden..2 * hidden].fill(1.0);
     }
 
-    fn forward<T: Float>(kernel: Kernel, step: StepForward<'_, T>) {
-        forward(kernel, step)
+    // Each slice its own argument, so that the compiler knows they do not overlap.
+    fn forward<T: Float>(kernel: Kernel, s: StepForward<'_, T>) {
+        forward(kernel, s.h, s.extra, s.tape, s.x, s.gh, s.b_hh, s.extra_prev)
     }
 
-    fn backward<T: Float>(kernel: Kernel, step: StepBackward<'_, T>) {
-        backward(kernel, step)
+    fn backward<T: Float>(kernel: Kernel, s: StepBackward<'_, T>) {
+        backward(kernel, s.dx, s.dgh, s.dh, s.d_extra, s.dh_out, s.tape, s.extra_prev, s.extra)
     }
 }
 
 per_kernel! {
-fn forward<T: Float, I: Isa>(s: StepForward<'_, T>) {
-    let h = s.h.len();
-    let (c_out, c_prev) = (&mut s.extra[..h], &s.extra_prev[..h]);
-    let (x, gh, b_hh, gates) = (&s.x[..4 * h], &s.gh[..4 * h], &s.b_hh[..4 * h], &mut s.tape[..4 * h]);
-    let h_out = s.h;
+fn forward<T: Float, I: Isa>(
+    h_out: &mut [T],
+    c_out: &mut [T],
+    gates: &mut [T],
+    x: &[T],
+    gh: &[T],
+    b_hh: &[T],
+    c_prev: &[T],
+) {
+    let h = h_out.len();
+    let (c_out, c_prev) = (&mut c_out[..h], &c_prev[..h]);
+    let (x, gh, b_hh, gates) = (&x[..4 * h], &gh[..4 * h], &b_hh[..4 * h], &mut gates[..4 * h]);
     for j in 0..h {
         let pre = |k: usize| x[k * h + j] + gh[k * h + j] + b_hh[k * h + j];
         let (i, f, g, o) = (T::sigmoid::<I>(pre(0)), T::sigmoid::<I>(pre(1)), T::tanh_::<I>(pre(2)), T::sigmoid::<I>(pre(3)));
@@ -57,12 +65,20 @@ fn forward<T: Float, I: Isa>(s: StepForward<'_, T>) {
 per_kernel! {
 /// The pre-activation gradients are the same for the input projection and for the recurrent
 /// term; all of dL/dh_prev goes through W_hh, so `dh` is left zero.
-fn backward<T: Float, I: Isa>(s: StepBackward<'_, T>) {
-    let h = s.dh.len();
+fn backward<T: Float, I: Isa>(
+    dx: &mut [T],
+    dgh: &mut [T],
+    dh: &mut [T],
+    dc: &mut [T],
+    dh_out: &[T],
+    gates: &[T],
+    c_prev: &[T],
+    c_now: &[T],
+) {
+    let h = dh.len();
     let one = T::one();
-    let (dc, dh_out, c_prev, c_now) = (&mut s.d_extra[..h], &s.dh_out[..h], &s.extra_prev[..h], &s.extra[..h]);
-    let (dx, dgh, gates) = (&mut s.dx[..4 * h], &mut s.dgh[..4 * h], &s.tape[..4 * h]);
-    let dh = s.dh;
+    let (dc, dh_out, c_prev, c_now) = (&mut dc[..h], &dh_out[..h], &c_prev[..h], &c_now[..h]);
+    let (dx, dgh, gates) = (&mut dx[..4 * h], &mut dgh[..4 * h], &gates[..4 * h]);
     for j in 0..h {
         let (i, f, g, o) = (gates[j], gates[h + j], gates[2 * h + j], gates[3 * h + j]);
         let tc = T::tanh_::<I>(c_now[j]);
