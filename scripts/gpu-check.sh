@@ -3,8 +3,9 @@
 # network needed there), in this order, so that a run cut short still has the important part:
 #   1. correctness: the GPU path against the CPU path (tests/cuda.rs: logits, loss, every
 #      gradient, whole training steps, the sampler, checkpoints across devices), f32, TF32 off;
-#   2. `charrnn bench --device cuda` at the tutorial configuration, and PyTorch's nn.GRU
-#      (cuDNN) with the same model, batch and sequence length, on the same GPU;
+#   2. `charrnn bench --device cuda` at the tutorial configuration (f32, then --precision
+#      tf32), and PyTorch's nn.GRU (cuDNN, f32 and TF32) with the same model, batch and
+#      sequence length, on the same GPU;
 #   3. generation at batch 1, both (part of 2);
 #   4. one epoch of the tutorial configuration, then on to 10 epochs if the first was fast;
 #   5. with BEST_SECONDS=N set, `--preset best` for up to N seconds (the quality target).
@@ -43,17 +44,21 @@ grep -E "relative|logits|gradient|agree|step [0-9]|weights|test result|panicked|
 
 echo "== 2, 3. training step and generation: charrnn vs PyTorch + cuDNN"
 "$RUN/charrnn" bench --device cuda --batches 30 --gen-chars 5000 --json > "$OUT/bench-charrnn.json"
+"$RUN/charrnn" bench --device cuda --precision tf32 --batches 30 --gen-chars 5000 --json > "$OUT/bench-charrnn-tf32.json"
 python3 scripts/torch_gru_baseline.py > "$OUT/bench-torch.json"
 python3 scripts/torch_gru_baseline.py --tf32 > "$OUT/bench-torch-tf32.json"
 python3 - "$OUT" <<'EOF'
 import json, sys
 d = sys.argv[1]
 c = json.load(open(f"{d}/bench-charrnn.json"))
+c32 = json.load(open(f"{d}/bench-charrnn-tf32.json"))
 t = json.load(open(f"{d}/bench-torch.json"))
 t32 = json.load(open(f"{d}/bench-torch-tf32.json"))
 print(f"charrnn: {c['train_ms_per_batch']:.2f} ms/batch, {c['achieved_gflops']:.0f} GFLOP/s "
       f"({100 * c['gemm_fraction']:.0f}% of the {c['gemm_gflops']:.0f} GFLOP/s f32 GEMM), "
       f"generation {c['gen_chars_per_s']:.0f} chars/s")
+print(f"charrnn --precision tf32: {c32['train_ms_per_batch']:.2f} ms/batch; against PyTorch with TF32 "
+      f"{c32['train_ms_per_batch'] / t32['train_ms_per_batch']:.2f} of its time")
 for r in (t, t32):
     print(f"{r['framework']} TF32 {r['tf32']}: {r['train_ms_per_batch']:.2f} ms/batch, generation "
           f"{r['gen_chars_per_s']:.0f} chars/s; charrnn/pytorch time ratio "

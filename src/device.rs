@@ -3,6 +3,40 @@
 use anyhow::Result;
 use candle_core::Device;
 
+/// The arithmetic of the matrix products. Weights, optimizer state and gate math stay f32.
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize, clap::ValueEnum,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum Precision {
+    /// Full f32 products
+    #[default]
+    F32,
+    /// TensorFloat-32 products on a GPU's tensor cores (10-bit mantissa inputs, f32 sums)
+    Tf32,
+}
+
+impl Precision {
+    pub fn is_f32(&self) -> bool {
+        *self == Precision::F32
+    }
+
+    /// Makes this process's products on `device` use this precision; refuses one the device
+    /// does not have.
+    pub fn apply(self, device: &Device) -> Result<()> {
+        match (self, device) {
+            (Precision::F32, _) => {}
+            (Precision::Tf32, Device::Cpu) => {
+                anyhow::bail!("--precision tf32 needs a GPU (--device cuda); the CPU computes in f32")
+            }
+            (Precision::Tf32, _) => {}
+        }
+        #[cfg(feature = "cuda")]
+        crate::kernels::cuda::set_tf32(self == Precision::Tf32);
+        Ok(())
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum DeviceChoice {
     /// CUDA when this build has it and a GPU answers, else the CPU

@@ -15,7 +15,7 @@ pub(crate) mod checks;
 pub mod cli;
 pub mod commands;
 pub mod data;
-pub(crate) mod device;
+pub mod device;
 pub mod eval;
 pub(crate) mod files;
 pub mod kernels;

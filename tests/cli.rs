@@ -320,6 +320,22 @@ fn nonsense_flags_are_refused() {
 }
 
 #[cfg(not(feature = "cuda"))]
+/// TF32 is a GPU's; on the CPU it is refused before any work, for training and bench alike.
+#[test]
+fn tf32_on_the_cpu_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = tiny_corpus(dir.path());
+    let ckpt = dir.path().join("ckpt");
+    let mut args =
+        vec!["train", "--data", &data, "--checkpoint-dir", ckpt.to_str().unwrap(), "--precision", "tf32"];
+    args.extend_from_slice(SMALL);
+    assert_fails_with(&charrnn(&args), "--precision tf32 needs a GPU (--device cuda)");
+    assert!(!ckpt.exists(), "nothing is written");
+    let o =
+        charrnn(&["bench", "--device", "cpu", "--precision", "tf32", "--rnn-units", "8", "--batches", "1"]);
+    assert_fails_with(&o, "--precision tf32 needs a GPU");
+}
+
 #[test]
 fn cuda_in_a_cpu_build_says_how_to_get_it() {
     assert_fails_with(&charrnn(&["train", "--device", "cuda"]), "rebuild with --features cuda");

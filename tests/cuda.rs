@@ -273,3 +273,51 @@ fn gpu_dropout_masks_are_the_cpus_bit_for_bit() {
         assert_eq!(differ, 0, "{shape:?} p {p} seed {seed}");
     }
 }
+
+/// Puts the products back to f32 when a test ends, even by a panic.
+struct F32Again(Device);
+
+impl Drop for F32Again {
+    fn drop(&mut self) {
+        charrnn::device::Precision::F32.apply(&self.0).unwrap();
+    }
+}
+
+/// `--precision tf32`: the products really change (logits differ from the GPU's f32 ones) and
+/// stay close to the CPU's f32: logits, loss and every gradient within 1e-2 relative.
+#[test]
+fn tf32_products_stay_close_to_f32() {
+    use charrnn::device::Precision;
+    let dev = gpu();
+    let config = Config::gru(29, 16, 256).with_layers(2);
+    let mut rng = StdRng::seed_from_u64(5);
+    let cpu = Model::new_random(config.clone(), DType::F32, &Device::Cpu, &mut rng).unwrap();
+    let gpu = moved(&cpu, &dev);
+    let (b, t) = (8, 20);
+    let ids = random_ids(&mut rng, b * t, config.vocab_size);
+    let targets = random_ids(&mut rng, b * t, config.vocab_size);
+    let logits_on =
+        |m: &Model, d: &Device| m.forward(&ids_tensor(&ids, b, t, d).unwrap(), &Pass::Eval).unwrap();
+    let f32_logits = logits_on(&gpu, &dev);
+    let _reset = F32Again(dev.clone());
+    Precision::Tf32.apply(&dev).unwrap();
+    let tf32_logits = logits_on(&gpu, &dev);
+    assert_ne!(host(&f32_logits), host(&tf32_logits), "tf32 changed nothing");
+    let cpu_logits = logits_on(&cpu, &Device::Cpu);
+    let d = relative_difference(&cpu_logits, &tf32_logits);
+    println!("tf32 logits against the CPU's f32: {d:.2e}");
+    assert!(d <= 1e-2, "logits {d}");
+    let pass = Pass::Train { dropout: 0.0, seed: 0 };
+    let loss_of =
+        |m: &Model, d: &Device| m.loss(&ids_tensor(&ids, b, t, d).unwrap(), &targets, &pass).unwrap();
+    let (lc, lg) = (loss_of(&cpu, &Device::Cpu), loss_of(&gpu, &dev));
+    let dl = relative_difference(&lc, &lg);
+    println!("tf32 loss against the CPU's f32: {dl:.2e}");
+    assert!(dl <= 1e-2, "loss {dl}");
+    let (gc, gg) = (lc.backward().unwrap(), lg.backward().unwrap());
+    for ((name, c), (_, g)) in cpu.named().zip(gpu.named()) {
+        let d = relative_difference(gc.get(c.as_tensor()).unwrap(), gg.get(g.as_tensor()).unwrap());
+        println!("tf32 gradient of {name}: {d:.2e}");
+        assert!(d <= 1e-2, "gradient of {name}: {d}");
+    }
+}

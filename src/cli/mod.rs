@@ -7,7 +7,7 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::checks::{self, Rule};
 use crate::data::download;
-use crate::device::DeviceChoice;
+use crate::device::{DeviceChoice, Precision};
 use crate::kernels::cpu::Kernel;
 use crate::train::presets::Preset;
 use crate::train::settings::{checked, positive, ModelArgs, SettingsArgs};
@@ -168,6 +168,9 @@ pub struct GenerateArgs {
 
 #[derive(Args, Debug)]
 pub struct BenchArgs {
+    /// Arithmetic of the matrix products: f32, or tf32 on a GPU
+    #[arg(long, value_enum, default_value_t = Precision::F32)]
+    pub precision: Precision,
     /// Training batches to time (after one warm-up); the median is reported
     #[arg(long, default_value_t = 5, value_parser = positive)]
     pub batches: usize,

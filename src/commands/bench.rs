@@ -28,11 +28,14 @@ pub struct BenchOptions {
     pub batches: usize,
     pub gen_chars: usize,
     pub device: Device,
+    pub precision: crate::device::Precision,
 }
 
 #[derive(Serialize, Debug)]
 pub struct BenchReport {
     pub device: String,
+    /// The products' arithmetic (f32, tf32).
+    pub precision: String,
     /// The CPU kernel of the recurrent products, gate passes and sampling (see `kernel`).
     pub kernel: String,
     pub threads: usize,
@@ -163,6 +166,7 @@ pub fn run(o: &BenchOptions) -> Result<BenchReport> {
     let achieved = flops / per_batch / 1e9;
     Ok(BenchReport {
         device: crate::device::name(&o.device),
+        precision: format!("{:?}", o.precision).to_lowercase(),
         kernel: crate::kernels::cpu::active().name().to_string(),
         threads: rayon::current_num_threads(),
         batch_size: o.batch_size,
@@ -188,7 +192,7 @@ pub fn run(o: &BenchOptions) -> Result<BenchReport> {
 /// The report as a small table, for people.
 pub fn table(r: &BenchReport) -> String {
     let mut out = format!(
-        "model: embedding {} -> {} {} x {} -> dense {}; batch {} x {} characters; {} on {} threads, {} kernel",
+        "model: embedding {} -> {} {} x {} -> dense {}; batch {} x {} characters; {} on {} threads, {} kernel, {} products",
         r.embedding_dim,
         r.cell.to_uppercase(),
         r.rnn_units,
@@ -198,7 +202,8 @@ pub fn table(r: &BenchReport) -> String {
         r.seq_len,
         r.device,
         r.threads,
-        r.kernel
+        r.kernel,
+        r.precision
     );
     let rows = [
         ("training, ms per batch (median)", format!("{:.1}", r.train_ms_per_batch)),
@@ -238,6 +243,7 @@ pub(super) fn command(a: BenchArgs) -> Result<()> {
         .and_then(|(t, s)| t.checked_add(s)?.checked_add((a.gen_chars as u128).checked_mul(4)?));
     budget::check("benchmarking", need, &sizes)?;
     let device = device::select(a.device.choice)?;
+    a.precision.apply(&device)?;
     let mut reports = Vec::new();
     for k in kernels {
         kernel::set(k).context("bench --kernel")?;
@@ -248,6 +254,7 @@ pub(super) fn command(a: BenchArgs) -> Result<()> {
             batches: a.batches,
             gen_chars: a.gen_chars,
             device: device.clone(),
+            precision: a.precision,
         })?;
         if !a.json {
             emit(&table(&report))?;

@@ -60,6 +60,7 @@ pub fn run(o: &TrainOptions) -> Result<()> {
         }
     };
     let s = &settings;
+    s.precision.apply(&o.device)?;
     let corpus = setup::Corpus::read(s)?;
     let batches = setup::Batches::new(&corpus, s)?;
     let start = match resumed {

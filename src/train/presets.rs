@@ -3,6 +3,7 @@
 
 use std::path::PathBuf;
 
+use crate::device::Precision;
 use crate::ops::cells::Cell;
 use crate::train::settings::{
     DataSettings, LrSchedule, ModelSettings, OptimizerSettings, RunControl, Settings,
@@ -43,6 +44,7 @@ impl Preset {
             },
             control: RunControl { epochs: 10, save_every: 5, keep: None },
             seed,
+            precision: Precision::F32,
         };
         match self {
             Preset::Tutorial => tutorial,

@@ -13,6 +13,7 @@ use anyhow::{bail, Result};
 use serde::{Deserialize, Serialize};
 
 use crate::checks;
+use crate::device::Precision;
 use crate::ops::cells::Cell;
 
 /// The flag of a settings field: `rnn_units` → `--rnn-units`, as clap derives it.
@@ -277,6 +278,10 @@ pub struct Settings {
     pub control: RunControl,
     /// Seeds the initialisation, the shuffling and the dropout masks.
     pub seed: u64,
+    /// The products' arithmetic; a resumed run may change it. Saved only when not f32, so
+    /// files from before it existed and f32 runs read the same.
+    #[serde(default, skip_serializing_if = "Precision::is_f32")]
+    pub precision: Precision,
 }
 
 /// The flags of `train` that a preset or a resumed run may also supply.
@@ -293,6 +298,10 @@ pub struct SettingsArgs {
     /// Seed for initialisation and shuffling (random if not given; printed either way)
     #[arg(long)]
     pub seed: Option<u64>,
+    /// Arithmetic of the matrix products: f32, or tf32 on a GPU's tensor cores (weights,
+    /// optimizer and gate math stay f32); f32 when not given
+    #[arg(long, value_enum)]
+    pub precision: Option<Precision>,
 }
 
 impl Settings {
@@ -305,6 +314,7 @@ impl Settings {
             optimizer: self.optimizer.overlay(&typed.optimizer),
             control: self.control.overlay(&typed.control),
             seed: typed.seed.unwrap_or(self.seed),
+            precision: typed.precision.unwrap_or(self.precision),
         }
     }
 
@@ -316,7 +326,8 @@ impl Settings {
     }
 
     /// A resumed run: the saved settings, of which the typed flags may change only the run
-    /// control (more epochs, another save schedule); anything else that differs is refused.
+    /// control (more epochs, another save schedule) and the precision; anything else that
+    /// differs is refused.
     pub fn resumed(saved: &Settings, typed: &SettingsArgs, epochs_done: usize) -> Result<Settings> {
         let wanted = saved.overlay(typed);
         let differences = [

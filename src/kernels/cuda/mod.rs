@@ -29,6 +29,14 @@ use candle_core::{bail, CudaDevice, CudaStorage, Layout, Result, Shape, Storage,
 
 const PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/kernels.ptx"));
 
+/// Whether products may use TF32 tensor cores (`--precision tf32`): ours and candle's.
+static TF32: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+pub(crate) fn set_tf32(on: bool) {
+    TF32.store(on, std::sync::atomic::Ordering::Relaxed);
+    candle_core::cuda::set_gemm_reduced_precision_f32(on);
+}
+
 fn err(e: impl std::error::Error + Send + Sync + 'static) -> candle_core::Error {
     candle_core::Error::Cuda(Box::new(e))
 }
@@ -128,7 +136,8 @@ pub(crate) fn dropout_mask(
 }
 
 /// C[m×n] = op(A)·op(B) + β·C with row-major operands, op(X) = Xᵀ where the flag is set.
-/// cuBLAS is column-major, so it computes Cᵀ = op(B)ᵀ·op(A)ᵀ. Full f32 (no TF32).
+/// cuBLAS is column-major, so it computes Cᵀ = op(B)ᵀ·op(A)ᵀ. Full f32 unless TF32 was
+/// asked for ([`set_tf32`]): then f32 in and out, products on the tensor cores.
 ///
 /// # Safety
 /// `a`, `b` and `c` must be addresses of f32 device memory on `dev` holding at least m·k, k·n
@@ -149,6 +158,38 @@ unsafe fn gemm(
     let op = |t| if t { cublasOperation_t::CUBLAS_OP_T } else { cublasOperation_t::CUBLAS_OP_N };
     let blas = dev.cublas_handle();
     let (lda, ldb) = (if tb { k } else { n }, if ta { m } else { k });
+    let (m, n, k, lda, ldb) = (m as i32, n as i32, k as i32, lda as i32, ldb as i32);
+    if TF32.load(std::sync::atomic::Ordering::Relaxed) {
+        use candle_core::cuda::cudarc::cublas::{result::gemm_ex, sys};
+        let (f32_, tf32) =
+            (sys::cudaDataType_t::CUDA_R_32F, sys::cublasComputeType_t::CUBLAS_COMPUTE_32F_FAST_TF32);
+        let (one, beta) = (&1.0f32 as *const f32 as *const _, &beta as *const f32 as *const _);
+        // SAFETY: as below; the same operands, described as f32 to cublasGemmEx.
+        return unsafe {
+            gemm_ex(
+                *blas.handle(),
+                op(tb),
+                op(ta),
+                n,
+                m,
+                k,
+                one,
+                b as *const _,
+                f32_,
+                lda,
+                a as *const _,
+                f32_,
+                ldb,
+                beta,
+                c as *mut _,
+                f32_,
+                n,
+                tf32,
+                sys::cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT_TENSOR_OP,
+            )
+        }
+        .map_err(err);
+    }
     // SAFETY: the caller vouches for the three buffers' sizes and lifetimes (this function's
     // contract); the dimensions and leading dimensions describe exactly those sizes.
     unsafe {
@@ -156,17 +197,17 @@ unsafe fn gemm(
             *blas.handle(),
             op(tb),
             op(ta),
-            n as i32,
-            m as i32,
-            k as i32,
+            n,
+            m,
+            k,
             &1.0,
             b as *const f32,
-            lda as i32,
+            lda,
             a as *const f32,
-            ldb as i32,
+            ldb,
             &beta,
             c as *mut f32,
-            n as i32,
+            n,
         )
     }
     .map_err(err)
