@@ -62,18 +62,21 @@ fn train_two_epochs_then_generate() {
     assert_eq!(gen("7").stdout, a.stdout, "a seed makes sampling reproducible");
 }
 
-#[test]
-fn an_lstm_trains_and_generates() {
+/// Trains `cell` for two epochs through the binary and generates from it. The summary must name the cell's layer with `summary`, and the loss fall.
+fn cell_trains_and_generates(cell: &str, summary: &str) {
     let dir = tempfile::tempdir().unwrap();
     let data = tiny_corpus(dir.path());
     let ckpt = dir.path().join("ckpt");
     let ckpt_s = ckpt.to_str().unwrap();
     let mut args =
-        vec!["train", "--data", &data, "--epochs", "1", "--checkpoint-dir", ckpt_s, "--cell", "lstm"];
+        vec!["train", "--data", &data, "--epochs", "2", "--checkpoint-dir", ckpt_s, "--cell", cell];
     args.extend_from_slice(SMALL);
     let o = charrnn(&args);
     assert!(o.status.success(), "{}", stderr(&o));
-    assert!(stderr(&o).contains("lstm 1664"), "the summary names the cell: {}", stderr(&o));
+    assert!(stderr(&o).contains(summary), "the summary names the cell: {}", stderr(&o));
+    let losses: Vec<f64> =
+        stderr(&o).lines().filter_map(|l| l.split_once(" Loss: ")?.1.trim().parse().ok()).collect();
+    assert!(losses.len() == 2 && losses[1] < losses[0], "{cell}: {losses:?}");
     let o = charrnn(&[
         "generate",
         "--checkpoint",
@@ -90,34 +93,14 @@ fn an_lstm_trains_and_generates() {
 }
 
 #[test]
+fn an_lstm_trains_and_generates() {
+    cell_trains_and_generates("lstm", "lstm 1664");
+}
+
+/// 16 × (8 + 16 + 2) parameters in the layer.
+#[test]
 fn an_elman_rnn_trains_and_generates() {
-    let dir = tempfile::tempdir().unwrap();
-    let data = tiny_corpus(dir.path());
-    let ckpt = dir.path().join("ckpt");
-    let ckpt_s = ckpt.to_str().unwrap();
-    let mut args =
-        vec!["train", "--data", &data, "--epochs", "2", "--checkpoint-dir", ckpt_s, "--cell", "rnn"];
-    args.extend_from_slice(SMALL);
-    let o = charrnn(&args);
-    assert!(o.status.success(), "{}", stderr(&o));
-    // 16 × (8 + 16 + 2) parameters in the layer, and the loss falls from epoch 1 to 2.
-    assert!(stderr(&o).contains("rnn 416"), "the summary names the cell: {}", stderr(&o));
-    let losses: Vec<f64> =
-        stderr(&o).lines().filter_map(|l| l.split_once(" Loss: ")?.1.trim().parse().ok()).collect();
-    assert!(losses.len() == 2 && losses[1] < losses[0], "{losses:?}");
-    let o = charrnn(&[
-        "generate",
-        "--checkpoint",
-        ckpt_s,
-        "--start",
-        "the ",
-        "--length",
-        "30",
-        "--device",
-        "cpu",
-    ]);
-    assert!(o.status.success(), "{}", stderr(&o));
-    assert_eq!(String::from_utf8(o.stdout).unwrap().strip_suffix('\n').unwrap().chars().count(), 34);
+    cell_trains_and_generates("rnn", "rnn 416");
 }
 
 /// An Elman layer carries its state across an interrupted and resumed stateful run too.

@@ -201,30 +201,21 @@ fn checkpoints_move_between_devices() {
     assert_eq!(host(&reference), host(&logits(&back_on_gpu.model, &dev)));
 }
 
-/// An LSTM has no GPU kernels yet: training and sampling it on the GPU say so.
+/// The LSTM and the Elman RNN have no GPU kernels yet: training and sampling them on the GPU
+/// say so, naming the cell.
 #[test]
-fn an_lstm_on_the_gpu_is_refused_clearly() {
+fn cells_without_gpu_kernels_are_refused_clearly() {
+    use charrnn::model::Cell;
     let dev = gpu();
-    let config = Config::gru(9, 4, 8).with_cell(charrnn::model::Cell::Lstm);
-    let model = Model::new_random(config, DType::F32, &dev, &mut StdRng::seed_from_u64(1)).unwrap();
-    let inputs = ids_tensor(&[1, 2, 3, 4], 1, 4, &dev).unwrap();
-    let err = model.loss(&inputs, &[2, 3, 4, 5], &Pass::Eval).unwrap_err().to_string();
-    assert!(err.contains("--cell lstm has no GPU kernels yet"), "{err}");
-    let err = Engine::new(&model, 1).err().expect("no GPU sampler for an LSTM").to_string();
-    assert!(err.contains("--cell lstm has no GPU sampler yet"), "{err}");
-}
-
-/// Nor has an Elman RNN: the same refusal, in its own name.
-#[test]
-fn an_elman_rnn_on_the_gpu_is_refused_clearly() {
-    let dev = gpu();
-    let config = Config::gru(9, 4, 8).with_cell(charrnn::model::Cell::Rnn);
-    let model = Model::new_random(config, DType::F32, &dev, &mut StdRng::seed_from_u64(1)).unwrap();
-    let inputs = ids_tensor(&[1, 2, 3, 4], 1, 4, &dev).unwrap();
-    let err = model.loss(&inputs, &[2, 3, 4, 5], &Pass::Eval).unwrap_err().to_string();
-    assert!(err.contains("--cell rnn has no GPU kernels yet"), "{err}");
-    let err = Engine::new(&model, 1).err().expect("no GPU sampler for an RNN").to_string();
-    assert!(err.contains("--cell rnn has no GPU sampler yet"), "{err}");
+    for cell in [Cell::Lstm, Cell::Rnn] {
+        let config = Config::gru(9, 4, 8).with_cell(cell);
+        let model = Model::new_random(config, DType::F32, &dev, &mut StdRng::seed_from_u64(1)).unwrap();
+        let inputs = ids_tensor(&[1, 2, 3, 4], 1, 4, &dev).unwrap();
+        let err = model.loss(&inputs, &[2, 3, 4, 5], &Pass::Eval).unwrap_err().to_string();
+        assert!(err.contains(&format!("--cell {} has no GPU kernels yet", cell.name())), "{err}");
+        let err = Engine::new(&model, 1).err().expect("no GPU sampler for this cell").to_string();
+        assert!(err.contains(&format!("--cell {} has no GPU sampler yet", cell.name())), "{err}");
+    }
 }
 
 /// Huge but finite logits (an output bias of 3e38): the GPU's loss, like the CPU's, is the

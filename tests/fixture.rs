@@ -28,36 +28,59 @@ fn position(path: &Path) -> serde_json::Value {
     serde_json::from_str(state).unwrap()
 }
 
+/// A folder with the fixture's corpus, where `charrnn` runs with the portable kernel.
+struct Run {
+    dir: tempfile::TempDir,
+}
+
+impl Run {
+    fn new() -> Run {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::copy(Path::new(FIXTURES).join("tiny.txt"), dir.path().join("tiny.txt")).unwrap();
+        Run { dir }
+    }
+
+    fn charrnn(&self, args: &[&str]) {
+        let out = Command::new(env!("CARGO_BIN_EXE_charrnn"))
+            .args(args)
+            .env("CHARRNN_KERNEL", "portable")
+            .current_dir(self.dir.path())
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    }
+
+    /// Every (written, fixture) pair holds the same tensors, bit for bit.
+    fn assert_same_tensors(&self, cell: &str, pairs: &[(&str, &str)]) {
+        for (got, want) in pairs {
+            let (got, want) =
+                (self.dir.path().join(cell).join(got), Path::new(FIXTURES).join(cell).join(want));
+            assert!(
+                tensor_bytes(&got) == tensor_bytes(&want),
+                "{cell}: {} differs from {}",
+                got.display(),
+                want.display()
+            );
+        }
+    }
+}
+
+const EPOCH_2: [(&str, &str); 2] = [
+    ("ckpt_2.safetensors", "expected_ckpt_2.safetensors"),
+    ("ckpt_2.optim.safetensors", "expected_ckpt_2.optim.safetensors"),
+];
+
 fn resumes_bit_for_bit(cell: &str) {
-    let dir = tempfile::tempdir().unwrap();
-    let run = dir.path();
-    std::fs::copy(Path::new(FIXTURES).join("tiny.txt"), run.join("tiny.txt")).unwrap();
-    std::fs::create_dir(run.join(cell)).unwrap();
+    let run = Run::new();
+    std::fs::create_dir(run.dir.path().join(cell)).unwrap();
     for f in ["ckpt_1.safetensors", "ckpt_1.optim.safetensors"] {
-        std::fs::copy(Path::new(FIXTURES).join(cell).join(f), run.join(cell).join(f)).unwrap();
+        std::fs::copy(Path::new(FIXTURES).join(cell).join(f), run.dir.path().join(cell).join(f)).unwrap();
     }
-    let out = Command::new(env!("CARGO_BIN_EXE_charrnn"))
-        .args(["train", "--device", "cpu", "--resume", &format!("{cell}/ckpt_1.safetensors")])
-        .env("CHARRNN_KERNEL", "portable")
-        .current_dir(run)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let expected = Path::new(FIXTURES).join(cell);
-    for (got, want) in [
-        ("ckpt_2.safetensors", "expected_ckpt_2.safetensors"),
-        ("ckpt_2.optim.safetensors", "expected_ckpt_2.optim.safetensors"),
-    ] {
-        let (got, want) = (run.join(cell).join(got), expected.join(want));
-        assert!(
-            tensor_bytes(&got) == tensor_bytes(&want),
-            "{cell}: {} differs from {}",
-            got.display(),
-            want.display()
-        );
-    }
-    let got = position(&run.join(cell).join("ckpt_2.optim.safetensors"));
-    assert_same_position(&got, &position(&expected.join("expected_ckpt_2.optim.safetensors")));
+    run.charrnn(&["train", "--device", "cpu", "--resume", &format!("{cell}/ckpt_1.safetensors")]);
+    run.assert_same_tensors(cell, &EPOCH_2);
+    let got = position(&run.dir.path().join(cell).join("ckpt_2.optim.safetensors"));
+    let want = position(&Path::new(FIXTURES).join(cell).join("expected_ckpt_2.optim.safetensors"));
+    assert_same_position(&got, &want);
 }
 
 /// Equal positions; losses (reports, not weights) within f32 rounding, because the earlier
@@ -82,48 +105,30 @@ fn assert_same_position(got: &serde_json::Value, want: &serde_json::Value) {
 /// The same run started afresh writes, bit for bit, what the earlier build wrote: the
 /// initialisation, data order, dropout masks, steps and optimizer state are unchanged.
 fn trains_afresh_bit_for_bit(cell: &str, extra: &[&str]) {
-    let dir = tempfile::tempdir().unwrap();
-    let run = dir.path();
-    std::fs::copy(Path::new(FIXTURES).join("tiny.txt"), run.join("tiny.txt")).unwrap();
-    let mut args =
-        vec!["train", "--data", "tiny.txt", "--epochs", "2", "--save-every", "1", "--rnn-units", "16"];
+    let run = Run::new();
+    let mut args = vec!["train", "--data", "tiny.txt", "--epochs", "2", "--save-every", "1", "--seed", "7"];
+    args.extend(["--rnn-units", "16", "--embedding-dim", "8", "--batch-size", "4", "--seq-len", "20"]);
     args.extend([
-        "--embedding-dim",
-        "8",
-        "--batch-size",
-        "4",
-        "--seq-len",
-        "20",
-        "--seed",
-        "7",
         "--cell",
         cell,
+        "--checkpoint-dir",
+        cell,
+        "--clip-grad-norm",
+        "1",
+        "--lr-schedule",
+        "cosine",
     ]);
-    args.extend(["--checkpoint-dir", cell, "--clip-grad-norm", "1", "--lr-schedule", "cosine"]);
     args.extend(["--warmup-steps", "3", "--weight-decay", "0.01", "--device", "cpu"]);
     args.extend(extra);
-    let out = Command::new(env!("CARGO_BIN_EXE_charrnn"))
-        .args(&args)
-        .env("CHARRNN_KERNEL", "portable")
-        .current_dir(run)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let expected = Path::new(FIXTURES).join(cell);
-    for (got, want) in [
-        ("ckpt_1.safetensors", "ckpt_1.safetensors"),
-        ("ckpt_1.optim.safetensors", "ckpt_1.optim.safetensors"),
-        ("ckpt_2.safetensors", "expected_ckpt_2.safetensors"),
-        ("ckpt_2.optim.safetensors", "expected_ckpt_2.optim.safetensors"),
-    ] {
-        let (got, want) = (run.join(cell).join(got), expected.join(want));
-        assert!(
-            tensor_bytes(&got) == tensor_bytes(&want),
-            "{cell}: {} differs from {}",
-            got.display(),
-            want.display()
-        );
-    }
+    run.charrnn(&args);
+    run.assert_same_tensors(
+        cell,
+        &[
+            ("ckpt_1.safetensors", "ckpt_1.safetensors"),
+            ("ckpt_1.optim.safetensors", "ckpt_1.optim.safetensors"),
+        ],
+    );
+    run.assert_same_tensors(cell, &EPOCH_2);
 }
 
 #[test]
