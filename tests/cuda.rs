@@ -66,7 +66,7 @@ fn loss_gradients_and_logits_match_the_cpu() {
                     model.loss_from(&inputs, &targets, &pass, from_state.then_some(&s[..])).unwrap();
                 let grads = loss.backward().unwrap();
                 let grads: Vec<Tensor> =
-                    model.vars().iter().map(|v| grads.get(v.as_tensor()).unwrap().clone()).collect();
+                    model.vars().map(|v| grads.get(v.as_tensor()).unwrap().clone()).collect();
                 let logits = model.forward(&inputs, &Pass::Eval).unwrap();
                 (loss, grads, finals, logits)
             };

@@ -166,7 +166,7 @@ pub fn run(o: &BenchOptions) -> Result<BenchReport> {
     let achieved = flops / per_batch / 1e9;
     Ok(BenchReport {
         device: crate::device::name(&o.device),
-        precision: format!("{:?}", o.precision).to_lowercase(),
+        precision: crate::train::settings::shown(&o.precision),
         kernel: crate::kernels::cpu::active().name().to_string(),
         threads: rayon::current_num_threads(),
         batch_size: o.batch_size,

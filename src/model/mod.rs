@@ -185,23 +185,20 @@ impl Model {
         Ok(Model { config, embedding, layers, dense })
     }
 
-    /// Every parameter with its PyTorch state_dict name, in the order of
-    /// [`Config::parameter_shapes`].
-    pub fn named(&self) -> impl Iterator<Item = (String, &Var)> {
+    /// Every parameter, in the order of [`Config::parameter_shapes`].
+    pub fn vars(&self) -> impl Iterator<Item = &Var> {
         let recurrent = self.layers.iter().flat_map(|l| [&l.w_ih, &l.w_hh, &l.b_ih, &l.b_hh]);
-        let vars =
-            std::iter::once(&self.embedding).chain(recurrent).chain([&self.dense.weight, &self.dense.bias]);
-        self.config.parameter_shapes().into_iter().map(|(n, _)| n).zip(vars)
+        std::iter::once(&self.embedding).chain(recurrent).chain([&self.dense.weight, &self.dense.bias])
+    }
+
+    /// Every parameter with its PyTorch state_dict name.
+    pub fn named(&self) -> impl Iterator<Item = (String, &Var)> {
+        self.config.parameter_shapes().into_iter().map(|(n, _)| n).zip(self.vars())
     }
 
     /// Every parameter, named, as the optimizer takes them.
     pub fn parameters(&self) -> Vec<(String, Var)> {
         self.named().map(|(n, v)| (n, v.clone())).collect()
-    }
-
-    /// Every parameter (handles to the same storage).
-    pub fn vars(&self) -> Vec<Var> {
-        self.named().map(|(_, v)| v.clone()).collect()
     }
 
     /// The parameter with this PyTorch name.

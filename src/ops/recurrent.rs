@@ -417,9 +417,7 @@ impl CustomOp3 for FusedRnn {
         lb: &Layout,
     ) -> Result<(candle_core::CudaStorage, Shape)> {
         use crate::kernels::cuda::{gru_forward, storage, storage_addr, tensor_addr};
-        if !self.cell.on_gpu() {
-            bail!("--cell {} has no GPU kernels yet; train it with --device cpu", self.cell.name());
-        }
+        self.cell.require_gpu_kernels().map_err(candle_core::Error::Msg)?;
         let (dims, vocab) = self.dims(lt.shape(), lw.shape(), lb.shape())?;
         if table.dtype() != candle_core::DType::F32 {
             bail!("fused recurrent layer: the GPU kernels are f32 only, not {:?}", table.dtype());

@@ -13,7 +13,7 @@ mod step;
 
 use std::path::PathBuf;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use candle_core::Device;
 
 use crate::train::settings::SettingsArgs;
@@ -61,8 +61,9 @@ pub fn run(o: &TrainOptions) -> Result<()> {
     };
     let s = &settings;
     s.precision.apply(&o.device)?;
-    if o.device.is_cuda() && !s.model.cell.on_gpu() {
-        bail!("--cell {} has no GPU kernels yet; train it with --device cpu", s.model.cell.name());
+    // The fused layer refuses too, but only at the first batch, after the folder is made.
+    if o.device.is_cuda() {
+        s.model.cell.require_gpu_kernels().map_err(anyhow::Error::msg)?;
     }
     let corpus = setup::Corpus::read(s)?;
     let batches = setup::Batches::new(&corpus, s)?;

@@ -120,10 +120,7 @@ mod help_tests {
                 continue;
             };
             let value = &tutorial[arg.get_id().as_str()];
-            let shown = match value {
-                serde_json::Value::String(s) => s.clone(),
-                v => v.to_string(),
-            };
+            let shown = crate::train::settings::shown(value);
             let same = shown == stated || stated.parse::<f64>().ok() == value.as_f64();
             assert!(same, "--{}: help says {stated}, the preset has {shown}", arg.get_id());
             checked += 1;

@@ -90,8 +90,7 @@ macro_rules! settings_group {
             pub fn first_difference(&self, other: &Self) -> Option<(String, String, String)> {
                 $(
                     if self.$field != other.$field {
-                        let show = |v: &$ty| format!("{}", Shown(v));
-                        return Some((flag(stringify!($field)), show(&self.$field), show(&other.$field)));
+                        return Some((flag(stringify!($field)), shown(&self.$field), shown(&other.$field)));
                     }
                 )*
                 None
@@ -105,54 +104,14 @@ macro_rules! settings_group {
     };
 }
 
-/// A setting's value as the command line would spell it.
-struct Shown<'a, T>(&'a T);
-
-macro_rules! shown_by_display {
-    ($($t:ty),*) => {$(
-        impl std::fmt::Display for Shown<'_, $t> {
-            fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-                write!(f, "{}", self.0)
-            }
-        }
-    )*};
-}
-shown_by_display!(usize, u64, f64, bool);
-
-impl std::fmt::Display for Shown<'_, Option<usize>> {
-    fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-        match self.0 {
-            Some(v) => write!(f, "{v}"),
-            None => write!(f, "none"),
-        }
-    }
-}
-
-impl std::fmt::Display for Shown<'_, Option<f64>> {
-    fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-        match self.0 {
-            Some(v) => write!(f, "{v}"),
-            None => write!(f, "none"),
-        }
-    }
-}
-
-impl std::fmt::Display for Shown<'_, PathBuf> {
-    fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-        write!(f, "{}", self.0.display())
-    }
-}
-
-impl std::fmt::Display for Shown<'_, Cell> {
-    fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-        write!(f, "{}", self.0.name())
-    }
-}
-
-impl std::fmt::Display for Shown<'_, LrSchedule> {
-    fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-        let value = clap::ValueEnum::to_possible_value(self.0).expect("every schedule has a name");
-        write!(f, "{}", value.get_name())
+/// A setting's value as the command line spells it: its saved form (the enums' lowercase
+/// names, paths as text), `none` for an absent one.
+pub(crate) fn shown(value: &impl Serialize) -> String {
+    match serde_json::to_value(value) {
+        Ok(serde_json::Value::String(s)) => s,
+        Ok(serde_json::Value::Null) => "none".to_string(),
+        Ok(v) => v.to_string(),
+        Err(e) => format!("({e})"),
     }
 }
 

@@ -73,6 +73,16 @@ impl Cell {
         with_cell!(self, C => C::GPU)
     }
 
+    /// Refuses to train or score a cell without GPU kernels on a GPU, saying what to do.
+    pub fn require_gpu_kernels(self) -> Result<(), String> {
+        match self.on_gpu() {
+            true => Ok(()),
+            false => {
+                Err(format!("--cell {} has no GPU kernels yet; train it with --device cpu", self.name()))
+            }
+        }
+    }
+
     /// Sets the initial values of a layer's input bias b_ih ([G·H], zero on entry).
     pub fn init_bias_ih(self, bias: &mut [f32], hidden: usize) {
         with_cell!(self, C => C::init_bias_ih(bias, hidden))
