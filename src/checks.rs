@@ -32,3 +32,5 @@ pub const POSITIVE: Rule<f64> = Rule { ok: |x| x.is_finite() && x > 0.0, expecte
 pub const NON_NEGATIVE: Rule<f64> = Rule { ok: |x| x.is_finite() && x >= 0.0, expected: "0 or more" };
 pub const FRACTION: Rule<f64> = Rule { ok: |x| (0.0..1.0).contains(&x), expected: "in [0, 1)" };
 pub const PROBABILITY: Rule<f32> = Rule { ok: |x| x > 0.0 && x <= 1.0, expected: "in (0, 1]" };
+pub const TEMPERATURE: Rule<f32> =
+    Rule { ok: |x| x.is_finite() && x >= 0.0, expected: "0 (greedy) or a positive number" };

@@ -23,4 +23,5 @@ pub(crate) mod metrics;
 pub mod model;
 pub mod ops;
 pub mod optim;
+pub mod serve;
 pub mod train;

@@ -7,7 +7,8 @@ use candle_core::{DType, Device, Tensor};
 use charrnn::checkpoint::{self, Provenance};
 use charrnn::data::vocab::Vocab;
 use charrnn::data::Batch;
-use charrnn::model::sample::{generate, Engine, Picker};
+use charrnn::model::job::{Job, SampleOptions};
+use charrnn::model::sample::{generate, Engine};
 use charrnn::model::{ids_tensor, Config, Model, Pass};
 use charrnn::optim::Adam;
 use charrnn::train::{train_step_from, StepOptions};
@@ -155,10 +156,17 @@ fn the_gpu_sampler_draws_what_the_cpu_draws() {
         for samples in [1, 3] {
             let run = |model: &Model| {
                 let mut engine = Engine::new(model, samples).unwrap();
-                let mut picker = Picker::new(temperature, top_k, top_p);
+                let options = SampleOptions {
+                    temperature,
+                    top_k,
+                    top_p,
+                    seed: 5,
+                    num_samples: samples,
+                    ..SampleOptions::new("It is", 300)
+                };
+                let mut job = Job::new(&vocab, &options).unwrap();
                 let mut out = Vec::new();
-                let mut rng = StdRng::seed_from_u64(5);
-                generate(&mut engine, &vocab, "It is", 300, &mut picker, &mut rng, &mut out).unwrap();
+                generate(&mut engine, &vocab, &mut job, &mut out).unwrap();
                 String::from_utf8(out).unwrap()
             };
             let (on_cpu, on_gpu) = (run(&cpu), run(&gpu));

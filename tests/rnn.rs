@@ -5,7 +5,8 @@
 use candle_core::{DType, Device, IndexOp, Tensor, Var};
 use charrnn::data::Sequences;
 use charrnn::kernels::cpu::{self as kernel, Kernel};
-use charrnn::model::sample::{Engine, Picker, Sampler};
+use charrnn::model::job::{Job, SampleOptions};
+use charrnn::model::sample::{generate, Engine, Sampler};
 use charrnn::model::{ids_tensor, loss, Cell, Config, Model, Pass};
 use charrnn::ops::recurrent::rnn_sequence;
 use charrnn::optim::Adam;
@@ -258,6 +259,48 @@ fn stepwise_matches(cell: Cell, layers: usize, batch: usize) {
     assert!(worst <= 1e-5, "{cell:?}, {layers} layer(s), batch {batch}: max abs difference {worst}");
 }
 
+/// Sequences join and leave a sampler between steps; each one's logits are, bit for bit, what
+/// it gets alone, whoever shares its steps.
+#[test]
+fn sampler_rows_join_and_leave_without_touching_each_other() {
+    for cell in [Cell::Gru, Cell::Lstm] {
+        let (vocab, steps) = (11, 24);
+        let mut rng = StdRng::seed_from_u64(8);
+        let config = Config::gru(vocab, 8, 40).with_layers(2).with_cell(cell);
+        let model = Model::new_random(config, DType::F32, &Device::Cpu, &mut rng).unwrap();
+        let inputs: Vec<Vec<u32>> =
+            (0..3).map(|_| (0..steps).map(|_| rng.random_range(0..vocab as u32)).collect()).collect();
+        let alone = |ids: &[u32]| -> Vec<Vec<f32>> {
+            let mut s = Sampler::new(&model, 1).unwrap();
+            ids.iter().map(|&id| s.step(&[id]).to_vec()).collect()
+        };
+        // Sequence 0 runs throughout; 1 leaves after step 10; 2 joins at step 5.
+        let mut shared = Sampler::new(&model, 3).unwrap();
+        shared.retain_rows(|row| row < 2);
+        let mut present = vec![0usize, 1];
+        let mut got = [Vec::new(), Vec::new(), Vec::new()];
+        for t in 0..steps {
+            if t == 5 {
+                shared.add_rows(1).unwrap();
+                present.push(2);
+            }
+            if t == 11 {
+                shared.retain_rows(|row| present[row] != 1);
+                present.retain(|&s| s != 1);
+            }
+            let ids: Vec<u32> = present.iter().map(|&s| inputs[s][t - if s == 2 { 5 } else { 0 }]).collect();
+            let logits = shared.step(&ids).to_vec();
+            for (row, &s) in present.iter().enumerate() {
+                got[s].push(logits[row * vocab..(row + 1) * vocab].to_vec());
+            }
+        }
+        assert!(shared.add_rows(2).is_err(), "past the capacity");
+        assert_eq!(got[0], alone(&inputs[0]), "{cell:?}: the sequence present throughout");
+        assert_eq!(got[1], alone(&inputs[1][..11]), "{cell:?}: the one that left");
+        assert_eq!(got[2], alone(&inputs[2][..steps - 5]), "{cell:?}: the one that joined");
+    }
+}
+
 /// The fused output layer and loss against candle's composition (matmul, log-softmax, gather).
 #[test]
 fn fused_loss_matches_the_composed_one() {
@@ -316,19 +359,21 @@ fn loss_falls(cell: Cell) {
     }
     assert!(last < initial / 2.0, "{cell:?}: loss {last} after 40 steps, ln(V) = {initial}");
     // and the trained model has really learnt the cycle: greedy continuation of "abc"
-    let mut sampler = Engine::Cpu(Sampler::new(&model, 1).unwrap());
-    let mut greedy = Picker::new(0.0, None, None);
-    let mut out = Vec::new();
-    charrnn::model::sample::generate(&mut sampler, &vocab, "abc", 10, &mut greedy, &mut rng, &mut out)
-        .unwrap();
-    assert_eq!(String::from_utf8(out).unwrap(), "abcdefghabcde\n", "{cell:?}");
-    // Several samples at once take the batched path and agree with the single one.
-    let mut batched = Engine::Cpu(Sampler::new(&model, 3).unwrap());
-    let mut out = Vec::new();
-    charrnn::model::sample::generate(&mut batched, &vocab, "abc", 10, &mut greedy, &mut rng, &mut out)
-        .unwrap();
-    let text = String::from_utf8(out).unwrap();
+    let greedy = SampleOptions { temperature: 0.0, ..SampleOptions::new("abc", 10) };
+    let run = |options: &SampleOptions| {
+        let mut engine = Engine::Cpu(Sampler::new(&model, options.num_samples).unwrap());
+        let mut out = Vec::new();
+        generate(&mut engine, &vocab, &mut Job::new(&vocab, options).unwrap(), &mut out).unwrap();
+        String::from_utf8(out).unwrap()
+    };
+    assert_eq!(run(&greedy), "abcdefghabcde\n", "{cell:?}");
+    // Several samples at once agree with the single one.
+    let text = run(&SampleOptions { num_samples: 3, ..greedy.clone() });
     assert_eq!(text.matches("abcdefghabcde\n").count(), 3, "{text}");
+    // A stop string ends each sample, and is kept when asked.
+    let stop = SampleOptions { stop: vec!["fg".into(), "ha".into()], ..greedy.clone() };
+    assert_eq!(run(&stop), "abcde\n", "{cell:?}");
+    assert_eq!(run(&SampleOptions { include_stop: true, ..stop }), "abcdefg\n", "{cell:?}");
     assert!(text.starts_with("--- sample 1 of 3 ---\n"), "{text}");
 }
 

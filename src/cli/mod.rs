@@ -9,6 +9,7 @@ use crate::checks::{self, Rule};
 use crate::data::download;
 use crate::device::{DeviceChoice, Precision};
 use crate::kernels::cpu::Kernel;
+use crate::model::job;
 use crate::train::presets::Preset;
 use crate::train::settings::{checked, positive, ModelArgs, SettingsArgs};
 
@@ -45,6 +46,11 @@ pub enum Command {
     /// Show a checkpoint's configuration, vocabulary, size, provenance and metrics
     #[command(after_help = "Example:\n  charrnn info checkpoints/ckpt_10.safetensors --json")]
     Info(InfoArgs),
+    /// Serve a checkpoint over HTTP: a JSON API with streaming, and a page to try it
+    #[command(
+        after_help = "Example:\n  charrnn serve --checkpoint checkpoints --port 8080\n  curl -s localhost:8080/v1/generate -d '{\"start\": \"ROMEO: \", \"length\": 200, \"seed\": 1}'"
+    )]
+    Serve(ServeArgs),
     /// Measure training and sampling speed against this machine's GEMM rate
     #[command(after_help = "Example:\n  charrnn bench --rnn-units 256 --json")]
     Bench(BenchArgs),
@@ -139,10 +145,10 @@ pub struct GenerateArgs {
     #[arg(long, default_value = "checkpoints")]
     pub checkpoint: PathBuf,
     /// Text to start from (and to print first)
-    #[arg(long, default_value = "ROMEO: ")]
+    #[arg(long, default_value = job::DEFAULT_START)]
     pub start: String,
     /// Characters to generate
-    #[arg(long, default_value_t = 1000, value_parser = positive)]
+    #[arg(long, default_value_t = job::DEFAULT_LENGTH, value_parser = positive)]
     pub length: usize,
     /// Read the start text from this file instead
     #[arg(long, conflicts_with = "start")]
@@ -162,8 +168,52 @@ pub struct GenerateArgs {
     /// Seed for sampling (random if not given)
     #[arg(long)]
     pub seed: Option<u64>,
+    /// End a sample at the first occurrence of STR (repeatable; each sample stops on its own)
+    #[arg(long = "stop", value_name = "STR", value_parser = non_empty)]
+    pub stop: Vec<String>,
+    /// Keep the stop string that ended a sample
+    #[arg(long, requires = "stop")]
+    pub include_stop: bool,
+    /// Write the text to FILE (all at once, when it is complete) instead of stdout
+    #[arg(long, value_name = "FILE")]
+    pub output: Option<PathBuf>,
     #[command(flatten)]
     pub device: DeviceArg,
+}
+
+#[derive(Args, Debug)]
+pub struct ServeArgs {
+    /// A checkpoint file, or a folder to serve the newest ckpt_N.safetensors from
+    #[arg(long, default_value = "checkpoints")]
+    pub checkpoint: PathBuf,
+    /// Address to listen on (127.0.0.1: this machine only; 0.0.0.0: every interface)
+    #[arg(long, default_value = "127.0.0.1")]
+    pub host: std::net::IpAddr,
+    /// Port to listen on; 0 picks a free one (the line `listening on ...` says which)
+    #[arg(long, default_value_t = 8080)]
+    pub port: u16,
+    /// With a folder: switch to a newer checkpoint when one appears there, between requests
+    #[arg(long)]
+    pub reload: bool,
+    /// Largest request body, in bytes
+    #[arg(long, default_value_t = 65_536, value_parser = positive)]
+    pub max_body_bytes: usize,
+    /// Most characters one sample may ask for
+    #[arg(long, default_value_t = 20_000, value_parser = positive)]
+    pub max_length: usize,
+    /// Most samples one request may ask for
+    #[arg(long, default_value_t = 16, value_parser = positive)]
+    pub max_samples: usize,
+    /// Most samples generating at once over all requests; more are answered 503 with
+    /// Retry-After
+    #[arg(long, default_value_t = 64, value_parser = positive)]
+    pub max_streams: usize,
+    /// Seconds a request may run before it is ended
+    #[arg(long, default_value_t = 60, value_parser = timeout_seconds)]
+    pub time_limit: u64,
+    /// Where to sample: the server samples on the CPU (a GPU model is refused)
+    #[arg(long = "device", value_enum, default_value_t = DeviceChoice::Cpu)]
+    pub device: DeviceChoice,
 }
 
 #[derive(Args, Debug)]
@@ -222,5 +272,12 @@ fn probability(s: &str) -> Result<f32, String> {
 }
 
 fn temperature(s: &str) -> Result<f32, String> {
-    checked(s, &Rule { ok: |x: f32| x.is_finite() && x >= 0.0, expected: "0 (greedy) or a positive number" })
+    checked(s, &checks::TEMPERATURE)
+}
+
+fn non_empty(s: &str) -> Result<String, String> {
+    match s {
+        "" => Err("give at least one character".into()),
+        _ => Ok(s.to_string()),
+    }
 }

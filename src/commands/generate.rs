@@ -1,13 +1,13 @@
-//! `charrnn generate`: sample text from a checkpoint to stdout.
+//! `charrnn generate`: sample text from a checkpoint to stdout or a file.
 
 use std::io::Write;
 
 use anyhow::{Context, Result};
-use rand::{rngs::StdRng, SeedableRng};
 
 use crate::cli::GenerateArgs;
-use crate::model::sample::{self, Engine, Picker};
-use crate::{budget, checkpoint, device};
+use crate::model::job::{Job, SampleOptions};
+use crate::model::sample::{self, Engine};
+use crate::{atomic, budget, checkpoint, device};
 
 pub(super) fn run(a: GenerateArgs) -> Result<()> {
     let device = device::select(a.device.choice)?;
@@ -19,17 +19,37 @@ pub(super) fn run(a: GenerateArgs) -> Result<()> {
             .with_context(|| format!("cannot read --start-file {} (it must be UTF-8 text)", f.display()))?,
         None => a.start.clone(),
     };
+    let options = SampleOptions {
+        start,
+        length: a.length,
+        temperature: a.temperature,
+        top_k: a.top_k,
+        top_p: a.top_p,
+        seed: a.seed.unwrap_or_else(rand::random),
+        num_samples: a.num_samples,
+        stop: a.stop.clone(),
+        include_stop: a.include_stop,
+    };
+    let flag = if a.start_file.is_some() { "--start-file" } else { "--start" };
+    let mut job = Job::new(&ckpt.vocab, &options).context(flag)?;
     budget::check(
         "sampling",
         budget::sampling_bytes(&ckpt.model.config, a.num_samples),
         &format!("--num-samples {}", a.num_samples),
     )?;
-    let mut sampler = Engine::new(&ckpt.model, a.num_samples)?;
-    let mut picker = Picker::new(a.temperature, a.top_k, a.top_p);
-    let mut rng = StdRng::seed_from_u64(a.seed.unwrap_or_else(rand::random));
-    let stdout = std::io::stdout();
-    let mut out = stdout.lock();
-    sample::generate(&mut sampler, &ckpt.vocab, &start, a.length, &mut picker, &mut rng, &mut out)?;
-    out.flush()?;
+    let mut engine = Engine::new(&ckpt.model, a.num_samples)?;
+    match &a.output {
+        Some(file) => {
+            let mut text = Vec::new();
+            sample::generate(&mut engine, &ckpt.vocab, &mut job, &mut text)?;
+            atomic::write(file, &text)?;
+            eprintln!("wrote {}", file.display());
+        }
+        None => {
+            let mut out = std::io::stdout().lock();
+            sample::generate(&mut engine, &ckpt.vocab, &mut job, &mut out)?;
+            out.flush()?;
+        }
+    }
     Ok(())
 }

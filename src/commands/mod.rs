@@ -5,6 +5,7 @@ pub(crate) mod bench;
 mod download;
 mod eval;
 mod generate;
+mod serve;
 mod train;
 
 use std::io::Write;
@@ -24,6 +25,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Eval(a) => eval::run(a),
         Command::Info(a) => eval::info(a),
         Command::Generate(a) => generate::run(a),
+        Command::Serve(a) => serve::run(a),
         Command::Bench(a) => bench::command(a),
     }
 }

@@ -2,6 +2,7 @@
 //! logits, with parameters in PyTorch's names and layouts and the tutorial's Keras
 //! initialisation.
 
+pub mod job;
 pub mod sample;
 
 use anyhow::{bail, Result};

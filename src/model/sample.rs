@@ -12,62 +12,56 @@ use rand::Rng;
 
 use crate::data::vocab::Vocab;
 use crate::kernels::cpu as kernel;
-use crate::kernels::cpu::blas::{gemv, matmul_packed, Packed, View};
+use crate::kernels::cpu::blas::gemv_batch;
+use crate::model::job::Job;
 use crate::model::Model;
 use crate::ops::cells::{with_cell, Cell, RecurrentCell, StepForward};
 
-/// A weight matrix W [rows, cols] applied to each of `batch` inputs: row dot products at
-/// batch 1 (a matrix-vector product), the packed matrix kernel for several samples.
-enum Weights {
-    Rows(Vec<f32>),
-    Packed(Packed),
+/// A weight matrix W [rows, cols], applied to each sequence's input with row dot products that
+/// read W once per step for all sequences. Each sequence's result is the same, bit for bit,
+/// whichever other sequences share the step, so a sample depends only on its own start, seed
+/// and options (what lets a server batch unrelated requests together).
+struct Weights {
+    w: Vec<f32>,
+    rows: usize,
 }
 
 impl Weights {
-    fn new(w: Vec<f32>, rows: usize, cols: usize, batch: usize) -> Self {
-        match batch {
-            1 => Weights::Rows(w),
-            _ => Weights::Packed(Packed::new(View::rows(&w, rows, cols).t())),
-        }
-    }
-
-    /// out[b] = W · x[b] (+ bias)
-    fn apply(&self, out: &mut [f32], x: &[f32], batch: usize, bias: Option<&[f32]>) {
-        match self {
-            Weights::Rows(w) => gemv(out, w, x, bias),
-            Weights::Packed(p) => {
-                matmul_packed(out, false, View::rows(x, batch, p.rows()), p);
-                if let Some(bias) = bias {
-                    for row in out.chunks_exact_mut(bias.len()) {
-                        for (o, b) in row.iter_mut().zip(bias) {
-                            *o += b;
-                        }
-                    }
-                }
+    /// out[b] = W · x[b] (+ bias) for `batch` inputs, through `scratch` (the transposed product).
+    fn apply(&self, out: &mut [f32], x: &[f32], batch: usize, bias: Option<&[f32]>, scratch: &mut [f32]) {
+        let rows = self.rows;
+        let product = &mut scratch[..rows * batch];
+        gemv_batch(product, &self.w, x, batch);
+        for (b, row) in out[..batch * rows].chunks_exact_mut(rows).enumerate() {
+            for (i, o) in row.iter_mut().enumerate() {
+                *o = product[i * batch + b] + bias.map_or(0.0, |bias| bias[i]);
             }
         }
     }
 }
 
-/// One recurrent layer's weights and state for `batch` sequences.
+/// One recurrent layer's weights and state for up to `capacity` sequences.
 struct LayerState {
     /// Layer 0: none (its input projections are rows of the table); deeper: W_ih and b_ih.
     w_ih: Option<(Weights, Vec<f32>)>,
     w_hh: Weights,
     b_hh: Vec<f32>,
-    /// Input projections of this step, [batch, GH] (deeper layers).
+    /// Input projections of this step, [rows, GH] (deeper layers).
     x: Vec<f32>,
     h: Vec<f32>,
     h_next: Vec<f32>,
-    /// The state's other parts (an LSTM's c), [batch, E·H]; empty when the cell has none.
+    /// The state's other parts (an LSTM's c), [rows, E·H]; empty when the cell has none.
     extra: Vec<f32>,
     extra_next: Vec<f32>,
     gh: Vec<f32>,
 }
 
+/// Steps up to `capacity` independent sequences together. Sequences can join (at the zero
+/// state) and leave between steps; the ones present are rows 0..rows().
 pub struct Sampler {
     cell: Cell,
-    batch: usize,
+    capacity: usize,
+    rows: usize,
     hidden: usize,
     vocab: usize,
     table: Vec<f32>,
@@ -76,6 +70,8 @@ pub struct Sampler {
     dense_b: Vec<f32>,
     /// One row's tape, which sampling does not keep.
     tape: Vec<f32>,
+    /// The transposed products, [largest matrix rows, capacity].
+    scratch: Vec<f32>,
     logits: Vec<f32>,
 }
 
@@ -84,48 +80,63 @@ fn host_f32(t: &candle_core::Tensor) -> Result<Vec<f32>> {
 }
 
 impl Sampler {
-    /// A sampler for `batch` independent sequences.
+    /// A sampler for `batch` independent sequences, all present at the zero state.
     pub fn new(model: &Model, batch: usize) -> Result<Self> {
         let (h, v, cell) = (model.config.rnn_units, model.config.vocab_size, model.config.cell);
         let g = cell.gates() * h;
+        let e = (cell.state_parts() - 1) * h;
+        let weights = |t: &candle_core::Tensor, rows: usize| -> Result<Weights> {
+            Ok(Weights { w: host_f32(t)?, rows })
+        };
         let mut layers = Vec::new();
         for l in 0..model.config.layers {
             let p = model.layer(l);
             let w_ih = match l {
                 0 => None,
-                _ => Some((Weights::new(host_f32(&p.w_ih)?, g, h, batch), host_f32(&p.b_ih)?)),
+                _ => Some((weights(&p.w_ih, g)?, host_f32(&p.b_ih)?)),
             };
             layers.push(LayerState {
                 w_ih,
-                w_hh: Weights::new(host_f32(&p.w_hh)?, g, h, batch),
+                w_hh: weights(&p.w_hh, g)?,
                 b_hh: host_f32(&p.b_hh)?,
                 x: vec![0.0; batch * g],
                 h: vec![0.0; batch * h],
                 h_next: vec![0.0; batch * h],
-                extra: vec![0.0; batch * (cell.state_parts() - 1) * h],
-                extra_next: vec![0.0; batch * (cell.state_parts() - 1) * h],
+                extra: vec![0.0; batch * e],
+                extra_next: vec![0.0; batch * e],
                 gh: vec![0.0; batch * g],
             });
         }
         Ok(Sampler {
             cell,
-            batch,
+            capacity: batch,
+            rows: batch,
             hidden: h,
             vocab: v,
             table: host_f32(&model.input_table()?)?,
             layers,
-            dense: Weights::new(host_f32(model.param("dense.weight"))?, v, h, batch),
+            dense: weights(model.param("dense.weight"), v)?,
             dense_b: host_f32(model.param("dense.bias"))?,
             tape: vec![0.0; with_cell!(cell, C => C::TAPE) * h],
+            scratch: vec![0.0; g.max(v) * batch],
             logits: vec![0.0; batch * v],
         })
     }
 
-    pub fn batch(&self) -> usize {
-        self.batch
+    /// The sequences present.
+    pub fn rows(&self) -> usize {
+        self.rows
     }
 
-    /// Back to the zero state.
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+
+    pub fn vocab_size(&self) -> usize {
+        self.vocab
+    }
+
+    /// Every sequence back to the zero state.
     pub fn reset(&mut self) {
         for l in &mut self.layers {
             l.h.fill(0.0);
@@ -133,23 +144,68 @@ impl Sampler {
         }
     }
 
-    /// Feeds one character to each sequence and returns the logits for the next, [batch, V].
+    /// Keeps the sequences for which `keep(row)` is true, in their order, and drops the rest.
+    /// The logits are stale until the next step.
+    pub fn retain_rows(&mut self, mut keep: impl FnMut(usize) -> bool) {
+        let (h, e) = (self.hidden, (self.cell.state_parts() - 1) * self.hidden);
+        let mut kept = 0;
+        for row in 0..self.rows {
+            if !keep(row) {
+                continue;
+            }
+            if kept != row {
+                for l in &mut self.layers {
+                    l.h.copy_within(row * h..(row + 1) * h, kept * h);
+                    l.extra.copy_within(row * e..(row + 1) * e, kept * e);
+                }
+            }
+            kept += 1;
+        }
+        self.rows = kept;
+    }
+
+    /// Adds `n` sequences at the zero state after the present ones.
+    pub fn add_rows(&mut self, n: usize) -> Result<()> {
+        let total = self.rows.checked_add(n).filter(|&t| t <= self.capacity);
+        let Some(total) = total else {
+            bail!(
+                "{} sequences are running and the sampler holds {}; cannot add {n}",
+                self.rows,
+                self.capacity
+            )
+        };
+        let (h, e) = (self.hidden, (self.cell.state_parts() - 1) * self.hidden);
+        for l in &mut self.layers {
+            l.h[self.rows * h..total * h].fill(0.0);
+            l.extra[self.rows * e..total * e].fill(0.0);
+        }
+        self.rows = total;
+        Ok(())
+    }
+
+    /// The logits of the last step, [rows, V].
+    pub fn logits(&self) -> &[f32] {
+        &self.logits[..self.rows * self.vocab]
+    }
+
+    /// Feeds one character to each sequence present and returns the logits for the next,
+    /// [rows, V].
     pub fn step(&mut self, ids: &[u32]) -> &[f32] {
         with_cell!(self.cell, C => self.step_cell::<C>(ids))
     }
 
     fn step_cell<C: RecurrentCell>(&mut self, ids: &[u32]) -> &[f32] {
-        assert_eq!(ids.len(), self.batch);
-        let (h, n) = (self.hidden, self.batch);
+        assert_eq!(ids.len(), self.rows, "one character per sequence");
+        let (h, n) = (self.hidden, self.rows);
         let (g, e) = (C::GATES * h, C::EXTRA_STATE * h);
         let kernel = kernel::active();
         for l in 0..self.layers.len() {
             let (below, rest) = self.layers.split_at_mut(l);
             let layer = &mut rest[0];
             if let (Some((w_ih, b_ih)), Some(below)) = (&layer.w_ih, below.last()) {
-                w_ih.apply(&mut layer.x, &below.h, n, Some(b_ih));
+                w_ih.apply(&mut layer.x, &below.h[..n * h], n, Some(b_ih), &mut self.scratch);
             }
-            layer.w_hh.apply(&mut layer.gh, &layer.h, n, None);
+            layer.w_hh.apply(&mut layer.gh, &layer.h[..n * h], n, None, &mut self.scratch);
             for (b, &id) in ids.iter().enumerate() {
                 let x = match l {
                     0 => &self.table[id as usize * g..(id as usize + 1) * g],
@@ -170,9 +226,9 @@ impl Sampler {
             std::mem::swap(&mut layer.h, &mut layer.h_next);
             std::mem::swap(&mut layer.extra, &mut layer.extra_next);
         }
-        let top = &self.layers.last().expect("at least one layer").h;
-        self.dense.apply(&mut self.logits, top, n, Some(&self.dense_b));
-        &self.logits
+        let top = &self.layers.last().expect("at least one layer").h[..n * h];
+        self.dense.apply(&mut self.logits, top, n, Some(&self.dense_b), &mut self.scratch);
+        &self.logits[..n * self.vocab]
     }
 }
 
@@ -273,7 +329,7 @@ impl Engine {
 
     fn batch(&self) -> usize {
         match self {
-            Engine::Cpu(s) => s.batch,
+            Engine::Cpu(s) => s.rows(),
             #[cfg(feature = "cuda")]
             Engine::Gpu(s) => s.batch(),
         }
@@ -341,60 +397,42 @@ impl Engine {
     }
 }
 
-/// Warms each sequence's state on `start`, then samples `length` characters per sequence. One
-/// sequence is written as it is produced, `start` first; several are written one after the
-/// other, each under a header line. An empty start primes the state with a newline.
-pub fn generate(
-    engine: &mut Engine,
-    vocab: &Vocab,
-    start: &str,
-    length: usize,
-    picker: &mut Picker,
-    rng: &mut impl Rng,
-    out: &mut impl Write,
-) -> Result<()> {
-    let prime = if start.is_empty() {
-        match vocab.id('\n') {
-            Some(id) => vec![id],
-            None => {
-                bail!("--start is empty and the vocabulary has no newline to start from; pass --start TEXT")
-            }
-        }
-    } else {
-        vocab
-            .encode(start)
-            .map_err(|e| anyhow::anyhow!("--start: {e}; use only characters the model was trained on"))?
-    };
+/// Runs `job` on `engine` (sized for its samples): warms each sample's state on the start,
+/// then draws until the job's length or stop strings end it. One sample is written as it is
+/// produced, the start first; several are written one after the other, each under a header
+/// line.
+pub fn generate(engine: &mut Engine, vocab: &Vocab, job: &mut Job, out: &mut impl Write) -> Result<()> {
     let n = engine.batch();
-    engine.prime(&prime)?;
+    assert_eq!(n, job.samples(), "the engine is sized for the job's samples");
+    engine.prime(job.prime())?;
+    job.primed_at_once();
     let streaming = n == 1;
     if streaming {
-        out.write_all(start.as_bytes())?;
+        out.write_all(job.start().as_bytes())?;
         out.flush()?;
     }
-    let mut texts = vec![String::from(start); if streaming { 0 } else { n }];
-    let mut buf = [0u8; 4];
-    let mut left = length;
-    while left > 0 {
-        let steps = left.min(engine.chunk());
+    let mut over = job.left() == 0;
+    while !over {
+        let steps = job.left().min(engine.chunk());
+        let (picker, rng) = job.picker_and_rng();
         let ids = engine.next(steps, picker, rng)?;
         for step in ids.chunks_exact(n) {
-            for (b, &id) in step.iter().enumerate() {
-                let c = vocab.char(id);
-                if streaming {
-                    out.write_all(c.encode_utf8(&mut buf).as_bytes())?;
-                } else {
-                    texts[b].push(c);
-                }
+            over = job.accept(step, vocab);
+            if over {
+                break;
             }
         }
-        out.flush()?;
-        left -= steps;
+        if streaming {
+            for (_, text) in job.take_new_text(over) {
+                out.write_all(text.as_bytes())?;
+            }
+            out.flush()?;
+        }
     }
     if streaming {
         out.write_all(b"\n")?;
     }
-    for (b, text) in texts.iter().enumerate() {
+    for (b, text) in job.texts().iter().enumerate().filter(|_| !streaming) {
         writeln!(out, "--- sample {} of {n} ---\n{text}", b + 1)?;
     }
     out.flush()?;

@@ -1,0 +1,146 @@
+#!/usr/bin/env python3
+"""Measures `charrnn serve` against `charrnn generate` in one run, on one checkpoint.
+
+    scripts/serve-load.py CHECKPOINT [--binary target/release/charrnn] [--length 2000] [--clients 16]
+
+Reports, as ratios to numbers measured in this same run:
+  - `generate`'s characters per second (from two lengths, so that loading the model cancels);
+  - one streaming client's characters per second, and its first byte after the request;
+  - N concurrent streaming clients' aggregate characters per second, each client's text checked
+    to be identical to what the same seed gives alone;
+  - the server's resident memory idle and under the N clients.
+Only the Python standard library is used.
+"""
+
+import argparse
+import http.client
+import json
+import subprocess
+import sys
+import threading
+import time
+
+
+def generate_rate(binary, ckpt, length):
+    def run(n):
+        t = time.perf_counter()
+        subprocess.run([binary, "generate", "--checkpoint", ckpt, "--length", str(n), "--seed", "1"],
+                       check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        return time.perf_counter() - t
+    short, long_ = run(length // 4), run(length + length // 4)
+    return length / (long_ - short)
+
+
+def stream(port, body, out):
+    """One streaming request: fills out with first-byte latency, total time and the text."""
+    c = http.client.HTTPConnection("127.0.0.1", port, timeout=600)
+    t0 = time.perf_counter()
+    c.request("POST", "/v1/generate", json.dumps(dict(body, stream=True)), {"Content-Type": "application/json"})
+    r = c.getresponse()
+    first = None
+    text = ""
+    event = None
+    while True:
+        line = r.readline()
+        if not line:
+            break
+        if first is None:
+            first = time.perf_counter() - t0
+        line = line.decode().rstrip("\n")
+        if line.startswith("event:"):
+            event = line[6:].strip()
+        elif line.startswith("data:"):
+            d = json.loads(line[5:])
+            if event == "text":
+                text += d["text"]
+            elif event == "done":
+                out.update(done=d)
+    out.update(first_byte_s=first, seconds=time.perf_counter() - t0, text=text)
+    c.close()
+
+
+def rss_kib(pid):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return 0
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("checkpoint")
+    p.add_argument("--binary", default="target/release/charrnn")
+    p.add_argument("--length", type=int, default=2000)
+    p.add_argument("--clients", type=int, default=16)
+    a = p.parse_args()
+
+    gen = generate_rate(a.binary, a.checkpoint, a.length)
+    server = subprocess.Popen([a.binary, "serve", "--checkpoint", a.checkpoint, "--port", "0"],
+                              stderr=subprocess.PIPE, text=True)
+    port = None
+    for line in server.stderr:
+        if "listening on http://" in line:
+            port = int(line.rsplit(":", 1)[1])
+            break
+    threading.Thread(target=lambda: [None for _ in server.stderr], daemon=True).start()
+    try:
+        idle_rss = rss_kib(server.pid)
+        # Warm up, then one client, then the first byte at idle (short requests).
+        stream(port, {"length": 50, "seed": 0}, {})
+        solo = {}
+        stream(port, {"length": a.length, "seed": 1}, solo)
+        firsts = []
+        for s in range(5):
+            r = {}
+            stream(port, {"length": 5, "seed": s}, r)
+            firsts.append(r["first_byte_s"])
+        one_rate = a.length / solo["seconds"]
+        # The same seeds alone, to check the texts under load against.
+        alone = []
+        for s in range(a.clients):
+            r = {}
+            stream(port, {"length": 200, "seed": 100 + s}, r)
+            alone.append(r["text"])
+        results = [{} for _ in range(a.clients)]
+        peak = [0]
+
+        def watch():
+            while any("seconds" not in r for r in results):
+                peak[0] = max(peak[0], rss_kib(server.pid))
+                time.sleep(0.05)
+
+        threads = [threading.Thread(target=stream, args=(port, {"length": a.length, "seed": 100 + i}, results[i]))
+                   for i in range(a.clients)]
+        t0 = time.perf_counter()
+        for t in threads:
+            t.start()
+        w = threading.Thread(target=watch)
+        w.start()
+        for t in threads:
+            t.join()
+        wall = time.perf_counter() - t0
+        w.join()
+        aggregate = a.clients * a.length / wall
+        same = sum(r["text"][:len(alone[i])] == alone[i] for i, r in enumerate(results))
+        report = {
+            "generate_chars_per_s": round(gen),
+            "one_client_chars_per_s": round(one_rate),
+            "one_client_vs_generate": round(one_rate / gen, 3),
+            "first_byte_ms_median": round(sorted(firsts)[len(firsts) // 2] * 1000, 2),
+            "clients": a.clients,
+            "aggregate_chars_per_s": round(aggregate),
+            "aggregate_vs_one_client": round(aggregate / one_rate, 2),
+            "texts_identical_to_alone": f"{same} of {a.clients}",
+            "rss_idle_mib": round(idle_rss / 1024, 1),
+            "rss_peak_under_load_mib": round(peak[0] / 1024, 1),
+        }
+        print(json.dumps(report, indent=2))
+        return 0 if same == a.clients else 1
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
