@@ -12,29 +12,33 @@ use rand::Rng;
 
 use crate::data::vocab::Vocab;
 use crate::kernels::cpu as kernel;
-use crate::kernels::cpu::blas::gemv_batch;
+use crate::kernels::cpu::blas::{matmul_packed, Packed, View};
 use crate::model::job::Job;
 use crate::model::Model;
 use crate::ops::cells::{with_cell, Cell, RecurrentCell, StepForward};
 
-/// A weight matrix W [rows, cols], applied to each sequence's input with row dot products that
-/// read W once per step for all sequences. Each sequence's result is the same, bit for bit,
-/// whichever other sequences share the step, so a sample depends only on its own start, seed
-/// and options (what lets a server batch unrelated requests together).
-struct Weights {
-    w: Vec<f32>,
-    rows: usize,
-}
+/// A weight matrix W [rows, cols], packed once and applied to each sequence's input. Each
+/// output of the packed product is one chain of multiply-adds whatever the batch (see
+/// `blas::matmul_packed`), so a sequence's result is the same, bit for bit, whichever other
+/// sequences share the step: a sample depends only on its own start, seed and options, which
+/// lets a server batch unrelated requests together.
+struct Weights(Packed);
 
 impl Weights {
-    /// out[b] = W · x[b] (+ bias) for `batch` inputs, through `scratch` (the transposed product).
-    fn apply(&self, out: &mut [f32], x: &[f32], batch: usize, bias: Option<&[f32]>, scratch: &mut [f32]) {
-        let rows = self.rows;
-        let product = &mut scratch[..rows * batch];
-        gemv_batch(product, &self.w, x, batch);
-        for (b, row) in out[..batch * rows].chunks_exact_mut(rows).enumerate() {
-            for (i, o) in row.iter_mut().enumerate() {
-                *o = product[i * batch + b] + bias.map_or(0.0, |bias| bias[i]);
+    fn new(w: Vec<f32>, rows: usize, cols: usize) -> Self {
+        Weights(Packed::new(View::rows(&w, rows, cols).t()))
+    }
+
+    /// out[b] = W · x[b] (+ bias) for `batch` inputs.
+    fn apply(&self, out: &mut [f32], x: &[f32], batch: usize, bias: Option<&[f32]>) {
+        let p = &self.0;
+        let out = &mut out[..batch * p.cols()];
+        matmul_packed(out, false, View::rows(x, batch, p.rows()), p);
+        if let Some(bias) = bias {
+            for row in out.chunks_exact_mut(bias.len()) {
+                for (o, b) in row.iter_mut().zip(bias) {
+                    *o += b;
+                }
             }
         }
     }
@@ -70,8 +74,6 @@ pub struct Sampler {
     dense_b: Vec<f32>,
     /// One row's tape, which sampling does not keep.
     tape: Vec<f32>,
-    /// The transposed products, [largest matrix rows, capacity].
-    scratch: Vec<f32>,
     logits: Vec<f32>,
 }
 
@@ -86,7 +88,7 @@ impl Sampler {
         let g = cell.gates() * h;
         let e = (cell.state_parts() - 1) * h;
         let weights = |t: &candle_core::Tensor, rows: usize| -> Result<Weights> {
-            Ok(Weights { w: host_f32(t)?, rows })
+            Ok(Weights::new(host_f32(t)?, rows, h))
         };
         let mut layers = Vec::new();
         for l in 0..model.config.layers {
@@ -118,7 +120,6 @@ impl Sampler {
             dense: weights(model.param("dense.weight"), v)?,
             dense_b: host_f32(model.param("dense.bias"))?,
             tape: vec![0.0; with_cell!(cell, C => C::TAPE) * h],
-            scratch: vec![0.0; g.max(v) * batch],
             logits: vec![0.0; batch * v],
         })
     }
@@ -203,9 +204,9 @@ impl Sampler {
             let (below, rest) = self.layers.split_at_mut(l);
             let layer = &mut rest[0];
             if let (Some((w_ih, b_ih)), Some(below)) = (&layer.w_ih, below.last()) {
-                w_ih.apply(&mut layer.x, &below.h[..n * h], n, Some(b_ih), &mut self.scratch);
+                w_ih.apply(&mut layer.x, &below.h[..n * h], n, Some(b_ih));
             }
-            layer.w_hh.apply(&mut layer.gh, &layer.h[..n * h], n, None, &mut self.scratch);
+            layer.w_hh.apply(&mut layer.gh, &layer.h[..n * h], n, None);
             for (b, &id) in ids.iter().enumerate() {
                 let x = match l {
                     0 => &self.table[id as usize * g..(id as usize + 1) * g],
@@ -227,7 +228,7 @@ impl Sampler {
             std::mem::swap(&mut layer.extra, &mut layer.extra_next);
         }
         let top = &self.layers.last().expect("at least one layer").h[..n * h];
-        self.dense.apply(&mut self.logits, top, n, Some(&self.dense_b), &mut self.scratch);
+        self.dense.apply(&mut self.logits, top, n, Some(&self.dense_b));
         &self.logits[..n * self.vocab]
     }
 }

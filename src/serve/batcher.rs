@@ -76,7 +76,14 @@ struct Running {
     job: Job,
     request: Request,
     started: Instant,
+    /// Text produced but not yet sent, per sample, and when text was last sent.
+    unsent: Vec<String>,
+    sent_at: Instant,
 }
+
+/// How long produced text may wait to be sent with more. One event per character would cost
+/// the HTTP side as much CPU as the sampling; a reader does not see 20 ms.
+const SEND_EVERY: Duration = Duration::from_millis(20);
 
 impl Running {
     fn send(&self, event: Event) -> bool {
@@ -170,7 +177,14 @@ fn admit(engine: &mut Engine, running: &mut Vec<Running>, request: Request) {
         let _ = request.events.send(Event::Error { status: 503, message: e.to_string() });
         return;
     }
-    let r = Running { job, request, started: Instant::now() };
+    let n = job.samples();
+    let r = Running {
+        job,
+        request,
+        started: Instant::now(),
+        unsent: vec![String::new(); n],
+        sent_at: Instant::now(),
+    };
     for sample in 0..r.job.samples() {
         r.send(Event::Text { sample, text: r.job.start().to_string() });
     }
@@ -202,9 +216,18 @@ fn step(engine: &mut Engine, running: &mut Vec<Running>) {
             let before = ids.len();
             r.job.pick(logits, &mut ids);
             let over = r.job.accept(&ids[before..], &engine.vocab);
-            let mut sent = true;
             for (sample, text) in r.job.take_new_text(over) {
-                sent &= r.send(Event::Text { sample, text });
+                r.unsent[sample] += &text;
+            }
+            let mut sent = true;
+            if over || r.sent_at.elapsed() >= SEND_EVERY {
+                for sample in 0..n {
+                    let text = std::mem::take(&mut r.unsent[sample]);
+                    if !text.is_empty() {
+                        sent &= r.request.events.send(Event::Text { sample, text }).is_ok();
+                    }
+                }
+                r.sent_at = Instant::now();
             }
             if over {
                 let seconds = r.started.elapsed().as_secs_f64().max(1e-9);

@@ -94,8 +94,10 @@ pub fn run(o: ServeOptions) -> Result<()> {
     if o.reload {
         reload::watch(o.checkpoint.clone(), state.clone());
     }
+    // One thread is plenty for relaying text; more would take CPU from the sampler, whose
+    // products already use every core.
     let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+        .worker_threads(1)
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;

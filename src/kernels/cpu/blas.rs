@@ -2,16 +2,13 @@
 //!
 //! General products go to the `gemm` crate (the same engine candle uses; it picks its own
 //! AVX-512, AVX2 or NEON kernel at run time), spread over rayon's pool. The per-step products
-//! of the recurrence multiply by a matrix packed once per batch, with register-tile kernels of
-//! our own per instruction set ([`crate::kernels::cpu`]). The sampling step is a
-//! matrix-vector product per sequence, which a GEMM runs poorly, so it has its own
-//! multi-threaded row-dot kernel.
+//! of the recurrence and of sampling multiply by a matrix packed once, with register-tile
+//! kernels of our own per instruction set ([`crate::kernels::cpu`]).
 
 use gemm::{gemm, Parallelism};
 use rayon::prelude::*;
 
-use crate::kernels::cpu::float::Float;
-use crate::kernels::cpu::{self as kernel, per_kernel, Isa, Kernel};
+use crate::kernels::cpu::{self as kernel, Kernel};
 
 /// A read-only matrix view: element (i, j) is `data[i * row_stride + j * col_stride]`.
 #[derive(Clone, Copy)]
@@ -451,110 +448,6 @@ pub fn transpose<T: Copy + Default + Send + Sync>(m: &[T], rows: usize, cols: us
     out
 }
 
-/// `out_t[i * batch + b] = dot(w[i, :], x[b, :])` for a row-major `w` of `out_t.len() / batch`
-/// rows and `batch` inputs `x` [batch, cols]: each weight row is read from memory once for all
-/// inputs. Every entry is computed in the same order (that of [`dot`]), whatever `batch` is and
-/// whichever tile it falls in, so one input's result does not depend, bit for bit, on which or
-/// how many other inputs share the call. The output is transposed ([rows, batch]) so that
-/// threads own disjoint runs of it.
-pub fn gemv_batch(out_t: &mut [f32], w: &[f32], x: &[f32], batch: usize) {
-    if batch == 0 {
-        return;
-    }
-    let (rows, cols) = (out_t.len() / batch, x.len() / batch);
-    assert_eq!((rows * batch, cols * batch), (out_t.len(), x.len()), "ragged inputs or outputs");
-    assert_eq!(w.len(), rows * cols, "matrix, inputs and outputs disagree");
-    const ROWS_PER_TASK: usize = 128;
-    let kernel = kernel::active();
-    out_t.par_chunks_mut(ROWS_PER_TASK * batch).enumerate().for_each(|(chunk, out)| {
-        let w = &w[chunk * ROWS_PER_TASK * cols..][..out.len() / batch * cols];
-        row_dots(kernel, out, w, x, cols, batch);
-    });
-}
-
-per_kernel! {
-/// `out[i * batch + b] = dot(w[i, :], x[b, :])`, in tiles of [`TR`] rows by [`TB`] inputs:
-/// the tile's independent dot products share each load, where one alone waits on its own
-/// additions.
-fn row_dots<T: Float, I: Isa>(out: &mut [T], w: &[T], x: &[T], cols: usize, batch: usize) {
-    let rows = w.len() / cols;
-    let row = |i: usize| &w[i * cols..(i + 1) * cols];
-    let input = |b: usize| &x[b * cols..(b + 1) * cols];
-    let mut i = 0;
-    while i + TR <= rows {
-        let tile: [&[T]; TR] = std::array::from_fn(|r| row(i + r));
-        let mut b = 0;
-        while b + TB <= batch {
-            let d = dot_tile::<T, I, TR, TB>(tile, std::array::from_fn(|k| input(b + k)));
-            for (r, d) in d.iter().enumerate() {
-                out[(i + r) * batch + b..][..TB].copy_from_slice(d);
-            }
-            b += TB;
-        }
-        for b in b..batch {
-            let d = dot_tile::<T, I, TR, 1>(tile, [input(b)]);
-            for (r, d) in d.iter().enumerate() {
-                out[(i + r) * batch + b] = d[0];
-            }
-        }
-        i += TR;
-    }
-    for i in i..rows {
-        for b in 0..batch {
-            out[i * batch + b] = dot_tile::<T, I, 1, 1>([row(i)], [input(b)])[0][0];
-        }
-    }
-}
-}
-
-/// The tile: rows of W by inputs. 4 × 2 keeps 16 running-sum registers busy; 2 × 4, 4 × 3 and
-/// 8 × 1 measured the same within noise.
-const TR: usize = 4;
-const TB: usize = 2;
-
-per_kernel! {
-#[cfg(test)]
-/// One dot product, in the order every product of [`gemv_batch`] takes.
-fn dot<T: Float, I: Isa>(a: &[T], b: &[T]) -> T {
-    dot_tile::<T, I, 1, 1>([a], [b])[0][0]
-}
-}
-
-/// The dot products of R rows with B inputs, each in one fixed order: 32 running sums over
-/// every 32nd element (fused multiply-adds only where the instruction set has them; elsewhere
-/// `mul_add` is a library call per element), added up in lane order, then the tail in order.
-/// The tile shape changes how many products share a load, never the arithmetic of any one.
-#[inline(always)]
-fn dot_tile<T: Float, I: Isa, const R: usize, const B: usize>(w: [&[T]; R], x: [&[T]; B]) -> [[T; B]; R] {
-    const LANES: usize = 32;
-    let n = x[0].len();
-    let main = n / LANES * LANES;
-    let mut acc = [[[T::zero(); LANES]; B]; R];
-    let chunk = |v: &[T], k: usize| -> [T; LANES] { v[k..k + LANES].try_into().expect("a whole chunk") };
-    for k in (0..main).step_by(LANES) {
-        let xc: [[T; LANES]; B] = std::array::from_fn(|b| chunk(x[b], k));
-        for (acc, w) in acc.iter_mut().zip(&w) {
-            let wc = chunk(w, k);
-            for (acc, xc) in acc.iter_mut().zip(&xc) {
-                for ((s, &p), &q) in acc.iter_mut().zip(&wc).zip(xc) {
-                    *s = if I::FMA { p.mul_add(q, *s) } else { p * q + *s };
-                }
-            }
-        }
-    }
-    let mut out = [[T::zero(); B]; R];
-    for r in 0..R {
-        for b in 0..B {
-            let mut sum = acc[r][b].iter().fold(T::zero(), |s, &v| s + v);
-            for (&p, &q) in w[r][main..n].iter().zip(&x[b][main..n]) {
-                sum += p * q;
-            }
-            out[r][b] = sum;
-        }
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -621,35 +514,29 @@ mod tests {
         }
     }
 
+    /// Each output row is one chain of multiply-adds over k whatever tile it falls in, so a
+    /// row's result is the same, bit for bit, alone or among others: what lets sampling batch
+    /// unrelated sequences together.
     #[test]
-    fn dot_matches_naive_on_every_kernel() {
+    fn a_packed_products_rows_do_not_depend_on_the_other_rows() {
+        let (k, n) = (37, 84);
+        let b: Vec<f32> = seq(k * n, 0.03).iter().map(|&x| x as f32).collect();
+        let packed = Packed::new(View::rows(&b, k, n));
+        let a: Vec<f32> = seq(19 * k, 0.1).iter().map(|&x| (x as f32).sin()).collect();
         for kernel in Kernel::available() {
-            for len in [0, 1, 31, 32, 33, 100, 1024] {
-                let a: Vec<f32> = seq(len, 0.01).iter().map(|&x| x as f32).collect();
-                let b: Vec<f32> = seq(len + 3, 0.02)[3..].iter().map(|&x| x as f32).collect();
-                let want: f64 = a.iter().zip(&b).map(|(&x, &y)| x as f64 * y as f64).sum();
-                let got = dot(kernel, &a, &b) as f64;
-                assert!((got - want).abs() < 1e-5 * want.abs().max(1.0), "{kernel} {len}: {got} vs {want}");
-            }
-        }
-    }
-
-    #[test]
-    fn batched_row_dots_match_naive_and_do_not_depend_on_the_batch() {
-        // 300 rows: two full tasks of 128 and a ragged one; 77 columns: two 32-wide chunks
-        // and a tail.
-        let (rows, cols) = (300, 77);
-        let w: Vec<f32> = seq(rows * cols, 0.01).iter().map(|&x| x as f32).collect();
-        let x: Vec<f32> = seq(5 * cols, 0.02).iter().map(|&x| x as f32).collect();
-        let mut all = vec![0.0; rows * 5];
-        gemv_batch(&mut all, &w, &x, 5);
-        for b in 0..5 {
-            let mut alone = vec![0.0; rows];
-            gemv_batch(&mut alone, &w, &x[b * cols..(b + 1) * cols], 1);
-            for i in 0..rows {
-                let want: f64 = (0..cols).map(|j| w[i * cols + j] as f64 * x[b * cols + j] as f64).sum();
-                assert!((alone[i] as f64 - want).abs() < 1e-4 * want.abs().max(1.0), "row {i}");
-                assert_eq!(alone[i].to_bits(), all[i * 5 + b].to_bits(), "row {i}, input {b}");
+            let mut all = vec![0.0f32; 19 * n];
+            matmul_packed_on(kernel, &mut all, false, View::rows(&a, 19, k), &packed);
+            for m in [1, 2, 7, 9] {
+                for first in [0, 19 - m] {
+                    let mut some = vec![0.0f32; m * n];
+                    matmul_packed_on(kernel, &mut some, false, View::rows(&a[first * k..], m, k), &packed);
+                    let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                    assert_eq!(
+                        bits(&some),
+                        bits(&all[first * n..(first + m) * n]),
+                        "{kernel}: rows {first}..+{m}"
+                    );
+                }
             }
         }
     }
