@@ -30,13 +30,14 @@ pub(super) fn run(a: GenerateArgs) -> Result<()> {
         stop: a.stop.clone(),
         include_stop: a.include_stop,
     };
-    let flag = if a.start_file.is_some() { "--start-file" } else { "--start" };
-    let mut job = Job::new(&ckpt.vocab, &options).context(flag)?;
+    // Before anything is sized by the number of samples.
     budget::check(
         "sampling",
         budget::sampling_bytes(&ckpt.model.config, a.num_samples),
         &format!("--num-samples {}", a.num_samples),
     )?;
+    let flag = if a.start_file.is_some() { "--start-file" } else { "--start" };
+    let mut job = Job::new(&ckpt.vocab, &options).context(flag)?;
     let mut engine = Engine::new(&ckpt.model, a.num_samples)?;
     match &a.output {
         Some(file) => {
