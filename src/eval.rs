@@ -1,5 +1,6 @@
 //! `charrnn eval` (how well a model predicts a text) and `charrnn info` (what a checkpoint is).
 
+use std::collections::BTreeSet;
 use std::fmt::Write as _;
 use std::path::Path;
 
@@ -8,6 +9,7 @@ use candle_core::DType;
 use serde::Serialize;
 
 use crate::checkpoint::{self, Provenance};
+use crate::data::cache::Corpus;
 use crate::data::vocab::Vocab;
 use crate::data::Sequences;
 use crate::metrics::{self, Metrics, Record};
@@ -44,10 +46,10 @@ pub struct Score {
 }
 
 impl Score {
-    pub fn describe(&self, checkpoint: &Path, data: &Path) -> String {
+    pub fn describe(&self, checkpoint: &Path, data: &impl std::fmt::Display) -> String {
         let mut s = format!(
             "{} under {}: {:.4} nats/char, {:.4} bits/char, perplexity {:.3} over {} characters",
-            data.display(),
+            data,
             checkpoint.display(),
             self.nats_per_char,
             self.bits_per_char,
@@ -71,6 +73,45 @@ impl Score {
 /// the vocabulary are counted and dropped from the stream.
 pub fn score(model: &Model, vocab: &Vocab, text: &str, seq_len: usize, batch_size: usize) -> Result<Score> {
     let (ids, skipped, unknown) = vocab.encode_known(text);
+    score_ids(model, ids, skipped, unknown, seq_len, batch_size)
+}
+
+/// [`score`] for a prepared corpus, whose ids are in its own vocabulary: they are translated
+/// to the model's, chunk by chunk, leaving out (and counting) the characters it lacks.
+pub fn score_corpus(
+    model: &Model,
+    vocab: &Vocab,
+    corpus: &Corpus,
+    seq_len: usize,
+    batch_size: usize,
+) -> Result<Score> {
+    let to_model: Vec<Option<u32>> = corpus.vocab.chars().iter().map(|&c| vocab.id(c)).collect();
+    let (mut ids, mut skipped, mut unknown) = (Vec::new(), 0, BTreeSet::new());
+    let (all, mut chunk) = (corpus.ids(), Vec::new());
+    for start in (0..all.len()).step_by(1 << 20) {
+        chunk.clear();
+        all.extend(start..(start + (1 << 20)).min(all.len()), &mut chunk);
+        for &id in &chunk {
+            match to_model[id as usize] {
+                Some(m) => ids.push(m),
+                None => {
+                    skipped += 1;
+                    unknown.insert(corpus.vocab.char(id));
+                }
+            }
+        }
+    }
+    score_ids(model, ids, skipped, unknown, seq_len, batch_size)
+}
+
+fn score_ids(
+    model: &Model,
+    ids: Vec<u32>,
+    skipped: usize,
+    unknown: BTreeSet<char>,
+    seq_len: usize,
+    batch_size: usize,
+) -> Result<Score> {
     if ids.len() < 2 {
         bail!("the text has {} characters the model knows; at least 2 are needed to score it", ids.len());
     }

@@ -98,6 +98,32 @@ pub struct TrainArgs {
     /// checkpoints, optimizer states and metrics first (without it such a folder is refused)
     #[arg(long, conflicts_with = "resume")]
     pub overwrite: bool,
+    #[command(flatten)]
+    pub cache: CacheArgs,
+}
+
+/// Where the corpus's token cache lives.
+#[derive(Args, Debug)]
+pub struct CacheArgs {
+    /// Folder for token caches [default: $CHARRNN_CACHE_DIR, else $XDG_CACHE_HOME/charrnn,
+    /// else ~/.cache/charrnn]
+    #[arg(long, value_name = "DIR")]
+    pub cache_dir: Option<PathBuf>,
+    /// Build a temporary token cache for this run only and remove it afterwards
+    #[arg(long, conflicts_with = "cache_dir")]
+    pub no_cache: bool,
+}
+
+impl CacheArgs {
+    /// The folder to keep the cache in, or None for a temporary one.
+    pub fn dir(&self) -> Option<PathBuf> {
+        match self.no_cache {
+            true => None,
+            false => {
+                Some(self.cache_dir.clone().unwrap_or_else(crate::data::cache::CacheOptions::default_dir))
+            }
+        }
+    }
 }
 
 /// Where to run.
@@ -113,9 +139,17 @@ pub struct EvalArgs {
     /// A checkpoint file, or a folder to take the newest ckpt_N.safetensors from
     #[arg(long, default_value = "checkpoints")]
     pub checkpoint: PathBuf,
-    /// UTF-8 text to score
+    /// UTF-8 text to score: files, folders and glob patterns, as `train --data` takes them
+    #[arg(long, num_args = 1.., required = true, value_name = "PATH")]
+    pub data: Vec<PathBuf>,
+    /// Put between the documents of several files
+    #[arg(long, default_value = "\n\n", value_name = "TEXT")]
+    pub doc_separator: String,
+    /// Leave out files that are not UTF-8 (they are listed) instead of refusing them
     #[arg(long)]
-    pub data: PathBuf,
+    pub skip_invalid: bool,
+    #[command(flatten)]
+    pub cache: CacheArgs,
     /// Characters per scored sequence (each starts from a zero state, as in training)
     #[arg(long, default_value_t = 100, value_parser = positive)]
     pub seq_len: usize,

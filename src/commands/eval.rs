@@ -4,6 +4,8 @@ use anyhow::Result;
 
 use super::emit;
 use crate::cli::{EvalArgs, InfoArgs};
+use crate::data::cache::{self, CacheOptions};
+use crate::data::sources::Sources;
 use crate::{budget, checkpoint, device, eval};
 
 pub(super) fn run(a: EvalArgs) -> Result<()> {
@@ -15,11 +17,14 @@ pub(super) fn run(a: EvalArgs) -> Result<()> {
         budget::training_bytes(&ckpt.model.config, a.batch_size, a.seq_len),
         &format!("--batch-size {} --seq-len {}", a.batch_size, a.seq_len),
     )?;
-    let text = crate::data::read_corpus(&a.data)?;
-    let score = eval::score(&ckpt.model, &ckpt.vocab, &text, a.seq_len, a.batch_size)?;
+    let sources = Sources(a.data.clone());
+    let options =
+        CacheOptions { dir: a.cache.dir(), separator: a.doc_separator.clone(), skip_invalid: a.skip_invalid };
+    let corpus = cache::prepare(&sources, &options)?;
+    let score = eval::score_corpus(&ckpt.model, &ckpt.vocab, &corpus, a.seq_len, a.batch_size)?;
     match a.json {
         true => emit(&format!("{}\n", serde_json::to_string_pretty(&score)?)),
-        false => emit(&format!("{}\n", score.describe(&path, &a.data))),
+        false => emit(&format!("{}\n", score.describe(&path, &sources))),
     }
 }
 

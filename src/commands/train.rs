@@ -29,5 +29,6 @@ pub(super) fn run(a: TrainArgs) -> Result<()> {
         checkpoint_dir,
         resume,
         overwrite: a.overwrite,
+        cache_dir: a.cache.dir(),
     })
 }

@@ -2,8 +2,13 @@
 //! seq_len + 1, split each into input (all but last) and target (all but first), shuffle with
 //! a fixed-size buffer, batch, drop the remainder. Plus the contiguous validation split.
 
+pub mod cache;
 pub mod download;
+pub mod ids;
+pub mod sources;
 pub mod vocab;
+
+pub use ids::Ids;
 
 use std::path::Path;
 
@@ -34,7 +39,8 @@ pub fn read_corpus(path: &Path) -> Result<String> {
 }
 
 /// Splits the id stream: the last `val_fraction` is held out, contiguous and unshuffled.
-pub fn split_validation(ids: &[u32], val_fraction: f64) -> (&[u32], &[u32]) {
+pub fn split_validation<'a>(ids: impl Into<Ids<'a>>, val_fraction: f64) -> (Ids<'a>, Ids<'a>) {
+    let ids = ids.into();
     let train_len = ((ids.len() as f64) * (1.0 - val_fraction)).floor() as usize;
     ids.split_at(train_len.min(ids.len()))
 }
@@ -42,13 +48,13 @@ pub fn split_validation(ids: &[u32], val_fraction: f64) -> (&[u32], &[u32]) {
 /// Consecutive non-overlapping chunks of `seq_len + 1` ids; the remainder is dropped.
 #[derive(Clone, Copy)]
 pub struct Sequences<'a> {
-    ids: &'a [u32],
+    ids: Ids<'a>,
     seq_len: usize,
 }
 
 impl<'a> Sequences<'a> {
-    pub fn new(ids: &'a [u32], seq_len: usize) -> Self {
-        Sequences { ids, seq_len }
+    pub fn new(ids: impl Into<Ids<'a>>, seq_len: usize) -> Self {
+        Sequences { ids: ids.into(), seq_len }
     }
 
     pub fn len(&self) -> usize {
@@ -63,20 +69,14 @@ impl<'a> Sequences<'a> {
         self.seq_len
     }
 
-    /// The i-th chunk: seq_len + 1 ids.
-    pub fn chunk(&self, i: usize) -> &'a [u32] {
-        let n = self.seq_len + 1;
-        &self.ids[i * n..(i + 1) * n]
-    }
-
     /// Inputs and targets of the chosen sequences, row-major [indices.len(), seq_len].
     pub fn batch(&self, indices: &[usize]) -> Batch {
-        let mut inputs = Vec::with_capacity(indices.len() * self.seq_len);
-        let mut targets = Vec::with_capacity(indices.len() * self.seq_len);
+        let (t, n) = (self.seq_len, self.seq_len + 1);
+        let mut inputs = Vec::with_capacity(indices.len() * t);
+        let mut targets = Vec::with_capacity(indices.len() * t);
         for &i in indices {
-            let c = self.chunk(i);
-            inputs.extend_from_slice(&c[..self.seq_len]);
-            targets.extend_from_slice(&c[1..]);
+            self.ids.extend(i * n..i * n + t, &mut inputs);
+            self.ids.extend(i * n + 1..(i + 1) * n, &mut targets);
         }
         Batch { inputs, targets, batch_size: indices.len(), seq_len: self.seq_len }
     }
@@ -87,14 +87,14 @@ impl<'a> Sequences<'a> {
 /// so a state carried from one batch to the next continues the same text. Never shuffled.
 #[derive(Clone, Copy)]
 pub struct Lanes<'a> {
-    ids: &'a [u32],
+    ids: Ids<'a>,
     batch: usize,
     seq_len: usize,
 }
 
 impl<'a> Lanes<'a> {
-    pub fn new(ids: &'a [u32], batch: usize, seq_len: usize) -> Self {
-        Lanes { ids, batch, seq_len }
+    pub fn new(ids: impl Into<Ids<'a>>, batch: usize, seq_len: usize) -> Self {
+        Lanes { ids: ids.into(), batch, seq_len }
     }
 
     fn lane_len(&self) -> usize {
@@ -117,8 +117,8 @@ impl<'a> Lanes<'a> {
         let mut targets = Vec::with_capacity(self.batch * t);
         for b in 0..self.batch {
             let start = b * lane + k * t;
-            inputs.extend_from_slice(&self.ids[start..start + t]);
-            targets.extend_from_slice(&self.ids[start + 1..start + t + 1]);
+            self.ids.extend(start..start + t, &mut inputs);
+            self.ids.extend(start + 1..start + t + 1, &mut targets);
         }
         Batch { inputs, targets, batch_size: self.batch, seq_len: t }
     }
@@ -184,7 +184,8 @@ mod tests {
         let ids: Vec<u32> = (0..23).collect();
         let seqs = Sequences::new(&ids, 4);
         assert_eq!(seqs.len(), 4);
-        assert_eq!(seqs.chunk(3), &[15, 16, 17, 18, 19]);
+        let b = seqs.batch(&[3]);
+        assert_eq!((b.inputs, b.targets), (vec![15, 16, 17, 18], vec![16, 17, 18, 19]));
         let b = seqs.batch(&[2, 0]);
         assert_eq!(b.inputs, vec![10, 11, 12, 13, 0, 1, 2, 3]);
         assert_eq!(b.targets, vec![11, 12, 13, 14, 1, 2, 3, 4]);
@@ -237,7 +238,7 @@ mod tests {
         let ids: Vec<u32> = (0..100).collect();
         let (train, val) = split_validation(&ids, 0.1);
         assert_eq!(train.len(), 90);
-        assert_eq!(val, &ids[90..]);
+        assert_eq!(val.to_vec(), &ids[90..]);
         let (train, val) = split_validation(&ids, 0.0);
         assert_eq!((train.len(), val.len()), (100, 0));
     }

@@ -32,6 +32,8 @@ pub struct TrainOptions {
     /// A fresh run may delete another run's files in its folder first (otherwise it refuses
     /// such a folder).
     pub overwrite: bool,
+    /// Where the corpus's token cache is kept; None: a temporary one for this run.
+    pub cache_dir: Option<PathBuf>,
 }
 
 /// Training stopped by Ctrl-C / SIGTERM after saving; the binary exits with status 130.
@@ -65,7 +67,7 @@ pub fn run(o: &TrainOptions) -> Result<()> {
     if o.device.is_cuda() {
         s.model.cell.require_gpu_kernels().map_err(anyhow::Error::msg)?;
     }
-    let corpus = setup::Corpus::read(s)?;
+    let corpus = setup::corpus(s, o.cache_dir.as_deref())?;
     let batches = setup::Batches::new(&corpus, s)?;
     let start = match resumed {
         Some(r) => setup::resumed(r, s, &corpus)?,

@@ -26,7 +26,9 @@ impl Preset {
         let tutorial = Settings {
             model: ModelSettings { embedding_dim: 256, rnn_units: 1024, layers: 1, cell: Cell::Gru },
             data: DataSettings {
-                data: PathBuf::from("data/shakespeare.txt"),
+                data: PathBuf::from("data/shakespeare.txt").into(),
+                doc_separator: "\n\n".to_string(),
+                skip_invalid: false,
                 batch_size: 64,
                 seq_len: 100,
                 buffer_size: 10_000,

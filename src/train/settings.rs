@@ -13,6 +13,7 @@ use anyhow::{bail, Result};
 use serde::{Deserialize, Serialize};
 
 use crate::checks;
+use crate::data::sources::Sources;
 use crate::device::Precision;
 use crate::ops::cells::Cell;
 
@@ -32,6 +33,12 @@ macro_rules! overlay {
     (switch $setting:expr, $typed:expr) => {
         $setting || $typed
     };
+    (list $setting:expr, $typed:expr) => {
+        match $typed.is_empty() {
+            true => $setting.clone(),
+            false => $typed.clone().into(),
+        }
+    };
 }
 
 macro_rules! check_rule {
@@ -45,7 +52,8 @@ macro_rules! check_rule {
 
 /// Declares a settings group: `$name` (the settings) and `$args` (the flags that override
 /// them). Each field is `value` (a flag that may be left out), `optional` (a setting that may
-/// be absent) or `switch` (a flag without a value, which can only turn the setting on), with
+/// be absent), `switch` (a flag without a value, which can only turn the setting on) or `list`
+/// (a flag that may be repeated or given several values; any replace the setting's), with
 /// its type as a setting and `as` a flag (written out: clap reads the type's syntax); `=>`
 /// gives the rule its value must satisfy, from whatever source.
 macro_rules! settings_group {
@@ -129,6 +137,16 @@ fn one() -> usize {
     1
 }
 
+fn blank_line() -> String {
+    "\n\n".to_string()
+}
+
+/// Settings at their defaults are left out of the saved form, which therefore stays what
+/// runs saved before they existed.
+fn is_blank_line(s: &str) -> bool {
+    s == "\n\n"
+}
+
 settings_group! {
     /// The model's shape (the vocabulary comes from the text).
     ModelSettings / ModelArgs {
@@ -152,9 +170,19 @@ settings_group! {
 settings_group! {
     /// The text and how it is cut into batches.
     DataSettings / DataArgs {
-        /// UTF-8 text to train on [default: data/shakespeare.txt]
+        /// UTF-8 text to train on: files, folders (read recursively, in sorted path order,
+        /// hidden files skipped) and glob patterns, one after the other [default:
+        /// data/shakespeare.txt]
+        #[arg(long, num_args = 1.., value_name = "PATH")]
+        list data: Sources as Vec<PathBuf>;
+        /// Put between the documents of several files [default: a blank line, "\n\n"]
+        #[arg(long, value_name = "TEXT")]
+        #[serde(default = "blank_line", skip_serializing_if = "is_blank_line")]
+        value doc_separator: String as Option<String>;
+        /// Leave out files that are not UTF-8 (they are listed) instead of refusing them
         #[arg(long)]
-        value data: PathBuf as Option<PathBuf>;
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        switch skip_invalid: bool as bool;
         /// Sequences per batch [tutorial: 64]
         #[arg(long, value_parser = positive)]
         value batch_size: usize as Option<usize> => checks::AT_LEAST_ONE;

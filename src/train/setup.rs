@@ -4,30 +4,22 @@
 use anyhow::{bail, Result};
 use candle_core::{DType, Device, Tensor};
 use rand::{rngs::StdRng, SeedableRng};
-use sha2::{Digest, Sha256};
 
 use super::resume::{Position, Resumed};
-use crate::checkpoint;
-use crate::data::vocab::Vocab;
-use crate::data::{read_corpus, split_validation, Lanes, Sequences};
+use crate::data::cache::{self, CacheOptions, Corpus};
+use crate::data::{split_validation, Lanes, Sequences};
 use crate::model::{Config, Model};
 use crate::optim::Adam;
 use crate::train::settings::Settings;
 
-/// The training text, encoded.
-pub(super) struct Corpus {
-    pub vocab: Vocab,
-    pub ids: Vec<u32>,
-    pub sha256: String,
-}
-
-impl Corpus {
-    pub fn read(s: &Settings) -> Result<Corpus> {
-        let text = read_corpus(&s.data.data)?;
-        let vocab = Vocab::from_text(&text);
-        let ids = vocab.encode(&text)?;
-        Ok(Corpus { vocab, ids, sha256: checkpoint::hex(&Sha256::digest(text.as_bytes())) })
-    }
+/// The training text, from its token cache (built or checked first).
+pub(super) fn corpus(s: &Settings, cache_dir: Option<&std::path::Path>) -> Result<Corpus> {
+    let options = CacheOptions {
+        dir: cache_dir.map(std::path::Path::to_path_buf),
+        separator: s.data.doc_separator.clone(),
+        skip_invalid: s.data.skip_invalid,
+    };
+    cache::prepare(&s.data.data, &options)
 }
 
 /// The corpus cut into what an epoch reads: shuffled sequences or (stateful) contiguous lanes,
@@ -45,19 +37,19 @@ impl<'a> Batches<'a> {
     /// Refuses a corpus too short for one batch, saying how long it must be.
     pub fn new(corpus: &'a Corpus, s: &Settings) -> Result<Self> {
         let d = &s.data;
-        let (train_ids, val_ids) = split_validation(&corpus.ids, d.val_fraction);
+        let (train_ids, val_ids) = split_validation(corpus.ids(), d.val_fraction);
         let train = Sequences::new(train_ids, d.seq_len);
         let lanes = Lanes::new(train_ids, d.batch_size, d.seq_len);
         if train.len() < d.batch_size || (d.stateful && lanes.is_empty()) {
             let need = ((d.batch_size * (d.seq_len + 1)) as f64 / (1.0 - d.val_fraction)).ceil();
             bail!(
                 "the corpus {} is too short: one batch of {} sequences of {} characters needs at least {} characters{}, it has {}. Use a longer text or lower --batch-size / --seq-len",
-                d.data.display(),
+                d.data,
                 d.batch_size,
                 d.seq_len + 1,
                 need,
                 if d.val_fraction > 0.0 { format!(" (with --val-fraction {})", d.val_fraction) } else { String::new() },
-                corpus.ids.len()
+                corpus.len()
             );
         }
         let per_epoch = if d.stateful { lanes.len() } else { train.len() / d.batch_size };
@@ -107,7 +99,7 @@ pub(super) fn resumed(r: Resumed, s: &Settings, corpus: &Corpus) -> Result<Start
     if provenance.corpus_sha256 != corpus.sha256 {
         bail!(
             "{} differs from the text {} was trained on (SHA-256 {}); resume with the same corpus",
-            s.data.data.display(),
+            s.data.data,
             r.path.display(),
             provenance.corpus_sha256
         );
@@ -133,7 +125,7 @@ fn check_memory(config: &Config, s: &Settings) -> Result<()> {
 /// The run's summary on stderr: corpus, split, model, seed.
 pub(super) fn describe(s: &Settings, corpus: &Corpus, batches: &Batches, config: &Config) {
     let d = &s.data;
-    eprintln!("corpus {}: {} characters, {} unique", d.data.display(), corpus.ids.len(), corpus.vocab.len());
+    eprintln!("{}", corpus.describe(&d.data));
     let order = match d.stateful {
         false => format!("{} shuffled sequences of {}", batches.train.len(), d.seq_len + 1),
         true => format!(

@@ -1,0 +1,470 @@
+//! The token cache: a corpus read once, as character ids in a file that training memory-maps,
+//! so that neither the text nor its ids are ever held whole in memory.
+//!
+//! Preparing streams the sources twice in fixed-size chunks: the first pass checks that each
+//! is UTF-8 and collects the characters (the vocabulary: the sorted set, as before); the second
+//! writes the ids, 1 byte each when the vocabulary has at most 256 characters, 2 up to 65,536,
+//! else 4, and the corpus's SHA-256. The file is
+//!
+//! ```text
+//! "CRNNTOK1" | header length (u64 LE) | header (JSON) | zeros to a multiple of 8 | ids (LE)
+//! ```
+//!
+//! where the header holds the format version, the vocabulary, each source's path, size and
+//! modification time, the document separator, the id width and count, and the SHA-256. A
+//! cache is used only when all of it checks out against the sources as they are now (and every
+//! id is inside the vocabulary); otherwise it is rebuilt, atomically.
+
+use std::collections::BTreeSet;
+use std::fs::File;
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use super::sources::{self, SourceFile, Sources};
+use super::vocab::Vocab;
+use super::Ids;
+
+const MAGIC: &[u8; 8] = b"CRNNTOK1";
+const FORMAT: u32 = 1;
+/// A header larger than this is not one of ours (10,000 sources take about 1 MB).
+const MAX_HEADER: u64 = 256 << 20;
+/// Bytes read at a time.
+const CHUNK: usize = 8 << 20;
+
+/// How sources become one text, and where its cache goes.
+#[derive(Clone, Debug)]
+pub struct CacheOptions {
+    /// The cache folder; None builds a temporary cache that is removed after the run.
+    pub dir: Option<PathBuf>,
+    /// Put between documents.
+    pub separator: String,
+    /// Leave out (and list) files that are not UTF-8 instead of refusing them.
+    pub skip_invalid: bool,
+}
+
+impl CacheOptions {
+    /// The default cache folder: `$CHARRNN_CACHE_DIR`, else `$XDG_CACHE_HOME/charrnn`, else
+    /// `~/.cache/charrnn`, else the system's temporary folder.
+    pub fn default_dir() -> PathBuf {
+        let env = |k: &str| std::env::var_os(k).filter(|v| !v.is_empty()).map(PathBuf::from);
+        env("CHARRNN_CACHE_DIR")
+            .or_else(|| env("XDG_CACHE_HOME").map(|d| d.join("charrnn")))
+            .or_else(|| env("HOME").map(|d| d.join(".cache").join("charrnn")))
+            .unwrap_or_else(|| std::env::temp_dir().join("charrnn"))
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+struct Header {
+    format: u32,
+    vocab: Vec<char>,
+    files: Vec<SourceFile>,
+    skipped: Vec<PathBuf>,
+    separator: String,
+    skip_invalid: bool,
+    width: usize,
+    count: u64,
+    sha256: String,
+}
+
+/// A prepared corpus: its vocabulary, its ids (memory-mapped), and where they came from.
+pub struct Corpus {
+    pub vocab: Vocab,
+    pub sha256: String,
+    pub files: Vec<SourceFile>,
+    /// Files left out by `skip_invalid`.
+    pub skipped: Vec<PathBuf>,
+    /// The cache file, when it is kept.
+    pub cache: Option<PathBuf>,
+    map: memmap2::Mmap,
+    offset: usize,
+    width: usize,
+    count: usize,
+    /// A temporary cache, removed when the corpus is dropped.
+    _temporary: Option<tempfile::TempPath>,
+}
+
+impl Corpus {
+    pub fn ids(&self) -> Ids<'_> {
+        Ids::Packed {
+            bytes: &self.map[self.offset..self.offset + self.count * self.width],
+            width: self.width,
+        }
+    }
+
+    /// Characters in the corpus.
+    pub fn len(&self) -> usize {
+        self.count
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+
+    /// One line per source (or a count, for many), for the log.
+    pub fn describe(&self, sources: &Sources) -> String {
+        let bytes: u64 = self.files.iter().map(|f| f.size).sum();
+        let mut s = format!(
+            "corpus {sources}: {} file(s), {} bytes, {} characters, {} unique",
+            self.files.len(),
+            bytes,
+            self.count,
+            self.vocab.len()
+        );
+        if !self.skipped.is_empty() {
+            let names: Vec<String> = self.skipped.iter().map(|p| p.display().to_string()).collect();
+            s +=
+                &format!("; skipped {} file(s) that are not UTF-8: {}", self.skipped.len(), names.join(", "));
+        }
+        match &self.cache {
+            Some(c) => s + &format!("; token cache {}", c.display()),
+            None => s,
+        }
+    }
+}
+
+/// Reads the sources into a corpus: from a valid cache when there is one, else by building it.
+pub fn prepare(sources: &Sources, o: &CacheOptions) -> Result<Corpus> {
+    let paths = sources::resolve(sources)?;
+    let files: Vec<SourceFile> = paths
+        .iter()
+        .map(|p| {
+            SourceFile::stat(p).with_context(|| {
+                format!("cannot read the corpus {}; run `charrnn download` or pass --data FILE", p.display())
+            })
+        })
+        .collect::<Result<_>>()?;
+    let Some(dir) = &o.dir else {
+        let dir = std::env::temp_dir();
+        let tmp = crate::atomic::temporary_file(&dir).context("cannot make a temporary token cache")?;
+        let path = tmp.into_temp_path();
+        build(&path, &files, o)?;
+        let mut corpus = open(&path, &files, o).map_err(anyhow::Error::msg)?;
+        corpus.cache = None;
+        corpus._temporary = Some(path);
+        return Ok(corpus);
+    };
+    std::fs::create_dir_all(dir).with_context(|| {
+        format!("cannot make the cache folder {}; pass --cache-dir DIR or --no-cache", dir.display())
+    })?;
+    let path = dir.join(format!("{}.tokens", key(&files, o)));
+    if path.exists() {
+        match open(&path, &files, o) {
+            Ok(corpus) => return Ok(corpus),
+            Err(why) => eprintln!("token cache {}: {why}; rebuilding it", path.display()),
+        }
+    }
+    let tmp = crate::atomic::temporary_file(dir).with_context(|| {
+        format!("cannot write in the cache folder {}; pass --cache-dir DIR or --no-cache", dir.display())
+    })?;
+    let tmp_path = tmp.into_temp_path();
+    build(&tmp_path, &files, o)?;
+    tmp_path.persist(&path).with_context(|| format!("cannot write the token cache {}", path.display()))?;
+    open(&path, &files, o)
+        .map_err(|why| anyhow::anyhow!("the token cache {} just written {why}", path.display()))
+}
+
+/// The cache's name: a digest of the sources' paths and the joining options.
+fn key(files: &[SourceFile], o: &CacheOptions) -> String {
+    let mut h = Sha256::new();
+    for f in files {
+        let abs = std::fs::canonicalize(&f.path).unwrap_or_else(|_| f.path.clone());
+        h.update(abs.to_string_lossy().as_bytes());
+        h.update([0]);
+    }
+    h.update(o.separator.as_bytes());
+    h.update([o.skip_invalid as u8]);
+    h.update(FORMAT.to_le_bytes());
+    super::hex(&h.finalize()[..10])
+}
+
+/// Bytes per id for a vocabulary of `v` characters.
+fn width_for(v: usize) -> usize {
+    match v {
+        0..=256 => 1,
+        257..=65_536 => 2,
+        _ => 4,
+    }
+}
+
+/// A cache checked against what it must hold; the reason when it does not.
+fn open(path: &Path, files: &[SourceFile], o: &CacheOptions) -> Result<Corpus, String> {
+    let file = File::open(path).map_err(|e| format!("cannot be opened ({e})"))?;
+    // SAFETY: the map is read-only, and every byte pattern is a valid u8. A cache file is only
+    // ever written under a temporary name and renamed into place, never modified afterwards,
+    // so the mapped pages do not change under us (a rebuild replaces the name, not the file).
+    // Someone truncating it by hand would make reads past the new end fault; nothing we write
+    // does that.
+    let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| format!("cannot be mapped ({e})"))?;
+    if map.len() < 16 || &map[..8] != MAGIC {
+        return Err("is not a token cache of this version".into());
+    }
+    let header_len = u64::from_le_bytes(map[8..16].try_into().expect("8 bytes"));
+    if header_len > MAX_HEADER || header_len > (map.len() - 16) as u64 {
+        return Err("is truncated (its header runs past the end)".into());
+    }
+    let header_end = 16 + header_len as usize;
+    let header: Header =
+        serde_json::from_slice(&map[16..header_end]).map_err(|e| format!("has a damaged header ({e})"))?;
+    if header.format != FORMAT {
+        return Err(format!("has format {} (this build reads {FORMAT})", header.format));
+    }
+    if header.files != files {
+        return Err("was made from sources that have changed since (path, size or modification time)".into());
+    }
+    if header.separator != o.separator || header.skip_invalid != o.skip_invalid {
+        return Err("was made with another --doc-separator or --skip-invalid".into());
+    }
+    let vocab = Vocab::from_chars(header.vocab).map_err(|e| format!("has a bad vocabulary ({e})"))?;
+    if header.width != width_for(vocab.len()) {
+        return Err(format!("has {}-byte ids for {} characters", header.width, vocab.len()));
+    }
+    let offset = header_end.div_ceil(8) * 8;
+    let count = usize::try_from(header.count).map_err(|_| "holds more ids than this machine can address")?;
+    let expected = count.checked_mul(header.width).and_then(|n| n.checked_add(offset));
+    if expected != Some(map.len()) {
+        return Err(format!(
+            "is {} bytes where its header says {:?}: truncated or damaged",
+            map.len(),
+            expected
+        ));
+    }
+    if header.sha256.len() != 64 || !header.sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err("has a damaged checksum".into());
+    }
+    let corpus = Corpus {
+        vocab,
+        sha256: header.sha256,
+        files: header.files,
+        skipped: header.skipped,
+        cache: Some(path.to_path_buf()),
+        map,
+        offset,
+        width: header.width,
+        count,
+        _temporary: None,
+    };
+    if corpus.ids().max().is_some_and(|m| m as usize >= corpus.vocab.len()) {
+        return Err("holds ids outside its vocabulary".into());
+    }
+    Ok(corpus)
+}
+
+/// A source that is not UTF-8.
+#[derive(Debug)]
+struct NotUtf8 {
+    path: PathBuf,
+    offset: u64,
+}
+
+impl std::fmt::Display for NotUtf8 {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "the corpus {} is not valid UTF-8 (bad byte at offset {}); convert it to UTF-8, e.g. with iconv, or pass --skip-invalid to leave such files out",
+            self.path.display(),
+            self.offset
+        )
+    }
+}
+
+impl std::error::Error for NotUtf8 {}
+
+/// Calls `each` with the text of `path` in chunks that end on character boundaries; a file
+/// that is not UTF-8 is an error naming it and the offset of the first bad byte.
+fn for_each_text(path: &Path, mut each: impl FnMut(&str, &[u8])) -> Result<()> {
+    let mut file = crate::files::open(path).with_context(|| {
+        format!("cannot read the corpus {}; run `charrnn download` or pass --data FILE", path.display())
+    })?;
+    let mut buf = vec![0u8; CHUNK];
+    let (mut kept, mut offset) = (0usize, 0u64);
+    loop {
+        let n = file.read(&mut buf[kept..]).with_context(|| format!("cannot read {}", path.display()))?;
+        let filled = kept + n;
+        let valid = match std::str::from_utf8(&buf[..filled]) {
+            Ok(_) => filled,
+            // An incomplete character at the end of the chunk continues in the next read.
+            Err(e) if e.error_len().is_none() && n > 0 => e.valid_up_to(),
+            Err(e) => {
+                return Err(
+                    NotUtf8 { path: path.to_path_buf(), offset: offset + e.valid_up_to() as u64 }.into()
+                )
+            }
+        };
+        let text = std::str::from_utf8(&buf[..valid]).expect("checked above");
+        if !text.is_empty() {
+            each(text, &buf[..valid]);
+        }
+        offset += valid as u64;
+        buf.copy_within(valid..filled, 0);
+        kept = filled - valid;
+        if n == 0 {
+            return Ok(());
+        }
+    }
+}
+
+/// Ids of characters: a table for ASCII, a search of the sorted rest for others.
+struct Encoder<'a> {
+    ascii: [u32; 128],
+    vocab: &'a Vocab,
+}
+
+impl<'a> Encoder<'a> {
+    fn new(vocab: &'a Vocab) -> Self {
+        let mut ascii = [u32::MAX; 128];
+        for (i, a) in ascii.iter_mut().enumerate() {
+            *a = vocab.id(i as u8 as char).unwrap_or(u32::MAX);
+        }
+        Encoder { ascii, vocab }
+    }
+
+    fn encode(&self, text: &str, width: usize, out: &mut Vec<u8>) {
+        let id = |c: char| match c as u32 {
+            a @ 0..=127 => self.ascii[a as usize],
+            _ => self.vocab.id(c).expect("the first pass saw every character"),
+        };
+        match width {
+            1 if text.is_ascii() => out.extend(text.bytes().map(|b| self.ascii[b as usize] as u8)),
+            1 => out.extend(text.chars().map(|c| id(c) as u8)),
+            2 => out.extend(text.chars().flat_map(|c| (id(c) as u16).to_le_bytes())),
+            _ => out.extend(text.chars().flat_map(|c| id(c).to_le_bytes())),
+        }
+    }
+}
+
+/// Writes the cache for `files` at `path` (a temporary file; the caller renames it).
+fn build(path: &Path, files: &[SourceFile], o: &CacheOptions) -> Result<()> {
+    let started = std::time::Instant::now();
+    // Pass 1: the characters, and which files are UTF-8 and not empty.
+    let mut seen_ascii = [false; 128];
+    let mut others = BTreeSet::new();
+    let (mut documents, mut skipped) = (Vec::new(), Vec::new());
+    let mut chars = 0u64;
+    for f in files {
+        let mut n = 0u64;
+        let read = for_each_text(&f.path, |text, bytes| {
+            if text.is_ascii() {
+                for &b in bytes {
+                    seen_ascii[b as usize] = true;
+                }
+                n += bytes.len() as u64;
+            } else {
+                for c in text.chars() {
+                    match c as u32 {
+                        a @ 0..=127 => seen_ascii[a as usize] = true,
+                        _ => {
+                            others.insert(c);
+                        }
+                    }
+                    n += 1;
+                }
+            }
+        });
+        match read {
+            Ok(()) if n > 0 => {
+                documents.push(f);
+                chars += n;
+            }
+            Ok(()) => {}
+            Err(e) if o.skip_invalid && e.is::<NotUtf8>() => {
+                eprintln!("skipping {}: not UTF-8", f.path.display());
+                skipped.push(f.path.clone());
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    if documents.is_empty() {
+        match files {
+            [one] => bail!("the corpus {} is empty; pass a text file with --data", one.path.display()),
+            _ => bail!("the corpus's {} files hold no text; pass text files with --data", files.len()),
+        }
+    }
+    if documents.len() > 1 {
+        for c in o.separator.chars() {
+            match c as u32 {
+                a @ 0..=127 => seen_ascii[a as usize] = true,
+                _ => {
+                    others.insert(c);
+                }
+            }
+        }
+        chars += (documents.len() as u64 - 1) * o.separator.chars().count() as u64;
+    }
+    let all: Vec<char> =
+        (0..128u8).filter(|&b| seen_ascii[b as usize]).map(char::from).chain(others).collect();
+    let vocab = Vocab::from_chars(all)?;
+    let width = width_for(vocab.len());
+
+    // Pass 2: the ids and the checksum, after a header whose checksum is filled in at the end
+    // (it has a fixed length, so the header's size does not change).
+    let mut header = Header {
+        format: FORMAT,
+        vocab: vocab.chars().to_vec(),
+        files: files.to_vec(),
+        skipped,
+        separator: o.separator.clone(),
+        skip_invalid: o.skip_invalid,
+        width,
+        count: chars,
+        sha256: "0".repeat(64),
+    };
+    let fail = || format!("cannot write the token cache {}", path.display());
+    let mut out = std::io::BufWriter::with_capacity(CHUNK, File::create(path).with_context(fail)?);
+    let write_header = |out: &mut dyn Write, h: &Header| -> Result<()> {
+        let json = serde_json::to_vec(h)?;
+        out.write_all(MAGIC)?;
+        out.write_all(&(json.len() as u64).to_le_bytes())?;
+        out.write_all(&json)?;
+        let pad = (16 + json.len()).div_ceil(8) * 8 - (16 + json.len());
+        out.write_all(&[0u8; 8][..pad])?;
+        Ok(())
+    };
+    write_header(&mut out, &header).with_context(fail)?;
+    let encoder = Encoder::new(&vocab);
+    let mut sha = Sha256::new();
+    let mut ids = Vec::with_capacity(CHUNK * width);
+    let mut written = 0u64;
+    for (i, f) in documents.iter().enumerate() {
+        if i > 0 {
+            sha.update(o.separator.as_bytes());
+            encoder.encode(&o.separator, width, &mut ids);
+        }
+        let mut result = Ok(());
+        for_each_text(&f.path, |text, bytes| {
+            sha.update(bytes);
+            encoder.encode(text, width, &mut ids);
+            if ids.len() >= CHUNK && result.is_ok() {
+                written += (ids.len() / width) as u64;
+                result = out.write_all(&ids);
+                ids.clear();
+            }
+        })?;
+        result.with_context(fail)?;
+    }
+    written += (ids.len() / width) as u64;
+    out.write_all(&ids).with_context(fail)?;
+    if written != chars {
+        bail!(
+            "the corpus changed while it was read (expected {chars} characters, read {written}); try again"
+        );
+    }
+    header.sha256 = super::hex(&sha.finalize());
+    let mut file = out.into_inner().map_err(|e| e.into_error()).with_context(fail)?;
+    file.seek(SeekFrom::Start(0)).with_context(fail)?;
+    write_header(&mut file, &header).with_context(fail)?;
+    file.sync_all().with_context(fail)?;
+    let seconds = started.elapsed().as_secs_f64();
+    let bytes: u64 = files.iter().map(|f| f.size).sum();
+    eprintln!(
+        "prepared {} characters from {} file(s) in {seconds:.1} s ({:.0} MB/s)",
+        chars,
+        files.len(),
+        bytes as f64 / 1e6 / seconds.max(1e-9)
+    );
+    Ok(())
+}
