@@ -100,6 +100,51 @@ pub struct TrainArgs {
     pub overwrite: bool,
     #[command(flatten)]
     pub cache: CacheArgs,
+    #[command(flatten)]
+    pub limits: LimitArgs,
+}
+
+/// Early ends and samples of one `train` invocation (not saved with the run).
+#[derive(Args, Debug)]
+pub struct LimitArgs {
+    /// End after N optimisation steps of this invocation, with a resumable checkpoint
+    #[arg(long, value_name = "N", value_parser = positive_u64)]
+    pub max_steps: Option<u64>,
+    /// End at the first step after M minutes, with a resumable checkpoint
+    #[arg(long, value_name = "M", value_parser = minutes)]
+    pub max_minutes: Option<f64>,
+    /// End after N epochs without a new best validation loss (best.safetensors holds the best)
+    #[arg(long, value_name = "N", value_parser = positive)]
+    pub patience: Option<usize>,
+    /// Every N epochs, print a sample to stderr and append it to samples.txt in the run's folder
+    #[arg(long, value_name = "N", value_parser = positive)]
+    pub sample_every: Option<usize>,
+    /// Characters per sample of --sample-every
+    #[arg(long, default_value_t = 200, value_parser = positive, requires = "sample_every")]
+    pub sample_length: usize,
+    /// Temperature of the samples of --sample-every
+    #[arg(long, default_value_t = 0.8, value_parser = temperature, requires = "sample_every")]
+    pub sample_temperature: f32,
+    /// Text the samples of --sample-every start from [default: a newline]
+    #[arg(long, default_value = "", requires = "sample_every")]
+    pub start: String,
+}
+
+impl LimitArgs {
+    pub fn limits(&self) -> crate::train::limits::RunLimits {
+        use crate::train::limits::{RunLimits, SampleSpec};
+        RunLimits {
+            max_steps: self.max_steps,
+            max_time: self.max_minutes.map(|m| std::time::Duration::from_secs_f64(m * 60.0)),
+            patience: self.patience,
+            sample_every: self.sample_every,
+            sample: SampleSpec {
+                start: self.start.clone(),
+                length: self.sample_length,
+                temperature: self.sample_temperature,
+            },
+        }
+    }
 }
 
 /// Where the corpus's token cache lives.
@@ -307,6 +352,13 @@ fn probability(s: &str) -> Result<f32, String> {
 
 fn temperature(s: &str) -> Result<f32, String> {
     checked(s, &checks::TEMPERATURE)
+}
+
+fn minutes(s: &str) -> Result<f64, String> {
+    checked(
+        s,
+        &Rule { ok: |m: f64| m.is_finite() && m > 0.0 && m <= 1e7, expected: "a positive number of minutes" },
+    )
 }
 
 fn non_empty(s: &str) -> Result<String, String> {

@@ -30,5 +30,6 @@ pub(super) fn run(a: TrainArgs) -> Result<()> {
         resume,
         overwrite: a.overwrite,
         cache_dir: a.cache.dir(),
+        limits: a.limits.limits(),
     })
 }

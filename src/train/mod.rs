@@ -4,6 +4,7 @@
 //! loop (`session`).
 
 mod folder;
+pub mod limits;
 pub mod presets;
 mod resume;
 mod session;
@@ -34,6 +35,8 @@ pub struct TrainOptions {
     pub overwrite: bool,
     /// Where the corpus's token cache is kept; None: a temporary one for this run.
     pub cache_dir: Option<PathBuf>,
+    /// Early ends and samples for this invocation.
+    pub limits: limits::RunLimits,
 }
 
 /// Training stopped by Ctrl-C / SIGTERM after saving; the binary exits with status 130.
@@ -69,6 +72,10 @@ pub fn run(o: &TrainOptions) -> Result<()> {
     }
     let corpus = setup::corpus(s, o.cache_dir.as_deref())?;
     let batches = setup::Batches::new(&corpus, s)?;
+    if o.limits.sample_every.is_some() {
+        let start = crate::model::job::SampleOptions::new(&o.limits.sample.start, 1);
+        crate::model::job::Job::new(&corpus.vocab, &start).context("--start")?;
+    }
     let start = match resumed {
         Some(r) => setup::resumed(r, s, &corpus)?,
         None => setup::fresh(s, &corpus, &o.device)?,
@@ -86,8 +93,7 @@ pub fn run(o: &TrainOptions) -> Result<()> {
         return Ok(());
     }
     prepare_folder(o)?;
-    let session =
-        session::Session::open(s, dir, &corpus.vocab, &corpus.sha256, start, &batches, total_steps)?;
+    let session = session::Session::open(s, dir, &corpus, start, &batches, total_steps, o.limits.clone())?;
     session.run(&batches)
 }
 

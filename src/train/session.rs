@@ -17,12 +17,16 @@ use super::setup::{Batches, Start};
 use super::step::{learning_rate, train_step_from, StepOptions};
 use super::Interrupted;
 use crate::checkpoint::{self, Provenance};
+use crate::data::cache::Corpus;
 use crate::data::epoch_batches;
 use crate::data::vocab::Vocab;
 use crate::eval::mean_loss;
 use crate::metrics::{Metrics, Record};
+use crate::model::job::{Job, SampleOptions};
+use crate::model::sample::{generate, Engine};
 use crate::model::Model;
 use crate::optim::Adam;
+use crate::train::limits::RunLimits;
 use crate::train::settings::Settings;
 
 const NATS_PER_BIT: f64 = std::f64::consts::LN_2;
@@ -54,6 +58,18 @@ pub(super) struct Session<'a> {
     progress: ProgressBar,
     interrupted: Arc<AtomicBool>,
     total_steps: u64,
+    limits: RunLimits,
+    /// When this invocation started, and its clock's step then.
+    started: (Instant, u64),
+    /// Epochs since the best validation loss (of this invocation's epochs).
+    since_best: usize,
+}
+
+/// Whether the epoch loop goes on.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Flow {
+    Continue,
+    Stop,
 }
 
 impl<'a> Session<'a> {
@@ -61,11 +77,11 @@ impl<'a> Session<'a> {
     pub fn open(
         settings: &'a Settings,
         dir: &'a Path,
-        vocab: &'a Vocab,
-        corpus_sha256: &str,
+        corpus: &'a Corpus,
         start: Start,
         batches: &Batches,
         total_steps: u64,
+        limits: RunLimits,
     ) -> Result<Self> {
         let Start { model, adam, position, carried } = start;
         let step = adam.updates();
@@ -73,7 +89,7 @@ impl<'a> Session<'a> {
         let left = batches.per_epoch * (settings.control.epochs - position.epoch) - position.batch;
         let provenance = Provenance {
             seed: settings.seed,
-            corpus_sha256: corpus_sha256.to_string(),
+            corpus_sha256: corpus.sha256.clone(),
             charrnn_version: env!("CARGO_PKG_VERSION").to_string(),
             run_id: position.run_id.clone(),
             ..Default::default()
@@ -81,7 +97,7 @@ impl<'a> Session<'a> {
         Ok(Session {
             settings,
             dir,
-            vocab,
+            vocab: &corpus.vocab,
             model,
             adam,
             clock: Clock { step, epoch: position.epoch, batch: position.batch },
@@ -94,23 +110,49 @@ impl<'a> Session<'a> {
             progress: progress_bar(left as u64),
             interrupted: interrupt_flag(dir),
             total_steps,
+            limits,
+            started: (Instant::now(), step),
+            since_best: 0,
         })
     }
 
-    /// Trains the remaining epochs; an interruption saves and ends as [`Interrupted`].
+    /// Trains the remaining epochs; an interruption saves and ends as [`Interrupted`]; a limit
+    /// of this invocation saves a resumable checkpoint and ends the run normally.
     pub fn run(mut self, batches: &Batches) -> Result<()> {
         while self.clock.epoch < self.settings.control.epochs {
             let started = Instant::now();
             let first = self.clock.batch;
-            self.train_epoch(batches)?;
-            self.end_epoch(batches, first, started.elapsed().as_secs_f64())?;
+            if self.train_epoch(batches)? == Flow::Stop {
+                break;
+            }
+            if self.end_epoch(batches, first, started.elapsed().as_secs_f64())? == Flow::Stop {
+                break;
+            }
+            if self.clock.epoch < self.settings.control.epochs {
+                if let Some(why) = self.limit_reached() {
+                    self.save_epoch_end()?;
+                    self.progress
+                        .suspend(|| eprintln!("reached {why} at the end of epoch {}", self.clock.epoch));
+                    self.say_how_to_continue();
+                    break;
+                }
+            }
         }
         self.progress.finish_and_clear();
         Ok(())
     }
 
+    fn limit_reached(&self) -> Option<String> {
+        let (at, step) = self.started;
+        self.limits.reached(self.clock.step - step, at)
+    }
+
+    fn say_how_to_continue(&self) {
+        self.progress.suspend(|| eprintln!("continue with: charrnn train --resume {}", self.dir.display()));
+    }
+
     /// The batches of the current epoch from where the clock stands.
-    fn train_epoch(&mut self, batches: &Batches) -> Result<()> {
+    fn train_epoch(&mut self, batches: &Batches) -> Result<Flow> {
         let s = self.settings;
         let epoch = self.clock.epoch + 1;
         // Shuffled sequences, or (stateful) the lanes in order, the state reset each epoch.
@@ -158,28 +200,49 @@ impl<'a> Session<'a> {
             self.progress.set_message(format!("loss {l:.4}  {chars_per_s:.0} chars/s"));
             self.progress.inc(1);
             if self.interrupted.load(Ordering::SeqCst) {
-                return self.stop();
+                self.save_mid_epoch()?;
+                self.progress.abandon();
+                return Err(Interrupted.into());
+            }
+            // At the epoch's last batch the epoch ends first (validation, its checkpoint).
+            if n + 1 < batches.per_epoch {
+                if let Some(why) = self.limit_reached() {
+                    self.progress.suspend(|| eprintln!("reached {why}"));
+                    self.save_mid_epoch()?;
+                    return Ok(Flow::Stop);
+                }
             }
         }
-        Ok(())
+        Ok(Flow::Continue)
     }
 
-    /// Saves where the run stands mid-epoch and ends it as [`Interrupted`].
-    fn stop(&mut self) -> Result<()> {
+    /// Saves where the run stands mid-epoch, resumable.
+    fn save_mid_epoch(&mut self) -> Result<()> {
         self.provenance.epoch = self.clock.epoch;
         self.provenance.step = self.clock.step;
         let path = self.dir.join("interrupted.safetensors");
         let carried = self.carried.clone().unwrap_or_default();
         self.save_point(&path, &carried)?;
-        self.progress.abandon();
         let (epoch, batch) = (self.clock.epoch + 1, self.clock.batch);
-        eprintln!("stopped in epoch {epoch} after batch {batch}; saved {}", path.display());
-        eprintln!("continue with: charrnn train --resume {}", self.dir.display());
-        Err(Interrupted.into())
+        self.progress
+            .suspend(|| eprintln!("stopped in epoch {epoch} after batch {batch}; saved {}", path.display()));
+        self.say_how_to_continue();
+        Ok(())
     }
 
-    /// Validation, the epoch's report and metrics, the best and periodic checkpoints.
-    fn end_epoch(&mut self, batches: &Batches, first: usize, seconds: f64) -> Result<()> {
+    /// The checkpoint of the epoch just ended, where the periodic saving has not written it.
+    fn save_epoch_end(&mut self) -> Result<()> {
+        let path = self.dir.join(checkpoint::file_name(self.clock.epoch));
+        if !path.exists() {
+            self.save_point(&path, &[])?;
+            self.progress.suspend(|| eprintln!("saved {}", path.display()));
+        }
+        Ok(())
+    }
+
+    /// Validation, the epoch's report and metrics, the best and periodic checkpoints, the
+    /// sample; stops the run when validation has not improved for `--patience` epochs.
+    fn end_epoch(&mut self, batches: &Batches, first: usize, seconds: f64) -> Result<Flow> {
         let s = self.settings;
         let epoch = self.clock.epoch + 1;
         let train_loss = self.loss_sum / batches.per_epoch as f64;
@@ -202,7 +265,10 @@ impl<'a> Session<'a> {
         self.provenance.val_loss = val_loss;
         if let Some(v) = val_loss.filter(|&v| self.best_val_loss.is_none_or(|b| v < b)) {
             self.best_val_loss = Some(v);
+            self.since_best = 0;
             checkpoint::save(&self.dir.join("best.safetensors"), &self.model, self.vocab, &self.provenance)?;
+        } else if val_loss.is_some() {
+            self.since_best += 1;
         }
         if epoch.is_multiple_of(s.control.save_every) || epoch == s.control.epochs {
             let path = self.dir.join(checkpoint::file_name(epoch));
@@ -212,6 +278,52 @@ impl<'a> Session<'a> {
             }
             self.progress.suspend(|| eprintln!("saved {}", path.display()));
         }
+        if self.limits.sample_every.is_some_and(|n| epoch.is_multiple_of(n)) {
+            // A sample is a view of the run, never a reason to stop it.
+            if let Err(e) = self.sample(epoch) {
+                self.progress.suspend(|| eprintln!("no sample after epoch {epoch}: {e:#}"));
+            }
+        }
+        if let Some(p) = self.limits.patience.filter(|&p| self.since_best >= p) {
+            if epoch < s.control.epochs {
+                self.save_epoch_end()?;
+                let best = self.best_val_loss.map_or("none".into(), |b| format!("{b:.4}"));
+                self.progress.suspend(|| {
+                    eprintln!(
+                        "stopping early: no better validation loss for {p} epoch(s) (--patience {p}); the best, {best}, is in {}",
+                        self.dir.join("best.safetensors").display()
+                    )
+                });
+                return Ok(Flow::Stop);
+            }
+        }
+        Ok(Flow::Continue)
+    }
+
+    /// A sample from the model as it stands, to stderr and appended to `samples.txt`. It draws
+    /// from its own random stream: training's (shuffling, dropout) is untouched.
+    fn sample(&mut self, epoch: usize) -> Result<()> {
+        let spec = &self.limits.sample;
+        let options = SampleOptions {
+            temperature: spec.temperature,
+            seed: self.settings.seed ^ (epoch as u64).wrapping_mul(0xA076_1D64_78BD_642F),
+            ..SampleOptions::new(&spec.start, spec.length)
+        };
+        let mut job = Job::new(self.vocab, &options).context("--start")?;
+        let mut text = Vec::new();
+        let mut engine = Engine::new(&self.model, 1)?;
+        generate(&mut engine, self.vocab, &mut job, &mut text)?;
+        let text = String::from_utf8_lossy(&text);
+        self.progress.suspend(|| eprintln!("--- sample after epoch {epoch} ---\n{}", text.trim_end()));
+        let path = self.dir.join("samples.txt");
+        let mut file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .with_context(|| format!("cannot write {}", path.display()))?;
+        use std::io::Write;
+        write!(file, "--- epoch {epoch}, step {} ---\n{text}", self.clock.step)
+            .with_context(|| format!("cannot write {}", path.display()))?;
         Ok(())
     }
 

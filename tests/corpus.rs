@@ -1,0 +1,296 @@
+//! Your own text through the binary: folders and globs, the token cache and its checks, early
+//! ends of a run, and samples while training.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use sha2::{Digest, Sha256};
+
+fn charrnn(args: &[&str], cache: &Path) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_charrnn"))
+        .args(args)
+        .env("CHARRNN_CACHE_DIR", cache)
+        .output()
+        .expect("the binary runs")
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn ok(o: Output) -> String {
+    let err = stderr(&o);
+    assert!(o.status.success(), "{err}");
+    err
+}
+
+fn fails_with(o: Output, needle: &str) -> String {
+    let err = stderr(&o);
+    assert!(!o.status.success() && !err.contains("panicked"), "{err}");
+    assert!(err.contains(needle), "stderr lacks {needle:?}: {err}");
+    err
+}
+
+const SMALL: &[&str] =
+    &["--batch-size", "4", "--seq-len", "20", "--embedding-dim", "8", "--rnn-units", "16", "--device", "cpu"];
+
+fn train(data: &[&str], dir: &Path, cache: &Path, extra: &[&str]) -> Output {
+    let mut args = vec!["train", "--checkpoint-dir", dir.to_str().unwrap(), "--data"];
+    args.extend_from_slice(data);
+    args.extend_from_slice(SMALL);
+    args.extend_from_slice(extra);
+    charrnn(&args, cache)
+}
+
+/// The text a token cache holds, decoded from its documented layout.
+fn cached_text(cache_dir: &Path) -> String {
+    let files: Vec<PathBuf> = std::fs::read_dir(cache_dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "tokens"))
+        .collect();
+    assert_eq!(files.len(), 1, "{files:?}");
+    let bytes = std::fs::read(&files[0]).unwrap();
+    assert_eq!(&bytes[..8], b"CRNNTOK1");
+    let n = u64::from_le_bytes(bytes[8..16].try_into().unwrap()) as usize;
+    let header: serde_json::Value = serde_json::from_slice(&bytes[16..16 + n]).unwrap();
+    let vocab: Vec<char> = header["vocab"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c.as_str().unwrap().chars().next().unwrap())
+        .collect();
+    assert_eq!(header["width"], 1);
+    bytes[(16 + n).div_ceil(8) * 8..].iter().map(|&id| vocab[id as usize]).collect()
+}
+
+fn text(n: usize, seed: u64) -> String {
+    let words = ["the ", "quick ", "brown ", "fox ", "jumps ", "over ", "lazy ", "dog", ".\n", ", "];
+    (0..n).map(|i| words[(i * 3 + seed as usize + (i / 7) % 3) % words.len()]).collect()
+}
+
+#[test]
+fn folders_and_globs_are_joined_in_order_with_the_separator() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let (a, b, c) = (text(300, 1), text(300, 2), text(300, 3));
+    std::fs::create_dir_all(d.join("docs/sub")).unwrap();
+    std::fs::write(d.join("docs/sub/2.txt"), &b).unwrap();
+    std::fs::write(d.join("docs/1.txt"), &a).unwrap();
+    std::fs::write(d.join("docs/.hidden.txt"), "never read").unwrap();
+    std::fs::write(d.join("extra.md"), &c).unwrap();
+    let cache = d.join("cache");
+    let glob = d.join("*.md");
+    let err = ok(train(
+        &[d.join("docs").to_str().unwrap(), glob.to_str().unwrap()],
+        &d.join("ck"),
+        &cache,
+        &["--epochs", "1", "--doc-separator", "\n~\n"],
+    ));
+    assert!(err.contains("3 file(s)"), "{err}");
+    let joined = format!("{a}\n~\n{b}\n~\n{c}");
+    assert_eq!(cached_text(&cache), joined);
+    // The run records the joined text's checksum.
+    let info = charrnn(&["info", d.join("ck/ckpt_1.safetensors").to_str().unwrap(), "--json"], &cache);
+    let info: serde_json::Value = serde_json::from_slice(&info.stdout).unwrap();
+    assert_eq!(
+        info["provenance"]["corpus_sha256"].as_str().unwrap(),
+        format!("{:x}", Sha256::digest(joined.as_bytes()))
+    );
+    // eval reads the same way.
+    let o = charrnn(
+        &[
+            "eval",
+            "--checkpoint",
+            d.join("ck").to_str().unwrap(),
+            "--data",
+            d.join("docs").to_str().unwrap(),
+            "--json",
+        ],
+        &cache,
+    );
+    let score: serde_json::Value =
+        serde_json::from_slice(&o.stdout).unwrap_or_else(|_| panic!("{}", stderr(&o)));
+    assert!(score["characters"].as_u64().unwrap() > 500, "{score}");
+}
+
+#[test]
+fn sources_that_name_nothing_or_are_not_text_are_refused_clearly() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let cache = d.join("cache");
+    std::fs::create_dir(d.join("empty")).unwrap();
+    fails_with(train(&[d.join("empty").to_str().unwrap()], &d.join("ck"), &cache, &[]), "holds no files");
+    fails_with(
+        train(&[d.join("*.nothing").to_str().unwrap()], &d.join("ck"), &cache, &[]),
+        "matches no file",
+    );
+    std::fs::create_dir(d.join("mixed")).unwrap();
+    std::fs::write(d.join("mixed/a.txt"), text(400, 1)).unwrap();
+    std::fs::write(d.join("mixed/b.txt"), b"caf\xe9 au lait").unwrap();
+    let mixed = d.join("mixed");
+    let err = fails_with(
+        train(&[mixed.to_str().unwrap()], &d.join("ck"), &cache, &[]),
+        "b.txt is not valid UTF-8 (bad byte at offset 3)",
+    );
+    assert!(err.contains("--skip-invalid"), "{err}");
+    let err =
+        ok(train(&[mixed.to_str().unwrap()], &d.join("ck"), &cache, &["--epochs", "1", "--skip-invalid"]));
+    assert!(err.contains("skipped 1 file(s) that are not UTF-8") && err.contains("b.txt"), "{err}");
+    assert_eq!(cached_text(&cache), text(400, 1));
+}
+
+#[test]
+fn the_cache_is_reused_rebuilt_when_sources_change_and_never_trusted_when_damaged() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let cache = d.join("cache");
+    let data = d.join("text.txt");
+    std::fs::write(&data, text(500, 1)).unwrap();
+    let run = |extra: &[&str]| {
+        let mut args = vec!["--epochs", "1", "--overwrite"];
+        args.extend_from_slice(extra);
+        ok(train(&[data.to_str().unwrap()], &d.join("ck"), &cache, &args))
+    };
+    assert!(run(&[]).contains("prepared"));
+    assert!(!run(&[]).contains("prepared"), "the second run reuses the cache");
+    // A changed source: a rebuild, and a resume of the old run is refused.
+    std::fs::write(&data, text(520, 1)).unwrap();
+    let err = run(&[]);
+    assert!(err.contains("sources that have changed") && err.contains("prepared"), "{err}");
+    assert_eq!(cached_text(&cache), text(520, 1));
+    std::fs::write(&data, text(500, 2)).unwrap();
+    fails_with(
+        charrnn(
+            &["train", "--resume", d.join("ck").to_str().unwrap(), "--epochs", "2", "--device", "cpu"],
+            &cache,
+        ),
+        "differs from the text",
+    );
+    // A truncated cache and one with a damaged header are rebuilt, not read.
+    let file = std::fs::read_dir(&cache)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().is_some_and(|e| e == "tokens"))
+        .unwrap();
+    let bytes = std::fs::read(&file).unwrap();
+    std::fs::write(&file, &bytes[..bytes.len() - 7]).unwrap();
+    let err = run(&[]);
+    assert!(err.contains("truncated") && err.contains("prepared"), "{err}");
+    let mut bytes = std::fs::read(&file).unwrap();
+    bytes[20] = b'#';
+    std::fs::write(&file, &bytes).unwrap();
+    let err = run(&[]);
+    assert!(err.contains("damaged header") && err.contains("prepared"), "{err}");
+    // An id past the vocabulary.
+    let mut bytes = std::fs::read(&file).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] = 250;
+    std::fs::write(&file, &bytes).unwrap();
+    let err = run(&[]);
+    assert!(err.contains("outside its vocabulary") && err.contains("prepared"), "{err}");
+    // --no-cache leaves nothing behind.
+    std::fs::remove_dir_all(&cache).unwrap();
+    run(&["--no-cache"]);
+    assert!(!cache.exists() || std::fs::read_dir(&cache).unwrap().next().is_none());
+}
+
+fn tensors(path: &Path) -> Vec<(String, Vec<u8>)> {
+    let bytes = std::fs::read(path).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let mut v: Vec<_> = st.tensors().into_iter().map(|(n, t)| (n, t.data().to_vec())).collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn max_steps_ends_with_a_checkpoint_that_resumes_to_the_same_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let cache = d.join("cache");
+    let data = d.join("text.txt");
+    std::fs::write(&data, text(800, 1)).unwrap();
+    let whole = d.join("whole");
+    ok(train(&[data.to_str().unwrap()], &whole, &cache, &["--epochs", "2", "--seed", "3"]));
+    let parts = d.join("parts");
+    let err = ok(train(
+        &[data.to_str().unwrap()],
+        &parts,
+        &cache,
+        &["--epochs", "2", "--seed", "3", "--max-steps", "7"],
+    ));
+    assert!(err.contains("reached --max-steps 7") && err.contains("charrnn train --resume"), "{err}");
+    assert!(!parts.join("ckpt_2.safetensors").exists());
+    ok(charrnn(&["train", "--resume", parts.to_str().unwrap(), "--device", "cpu"], &cache));
+    assert_eq!(tensors(&parts.join("ckpt_2.safetensors")), tensors(&whole.join("ckpt_2.safetensors")));
+}
+
+#[test]
+fn samples_while_training_leave_the_weights_unchanged() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let cache = d.join("cache");
+    let data = d.join("text.txt");
+    std::fs::write(&data, text(800, 1)).unwrap();
+    let (plain, watched) = (d.join("plain"), d.join("watched"));
+    ok(train(
+        &[data.to_str().unwrap()],
+        &plain,
+        &cache,
+        &["--epochs", "2", "--seed", "5", "--dropout", "0.1"],
+    ));
+    let args = [
+        "--epochs",
+        "2",
+        "--seed",
+        "5",
+        "--dropout",
+        "0.1",
+        "--sample-every",
+        "1",
+        "--sample-length",
+        "40",
+        "--start",
+        "the ",
+    ];
+    let err = ok(train(&[data.to_str().unwrap()], &watched, &cache, &args));
+    assert!(err.contains("--- sample after epoch 2 ---\nthe "), "{err}");
+    let samples = std::fs::read_to_string(watched.join("samples.txt")).unwrap();
+    assert_eq!(samples.matches("--- epoch ").count(), 2, "{samples}");
+    assert_eq!(tensors(&plain.join("ckpt_2.safetensors")), tensors(&watched.join("ckpt_2.safetensors")));
+    // A start the text cannot give is refused before training starts.
+    let err = fails_with(
+        train(
+            &[data.to_str().unwrap()],
+            &d.join("other"),
+            &cache,
+            &["--sample-every", "1", "--start", "THE"],
+        ),
+        "--start: 3 character(s) are not in the model's vocabulary",
+    );
+    assert!(!err.contains("Epoch 1"), "{err}");
+}
+
+#[test]
+fn patience_stops_a_run_whose_validation_gets_worse() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    // Training text cycles one way; the held-out tail the other way: the better the model
+    // learns the first, the worse it predicts the second.
+    let data = d.join("text.txt");
+    std::fs::write(&data, format!("{}{}", "abcd".repeat(900), "dcba".repeat(100))).unwrap();
+    let ck = d.join("ck");
+    let err = ok(train(
+        &[data.to_str().unwrap()],
+        &ck,
+        &d.join("cache"),
+        &["--epochs", "20", "--patience", "2", "--learning-rate", "0.01", "--save-every", "100"],
+    ));
+    assert!(err.contains("stopping early: no better validation loss for 2 epoch(s)"), "{err}");
+    let epochs = err.matches(" nats/char (").count();
+    assert!(epochs < 20, "{err}");
+    assert!(
+        ck.join("best.safetensors").exists() && ck.join(format!("ckpt_{epochs}.safetensors")).exists(),
+        "{err}"
+    );
+}
