@@ -134,33 +134,81 @@ pub struct Batch {
 
 /// tf.data's `shuffle(buffer_size)`: a buffer filled from the stream; each output is a
 /// uniformly chosen buffer slot, which is then refilled with the next element (or removed once
-/// the stream is exhausted). Returns the order of `0..n`.
-pub fn shuffle_buffer(n: usize, buffer_size: usize, rng: &mut impl Rng) -> Vec<usize> {
-    let mut buffer: Vec<usize> = (0..n.min(buffer_size)).collect();
-    let mut next = buffer.len();
-    let mut order = Vec::with_capacity(n);
-    while !buffer.is_empty() {
-        let slot = rng.random_range(0..buffer.len());
-        order.push(buffer[slot]);
-        if next < n {
-            buffer[slot] = next;
-            next += 1;
-        } else {
-            buffer.swap_remove(slot);
-        }
-    }
-    order
+/// the stream is exhausted). Yields an order of `0..n`, holding only the buffer: the memory does
+/// not grow with the corpus.
+pub struct ShuffleBuffer<R> {
+    buffer: Vec<usize>,
+    next: usize,
+    n: usize,
+    rng: R,
 }
 
-/// One epoch's batches: shuffled sequence indices in groups of `batch_size`, the remainder
-/// dropped (the tutorial's `batch(drop_remainder=True)`).
+impl<R: Rng> ShuffleBuffer<R> {
+    pub fn new(n: usize, buffer_size: usize, rng: R) -> Self {
+        let buffer: Vec<usize> = (0..n.min(buffer_size)).collect();
+        ShuffleBuffer { next: buffer.len(), buffer, n, rng }
+    }
+}
+
+impl<R: Rng> Iterator for ShuffleBuffer<R> {
+    type Item = usize;
+
+    fn next(&mut self) -> Option<usize> {
+        if self.buffer.is_empty() {
+            return None;
+        }
+        let slot = self.rng.random_range(0..self.buffer.len());
+        let out = self.buffer[slot];
+        if self.next < self.n {
+            self.buffer[slot] = self.next;
+            self.next += 1;
+        } else {
+            self.buffer.swap_remove(slot);
+        }
+        Some(out)
+    }
+}
+
+/// The whole shuffled order at once (for tests and small inputs).
+pub fn shuffle_buffer(n: usize, buffer_size: usize, rng: &mut impl Rng) -> Vec<usize> {
+    ShuffleBuffer::new(n, buffer_size, rng).collect()
+}
+
+/// One epoch's batches as they are needed: shuffled sequence indices in groups of
+/// `batch_size`, the remainder dropped (the tutorial's `batch(drop_remainder=True)`).
+pub struct EpochBatches<R> {
+    order: ShuffleBuffer<R>,
+    batch_size: usize,
+    left: usize,
+}
+
+impl<R: Rng> EpochBatches<R> {
+    pub fn new(n_sequences: usize, batch_size: usize, buffer_size: usize, rng: R) -> Self {
+        EpochBatches {
+            order: ShuffleBuffer::new(n_sequences, buffer_size, rng),
+            batch_size,
+            left: n_sequences / batch_size,
+        }
+    }
+}
+
+impl<R: Rng> Iterator for EpochBatches<R> {
+    type Item = Vec<usize>;
+
+    fn next(&mut self) -> Option<Vec<usize>> {
+        self.left = self.left.checked_sub(1)?;
+        Some(self.order.by_ref().take(self.batch_size).collect())
+    }
+}
+
+/// One epoch's batches, all at once.
 pub fn epoch_batches(
     n_sequences: usize,
     batch_size: usize,
     buffer_size: usize,
     rng: &mut impl Rng,
 ) -> Vec<Vec<usize>> {
-    shuffle_buffer(n_sequences, buffer_size, rng).chunks_exact(batch_size).map(<[usize]>::to_vec).collect()
+    EpochBatches::new(n_sequences, batch_size, buffer_size, rng).collect()
 }
 
 #[cfg(test)]

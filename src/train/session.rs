@@ -18,8 +18,8 @@ use super::step::{learning_rate, train_step_from, StepOptions};
 use super::Interrupted;
 use crate::checkpoint::{self, Provenance};
 use crate::data::cache::Corpus;
-use crate::data::epoch_batches;
 use crate::data::vocab::Vocab;
+use crate::data::EpochBatches;
 use crate::eval::mean_loss;
 use crate::metrics::{Metrics, Record};
 use crate::model::job::{Job, SampleOptions};
@@ -156,9 +156,10 @@ impl<'a> Session<'a> {
         let s = self.settings;
         let epoch = self.clock.epoch + 1;
         // Shuffled sequences, or (stateful) the lanes in order, the state reset each epoch.
-        let order = (!s.data.stateful).then(|| {
-            let mut rng = epoch_rng(s.seed, epoch);
-            epoch_batches(batches.train.len(), s.data.batch_size, s.data.buffer_size, &mut rng)
+        let mut order = (!s.data.stateful).then(|| {
+            let rng = epoch_rng(s.seed, epoch);
+            EpochBatches::new(batches.train.len(), s.data.batch_size, s.data.buffer_size, rng)
+                .skip(self.clock.batch)
         });
         if self.clock.batch == 0 {
             self.carried = None;
@@ -166,8 +167,8 @@ impl<'a> Session<'a> {
         }
         let chars_per_batch = (s.data.batch_size * s.data.seq_len) as f64;
         for n in self.clock.batch..batches.per_epoch {
-            let batch = match &order {
-                Some(order) => batches.train.batch(&order[n]),
+            let batch = match &mut order {
+                Some(order) => batches.train.batch(&order.next().expect("one order per batch of the epoch")),
                 None => batches.lanes.batch(n),
             };
             let t0 = Instant::now();
