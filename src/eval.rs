@@ -192,6 +192,9 @@ pub fn describe_info(i: &Info) -> String {
         loss(p.val_loss)
     );
     let _ = writeln!(s, "seed        {}", p.seed);
+    if let Some(parent) = &p.parent_sha256 {
+        let _ = writeln!(s, "started     from the checkpoint with SHA-256 {parent} (--init-from)");
+    }
     let _ = writeln!(s, "corpus      SHA-256 {}", p.corpus_sha256);
     let _ = writeln!(s, "written by  charrnn {}", p.charrnn_version);
     let _ =

@@ -294,3 +294,98 @@ fn patience_stops_a_run_whose_validation_gets_worse() {
         "{err}"
     );
 }
+
+fn info(ckpt: &Path, cache: &Path) -> serde_json::Value {
+    let o = charrnn(&["info", ckpt.to_str().unwrap(), "--json"], cache);
+    serde_json::from_slice(&o.stdout).unwrap_or_else(|_| panic!("{}", stderr(&o)))
+}
+
+fn eval_nats(ckpt: &Path, data: &Path, cache: &Path) -> f64 {
+    let o = charrnn(
+        &[
+            "eval",
+            "--checkpoint",
+            ckpt.to_str().unwrap(),
+            "--data",
+            data.to_str().unwrap(),
+            "--json",
+            "--device",
+            "cpu",
+        ],
+        cache,
+    );
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap_or_else(|_| panic!("{}", stderr(&o)));
+    v["nats_per_char"].as_f64().unwrap()
+}
+
+#[test]
+fn fine_tuning_starts_from_the_parent_and_extends_its_vocabulary_only_when_asked() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let cache = d.join("cache");
+    let old = d.join("old.txt");
+    std::fs::write(&old, text(1500, 1)).unwrap();
+    let new = d.join("new.txt");
+    std::fs::write(&new, text(1500, 2).replace("fox", "FOX").replace("dog", "DOG!")).unwrap();
+    let parent = d.join("parent");
+    ok(train(
+        &[old.to_str().unwrap()],
+        &parent,
+        &cache,
+        &["--epochs", "3", "--seed", "1", "--learning-rate", "0.01"],
+    ));
+    let parent_ckpt = parent.join("ckpt_3.safetensors");
+    let from = ["--init-from", parent_ckpt.to_str().unwrap()];
+
+    let err = fails_with(train(&[new.to_str().unwrap()], &d.join("a"), &cache, &from), "--extend-vocab");
+    assert!(
+        err.contains("6 character(s) the model was not trained on: '!', 'D', 'F', 'G', 'O', 'X'"),
+        "{err}"
+    );
+    let shape =
+        ["train", "--data", old.to_str().unwrap(), from[0], from[1], "--rnn-units", "32", "--device", "cpu"];
+    fails_with(charrnn(&shape, &cache), "--rnn-units 32 disagrees");
+
+    // A step too small to move any weight shows what the run starts from.
+    let still = d.join("still");
+    let args =
+        [from[0], from[1], "--extend-vocab", "--max-steps", "1", "--learning-rate", "1e-30", "--seed", "2"];
+    ok(train(&[new.to_str().unwrap()], &still, &cache, &args));
+    let (p, f) = (info(&parent_ckpt, &cache), info(&still.join("interrupted.safetensors"), &cache));
+    let (pv, fv) = (p["vocab"].as_array().unwrap(), f["vocab"].as_array().unwrap());
+    assert_eq!(&fv[..pv.len()], &pv[..], "every old id keeps its character");
+    assert_eq!(fv[pv.len()..].iter().map(|c| c.as_str().unwrap()).collect::<String>(), "!DFGOX");
+    let sha = format!("{:x}", Sha256::digest(std::fs::read(&parent_ckpt).unwrap()));
+    assert_eq!(f["provenance"]["parent_sha256"].as_str(), Some(sha.as_str()));
+    let (pt, ft) = (tensors(&parent_ckpt), tensors(&still.join("interrupted.safetensors")));
+    let v = pv.len();
+    for ((name, a), (_, b)) in pt.iter().zip(&ft) {
+        match name.as_str() {
+            // [V, …]: the parent's rows first, fresh ones after.
+            "embedding.weight" | "dense.weight" | "dense.bias" => {
+                assert_eq!(&b[..a.len()], &a[..], "{name}: the parent's rows");
+                let rows = (b.len() - a.len()) / (a.len() / v);
+                assert_eq!(rows, 6, "{name}");
+            }
+            _ => assert_eq!(a, b, "{name}"),
+        }
+    }
+
+    // Fine-tuned on the new text, the model still predicts the old one better than a fresh
+    // model trained as long on the new text.
+    let tuned = d.join("tuned");
+    let steps = ["--max-steps", "60", "--epochs", "50", "--seed", "3", "--learning-rate", "0.01"];
+    ok(train(
+        &[new.to_str().unwrap()],
+        &tuned,
+        &cache,
+        &[&from[..], &["--extend-vocab"], &steps[..]].concat(),
+    ));
+    let fresh = d.join("fresh");
+    ok(train(&[new.to_str().unwrap()], &fresh, &cache, &steps));
+    let (t, f) = (
+        eval_nats(&tuned.join("interrupted.safetensors"), &old, &cache),
+        eval_nats(&fresh.join("interrupted.safetensors"), &old, &cache),
+    );
+    assert!(t <= f, "old text: fine-tuned {t} nats/char, fresh {f}");
+}

@@ -36,8 +36,12 @@ fn shakespeare_through_the_token_cache_is_the_same_pipeline() {
     let vocab = Vocab::from_text(&text);
     let ids = vocab.encode(&text).unwrap();
     let cache = tempfile::tempdir().unwrap();
-    let options =
-        CacheOptions { dir: Some(cache.path().to_path_buf()), separator: "\n\n".into(), skip_invalid: false };
+    let options = CacheOptions {
+        dir: Some(cache.path().to_path_buf()),
+        separator: "\n\n".into(),
+        skip_invalid: false,
+        base: None,
+    };
     let corpus = prepare(&path.to_path_buf().into(), &options).unwrap();
     assert_eq!(corpus.vocab, vocab);
     assert_eq!(corpus.sha256, format!("{:x}", Sha256::digest(text.as_bytes())));

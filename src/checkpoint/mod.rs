@@ -38,6 +38,9 @@ pub struct Provenance {
     /// resumes with its own optimizer state.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub run_id: Option<String>,
+    /// SHA-256 of the checkpoint file a fine-tuned run started from (`train --init-from`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent_sha256: Option<String>,
 }
 
 pub struct Checkpoint {

@@ -98,6 +98,14 @@ pub struct TrainArgs {
     /// checkpoints, optimizer states and metrics first (without it such a folder is refused)
     #[arg(long, conflicts_with = "resume")]
     pub overwrite: bool,
+    /// Start a new run from this checkpoint's weights (a file, or a folder's newest), on new
+    /// text, with a fresh optimizer; the model keeps the checkpoint's shape
+    #[arg(long, value_name = "CKPT", conflicts_with = "resume")]
+    pub init_from: Option<PathBuf>,
+    /// With --init-from: add the new text's characters that the checkpoint lacks at the end of
+    /// its vocabulary (without it they are an error that lists them)
+    #[arg(long, requires = "init_from")]
+    pub extend_vocab: bool,
     #[command(flatten)]
     pub cache: CacheArgs,
     #[command(flatten)]

@@ -18,8 +18,12 @@ pub(super) fn run(a: EvalArgs) -> Result<()> {
         &format!("--batch-size {} --seq-len {}", a.batch_size, a.seq_len),
     )?;
     let sources = Sources(a.data.clone());
-    let options =
-        CacheOptions { dir: a.cache.dir(), separator: a.doc_separator.clone(), skip_invalid: a.skip_invalid };
+    let options = CacheOptions {
+        dir: a.cache.dir(),
+        separator: a.doc_separator.clone(),
+        skip_invalid: a.skip_invalid,
+        base: None,
+    };
     let corpus = cache::prepare(&sources, &options)?;
     let score = eval::score_corpus(&ckpt.model, &ckpt.vocab, &corpus, a.seq_len, a.batch_size)?;
     match a.json {

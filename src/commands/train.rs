@@ -31,5 +31,7 @@ pub(super) fn run(a: TrainArgs) -> Result<()> {
         overwrite: a.overwrite,
         cache_dir: a.cache.dir(),
         limits: a.limits.limits(),
+        init_from: a.init_from,
+        extend_vocab: a.extend_vocab,
     })
 }

@@ -44,6 +44,16 @@ pub struct CacheOptions {
     pub separator: String,
     /// Leave out (and list) files that are not UTF-8 instead of refusing them.
     pub skip_invalid: bool,
+    /// Encode with this vocabulary (a fine-tuned model's) instead of the text's own.
+    pub base: Option<BaseVocab>,
+}
+
+/// A model's vocabulary that a new text is encoded with.
+#[derive(Clone, Debug)]
+pub struct BaseVocab {
+    pub vocab: Vocab,
+    /// Characters of the text that it lacks are appended (else they are an error).
+    pub extend: bool,
 }
 
 impl CacheOptions {
@@ -66,6 +76,9 @@ struct Header {
     skipped: Vec<PathBuf>,
     separator: String,
     skip_invalid: bool,
+    /// The vocabulary given to encode with, and whether it could be extended.
+    base_vocab: Option<Vec<char>>,
+    extend_vocab: bool,
     width: usize,
     count: u64,
     sha256: String,
@@ -178,6 +191,10 @@ fn key(files: &[SourceFile], o: &CacheOptions) -> String {
     }
     h.update(o.separator.as_bytes());
     h.update([o.skip_invalid as u8]);
+    if let Some(b) = &o.base {
+        h.update(b.vocab.chars().iter().collect::<String>().as_bytes());
+        h.update([b.extend as u8]);
+    }
     h.update(FORMAT.to_le_bytes());
     super::hex(&h.finalize()[..10])
 }
@@ -218,6 +235,12 @@ fn open(path: &Path, files: &[SourceFile], o: &CacheOptions) -> Result<Corpus, S
     }
     if header.separator != o.separator || header.skip_invalid != o.skip_invalid {
         return Err("was made with another --doc-separator or --skip-invalid".into());
+    }
+    let base = o.base.as_ref().map(|b| (b.vocab.chars().to_vec(), b.extend));
+    if (header.base_vocab.clone(), header.extend_vocab)
+        != base.clone().map_or((None, false), |(v, e)| (Some(v), e))
+    {
+        return Err("was encoded with another model's vocabulary".into());
     }
     let vocab = Vocab::from_chars(header.vocab).map_err(|e| format!("has a bad vocabulary ({e})"))?;
     if header.width != width_for(vocab.len()) {
@@ -398,9 +421,27 @@ fn build(path: &Path, files: &[SourceFile], o: &CacheOptions) -> Result<()> {
         }
         chars += (documents.len() as u64 - 1) * o.separator.chars().count() as u64;
     }
-    let all: Vec<char> =
+    let all: BTreeSet<char> =
         (0..128u8).filter(|&b| seen_ascii[b as usize]).map(char::from).chain(others).collect();
-    let vocab = Vocab::from_chars(all)?;
+    let vocab = match &o.base {
+        None => Vocab::from_chars(all.into_iter().collect())?,
+        Some(base) => {
+            let missing: BTreeSet<char> = all.into_iter().filter(|&c| base.vocab.id(c).is_none()).collect();
+            if !missing.is_empty() && !base.extend {
+                let list: Vec<String> = missing.iter().take(20).map(|c| format!("{c:?}")).collect();
+                let more = if missing.len() > 20 { ", …" } else { "" };
+                bail!(
+                    "the new text has {} character(s) the model was not trained on: {}{more}; pass --extend-vocab to add them (or leave out the text that has them)",
+                    missing.len(),
+                    list.join(", ")
+                );
+            }
+            if !missing.is_empty() {
+                eprintln!("extending the vocabulary by {} character(s)", missing.len());
+            }
+            base.vocab.extended(&missing)
+        }
+    };
     let width = width_for(vocab.len());
 
     // Pass 2: the ids and the checksum, after a header whose checksum is filled in at the end
@@ -412,6 +453,8 @@ fn build(path: &Path, files: &[SourceFile], o: &CacheOptions) -> Result<()> {
         skipped,
         separator: o.separator.clone(),
         skip_invalid: o.skip_invalid,
+        base_vocab: o.base.as_ref().map(|b| b.vocab.chars().to_vec()),
+        extend_vocab: o.base.as_ref().is_some_and(|b| b.extend),
         width,
         count: chars,
         sha256: "0".repeat(64),

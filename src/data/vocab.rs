@@ -1,5 +1,7 @@
 //! The character vocabulary: the sorted unique Unicode scalar values of a corpus
-//! (Python's `sorted(set(text))`), ids 0..V-1 in that order.
+//! (Python's `sorted(set(text))`), ids 0..V-1 in that order. A fine-tuned model's vocabulary
+//! may continue past the sorted part with characters its new text added (`--extend-vocab`), so
+//! that every old id keeps its meaning: unique, but not necessarily sorted.
 
 use std::collections::BTreeSet;
 
@@ -8,23 +10,37 @@ use anyhow::{bail, Result};
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Vocab {
     chars: Vec<char>,
+    /// (character, id), sorted by character, for lookups.
+    index: Vec<(char, u32)>,
 }
 
 impl Vocab {
     pub fn from_text(text: &str) -> Self {
         let set: BTreeSet<char> = text.chars().collect();
-        Vocab { chars: set.into_iter().collect() }
+        Vocab::from_chars(set.into_iter().collect())
+            .unwrap_or_else(|_| Vocab { chars: Vec::new(), index: Vec::new() })
     }
 
-    /// A vocabulary read back from a checkpoint: characters must be unique and sorted.
+    /// A vocabulary in a given order (read back from a checkpoint or a cache): the characters
+    /// must be unique.
     pub fn from_chars(chars: Vec<char>) -> Result<Self> {
         if chars.is_empty() {
             bail!("the vocabulary is empty");
         }
-        if chars.windows(2).any(|w| w[0] >= w[1]) {
-            bail!("the vocabulary is not sorted and unique");
+        let mut index: Vec<(char, u32)> = chars.iter().enumerate().map(|(i, &c)| (c, i as u32)).collect();
+        index.sort_unstable();
+        if let Some(w) = index.windows(2).find(|w| w[0].0 == w[1].0) {
+            bail!("the vocabulary holds {:?} twice", w[0].0);
         }
-        Ok(Vocab { chars })
+        Ok(Vocab { chars, index })
+    }
+
+    /// This vocabulary followed by the characters of `more` it lacks, in sorted order: every
+    /// id keeps its meaning.
+    pub fn extended(&self, more: &BTreeSet<char>) -> Vocab {
+        let mut chars = self.chars.clone();
+        chars.extend(more.iter().filter(|&&c| self.id(c).is_none()));
+        Vocab::from_chars(chars).expect("unique: only missing characters were added")
     }
 
     pub fn len(&self) -> usize {
@@ -40,7 +56,7 @@ impl Vocab {
     }
 
     pub fn id(&self, c: char) -> Option<u32> {
-        self.chars.binary_search(&c).ok().map(|i| i as u32)
+        self.index.binary_search_by_key(&c, |&(ch, _)| ch).ok().map(|i| self.index[i].1)
     }
 
     pub fn char(&self, id: u32) -> char {
@@ -103,10 +119,23 @@ mod tests {
     }
 
     #[test]
-    fn checkpoint_vocab_must_be_sorted_and_unique() {
+    fn a_stored_vocabulary_must_be_unique_and_keeps_its_order() {
         assert!(Vocab::from_chars(vec!['a', 'b']).is_ok());
-        assert!(Vocab::from_chars(vec!['b', 'a']).is_err());
-        assert!(Vocab::from_chars(vec!['a', 'a']).is_err());
+        assert!(Vocab::from_chars(vec!['a', 'b', 'a']).unwrap_err().to_string().contains("'a' twice"));
         assert!(Vocab::from_chars(vec![]).is_err());
+        let v = Vocab::from_chars(vec!['b', 'd', 'a']).unwrap();
+        assert_eq!((v.id('b'), v.id('d'), v.id('a'), v.id('c')), (Some(0), Some(1), Some(2), None));
+    }
+
+    #[test]
+    fn extending_keeps_every_old_id() {
+        let old = Vocab::from_text("cab");
+        let more: BTreeSet<char> = "zbxa".chars().collect();
+        let new = old.extended(&more);
+        assert_eq!(new.chars(), &['a', 'b', 'c', 'x', 'z']);
+        for (i, &c) in old.chars().iter().enumerate() {
+            assert_eq!(new.id(c), Some(i as u32));
+        }
+        assert_eq!(new.decode(&new.encode("zax").unwrap()), "zax");
     }
 }

@@ -3,6 +3,7 @@
 //! where asked), set up the corpus, model and optimizer, prepare the folder, then the epoch
 //! loop (`session`).
 
+mod finetune;
 mod folder;
 pub mod limits;
 pub mod presets;
@@ -37,6 +38,10 @@ pub struct TrainOptions {
     pub cache_dir: Option<PathBuf>,
     /// Early ends and samples for this invocation.
     pub limits: limits::RunLimits,
+    /// Start a new run from this checkpoint's weights.
+    pub init_from: Option<PathBuf>,
+    /// With `init_from`: add the new text's other characters to the vocabulary.
+    pub extend_vocab: bool,
 }
 
 /// Training stopped by Ctrl-C / SIGTERM after saving; the binary exits with status 130.
@@ -54,10 +59,14 @@ impl std::error::Error for Interrupted {}
 pub fn run(o: &TrainOptions) -> Result<()> {
     let dir = &o.checkpoint_dir;
     let resumed = o.resume.as_deref().map(|p| resume::find(p, &o.device)).transpose()?;
-    let settings = match &resumed {
-        Some(r) => r.settings(&o.typed)?,
-        None => {
-            let fresh = Settings::fresh(o.base.clone(), &o.typed)?;
+    let parent = o.init_from.as_deref().map(finetune::Parent::load).transpose()?;
+    let settings = match (&resumed, &parent) {
+        (Some(r), _) => r.settings(&o.typed)?,
+        (None, parent) => {
+            let fresh = match parent {
+                Some(p) => p.settings(o.base.clone(), &o.typed)?,
+                None => Settings::fresh(o.base.clone(), &o.typed)?,
+            };
             if !o.overwrite {
                 folder::refuse_another_run(dir)?;
             }
@@ -70,15 +79,24 @@ pub fn run(o: &TrainOptions) -> Result<()> {
     if o.device.is_cuda() {
         s.model.cell.require_gpu_kernels().map_err(anyhow::Error::msg)?;
     }
-    let corpus = setup::corpus(s, o.cache_dir.as_deref())?;
+    // A fine-tuned run, fresh or resumed, reads its text in its model's vocabulary.
+    let base = match (&parent, &resumed) {
+        (Some(p), _) => Some(p.base_vocab(o.extend_vocab)),
+        (None, Some(r)) if r.checkpoint.provenance.parent_sha256.is_some() => {
+            Some(crate::data::cache::BaseVocab { vocab: r.checkpoint.vocab.clone(), extend: false })
+        }
+        _ => None,
+    };
+    let corpus = setup::corpus(s, o.cache_dir.as_deref(), base)?;
     let batches = setup::Batches::new(&corpus, s)?;
     if o.limits.sample_every.is_some() {
         let start = crate::model::job::SampleOptions::new(&o.limits.sample.start, 1);
         crate::model::job::Job::new(&corpus.vocab, &start).context("--start")?;
     }
-    let start = match resumed {
-        Some(r) => setup::resumed(r, s, &corpus)?,
-        None => setup::fresh(s, &corpus, &o.device)?,
+    let start = match (resumed, &parent) {
+        (Some(r), _) => setup::resumed(r, s, &corpus)?,
+        (None, Some(p)) => p.start(s, &corpus, &o.device)?,
+        (None, None) => setup::fresh(s, &corpus, &o.device)?,
     };
     let total_steps = (batches.per_epoch as u64).checked_mul(s.control.epochs as u64).ok_or_else(|| {
         anyhow::anyhow!(

@@ -83,7 +83,7 @@ impl<'a> Session<'a> {
         total_steps: u64,
         limits: RunLimits,
     ) -> Result<Self> {
-        let Start { model, adam, position, carried } = start;
+        let Start { model, adam, position, carried, parent_sha256 } = start;
         let step = adam.updates();
         let metrics = Metrics::open(dir, (step > 0).then_some(step))?;
         let left = batches.per_epoch * (settings.control.epochs - position.epoch) - position.batch;
@@ -92,6 +92,7 @@ impl<'a> Session<'a> {
             corpus_sha256: corpus.sha256.clone(),
             charrnn_version: env!("CARGO_PKG_VERSION").to_string(),
             run_id: position.run_id.clone(),
+            parent_sha256,
             ..Default::default()
         };
         Ok(Session {

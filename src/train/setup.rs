@@ -6,18 +6,23 @@ use candle_core::{DType, Device, Tensor};
 use rand::{rngs::StdRng, SeedableRng};
 
 use super::resume::{Position, Resumed};
-use crate::data::cache::{self, CacheOptions, Corpus};
+use crate::data::cache::{self, BaseVocab, CacheOptions, Corpus};
 use crate::data::{split_validation, Lanes, Sequences};
 use crate::model::{Config, Model};
 use crate::optim::Adam;
 use crate::train::settings::Settings;
 
 /// The training text, from its token cache (built or checked first).
-pub(super) fn corpus(s: &Settings, cache_dir: Option<&std::path::Path>) -> Result<Corpus> {
+pub(super) fn corpus(
+    s: &Settings,
+    cache_dir: Option<&std::path::Path>,
+    base: Option<BaseVocab>,
+) -> Result<Corpus> {
     let options = CacheOptions {
         dir: cache_dir.map(std::path::Path::to_path_buf),
         separator: s.data.doc_separator.clone(),
         skip_invalid: s.data.skip_invalid,
+        base,
     };
     cache::prepare(&s.data.data, &options)
 }
@@ -71,6 +76,8 @@ pub(super) struct Start {
     pub position: Position,
     /// The recurrent state to carry into the first batch (stateful runs resumed mid-epoch).
     pub carried: Option<Vec<Tensor>>,
+    /// The checkpoint a fine-tuned run started from, by its SHA-256.
+    pub parent_sha256: Option<String>,
 }
 
 /// A new model (the seed's initialisation), a fresh optimizer, and a new run id.
@@ -90,7 +97,7 @@ pub(super) fn fresh(s: &Settings, corpus: &Corpus, device: &Device) -> Result<St
         best_val_loss: None,
         run_id: Some(format!("{:016x}", rand::random::<u64>())),
     };
-    Ok(Start { model, adam, position, carried: None })
+    Ok(Start { model, adam, position, carried: None, parent_sha256: None })
 }
 
 /// The resumed run's model and optimizer, once the corpus is known to be the same text.
@@ -109,7 +116,8 @@ pub(super) fn resumed(r: Resumed, s: &Settings, corpus: &Corpus) -> Result<Start
     check_memory(&r.checkpoint.model.config, s)?;
     eprintln!("resuming {} at epoch {} batch {}", r.path.display(), r.position.epoch + 1, r.position.batch);
     let carried = (!r.carried.is_empty()).then_some(r.carried);
-    Ok(Start { model: r.checkpoint.model, adam, position: r.position, carried })
+    let parent_sha256 = r.checkpoint.provenance.parent_sha256.clone();
+    Ok(Start { model: r.checkpoint.model, adam, position: r.position, carried, parent_sha256 })
 }
 
 /// Refuses a run whose sizes need more memory than the machine has.
