@@ -60,6 +60,30 @@ fn train_two_epochs_then_generate() {
     assert!(text.starts_with("the "), "{text:?}");
     assert_eq!(text.trim_end_matches('\n').chars().count(), 4 + 60, "{text:?}");
     assert_eq!(gen("7").stdout, a.stdout, "a seed makes sampling reproducible");
+
+    // Stop strings end each sample at its first one (kept with --include-stop); --output
+    // writes the same text to a file instead of stdout.
+    let long = |extra: &[&str]| {
+        let mut args =
+            vec!["generate", "--checkpoint", ckpt_s, "--start", "the ", "--length", "400", "--seed", "3"];
+        args.extend_from_slice(extra);
+        let o = charrnn(&args);
+        assert!(o.status.success(), "{}", stderr(&o));
+        String::from_utf8(o.stdout).unwrap()
+    };
+    let whole = long(&[]);
+    let at = whole[4..].find(' ').expect("a space in 400 characters") + 4;
+    assert_eq!(long(&["--stop", " "]), format!("{}\n", &whole[..at]));
+    assert_eq!(long(&["--stop", " ", "--include-stop"]), format!("{}\n", &whole[..at + 1]));
+    let file = dir.path().join("out.txt");
+    assert_eq!(long(&["--stop", " ", "--output", file.to_str().unwrap()]), "");
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), format!("{}\n", &whole[..at]));
+    let three = long(&["--stop", " ", "--num-samples", "3"]);
+    assert_eq!(three.matches("--- sample").count(), 3, "{three}");
+    for part in three.split("--- sample ").skip(1) {
+        let sample = part.split_once('\n').unwrap().1;
+        assert!(sample.starts_with("the ") && !sample[4..].contains(' '), "{three}");
+    }
 }
 
 /// Trains `cell` for two epochs through the binary and generates from it. The summary must name the cell's layer with `summary`, and the loss fall.

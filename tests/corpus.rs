@@ -88,6 +88,9 @@ fn folders_and_globs_are_joined_in_order_with_the_separator() {
         &["--epochs", "1", "--doc-separator", "\n~\n"],
     ));
     assert!(err.contains("3 file(s)"), "{err}");
+    let per_source =
+        format!("docs: 2 file(s), {} bytes, {} characters", a.len() + b.len(), a.len() + b.len());
+    assert!(err.contains(&per_source), "{err}");
     let joined = format!("{a}\n~\n{b}\n~\n{c}");
     assert_eq!(cached_text(&cache), joined);
     // The run records the joined text's checksum.

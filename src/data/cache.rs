@@ -73,6 +73,8 @@ struct Header {
     format: u32,
     vocab: Vec<char>,
     files: Vec<SourceFile>,
+    /// Characters each file gave (0 for one left out or empty).
+    file_chars: Vec<u64>,
     skipped: Vec<PathBuf>,
     separator: String,
     skip_invalid: bool,
@@ -89,6 +91,10 @@ pub struct Corpus {
     pub vocab: Vocab,
     pub sha256: String,
     pub files: Vec<SourceFile>,
+    /// Characters each file gave.
+    pub file_chars: Vec<u64>,
+    /// Each `--data` argument with how many of `files` it named, in order.
+    pub groups: Vec<(PathBuf, usize)>,
     /// Files left out by `skip_invalid`.
     pub skipped: Vec<PathBuf>,
     /// The cache file, when it is kept.
@@ -118,31 +124,45 @@ impl Corpus {
         self.count == 0
     }
 
-    /// One line per source (or a count, for many), for the log.
+    /// What came from where, for the log: the totals and the cache, then (for several files)
+    /// each `--data` argument's files, bytes and characters, then any files left out.
     pub fn describe(&self, sources: &Sources) -> String {
         let bytes: u64 = self.files.iter().map(|f| f.size).sum();
         let mut s = format!(
-            "corpus {sources}: {} file(s), {} bytes, {} characters, {} unique",
+            "corpus {sources}: {} file(s), {bytes} bytes, {} characters, {} unique",
             self.files.len(),
-            bytes,
             self.count,
             self.vocab.len()
         );
+        if let Some(c) = &self.cache {
+            s += &format!("; token cache {}", c.display());
+        }
+        if self.files.len() > 1 {
+            let mut first = 0;
+            for (arg, n) in &self.groups {
+                let chars: u64 = self.file_chars[first..first + n].iter().sum();
+                let bytes: u64 = self.files[first..first + n].iter().map(|f| f.size).sum();
+                s += &format!("\n  {}: {n} file(s), {bytes} bytes, {chars} characters", arg.display());
+                first += n;
+            }
+        }
         if !self.skipped.is_empty() {
             let names: Vec<String> = self.skipped.iter().map(|p| p.display().to_string()).collect();
-            s +=
-                &format!("; skipped {} file(s) that are not UTF-8: {}", self.skipped.len(), names.join(", "));
+            s += &format!(
+                "\n  skipped {} file(s) that are not UTF-8: {}",
+                self.skipped.len(),
+                names.join(", ")
+            );
         }
-        match &self.cache {
-            Some(c) => s + &format!("; token cache {}", c.display()),
-            None => s,
-        }
+        s
     }
 }
 
 /// Reads the sources into a corpus: from a valid cache when there is one, else by building it.
 pub fn prepare(sources: &Sources, o: &CacheOptions) -> Result<Corpus> {
-    let paths = sources::resolve(sources)?;
+    let each = sources::resolve_each(sources)?;
+    let groups: Vec<(PathBuf, usize)> = each.iter().map(|(arg, files)| (arg.clone(), files.len())).collect();
+    let paths: Vec<PathBuf> = each.into_iter().flat_map(|(_, files)| files).collect();
     let files: Vec<SourceFile> = paths
         .iter()
         .map(|p| {
@@ -158,6 +178,7 @@ pub fn prepare(sources: &Sources, o: &CacheOptions) -> Result<Corpus> {
         build(&path, &files, o)?;
         let mut corpus = open(&path, &files, o).map_err(anyhow::Error::msg)?;
         corpus.cache = None;
+        corpus.groups = groups;
         corpus._temporary = Some(path);
         return Ok(corpus);
     };
@@ -167,7 +188,7 @@ pub fn prepare(sources: &Sources, o: &CacheOptions) -> Result<Corpus> {
     let path = dir.join(format!("{}.tokens", key(&files, o)));
     if path.exists() {
         match open(&path, &files, o) {
-            Ok(corpus) => return Ok(corpus),
+            Ok(corpus) => return Ok(Corpus { groups, ..corpus }),
             Err(why) => eprintln!("token cache {}: {why}; rebuilding it", path.display()),
         }
     }
@@ -177,8 +198,9 @@ pub fn prepare(sources: &Sources, o: &CacheOptions) -> Result<Corpus> {
     let tmp_path = tmp.into_temp_path();
     build(&tmp_path, &files, o)?;
     tmp_path.persist(&path).with_context(|| format!("cannot write the token cache {}", path.display()))?;
-    open(&path, &files, o)
-        .map_err(|why| anyhow::anyhow!("the token cache {} just written {why}", path.display()))
+    let corpus = open(&path, &files, o)
+        .map_err(|why| anyhow::anyhow!("the token cache {} just written {why}", path.display()))?;
+    Ok(Corpus { groups, ..corpus })
 }
 
 /// The cache's name: a digest of the sources' paths and the joining options.
@@ -256,6 +278,9 @@ fn open(path: &Path, files: &[SourceFile], o: &CacheOptions) -> Result<Corpus, S
             expected
         ));
     }
+    if header.file_chars.len() != header.files.len() || header.file_chars.iter().sum::<u64>() > header.count {
+        return Err("has damaged per-file counts".into());
+    }
     if header.sha256.len() != 64 || !header.sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
         return Err("has a damaged checksum".into());
     }
@@ -263,6 +288,8 @@ fn open(path: &Path, files: &[SourceFile], o: &CacheOptions) -> Result<Corpus, S
         vocab,
         sha256: header.sha256,
         files: header.files,
+        file_chars: header.file_chars,
+        groups: Vec::new(),
         skipped: header.skipped,
         cache: Some(path.to_path_buf()),
         map,
@@ -370,6 +397,7 @@ fn build(path: &Path, files: &[SourceFile], o: &CacheOptions) -> Result<()> {
     let mut seen_ascii = [false; 128];
     let mut others = BTreeSet::new();
     let (mut documents, mut skipped) = (Vec::new(), Vec::new());
+    let mut file_chars = Vec::with_capacity(files.len());
     let mut chars = 0u64;
     for f in files {
         let mut n = 0u64;
@@ -391,6 +419,7 @@ fn build(path: &Path, files: &[SourceFile], o: &CacheOptions) -> Result<()> {
                 }
             }
         });
+        file_chars.push(if read.is_ok() { n } else { 0 });
         match read {
             Ok(()) if n > 0 => {
                 documents.push(f);
@@ -450,6 +479,7 @@ fn build(path: &Path, files: &[SourceFile], o: &CacheOptions) -> Result<()> {
         format: FORMAT,
         vocab: vocab.chars().to_vec(),
         files: files.to_vec(),
+        file_chars,
         skipped,
         separator: o.separator.clone(),
         skip_invalid: o.skip_invalid,

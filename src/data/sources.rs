@@ -105,13 +105,18 @@ fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
 /// The corpus's files, in order: each argument's files in turn (a folder's and a pattern's in
 /// sorted path order). An argument that names nothing is an error that says so.
 pub fn resolve(sources: &Sources) -> Result<Vec<PathBuf>> {
-    let mut files = Vec::new();
+    Ok(resolve_each(sources)?.into_iter().flat_map(|(_, files)| files).collect())
+}
+
+/// [`resolve`], each argument with its files.
+pub fn resolve_each(sources: &Sources) -> Result<Vec<(PathBuf, Vec<PathBuf>)>> {
+    let mut groups = Vec::new();
     for arg in &sources.0 {
-        let before = files.len();
+        let mut files = Vec::new();
         let text = arg.to_string_lossy();
         if arg.is_dir() {
             walk(arg, &mut files)?;
-            if files.len() == before {
+            if files.is_empty() {
                 bail!(
                     "the folder {} holds no files (hidden ones are skipped); pass a folder of text files",
                     arg.display()
@@ -135,11 +140,12 @@ pub fn resolve(sources: &Sources) -> Result<Vec<PathBuf>> {
             }
             files.extend(matched);
         }
+        groups.push((arg.clone(), files));
     }
-    if files.is_empty() {
+    if groups.is_empty() {
         bail!("--data names no file");
     }
-    Ok(files)
+    Ok(groups)
 }
 
 #[cfg(test)]
