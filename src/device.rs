@@ -14,11 +14,27 @@ pub enum Precision {
     F32,
     /// TensorFloat-32 products on a GPU's tensor cores (10-bit mantissa inputs, f32 sums)
     Tf32,
+    /// bf16 products with f32 sums on a CPU with AVX512-BF16 (sampling only, so far)
+    Bf16,
 }
+
+/// Why `--precision bf16` cannot run on this CPU.
+pub const BF16_MISSING: &str =
+    "--precision bf16 needs a CPU with AVX512-BF16 (the avx512_bf16 flag in /proc/cpuinfo), which this one lacks; use f32";
 
 impl Precision {
     pub fn is_f32(&self) -> bool {
         *self == Precision::F32
+    }
+
+    /// Refuses a precision that training's kernels do not have yet.
+    pub fn require_training_kernels(self) -> Result<()> {
+        if self == Precision::Bf16 {
+            anyhow::bail!(
+                "--precision bf16 is built for sampling (generate, serve) but not yet for training; train in f32 (or tf32 on a GPU)"
+            );
+        }
+        Ok(())
     }
 
     /// Makes this process's products on `device` use this precision; refuses one the device
@@ -30,6 +46,13 @@ impl Precision {
                 anyhow::bail!("--precision tf32 needs a GPU (--device cuda); the CPU computes in f32")
             }
             (Precision::Tf32, _) => {}
+            (Precision::Bf16, Device::Cpu) if !crate::kernels::cpu::bf16::supported() => {
+                anyhow::bail!(BF16_MISSING)
+            }
+            (Precision::Bf16, Device::Cpu) => {}
+            (Precision::Bf16, _) => {
+                anyhow::bail!("--precision bf16 is not built for the GPU yet; use --precision tf32 there")
+            }
         }
         #[cfg(feature = "cuda")]
         crate::kernels::cuda::set_tf32(self == Precision::Tf32);

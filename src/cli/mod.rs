@@ -264,6 +264,9 @@ pub struct GenerateArgs {
     /// Write the text to FILE (all at once, when it is complete) instead of stdout
     #[arg(long, value_name = "FILE")]
     pub output: Option<PathBuf>,
+    /// Arithmetic of the sampling products: f32, or bf16 (f32 sums) on a CPU with AVX512-BF16
+    #[arg(long, value_enum, default_value_t = Precision::F32)]
+    pub precision: Precision,
     #[command(flatten)]
     pub device: DeviceArg,
 }
@@ -301,6 +304,9 @@ pub struct ServeArgs {
     /// Where to sample: the server samples on the CPU (a GPU model is refused)
     #[arg(long = "device", value_enum, default_value_t = DeviceChoice::Cpu)]
     pub device: DeviceChoice,
+    /// Arithmetic of the sampling products: f32, or bf16 (f32 sums) on a CPU with AVX512-BF16
+    #[arg(long, value_enum, default_value_t = Precision::F32)]
+    pub precision: Precision,
 }
 
 #[derive(Args, Debug)]

@@ -243,6 +243,7 @@ pub(super) fn command(a: BenchArgs) -> Result<()> {
         .and_then(|(t, s)| t.checked_add(s)?.checked_add((a.gen_chars as u128).checked_mul(4)?));
     budget::check("benchmarking", need, &sizes)?;
     let device = device::select(a.device.choice)?;
+    a.precision.require_training_kernels()?;
     a.precision.apply(&device)?;
     let mut reports = Vec::new();
     for k in kernels {

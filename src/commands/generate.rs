@@ -38,7 +38,8 @@ pub(super) fn run(a: GenerateArgs) -> Result<()> {
     )?;
     let flag = if a.start_file.is_some() { "--start-file" } else { "--start" };
     let mut job = Job::new(&ckpt.vocab, &options).context(flag)?;
-    let mut engine = Engine::new(&ckpt.model, a.num_samples)?;
+    a.precision.apply(&device)?;
+    let mut engine = Engine::with_precision(&ckpt.model, a.num_samples, a.precision)?;
     match &a.output {
         Some(file) => {
             let mut text = Vec::new();

@@ -26,5 +26,6 @@ pub(super) fn run(a: ServeArgs) -> Result<()> {
             time_limit: Duration::from_secs(a.time_limit),
         },
         reload: a.reload,
+        precision: a.precision,
     })
 }

@@ -376,17 +376,26 @@ impl<'a> Encoder<'a> {
         Encoder { ascii, vocab }
     }
 
-    fn encode(&self, text: &str, width: usize, out: &mut Vec<u8>) {
-        let id = |c: char| match c as u32 {
-            a @ 0..=127 => self.ascii[a as usize],
-            _ => self.vocab.id(c).expect("the first pass saw every character"),
+    /// Appends the ids of `text`; false if it holds a character the vocabulary lacks (a
+    /// source changed between the passes), in which case what was appended is meaningless.
+    fn encode(&self, text: &str, width: usize, out: &mut Vec<u8>) -> bool {
+        let mut known = true;
+        let mut id = |c: char| {
+            let id = match c as u32 {
+                a @ 0..=127 => self.ascii[a as usize],
+                _ => self.vocab.id(c).unwrap_or(u32::MAX),
+            };
+            known &= id != u32::MAX;
+            id
         };
         match width {
-            1 if text.is_ascii() => out.extend(text.bytes().map(|b| self.ascii[b as usize] as u8)),
+            // Most text: a table lookup per byte.
+            1 if text.is_ascii() => out.extend(text.bytes().map(|b| id(b as char) as u8)),
             1 => out.extend(text.chars().map(|c| id(c) as u8)),
             2 => out.extend(text.chars().flat_map(|c| (id(c) as u16).to_le_bytes())),
             _ => out.extend(text.chars().flat_map(|c| id(c).to_le_bytes())),
         }
+        known
     }
 }
 
@@ -504,16 +513,16 @@ fn build(path: &Path, files: &[SourceFile], o: &CacheOptions) -> Result<()> {
     let encoder = Encoder::new(&vocab);
     let mut sha = Sha256::new();
     let mut ids = Vec::with_capacity(CHUNK * width);
-    let mut written = 0u64;
+    let (mut written, mut known) = (0u64, true);
     for (i, f) in documents.iter().enumerate() {
         if i > 0 {
             sha.update(o.separator.as_bytes());
-            encoder.encode(&o.separator, width, &mut ids);
+            known &= encoder.encode(&o.separator, width, &mut ids);
         }
         let mut result = Ok(());
         for_each_text(&f.path, |text, bytes| {
             sha.update(bytes);
-            encoder.encode(text, width, &mut ids);
+            known &= encoder.encode(text, width, &mut ids);
             if ids.len() >= CHUNK && result.is_ok() {
                 written += (ids.len() / width) as u64;
                 result = out.write_all(&ids);
@@ -524,9 +533,9 @@ fn build(path: &Path, files: &[SourceFile], o: &CacheOptions) -> Result<()> {
     }
     written += (ids.len() / width) as u64;
     out.write_all(&ids).with_context(fail)?;
-    if written != chars {
+    if written != chars || !known {
         bail!(
-            "the corpus changed while it was read (expected {chars} characters, read {written}); try again"
+            "the corpus changed while it was read (the second pass found other characters than the first); try again"
         );
     }
     header.sha256 = super::hex(&sha.finalize());

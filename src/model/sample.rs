@@ -11,7 +11,9 @@ use candle_core::DType;
 use rand::Rng;
 
 use crate::data::vocab::Vocab;
+use crate::device::Precision;
 use crate::kernels::cpu as kernel;
+use crate::kernels::cpu::bf16::{matmul_bf16, PackedBf16};
 use crate::kernels::cpu::blas::{matmul_packed, Packed, View};
 use crate::model::job::Job;
 use crate::model::Model;
@@ -22,18 +24,32 @@ use crate::ops::cells::{with_cell, Cell, RecurrentCell, StepForward};
 /// `blas::matmul_packed`), so a sequence's result is the same, bit for bit, whichever other
 /// sequences share the step: a sample depends only on its own start, seed and options, which
 /// lets a server batch unrelated requests together.
-struct Weights(Packed);
+enum Weights {
+    F32(Packed),
+    /// bf16 operands, f32 sums (`--precision bf16`): half the bytes to stream per step.
+    Bf16(PackedBf16),
+}
 
 impl Weights {
-    fn new(w: Vec<f32>, rows: usize, cols: usize) -> Self {
-        Weights(Packed::new(View::rows(&w, rows, cols).t()))
+    fn new(w: Vec<f32>, rows: usize, cols: usize, precision: Precision) -> Self {
+        let view = View::rows(&w, rows, cols).t();
+        match precision {
+            Precision::Bf16 => Weights::Bf16(PackedBf16::new(view)),
+            _ => Weights::F32(Packed::new(view)),
+        }
     }
 
     /// out[b] = W · x[b] (+ bias) for `batch` inputs.
     fn apply(&self, out: &mut [f32], x: &[f32], batch: usize, bias: Option<&[f32]>) {
-        let p = &self.0;
-        let out = &mut out[..batch * p.cols()];
-        matmul_packed(out, false, View::rows(x, batch, p.rows()), p);
+        let cols = match self {
+            Weights::F32(p) => p.cols(),
+            Weights::Bf16(p) => p.cols(),
+        };
+        let out = &mut out[..batch * cols];
+        match self {
+            Weights::F32(p) => matmul_packed(out, false, View::rows(x, batch, p.rows()), p),
+            Weights::Bf16(p) => matmul_bf16(out, &x[..batch * p.rows()], batch, p),
+        }
         if let Some(bias) = bias {
             for row in out.chunks_exact_mut(bias.len()) {
                 for (o, b) in row.iter_mut().zip(bias) {
@@ -84,11 +100,22 @@ fn host_f32(t: &candle_core::Tensor) -> Result<Vec<f32>> {
 impl Sampler {
     /// A sampler for `batch` independent sequences, all present at the zero state.
     pub fn new(model: &Model, batch: usize) -> Result<Self> {
+        Sampler::with_precision(model, batch, Precision::F32)
+    }
+
+    /// [`Sampler::new`] with the products in `precision` (f32, or bf16 where the CPU has it).
+    pub fn with_precision(model: &Model, batch: usize, precision: Precision) -> Result<Self> {
+        if precision == Precision::Tf32 {
+            bail!("--precision tf32 needs a GPU; the CPU samples in f32 or bf16");
+        }
+        if precision == Precision::Bf16 && !crate::kernels::cpu::bf16::supported() {
+            bail!("{}", crate::device::BF16_MISSING);
+        }
         let (h, v, cell) = (model.config.rnn_units, model.config.vocab_size, model.config.cell);
         let g = cell.gates() * h;
         let e = (cell.state_parts() - 1) * h;
         let weights = |t: &candle_core::Tensor, rows: usize| -> Result<Weights> {
-            Ok(Weights::new(host_f32(t)?, rows, h))
+            Ok(Weights::new(host_f32(t)?, rows, h, precision))
         };
         let mut layers = Vec::new();
         for l in 0..model.config.layers {
@@ -321,11 +348,18 @@ fn gpu_weights(model: &Model) -> Result<crate::kernels::cuda::SamplerWeights> {
 
 impl Engine {
     pub fn new(model: &Model, batch: usize) -> Result<Self> {
+        Engine::with_precision(model, batch, Precision::F32)
+    }
+
+    pub fn with_precision(model: &Model, batch: usize, precision: Precision) -> Result<Self> {
         #[cfg(feature = "cuda")]
         if model.device().is_cuda() {
+            if precision == Precision::Bf16 {
+                bail!("--precision bf16 is not built for the GPU sampler yet; use f32 or tf32 there, or --device cpu");
+            }
             return Ok(Engine::Gpu(crate::kernels::cuda::GpuSampler::new(gpu_weights(model)?, batch)?));
         }
-        Ok(Engine::Cpu(Sampler::new(model, batch)?))
+        Ok(Engine::Cpu(Sampler::with_precision(model, batch, precision)?))
     }
 
     fn batch(&self) -> usize {

@@ -35,6 +35,8 @@ pub struct ServeOptions {
     pub limits: Limits,
     /// Watch the checkpoint folder for newer files.
     pub reload: bool,
+    /// Arithmetic of the sampling products.
+    pub precision: crate::device::Precision,
 }
 
 /// The model being served, as requests see it.
@@ -47,6 +49,7 @@ pub struct Served {
 
 pub struct State {
     pub limits: Limits,
+    pub precision: crate::device::Precision,
     pub commands: mpsc::Sender<batcher::Command>,
     pub streams_in_use: Arc<AtomicUsize>,
     pub served: RwLock<Arc<Served>>,
@@ -54,7 +57,11 @@ pub struct State {
 
 /// Loads a checkpoint for serving: its sampler (for up to `streams` samples at once) and its
 /// description.
-fn load(path: &std::path::Path, streams: usize) -> Result<(batcher::Engine, Served)> {
+fn load(
+    path: &std::path::Path,
+    streams: usize,
+    precision: crate::device::Precision,
+) -> Result<(batcher::Engine, Served)> {
     let ckpt = checkpoint::load(path, &candle_core::Device::Cpu)?;
     let info = serde_json::to_value(eval::info(path)?)?;
     crate::budget::check(
@@ -62,7 +69,7 @@ fn load(path: &std::path::Path, streams: usize) -> Result<(batcher::Engine, Serv
         crate::budget::sampling_bytes(&ckpt.model.config, streams),
         &format!("--max-streams {streams}"),
     )?;
-    let sampler = Sampler::new(&ckpt.model, streams)?;
+    let sampler = Sampler::with_precision(&ckpt.model, streams, precision)?;
     let engine = batcher::Engine { sampler, vocab: ckpt.vocab.clone() };
     Ok((engine, Served { path: path.to_path_buf(), vocab: ckpt.vocab, info }))
 }
@@ -77,7 +84,7 @@ pub fn run(o: ServeOptions) -> Result<()> {
         );
     }
     let path = checkpoint::resolve(&o.checkpoint)?;
-    let (mut engine, served) = load(&path, o.limits.max_streams)?;
+    let (mut engine, served) = load(&path, o.limits.max_streams, o.precision)?;
     engine.sampler.retain_rows(|_| false);
     eprintln!("serving {} ({} parameters)", path.display(), served.info["parameters"]);
     let (commands, receive) = mpsc::channel();
@@ -87,6 +94,7 @@ pub fn run(o: ServeOptions) -> Result<()> {
         .context("cannot start the sampling thread")?;
     let state = Arc::new(State {
         limits: o.limits.clone(),
+        precision: o.precision,
         commands,
         streams_in_use: Arc::new(AtomicUsize::new(0)),
         served: RwLock::new(Arc::new(served)),

@@ -38,7 +38,7 @@ pub fn watch(folder: PathBuf, state: Arc<State>) {
                 continue;
             }
             last = now;
-            match load(&path, state.limits.max_streams) {
+            match load(&path, state.limits.max_streams, state.precision) {
                 Ok((mut engine, served)) => {
                     engine.sampler.retain_rows(|_| false);
                     eprintln!("reload: {} loaded; switching between requests", path.display());
