@@ -226,6 +226,17 @@ fn max_steps_ends_with_a_checkpoint_that_resumes_to_the_same_run() {
     assert!(!parts.join("ckpt_2.safetensors").exists());
     ok(charrnn(&["train", "--resume", parts.to_str().unwrap(), "--device", "cpu"], &cache));
     assert_eq!(tensors(&parts.join("ckpt_2.safetensors")), tensors(&whole.join("ckpt_2.safetensors")));
+    // A time limit ends the run at the next step boundary the same way.
+    let timed = d.join("timed");
+    let err = ok(train(
+        &[data.to_str().unwrap()],
+        &timed,
+        &cache,
+        &["--epochs", "2", "--seed", "3", "--max-minutes", "0.00001"],
+    ));
+    assert!(err.contains("reached --max-minutes") && err.contains("after batch 1;"), "{err}");
+    ok(charrnn(&["train", "--resume", timed.to_str().unwrap(), "--device", "cpu"], &cache));
+    assert_eq!(tensors(&timed.join("ckpt_2.safetensors")), tensors(&whole.join("ckpt_2.safetensors")));
 }
 
 #[test]
