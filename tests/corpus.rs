@@ -64,6 +64,15 @@ fn cached_text(cache_dir: &Path) -> String {
     bytes[(16 + n).div_ceil(8) * 8..].iter().map(|&id| vocab[id as usize]).collect()
 }
 
+/// A temporary folder with a token-cache folder and `text` in text.txt.
+fn workspace(text: &str) -> (tempfile::TempDir, PathBuf, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("text.txt");
+    std::fs::write(&data, text).unwrap();
+    let cache = dir.path().join("cache");
+    (dir, cache, data)
+}
+
 fn text(n: usize, seed: u64) -> String {
     let words = ["the ", "quick ", "brown ", "fox ", "jumps ", "over ", "lazy ", "dog", ".\n", ", "];
     (0..n).map(|i| words[(i * 3 + seed as usize + (i / 7) % 3) % words.len()]).collect()
@@ -145,11 +154,8 @@ fn sources_that_name_nothing_or_are_not_text_are_refused_clearly() {
 
 #[test]
 fn the_cache_is_reused_rebuilt_when_sources_change_and_never_trusted_when_damaged() {
-    let dir = tempfile::tempdir().unwrap();
+    let (dir, cache, data) = workspace(&text(500, 1));
     let d = dir.path();
-    let cache = d.join("cache");
-    let data = d.join("text.txt");
-    std::fs::write(&data, text(500, 1)).unwrap();
     let run = |extra: &[&str]| {
         let mut args = vec!["--epochs", "1", "--overwrite"];
         args.extend_from_slice(extra);
@@ -208,11 +214,8 @@ fn tensors(path: &Path) -> Vec<(String, Vec<u8>)> {
 
 #[test]
 fn max_steps_ends_with_a_checkpoint_that_resumes_to_the_same_run() {
-    let dir = tempfile::tempdir().unwrap();
+    let (dir, cache, data) = workspace(&text(800, 1));
     let d = dir.path();
-    let cache = d.join("cache");
-    let data = d.join("text.txt");
-    std::fs::write(&data, text(800, 1)).unwrap();
     let whole = d.join("whole");
     ok(train(&[data.to_str().unwrap()], &whole, &cache, &["--epochs", "2", "--seed", "3"]));
     let parts = d.join("parts");
@@ -241,11 +244,8 @@ fn max_steps_ends_with_a_checkpoint_that_resumes_to_the_same_run() {
 
 #[test]
 fn samples_while_training_leave_the_weights_unchanged() {
-    let dir = tempfile::tempdir().unwrap();
+    let (dir, cache, data) = workspace(&text(800, 1));
     let d = dir.path();
-    let cache = d.join("cache");
-    let data = d.join("text.txt");
-    std::fs::write(&data, text(800, 1)).unwrap();
     let (plain, watched) = (d.join("plain"), d.join("watched"));
     ok(train(
         &[data.to_str().unwrap()],
