@@ -923,3 +923,38 @@ fn an_interrupted_download_leaves_nothing_behind() {
     let left: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
     assert!(left.is_empty(), "left behind: {left:?}");
 }
+
+/// `bench --json` reports its figures, with the bf16 kernel's where the CPU has AVX512-BF16.
+#[test]
+fn bench_reports_the_f32_and_bf16_rates() {
+    let o = charrnn(&[
+        "bench",
+        "--device",
+        "cpu",
+        "--rnn-units",
+        "16",
+        "--embedding-dim",
+        "8",
+        "--batch-size",
+        "4",
+        "--seq-len",
+        "10",
+        "--batches",
+        "1",
+        "--gen-chars",
+        "200",
+        "--json",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let r: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    for key in ["train_ms_per_batch", "gemm_gflops", "step_product_gflops", "gen_chars_per_s"] {
+        assert!(r[key].as_f64().is_some_and(|v| v > 0.0), "{key}: {r}");
+    }
+    let has_bf16 = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default().contains("avx512_bf16");
+    assert_eq!(r.get("bf16").is_some(), has_bf16, "{r}");
+    if has_bf16 {
+        for key in ["gemm_gflops", "step_product_gflops", "gen_chars_per_s"] {
+            assert!(r["bf16"][key].as_f64().is_some_and(|v| v > 0.0), "bf16 {key}: {r}");
+        }
+    }
+}

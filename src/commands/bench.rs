@@ -13,6 +13,8 @@ use crate::budget;
 use crate::cli::BenchArgs;
 use crate::data::Batch;
 use crate::device;
+use crate::device::Precision;
+use crate::kernels::cpu::bf16::{self, matmul_bf16, PackedBf16};
 use crate::kernels::cpu::blas::{matmul_packed, Packed, View};
 use crate::kernels::cpu::{self as kernel, Kernel};
 use crate::model::sample::{Engine, Picker};
@@ -57,7 +59,18 @@ pub struct BenchReport {
     /// the packed W_hhᵀ, as the fused layer runs it.
     pub step_product_gflops: f64,
     pub gen_chars_per_s: f64,
+    /// Where the CPU has AVX512-BF16 (absent elsewhere): the bf16 product kernel's rate on a
+    /// 2048³ product and on one step's recurrent product, and batch-1 generation in bf16.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bf16: Option<Bf16Report>,
     pub peak_rss_mib: f64,
+}
+
+#[derive(Serialize, Debug)]
+pub struct Bf16Report {
+    pub gemm_gflops: f64,
+    pub step_product_gflops: f64,
+    pub gen_chars_per_s: f64,
 }
 
 /// The floating-point work a training batch cannot avoid: per layer the recurrent product
@@ -116,6 +129,34 @@ pub fn step_product_gflops(batch: usize, h: usize, gh: usize) -> f64 {
     2.0 * (batch * h * gh) as f64 / median(&times) / 1e9
 }
 
+/// GFLOP/s of the bf16 kernel on [m × k]·[k × n], the operand packed beforehand (median of a
+/// few runs after warm-up).
+fn bf16_product_gflops(m: usize, k: usize, n: usize, runs: usize) -> f64 {
+    let a: Vec<f32> = (0..m * k).map(|i| (i % 17) as f32 * 0.01).collect();
+    let b: Vec<f32> = (0..k * n).map(|i| (i % 13) as f32 * 0.01).collect();
+    let packed = PackedBf16::new(View::rows(&b, k, n));
+    let mut out = vec![0.0f32; m * n];
+    let mut times = Vec::new();
+    for i in 0..=runs {
+        let t0 = Instant::now();
+        matmul_bf16(&mut out, &a, m, &packed);
+        if i > 0 {
+            times.push(t0.elapsed().as_secs_f64());
+        }
+    }
+    2.0 * (m * k * n) as f64 / median(&times) / 1e9
+}
+
+/// Generation as `generate` runs it: draws at temperature 1 fed back, from one sample.
+fn time_generation(engine: &mut Engine, chars: usize, rng: &mut StdRng) -> Result<f64> {
+    let mut picker = Picker::new(1.0, None, None);
+    engine.prime(&[0])?;
+    engine.next(100, &mut picker, rng)?; // warm-up
+    let t0 = Instant::now();
+    engine.next(chars, &mut picker, rng)?;
+    Ok(chars as f64 / t0.elapsed().as_secs_f64())
+}
+
 /// Peak resident memory of this process, from /proc (0 where unavailable).
 pub fn peak_rss_mib() -> f64 {
     std::fs::read_to_string("/proc/self/status")
@@ -155,14 +196,24 @@ pub fn run(o: &BenchOptions) -> Result<BenchReport> {
     let gemm = gemm_gflops(&o.device, 2048)?;
     let step_product = step_product_gflops(o.batch_size, c.rnn_units, c.cell.gates() * c.rnn_units);
 
-    // Generation as `generate` runs it: draws at temperature 1 fed back, on the model's device.
-    let mut sampler = Engine::new(&model, 1)?;
-    let mut picker = Picker::new(1.0, None, None);
-    sampler.prime(&[0])?;
-    sampler.next(100, &mut picker, &mut rng)?; // warm-up
-    let t0 = Instant::now();
-    sampler.next(o.gen_chars, &mut picker, &mut rng)?;
-    let gen_rate = o.gen_chars as f64 / t0.elapsed().as_secs_f64();
+    let gen_rate = time_generation(&mut Engine::new(&model, 1)?, o.gen_chars, &mut rng)?;
+    let bf16 = match o.device.is_cpu() && bf16::supported() {
+        true => Some(Bf16Report {
+            gemm_gflops: bf16_product_gflops(2048, 2048, 2048, 3),
+            step_product_gflops: bf16_product_gflops(
+                o.batch_size,
+                c.rnn_units,
+                c.cell.gates() * c.rnn_units,
+                40,
+            ),
+            gen_chars_per_s: time_generation(
+                &mut Engine::with_precision(&model, 1, Precision::Bf16)?,
+                o.gen_chars,
+                &mut rng,
+            )?,
+        }),
+        false => None,
+    };
     let achieved = flops / per_batch / 1e9;
     Ok(BenchReport {
         device: crate::device::name(&o.device),
@@ -185,6 +236,7 @@ pub fn run(o: &BenchOptions) -> Result<BenchReport> {
         gemm_fraction: achieved / gemm,
         step_product_gflops: step_product,
         gen_chars_per_s: gen_rate,
+        bf16,
         peak_rss_mib: peak_rss_mib(),
     })
 }
@@ -205,7 +257,7 @@ pub fn table(r: &BenchReport) -> String {
         r.kernel,
         r.precision
     );
-    let rows = [
+    let mut rows = vec![
         ("training, ms per batch (median)", format!("{:.1}", r.train_ms_per_batch)),
         ("training, characters per second", format!("{:.0}", r.train_chars_per_s)),
         ("unavoidable GFLOP per batch", format!("{:.1}", r.flops_per_batch / 1e9)),
@@ -214,8 +266,15 @@ pub fn table(r: &BenchReport) -> String {
         ("achieved / GEMM", format!("{:.0}%", r.gemm_fraction * 100.0)),
         ("recurrent step product alone, GFLOP/s", format!("{:.1}", r.step_product_gflops)),
         ("generation, characters per second (batch 1)", format!("{:.0}", r.gen_chars_per_s)),
-        ("peak resident memory, MiB", format!("{:.0}", r.peak_rss_mib)),
     ];
+    if let Some(b) = &r.bf16 {
+        rows.extend([
+            ("bf16 kernel, GFLOP/s (2048^3)", format!("{:.1}", b.gemm_gflops)),
+            ("bf16 recurrent step product, GFLOP/s", format!("{:.1}", b.step_product_gflops)),
+            ("generation in bf16, characters per second", format!("{:.0}", b.gen_chars_per_s)),
+        ]);
+    }
+    rows.push(("peak resident memory, MiB", format!("{:.0}", r.peak_rss_mib)));
     for (k, v) in rows {
         out.push_str(&format!("\n  {k:<46} {v:>10}"));
     }
