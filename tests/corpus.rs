@@ -60,8 +60,10 @@ fn cached_text(cache_dir: &Path) -> String {
         .iter()
         .map(|c| c.as_str().unwrap().chars().next().unwrap())
         .collect();
-    assert_eq!(header["width"], 1);
-    bytes[(16 + n).div_ceil(8) * 8..].iter().map(|&id| vocab[id as usize]).collect()
+    let width = header["width"].as_u64().unwrap() as usize;
+    assert_eq!(width, [1, 2, 4][(vocab.len() > 256) as usize + (vocab.len() > 65_536) as usize]);
+    let id = |b: &[u8]| b.iter().rev().fold(0usize, |v, &x| v << 8 | x as usize);
+    bytes[(16 + n).div_ceil(8) * 8..].chunks_exact(width).map(|b| vocab[id(b)]).collect()
 }
 
 /// A temporary folder with a token-cache folder and `text` in text.txt.
@@ -124,6 +126,15 @@ fn folders_and_globs_are_joined_in_order_with_the_separator() {
     let score: serde_json::Value =
         serde_json::from_slice(&o.stdout).unwrap_or_else(|_| panic!("{}", stderr(&o)));
     assert!(score["characters"].as_u64().unwrap() > 500, "{score}");
+}
+
+/// More than 256 distinct characters take 2-byte ids.
+#[test]
+fn a_large_vocabulary_is_cached_in_wider_ids() {
+    let cjk: String = (0..3000).map(|i| char::from_u32(0x4E00 + (i * 7 % 300) as u32).unwrap()).collect();
+    let (dir, cache, data) = workspace(&cjk);
+    ok(train(&[data.to_str().unwrap()], &dir.path().join("ck"), &cache, &["--epochs", "1"]));
+    assert_eq!(cached_text(&cache), cjk);
 }
 
 #[test]
