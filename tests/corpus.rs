@@ -414,3 +414,26 @@ fn fine_tuning_starts_from_the_parent_and_extends_its_vocabulary_only_when_asked
     );
     assert!(t <= f, "old text: fine-tuned {t} nats/char, fresh {f}");
 }
+
+/// A default cache folder that cannot be made (here, under a home that is a file) falls back
+/// to a temporary cache, and says so; training goes on.
+#[test]
+fn an_unusable_default_cache_folder_falls_back_to_a_temporary_cache() {
+    let (dir, _, data) = workspace(&text(500, 1));
+    let home = dir.path().join("not-a-folder");
+    std::fs::write(&home, "").unwrap();
+    let mut args = vec!["train", "--data", data.to_str().unwrap(), "--epochs", "1", "--checkpoint-dir"];
+    let ck = dir.path().join("ck");
+    args.push(ck.to_str().unwrap());
+    args.extend_from_slice(SMALL);
+    let o = Command::new(env!("CARGO_BIN_EXE_charrnn"))
+        .args(&args)
+        .env("HOME", &home)
+        .env_remove("CHARRNN_CACHE_DIR")
+        .env_remove("XDG_CACHE_HOME")
+        .output()
+        .unwrap();
+    let err = ok(o);
+    assert!(err.contains("using a temporary token cache"), "{err}");
+    assert!(ck.join("ckpt_1.safetensors").exists());
+}

@@ -168,12 +168,24 @@ pub struct CacheArgs {
 }
 
 impl CacheArgs {
-    /// The folder to keep the cache in, or None for a temporary one.
+    /// The folder to keep the cache in, or None for a temporary one: also when the default
+    /// folder cannot be made (a read-only home, say), which is said, since no one asked for it.
     pub fn dir(&self) -> Option<PathBuf> {
-        match self.no_cache {
-            true => None,
-            false => {
-                Some(self.cache_dir.clone().unwrap_or_else(crate::data::cache::CacheOptions::default_dir))
+        if self.no_cache {
+            return None;
+        }
+        if let Some(dir) = &self.cache_dir {
+            return Some(dir.clone());
+        }
+        let dir = crate::data::cache::CacheOptions::default_dir();
+        match std::fs::create_dir_all(&dir) {
+            Ok(()) => Some(dir),
+            Err(e) => {
+                eprintln!(
+                    "cannot use the cache folder {} ({e}); using a temporary token cache",
+                    dir.display()
+                );
+                None
             }
         }
     }
