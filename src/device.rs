@@ -18,10 +18,6 @@ pub enum Precision {
     Bf16,
 }
 
-/// Why `--precision bf16` cannot run on this CPU.
-pub const BF16_MISSING: &str =
-    "--precision bf16 needs a CPU with AVX512-BF16 (the avx512_bf16 flag in /proc/cpuinfo), which this one lacks; use f32";
-
 impl Precision {
     pub fn is_f32(&self) -> bool {
         *self == Precision::F32
@@ -46,10 +42,7 @@ impl Precision {
                 anyhow::bail!("--precision tf32 needs a GPU (--device cuda); the CPU computes in f32")
             }
             (Precision::Tf32, _) => {}
-            (Precision::Bf16, Device::Cpu) if !crate::kernels::cpu::bf16::supported() => {
-                anyhow::bail!(BF16_MISSING)
-            }
-            (Precision::Bf16, Device::Cpu) => {}
+            (Precision::Bf16, Device::Cpu) => crate::kernels::cpu::bf16::require()?,
             (Precision::Bf16, _) => {
                 anyhow::bail!("--precision bf16 is not built for the GPU yet; use --precision tf32 there")
             }

@@ -142,7 +142,11 @@ pub struct Info {
 }
 
 pub fn info(path: &Path) -> Result<Info> {
-    let ckpt = checkpoint::load(path, &candle_core::Device::Cpu)?;
+    info_of(path, &checkpoint::load(path, &candle_core::Device::Cpu)?)
+}
+
+/// [`info`] of a checkpoint already loaded from `path`.
+pub fn info_of(path: &Path, ckpt: &checkpoint::Checkpoint) -> Result<Info> {
     let config = ckpt.model.config.clone();
     let log = path.with_file_name(Metrics::FILE);
     let epochs = if log.exists() {
@@ -158,7 +162,7 @@ pub fn info(path: &Path) -> Result<Info> {
         vocab: ckpt.vocab.chars().iter().map(|c| c.to_string()).collect(),
         parameters: config.parameter_count(),
         layer_parameters: config.layer_sizes().iter().map(|(n, c)| (n.to_string(), *c)).collect(),
-        provenance: ckpt.provenance,
+        provenance: ckpt.provenance.clone(),
         resumable: checkpoint::optim_path(path).exists(),
         epochs,
         config,

@@ -1,13 +1,13 @@
 //! The tutorial's numbers on the shipped corpus.
 
 use charrnn::data::vocab::Vocab;
-use charrnn::data::{epoch_batches, read_corpus, split_validation, Sequences};
+use charrnn::data::{epoch_batches, split_validation, Sequences};
 use rand::{rngs::StdRng, SeedableRng};
 
 #[test]
 fn shakespeare_gives_the_tutorials_counts() {
     let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("data/shakespeare.txt");
-    let text = read_corpus(&path).unwrap();
+    let text = std::fs::read_to_string(&path).unwrap();
     assert_eq!(text.chars().count(), 1_115_394);
     let vocab = Vocab::from_text(&text);
     assert_eq!(vocab.len(), 65);
@@ -32,7 +32,7 @@ fn shakespeare_through_the_token_cache_is_the_same_pipeline() {
     use charrnn::data::Lanes;
     use sha2::{Digest, Sha256};
     let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("data/shakespeare.txt");
-    let text = read_corpus(&path).unwrap();
+    let text = std::fs::read_to_string(&path).unwrap();
     let vocab = Vocab::from_text(&text);
     let ids = vocab.encode(&text).unwrap();
     let cache = tempfile::tempdir().unwrap();

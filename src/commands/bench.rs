@@ -14,7 +14,7 @@ use crate::cli::BenchArgs;
 use crate::data::Batch;
 use crate::device;
 use crate::device::Precision;
-use crate::kernels::cpu::bf16::{self, matmul_bf16, PackedBf16};
+use crate::kernels::cpu::bf16::{self, matmul_bf16, PackedBf16, Scratch};
 use crate::kernels::cpu::blas::{matmul_packed, Packed, View};
 use crate::kernels::cpu::{self as kernel, Kernel};
 use crate::model::sample::{Engine, Picker};
@@ -135,11 +135,11 @@ fn bf16_product_gflops(m: usize, k: usize, n: usize, runs: usize) -> f64 {
     let a: Vec<f32> = (0..m * k).map(|i| (i % 17) as f32 * 0.01).collect();
     let b: Vec<f32> = (0..k * n).map(|i| (i % 13) as f32 * 0.01).collect();
     let packed = PackedBf16::new(View::rows(&b, k, n));
-    let mut out = vec![0.0f32; m * n];
+    let (mut out, mut scratch) = (vec![0.0f32; m * n], Scratch::default());
     let mut times = Vec::new();
     for i in 0..=runs {
         let t0 = Instant::now();
-        matmul_bf16(&mut out, &a, m, &packed);
+        matmul_bf16(&mut out, &a, m, &packed, &mut scratch);
         if i > 0 {
             times.push(t0.elapsed().as_secs_f64());
         }

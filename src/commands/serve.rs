@@ -15,6 +15,7 @@ pub(super) fn run(a: ServeArgs) -> Result<()> {
             "the server samples on the CPU only (the GPU sampler cannot yet take requests joining a running batch); pass --device cpu"
         );
     }
+    a.precision.apply(&candle_core::Device::Cpu)?;
     serve::run(ServeOptions {
         checkpoint: a.checkpoint,
         addr: SocketAddr::new(a.host, a.port),

@@ -160,47 +160,50 @@ impl Corpus {
 
 /// Reads the sources into a corpus: from a valid cache when there is one, else by building it.
 pub fn prepare(sources: &Sources, o: &CacheOptions) -> Result<Corpus> {
-    let each = sources::resolve_each(sources)?;
+    let each = sources::resolve(sources)?;
     let groups: Vec<(PathBuf, usize)> = each.iter().map(|(arg, files)| (arg.clone(), files.len())).collect();
-    let paths: Vec<PathBuf> = each.into_iter().flat_map(|(_, files)| files).collect();
-    let files: Vec<SourceFile> = paths
-        .iter()
-        .map(|p| {
-            SourceFile::stat(p).with_context(|| {
-                format!("cannot read the corpus {}; run `charrnn download` or pass --data FILE", p.display())
-            })
-        })
+    let files: Vec<SourceFile> = (each.iter().flat_map(|(_, files)| files))
+        .map(|p| SourceFile::stat(p).with_context(|| unreadable(p)))
         .collect::<Result<_>>()?;
-    let Some(dir) = &o.dir else {
-        let dir = std::env::temp_dir();
-        let tmp = crate::atomic::temporary_file(&dir).context("cannot make a temporary token cache")?;
-        let path = tmp.into_temp_path();
-        build(&path, &files, o)?;
-        let mut corpus = open(&path, &files, o).map_err(anyhow::Error::msg)?;
-        corpus.cache = None;
-        corpus.groups = groups;
-        corpus._temporary = Some(path);
-        return Ok(corpus);
+    let corpus = match &o.dir {
+        Some(dir) => cached(dir, &files, o)?,
+        None => {
+            let tmp = crate::atomic::temporary_file(&std::env::temp_dir())
+                .context("cannot make a temporary token cache")?
+                .into_temp_path();
+            build(&tmp, &files, o)?;
+            let corpus = open(&tmp, &files, o, Check::Written).map_err(anyhow::Error::msg)?;
+            Corpus { cache: None, _temporary: Some(tmp), ..corpus }
+        }
     };
-    std::fs::create_dir_all(dir).with_context(|| {
-        format!("cannot make the cache folder {}; pass --cache-dir DIR or --no-cache", dir.display())
-    })?;
-    let path = dir.join(format!("{}.tokens", key(&files, o)));
+    Ok(Corpus { groups, ..corpus })
+}
+
+/// The corpus from the cache in `dir`: the one there if it checks out, else a new one written
+/// under a temporary name and renamed into place.
+fn cached(dir: &Path, files: &[SourceFile], o: &CacheOptions) -> Result<Corpus> {
+    let advice = "pass --cache-dir DIR or --no-cache";
+    std::fs::create_dir_all(dir)
+        .with_context(|| format!("cannot make the cache folder {}; {advice}", dir.display()))?;
+    let path = dir.join(format!("{}.tokens", key(files, o)));
     if path.exists() {
-        match open(&path, &files, o) {
-            Ok(corpus) => return Ok(Corpus { groups, ..corpus }),
+        match open(&path, files, o, Check::Unchecked) {
+            Ok(corpus) => return Ok(corpus),
             Err(why) => eprintln!("token cache {}: {why}; rebuilding it", path.display()),
         }
     }
-    let tmp = crate::atomic::temporary_file(dir).with_context(|| {
-        format!("cannot write in the cache folder {}; pass --cache-dir DIR or --no-cache", dir.display())
-    })?;
-    let tmp_path = tmp.into_temp_path();
-    build(&tmp_path, &files, o)?;
-    tmp_path.persist(&path).with_context(|| format!("cannot write the token cache {}", path.display()))?;
-    let corpus = open(&path, &files, o)
-        .map_err(|why| anyhow::anyhow!("the token cache {} just written {why}", path.display()))?;
-    Ok(Corpus { groups, ..corpus })
+    let tmp = crate::atomic::temporary_file(dir)
+        .with_context(|| format!("cannot write in the cache folder {}; {advice}", dir.display()))?
+        .into_temp_path();
+    build(&tmp, files, o)?;
+    tmp.persist(&path).with_context(|| format!("cannot write the token cache {}", path.display()))?;
+    open(&path, files, o, Check::Written)
+        .map_err(|why| anyhow::anyhow!("the token cache {} just written {why}", path.display()))
+}
+
+/// Why a source cannot be read, and what to do.
+fn unreadable(path: &Path) -> String {
+    format!("cannot read the corpus {}; run `charrnn download` or pass --data FILE", path.display())
 }
 
 /// The cache's name: a digest of the sources' paths and the joining options.
@@ -230,8 +233,17 @@ fn width_for(v: usize) -> usize {
     }
 }
 
+/// Whether a cache's ids still need checking against its vocabulary.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Check {
+    /// Found on disk: read every one before trusting it.
+    Unchecked,
+    /// Just written by [`build`], which encoded only characters of the vocabulary.
+    Written,
+}
+
 /// A cache checked against what it must hold; the reason when it does not.
-fn open(path: &Path, files: &[SourceFile], o: &CacheOptions) -> Result<Corpus, String> {
+fn open(path: &Path, files: &[SourceFile], o: &CacheOptions, check: Check) -> Result<Corpus, String> {
     let file = File::open(path).map_err(|e| format!("cannot be opened ({e})"))?;
     // SAFETY: the map is read-only, and every byte pattern is a valid u8. A cache file is only
     // ever written under a temporary name and renamed into place, never modified afterwards,
@@ -298,7 +310,7 @@ fn open(path: &Path, files: &[SourceFile], o: &CacheOptions) -> Result<Corpus, S
         count,
         _temporary: None,
     };
-    if corpus.ids().max().is_some_and(|m| m as usize >= corpus.vocab.len()) {
+    if check == Check::Unchecked && corpus.ids().max().is_some_and(|m| m as usize >= corpus.vocab.len()) {
         return Err("holds ids outside its vocabulary".into());
     }
     Ok(corpus)
@@ -327,9 +339,7 @@ impl std::error::Error for NotUtf8 {}
 /// Calls `each` with the text of `path` in chunks that end on character boundaries; a file
 /// that is not UTF-8 is an error naming it and the offset of the first bad byte.
 fn for_each_text(path: &Path, mut each: impl FnMut(&str, &[u8])) -> Result<()> {
-    let mut file = crate::files::open(path).with_context(|| {
-        format!("cannot read the corpus {}; run `charrnn download` or pass --data FILE", path.display())
-    })?;
+    let mut file = crate::files::open(path).with_context(|| unreadable(path))?;
     // No larger than the file needs: zeroing 8 MB for each of 10,000 small files would cost
     // more than reading them.
     let size = file.metadata().map_or(CHUNK as u64, |m| m.len());
@@ -338,17 +348,19 @@ fn for_each_text(path: &Path, mut each: impl FnMut(&str, &[u8])) -> Result<()> {
     loop {
         let n = file.read(&mut buf[kept..]).with_context(|| format!("cannot read {}", path.display()))?;
         let filled = kept + n;
-        let valid = match std::str::from_utf8(&buf[..filled]) {
-            Ok(_) => filled,
-            // An incomplete character at the end of the chunk continues in the next read.
-            Err(e) if e.error_len().is_none() && n > 0 => e.valid_up_to(),
+        let (text, valid) = match std::str::from_utf8(&buf[..filled]) {
+            Ok(text) => (text, filled),
+            // An incomplete character at the end of the chunk continues in the next read (the
+            // prefix is checked again, which happens only where a chunk splits a character).
+            Err(e) if e.error_len().is_none() && n > 0 => {
+                (std::str::from_utf8(&buf[..e.valid_up_to()]).expect("valid up to there"), e.valid_up_to())
+            }
             Err(e) => {
                 return Err(
                     NotUtf8 { path: path.to_path_buf(), offset: offset + e.valid_up_to() as u64 }.into()
                 )
             }
         };
-        let text = std::str::from_utf8(&buf[..valid]).expect("checked above");
         if !text.is_empty() {
             each(text, &buf[..valid]);
         }
@@ -361,41 +373,39 @@ fn for_each_text(path: &Path, mut each: impl FnMut(&str, &[u8])) -> Result<()> {
     }
 }
 
-/// Ids of characters: a table for ASCII, a search of the sorted rest for others.
+/// Ids of characters: a table for ASCII, the vocabulary's lookup for others.
 struct Encoder<'a> {
-    ascii: [u32; 128],
+    /// The id of each ASCII byte, `UNKNOWN` for one the vocabulary lacks; indexed by any byte
+    /// so that the lookup needs no bounds check.
+    ascii: [u32; 256],
     vocab: &'a Vocab,
 }
 
+const UNKNOWN: u32 = u32::MAX;
+
 impl<'a> Encoder<'a> {
     fn new(vocab: &'a Vocab) -> Self {
-        let mut ascii = [u32::MAX; 128];
-        for (i, a) in ascii.iter_mut().enumerate() {
-            *a = vocab.id(i as u8 as char).unwrap_or(u32::MAX);
+        let mut ascii = [UNKNOWN; 256];
+        for (i, a) in ascii.iter_mut().enumerate().take(128) {
+            *a = vocab.id(i as u8 as char).unwrap_or(UNKNOWN);
         }
         Encoder { ascii, vocab }
     }
 
-    /// Appends the ids of `text`; false if it holds a character the vocabulary lacks (a
-    /// source changed between the passes), in which case what was appended is meaningless.
-    fn encode(&self, text: &str, width: usize, out: &mut Vec<u8>) -> bool {
-        let mut known = true;
-        let mut id = |c: char| {
-            let id = match c as u32 {
-                a @ 0..=127 => self.ascii[a as usize],
-                _ => self.vocab.id(c).unwrap_or(u32::MAX),
-            };
-            known &= id != u32::MAX;
-            id
+    /// Appends the ids of `text`. A character the vocabulary lacks (only possible if a source
+    /// changed between the passes, which `build` checks afterwards) gets an id past it.
+    fn encode(&self, text: &str, width: usize, out: &mut Vec<u8>) {
+        let id = |c: char| match c as u32 {
+            a @ 0..=127 => self.ascii[a as usize],
+            _ => self.vocab.id(c).unwrap_or(UNKNOWN),
         };
         match width {
             // Most text: a table lookup per byte.
-            1 if text.is_ascii() => out.extend(text.bytes().map(|b| id(b as char) as u8)),
+            1 if text.is_ascii() => out.extend(text.bytes().map(|b| self.ascii[b as usize] as u8)),
             1 => out.extend(text.chars().map(|c| id(c) as u8)),
             2 => out.extend(text.chars().flat_map(|c| (id(c) as u16).to_le_bytes())),
             _ => out.extend(text.chars().flat_map(|c| id(c).to_le_bytes())),
         }
-        known
     }
 }
 
@@ -513,16 +523,16 @@ fn build(path: &Path, files: &[SourceFile], o: &CacheOptions) -> Result<()> {
     let encoder = Encoder::new(&vocab);
     let mut sha = Sha256::new();
     let mut ids = Vec::with_capacity(CHUNK * width);
-    let (mut written, mut known) = (0u64, true);
+    let mut written = 0u64;
     for (i, f) in documents.iter().enumerate() {
         if i > 0 {
             sha.update(o.separator.as_bytes());
-            known &= encoder.encode(&o.separator, width, &mut ids);
+            encoder.encode(&o.separator, width, &mut ids);
         }
         let mut result = Ok(());
         for_each_text(&f.path, |text, bytes| {
             sha.update(bytes);
-            known &= encoder.encode(text, width, &mut ids);
+            encoder.encode(text, width, &mut ids);
             if ids.len() >= CHUNK && result.is_ok() {
                 written += (ids.len() / width) as u64;
                 result = out.write_all(&ids);
@@ -533,10 +543,11 @@ fn build(path: &Path, files: &[SourceFile], o: &CacheOptions) -> Result<()> {
     }
     written += (ids.len() / width) as u64;
     out.write_all(&ids).with_context(fail)?;
-    if written != chars || !known {
-        bail!(
-            "the corpus changed while it was read (the second pass found other characters than the first); try again"
-        );
+    // A source written to during the passes could give characters the first pass did not
+    // see: its size or modification time shows it, checked here rather than per character.
+    let unchanged = documents.iter().all(|f| SourceFile::stat(&f.path).is_ok_and(|now| now == **f));
+    if written != chars || !unchanged {
+        bail!("a source of the corpus changed while it was read; try again once it is written");
     }
     header.sha256 = super::hex(&sha.finalize());
     let mut file = out.into_inner().map_err(|e| e.into_error()).with_context(fail)?;

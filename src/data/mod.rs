@@ -10,32 +10,11 @@ pub mod vocab;
 
 pub use ids::Ids;
 
-use std::path::Path;
-
-use anyhow::{bail, Context, Result};
 use rand::Rng;
 
 /// Bytes as lowercase hexadecimal (SHA-256 digests).
 pub fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-/// Reads a corpus, refusing missing, empty and non-UTF-8 files with a message that says why.
-pub fn read_corpus(path: &Path) -> Result<String> {
-    let bytes = crate::files::read(path).with_context(|| {
-        format!("cannot read the corpus {}; run `charrnn download` or pass --data FILE", path.display())
-    })?;
-    if bytes.is_empty() {
-        bail!("the corpus {} is empty; pass a text file with --data", path.display());
-    }
-    match String::from_utf8(bytes) {
-        Ok(text) => Ok(text),
-        Err(e) => bail!(
-            "the corpus {} is not valid UTF-8 (bad byte at offset {}); convert it to UTF-8, e.g. with iconv",
-            path.display(),
-            e.utf8_error().valid_up_to()
-        ),
-    }
 }
 
 /// Splits the id stream: the last `val_fraction` is held out, contiguous and unshuffled.

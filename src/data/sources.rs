@@ -102,14 +102,10 @@ fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
     Ok(())
 }
 
-/// The corpus's files, in order: each argument's files in turn (a folder's and a pattern's in
-/// sorted path order). An argument that names nothing is an error that says so.
-pub fn resolve(sources: &Sources) -> Result<Vec<PathBuf>> {
-    Ok(resolve_each(sources)?.into_iter().flat_map(|(_, files)| files).collect())
-}
-
-/// [`resolve`], each argument with its files.
-pub fn resolve_each(sources: &Sources) -> Result<Vec<(PathBuf, Vec<PathBuf>)>> {
+/// The corpus's files, in order, with the argument that named them: each argument's files in
+/// turn (a folder's and a pattern's in sorted path order). An argument that names nothing is
+/// an error that says so.
+pub fn resolve(sources: &Sources) -> Result<Vec<(PathBuf, Vec<PathBuf>)>> {
     let mut groups = Vec::new();
     for arg in &sources.0 {
         let mut files = Vec::new();
@@ -152,6 +148,10 @@ pub fn resolve_each(sources: &Sources) -> Result<Vec<(PathBuf, Vec<PathBuf>)>> {
 mod tests {
     use super::*;
 
+    fn flat(sources: Vec<PathBuf>) -> Result<Vec<PathBuf>> {
+        Ok(resolve(&Sources(sources))?.into_iter().flat_map(|(_, files)| files).collect())
+    }
+
     #[test]
     fn folders_walk_sorted_and_skip_hidden_and_globs_match_files() {
         let dir = tempfile::tempdir().unwrap();
@@ -160,17 +160,17 @@ mod tests {
             std::fs::create_dir_all(d.join(f).parent().unwrap()).unwrap();
             std::fs::write(d.join(f), "x").unwrap();
         }
-        let files = resolve(&Sources(vec![d.to_path_buf()])).unwrap();
+        let files = flat(vec![d.to_path_buf()]).unwrap();
         let names: Vec<_> = files.iter().map(|p| p.strip_prefix(d).unwrap().to_str().unwrap()).collect();
         assert_eq!(names, ["a.txt", "b/1.txt", "b/2.txt", "c/z.md"]);
         let pattern = d.join("*/*.txt");
-        let files = resolve(&Sources(vec![pattern, d.join("a.txt")])).unwrap();
+        let files = flat(vec![pattern, d.join("a.txt")]).unwrap();
         let names: Vec<_> = files.iter().map(|p| p.strip_prefix(d).unwrap().to_str().unwrap()).collect();
         assert_eq!(names, ["b/1.txt", "b/2.txt", "a.txt"]);
-        let e = resolve(&Sources(vec![d.join("*.nothing")])).unwrap_err().to_string();
+        let e = flat(vec![d.join("*.nothing")]).unwrap_err().to_string();
         assert!(e.contains("matches no file"), "{e}");
         std::fs::create_dir(d.join("empty")).unwrap();
-        let e = resolve(&Sources(vec![d.join("empty")])).unwrap_err().to_string();
+        let e = flat(vec![d.join("empty")]).unwrap_err().to_string();
         assert!(e.contains("holds no files"), "{e}");
     }
 

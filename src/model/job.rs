@@ -59,6 +59,13 @@ struct Produced {
     end: Option<usize>,
 }
 
+impl Produced {
+    /// The text that stays: all of it, or up to the stop string's cut.
+    fn kept(&self) -> &str {
+        &self.text[..self.end.unwrap_or(self.text.len())]
+    }
+}
+
 pub struct Job {
     /// The characters that warm the state before the first draw.
     prime: Vec<u32>,
@@ -121,16 +128,12 @@ impl Job {
         self.left
     }
 
-    /// The next start character to feed, while the state is being warmed.
+    /// The next start character to feed, while the state is being warmed step by step (an
+    /// engine that feeds the whole start at once takes [`Job::prime`] instead).
     pub fn next_prime(&mut self) -> Option<u32> {
         let id = self.prime.get(self.primed).copied();
         self.primed += id.is_some() as usize;
         id
-    }
-
-    /// Marks the whole start as fed (by an engine that feeds it at once).
-    pub fn primed_at_once(&mut self) {
-        self.primed = self.prime.len();
     }
 
     /// The picking rule and the job's random stream, for an engine that draws by itself.
@@ -140,10 +143,8 @@ impl Job {
 
     /// Draws one character per sample from `logits` ([samples, V]) into `ids`.
     pub fn pick(&mut self, logits: &[f32], ids: &mut Vec<u32>) {
-        let v = logits.len() / self.samples.len();
-        for row in logits.chunks_exact(v) {
-            ids.push(self.picker.pick(row, &mut self.rng));
-        }
+        let vocab = logits.len() / self.samples.len();
+        self.picker.pick_rows(logits, vocab, &mut self.rng, ids);
     }
 
     /// Takes one drawn character per sample. Returns true when the job is over: its length is
@@ -186,14 +187,12 @@ impl Job {
 
     /// Each sample's whole text, the start first.
     pub fn texts(&self) -> Vec<String> {
-        (self.samples.iter())
-            .map(|s| format!("{}{}", self.start, &s.text[..s.end.unwrap_or(s.text.len())]))
-            .collect()
+        (self.samples.iter()).map(|s| format!("{}{}", self.start, s.kept())).collect()
     }
 
     /// Characters produced so far, over all samples (for a rate).
     pub fn produced_chars(&self) -> usize {
-        self.samples.iter().map(|s| s.text[..s.end.unwrap_or(s.text.len())].chars().count()).sum()
+        self.samples.iter().map(|s| s.kept().chars().count()).sum()
     }
 }
 

@@ -1,7 +1,7 @@
 //! Generation without autograd and without allocation per character. Each step is a table
-//! lookup for the input projection, the recurrent product (a multi-threaded matrix-vector
-//! product at batch 1, a packed matrix product for several samples at once), the same gate
-//! kernel training uses, and the dense layer; then sampling. A model on a GPU samples there
+//! lookup for the input projection, the recurrent product (the packed product, in f32 or
+//! bf16, at any batch), the same gate kernel training uses, and the dense layer; then
+//! sampling. A model on a GPU samples there
 //! instead (`crate::kernels::cuda::GpuSampler`), with the same picking rule and random numbers.
 
 use std::io::Write;
@@ -13,7 +13,7 @@ use rand::Rng;
 use crate::data::vocab::Vocab;
 use crate::device::Precision;
 use crate::kernels::cpu as kernel;
-use crate::kernels::cpu::bf16::{matmul_bf16, PackedBf16};
+use crate::kernels::cpu::bf16::{matmul_bf16, PackedBf16, Scratch};
 use crate::kernels::cpu::blas::{matmul_packed, Packed, View};
 use crate::model::job::Job;
 use crate::model::Model;
@@ -27,31 +27,30 @@ use crate::ops::cells::{with_cell, Cell, RecurrentCell, StepForward};
 enum Weights {
     F32(Packed),
     /// bf16 operands, f32 sums (`--precision bf16`): half the bytes to stream per step.
-    Bf16(PackedBf16),
+    Bf16(PackedBf16, Scratch),
 }
 
 impl Weights {
     fn new(w: Vec<f32>, rows: usize, cols: usize, precision: Precision) -> Self {
         let view = View::rows(&w, rows, cols).t();
         match precision {
-            Precision::Bf16 => Weights::Bf16(PackedBf16::new(view)),
+            Precision::Bf16 => Weights::Bf16(PackedBf16::new(view), Scratch::default()),
             _ => Weights::F32(Packed::new(view)),
         }
     }
 
     /// out[b] = W · x[b] (+ bias) for `batch` inputs.
-    fn apply(&self, out: &mut [f32], x: &[f32], batch: usize, bias: Option<&[f32]>) {
-        let cols = match self {
-            Weights::F32(p) => p.cols(),
-            Weights::Bf16(p) => p.cols(),
-        };
-        let out = &mut out[..batch * cols];
+    fn apply(&mut self, out: &mut [f32], x: &[f32], batch: usize, bias: Option<&[f32]>) {
         match self {
-            Weights::F32(p) => matmul_packed(out, false, View::rows(x, batch, p.rows()), p),
-            Weights::Bf16(p) => matmul_bf16(out, &x[..batch * p.rows()], batch, p),
+            Weights::F32(p) => {
+                matmul_packed(&mut out[..batch * p.cols()], false, View::rows(x, batch, p.rows()), p)
+            }
+            Weights::Bf16(p, scratch) => {
+                matmul_bf16(&mut out[..batch * p.cols()], &x[..batch * p.rows()], batch, p, scratch)
+            }
         }
         if let Some(bias) = bias {
-            for row in out.chunks_exact_mut(bias.len()) {
+            for row in out[..batch * bias.len()].chunks_exact_mut(bias.len()) {
                 for (o, b) in row.iter_mut().zip(bias) {
                     *o += b;
                 }
@@ -93,6 +92,11 @@ pub struct Sampler {
     logits: Vec<f32>,
 }
 
+/// Values per sequence of the state's parts beyond h (an LSTM's c).
+fn extra_width(cell: Cell, hidden: usize) -> usize {
+    (cell.state_parts() - 1) * hidden
+}
+
 fn host_f32(t: &candle_core::Tensor) -> Result<Vec<f32>> {
     Ok(t.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?)
 }
@@ -103,17 +107,12 @@ impl Sampler {
         Sampler::with_precision(model, batch, Precision::F32)
     }
 
-    /// [`Sampler::new`] with the products in `precision` (f32, or bf16 where the CPU has it).
+    /// [`Sampler::new`] with the products in `precision`: bf16, or f32 for any other (the
+    /// caller has checked it with [`Precision::apply`]).
     pub fn with_precision(model: &Model, batch: usize, precision: Precision) -> Result<Self> {
-        if precision == Precision::Tf32 {
-            bail!("--precision tf32 needs a GPU; the CPU samples in f32 or bf16");
-        }
-        if precision == Precision::Bf16 && !crate::kernels::cpu::bf16::supported() {
-            bail!("{}", crate::device::BF16_MISSING);
-        }
         let (h, v, cell) = (model.config.rnn_units, model.config.vocab_size, model.config.cell);
         let g = cell.gates() * h;
-        let e = (cell.state_parts() - 1) * h;
+        let e = extra_width(cell, h);
         let weights = |t: &candle_core::Tensor, rows: usize| -> Result<Weights> {
             Ok(Weights::new(host_f32(t)?, rows, h, precision))
         };
@@ -156,10 +155,6 @@ impl Sampler {
         self.rows
     }
 
-    pub fn capacity(&self) -> usize {
-        self.capacity
-    }
-
     pub fn vocab_size(&self) -> usize {
         self.vocab
     }
@@ -175,7 +170,7 @@ impl Sampler {
     /// Keeps the sequences for which `keep(row)` is true, in their order, and drops the rest.
     /// The logits are stale until the next step.
     pub fn retain_rows(&mut self, mut keep: impl FnMut(usize) -> bool) {
-        let (h, e) = (self.hidden, (self.cell.state_parts() - 1) * self.hidden);
+        let (h, e) = (self.hidden, extra_width(self.cell, self.hidden));
         let mut kept = 0;
         for row in 0..self.rows {
             if !keep(row) {
@@ -202,7 +197,7 @@ impl Sampler {
                 self.capacity
             )
         };
-        let (h, e) = (self.hidden, (self.cell.state_parts() - 1) * self.hidden);
+        let (h, e) = (self.hidden, extra_width(self.cell, self.hidden));
         for l in &mut self.layers {
             l.h[self.rows * h..total * h].fill(0.0);
             l.extra[self.rows * e..total * e].fill(0.0);
@@ -230,7 +225,7 @@ impl Sampler {
         for l in 0..self.layers.len() {
             let (below, rest) = self.layers.split_at_mut(l);
             let layer = &mut rest[0];
-            if let (Some((w_ih, b_ih)), Some(below)) = (&layer.w_ih, below.last()) {
+            if let (Some((w_ih, b_ih)), Some(below)) = (&mut layer.w_ih, below.last()) {
                 w_ih.apply(&mut layer.x, &below.h[..n * h], n, Some(b_ih));
             }
             layer.w_hh.apply(&mut layer.gh, &layer.h[..n * h], n, None);
@@ -275,6 +270,13 @@ pub struct Picker {
 impl Picker {
     pub fn new(temperature: f32, top_k: Option<usize>, top_p: Option<f32>) -> Self {
         Picker { temperature, top_k, top_p, scratch: Vec::new() }
+    }
+
+    /// One draw per row of `logits` ([rows, vocab]), in row order, appended to `ids`.
+    pub fn pick_rows(&mut self, logits: &[f32], vocab: usize, rng: &mut impl Rng, ids: &mut Vec<u32>) {
+        for row in logits.chunks_exact(vocab) {
+            ids.push(self.pick(row, rng));
+        }
     }
 
     pub fn pick(&mut self, logits: &[f32], rng: &mut impl Rng) -> u32 {
@@ -351,12 +353,11 @@ impl Engine {
         Engine::with_precision(model, batch, Precision::F32)
     }
 
+    /// A sampler for `batch` sequences in `precision` (see [`Sampler::with_precision`]); a model
+    /// on a GPU samples there, in the precision [`Precision::apply`] set.
     pub fn with_precision(model: &Model, batch: usize, precision: Precision) -> Result<Self> {
         #[cfg(feature = "cuda")]
         if model.device().is_cuda() {
-            if precision == Precision::Bf16 {
-                bail!("--precision bf16 is not built for the GPU sampler yet; use f32 or tf32 there, or --device cpu");
-            }
             return Ok(Engine::Gpu(crate::kernels::cuda::GpuSampler::new(gpu_weights(model)?, batch)?));
         }
         Ok(Engine::Cpu(Sampler::with_precision(model, batch, precision)?))
@@ -411,9 +412,7 @@ impl Engine {
                 let mut out = Vec::with_capacity(steps.saturating_mul(n).min(1 << 20));
                 for _ in 0..steps {
                     let first = out.len();
-                    for b in 0..n {
-                        out.push(picker.pick(&s.logits[b * s.vocab..(b + 1) * s.vocab], rng));
-                    }
+                    picker.pick_rows(s.logits(), s.vocab, rng, &mut out);
                     s.step(&out[first..]);
                 }
                 Ok(out)
@@ -440,7 +439,6 @@ pub fn generate(engine: &mut Engine, vocab: &Vocab, job: &mut Job, out: &mut imp
     let n = engine.batch();
     assert_eq!(n, job.samples(), "the engine is sized for the job's samples");
     engine.prime(job.prime())?;
-    job.primed_at_once();
     let streaming = n == 1;
     if streaming {
         out.write_all(job.start().as_bytes())?;

@@ -76,8 +76,7 @@ struct Running {
     job: Job,
     request: Request,
     started: Instant,
-    /// Text produced but not yet sent, per sample, and when text was last sent.
-    unsent: Vec<String>,
+    /// When text was last sent (the job keeps what has not been).
     sent_at: Instant,
 }
 
@@ -177,14 +176,7 @@ fn admit(engine: &mut Engine, running: &mut Vec<Running>, request: Request) {
         let _ = request.events.send(Event::Error { status: 503, message: e.to_string() });
         return;
     }
-    let n = job.samples();
-    let r = Running {
-        job,
-        request,
-        started: Instant::now(),
-        unsent: vec![String::new(); n],
-        sent_at: Instant::now(),
-    };
+    let r = Running { job, request, started: Instant::now(), sent_at: Instant::now() };
     for sample in 0..r.job.samples() {
         r.send(Event::Text { sample, text: r.job.start().to_string() });
     }
@@ -216,16 +208,10 @@ fn step(engine: &mut Engine, running: &mut Vec<Running>) {
             let before = ids.len();
             r.job.pick(logits, &mut ids);
             let over = r.job.accept(&ids[before..], &engine.vocab);
-            for (sample, text) in r.job.take_new_text(over) {
-                r.unsent[sample] += &text;
-            }
             let mut sent = true;
             if over || r.sent_at.elapsed() >= SEND_EVERY {
-                for sample in 0..n {
-                    let text = std::mem::take(&mut r.unsent[sample]);
-                    if !text.is_empty() {
-                        sent &= r.request.events.send(Event::Text { sample, text }).is_ok();
-                    }
+                for (sample, text) in r.job.take_new_text(over) {
+                    sent &= r.request.events.send(Event::Text { sample, text }).is_ok();
                 }
                 r.sent_at = Instant::now();
             }

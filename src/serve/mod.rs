@@ -63,7 +63,7 @@ fn load(
     precision: crate::device::Precision,
 ) -> Result<(batcher::Engine, Served)> {
     let ckpt = checkpoint::load(path, &candle_core::Device::Cpu)?;
-    let info = serde_json::to_value(eval::info(path)?)?;
+    let info = serde_json::to_value(eval::info_of(path, &ckpt)?)?;
     crate::budget::check(
         "sampling",
         crate::budget::sampling_bytes(&ckpt.model.config, streams),

@@ -11,6 +11,16 @@ use rayon::prelude::*;
 
 use super::blas::View;
 
+/// Refuses bf16 on a CPU without the instructions, saying what is missing.
+pub fn require() -> anyhow::Result<()> {
+    if !supported() {
+        anyhow::bail!(
+            "--precision bf16 needs a CPU with AVX512-BF16 (the avx512_bf16 flag in /proc/cpuinfo), which this one lacks; use f32"
+        );
+    }
+    Ok(())
+}
+
 /// Whether this CPU has the instructions (AVX512-BF16 with AVX-512F).
 pub fn supported() -> bool {
     #[cfg(target_arch = "x86_64")]
@@ -81,27 +91,32 @@ impl PackedBf16 {
     }
 }
 
+/// Buffers a product reuses from call to call, so that a sampling step allocates nothing.
+#[derive(Default)]
+pub struct Scratch {
+    /// The left operand in bf16 pairs, [m × k/2].
+    a_pairs: Vec<u32>,
+    /// The panels' results side by side, [panels × m × 32], before they go to their columns.
+    blocks: Vec<f32>,
+}
+
 /// `out = a · b` for `a` [m × k] (row-major f32, rounded to bf16 here) and a packed `b`: bf16
 /// products summed in f32. The CPU must have the instructions ([`supported`]).
-pub fn matmul_bf16(out: &mut [f32], a: &[f32], m: usize, b: &PackedBf16) {
+pub fn matmul_bf16(out: &mut [f32], a: &[f32], m: usize, b: &PackedBf16, scratch: &mut Scratch) {
     assert!(supported(), "the bf16 product needs AVX512-BF16");
     let (k, n, pairs) = (b.k, b.n, b.k.div_ceil(2));
     assert_eq!((a.len(), out.len()), (m * k, m * n), "operand sizes disagree");
     let at = |i: usize, r: usize| if r < k { a[i * k + r] } else { 0.0 };
-    let a_pairs: Vec<u32> = (0..m)
-        .flat_map(|i| (0..pairs).map(move |q| (i, q)))
-        .map(|(i, q)| pair(at(i, 2 * q), at(i, 2 * q + 1)))
-        .collect();
-    let panels: Vec<Vec<f32>> = (0..n.div_ceil(PANEL))
-        .into_par_iter()
-        .map(|p| {
-            let mut block = vec![0.0f32; m * PANEL];
-            let panel = &b.data[p * pairs * PANEL..(p + 1) * pairs * PANEL];
-            panel_product(&a_pairs, m, pairs, panel, &mut block);
-            block
-        })
-        .collect();
-    for (p, block) in panels.iter().enumerate() {
+    scratch.a_pairs.clear();
+    scratch.a_pairs.extend(
+        (0..m * pairs).map(|j| (j / pairs, j % pairs)).map(|(i, q)| pair(at(i, 2 * q), at(i, 2 * q + 1))),
+    );
+    scratch.blocks.resize(n.div_ceil(PANEL) * m * PANEL, 0.0);
+    let a_pairs = &scratch.a_pairs;
+    scratch.blocks.par_chunks_mut(m * PANEL).enumerate().for_each(|(p, block)| {
+        panel_product(a_pairs, m, pairs, &b.data[p * pairs * PANEL..(p + 1) * pairs * PANEL], block);
+    });
+    for (p, block) in scratch.blocks.chunks_exact(m * PANEL).enumerate() {
         let cols = PANEL.min(n - p * PANEL);
         for (i, row) in block.chunks_exact(PANEL).enumerate() {
             out[i * n + p * PANEL..][..cols].copy_from_slice(&row[..cols]);
@@ -210,7 +225,7 @@ mod tests {
             for packed in [PackedBf16::new(View::rows(&b, k, n)), PackedBf16::new(View::rows(&bt, n, k).t())]
             {
                 let mut out = vec![f32::NAN; m * n];
-                matmul_bf16(&mut out, &a, m, &packed);
+                matmul_bf16(&mut out, &a, m, &packed, &mut Scratch::default());
                 for i in 0..m {
                     for j in 0..n {
                         let exact: f64 = (0..k).map(|p| a[i * k + p] as f64 * b[p * n + j] as f64).sum();
@@ -227,7 +242,7 @@ mod tests {
                 // Each row alone gives the same bits as among the others.
                 for i in [0, m - 1] {
                     let mut alone = vec![0.0f32; n];
-                    matmul_bf16(&mut alone, &a[i * k..(i + 1) * k], 1, &packed);
+                    matmul_bf16(&mut alone, &a[i * k..(i + 1) * k], 1, &packed, &mut Scratch::default());
                     let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
                     assert_eq!(bits(&alone), bits(&out[i * n..(i + 1) * n]), "{m}x{k}x{n} row {i}");
                 }
