@@ -6,8 +6,11 @@ tutorial's settings; each training step reads its loss back (as charrnn's does).
 the usual step loop at batch 1: one character in, softmax at temperature 1, multinomial draw,
 the drawn id fed back, all on the device with no copy to the host per character.
 
+With --bf16 the forward pass and the loss run under torch.autocast in bf16 (on a CPU with AMX
+or AVX512-BF16, oneDNN's bf16 kernels), PyTorch's own mixed precision: f32 weights and Adam.
+
 Usage: python3 scripts/torch_gru_baseline.py [--device cuda|cpu] [--rnn-units H] [--tf32]
-       [--batches N] [--gen-chars N]
+       [--bf16] [--batches N] [--gen-chars N]
 Prints one JSON object.
 """
 
@@ -26,6 +29,7 @@ def main():
     p.add_argument("--device", default="cuda", choices=["cuda", "cpu"])
     p.add_argument("--rnn-units", type=int, default=1024)
     p.add_argument("--tf32", action="store_true", help="allow TF32 in cuDNN and cuBLAS")
+    p.add_argument("--bf16", action="store_true", help="autocast the forward pass and loss to bf16")
     p.add_argument("--batches", type=int, default=30)
     p.add_argument("--gen-chars", type=int, default=2000)
     a = p.parse_args()
@@ -57,8 +61,9 @@ def main():
 
     def step():
         opt.zero_grad(set_to_none=True)
-        logits, _ = model(x)
-        loss = F.cross_entropy(logits.reshape(-1, V), y.reshape(-1))
+        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=a.bf16):
+            logits, _ = model(x)
+            loss = F.cross_entropy(logits.reshape(-1, V), y.reshape(-1))
         loss.backward()
         opt.step()
         return loss.item()
@@ -100,6 +105,7 @@ def main():
         # Set by scripts/cpu-bench.sh to run the CPU kernels of an AVX2-only machine.
         "isa_cap": os.environ.get("ONEDNN_MAX_CPU_ISA", "none"),
         "tf32": a.tf32,
+        "bf16": a.bf16,
         "train_ms_per_batch": ms,
         "train_ms_per_batch_all": [t * 1e3 for t in times],
         "gen_chars_per_s": gen,

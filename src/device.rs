@@ -14,23 +14,13 @@ pub enum Precision {
     F32,
     /// TensorFloat-32 products on a GPU's tensor cores (10-bit mantissa inputs, f32 sums)
     Tf32,
-    /// bf16 products with f32 sums on a CPU with AVX512-BF16 (sampling only, so far)
+    /// bf16 products with f32 sums on a CPU with AVX512-BF16 (AMX tiles where present)
     Bf16,
 }
 
 impl Precision {
     pub fn is_f32(&self) -> bool {
         *self == Precision::F32
-    }
-
-    /// Refuses a precision that training's kernels do not have yet.
-    pub fn require_training_kernels(self) -> Result<()> {
-        if self == Precision::Bf16 {
-            anyhow::bail!(
-                "--precision bf16 is built for sampling (generate, serve) but not yet for training; train in f32 (or tf32 on a GPU)"
-            );
-        }
-        Ok(())
     }
 
     /// Makes this process's products on `device` use this precision; refuses one the device
@@ -47,6 +37,7 @@ impl Precision {
                 anyhow::bail!("--precision bf16 is not built for the GPU yet; use --precision tf32 there")
             }
         }
+        crate::kernels::cpu::bf16::set_recurrent(self == Precision::Bf16);
         #[cfg(feature = "cuda")]
         crate::kernels::cuda::set_tf32(self == Precision::Tf32);
         Ok(())

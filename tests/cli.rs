@@ -85,7 +85,7 @@ fn train_two_epochs_then_generate() {
         assert!(sample.starts_with("the ") && !sample[4..].contains(' '), "{three}");
     }
     // bf16 sampling where the CPU has it (reproducible, and the same start); a clear refusal
-    // where it does not. Training in bf16 is refused either way, for now.
+    // where it does not. Training in bf16: tests/bf16.rs.
     let bf16 = [
         "generate",
         "--checkpoint",
@@ -108,11 +108,6 @@ fn train_two_epochs_then_generate() {
         println!("this CPU lacks avx512_bf16: checking the refusal");
         assert_fails_with(&sampled, "avx512_bf16");
     }
-    let bf16_run = dir.path().join("bf16");
-    let mut args =
-        vec!["train", "--data", &data, "--checkpoint-dir", bf16_run.to_str().unwrap(), "--precision", "bf16"];
-    args.extend_from_slice(SMALL);
-    assert_fails_with(&charrnn(&args), "not yet for training");
 }
 
 /// Trains `cell` for two epochs through the binary and generates from it. The summary must name the cell's layer with `summary`, and the loss fall.
@@ -956,5 +951,81 @@ fn bench_reports_the_f32_and_bf16_rates() {
         for key in ["gemm_gflops", "step_product_gflops", "gen_chars_per_s"] {
             assert!(r["bf16"][key].as_f64().is_some_and(|v| v > 0.0), "bf16 {key}: {r}");
         }
+        let has_amx = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default().contains("amx_bf16");
+        assert_eq!(r["bf16"]["tiles"], if has_amx { "amx" } else { "dot" }, "{r}");
     }
+}
+
+/// Trains into `dir` with the small settings and `extra`; returns the losses printed per epoch.
+fn train_losses(data: &str, dir: &Path, extra: &[&str]) -> Vec<f64> {
+    let mut a = vec!["train", "--data", data, "--seed", "3", "--save-every", "1"];
+    a.extend(["--checkpoint-dir", dir.to_str().unwrap()]);
+    a.extend_from_slice(SMALL);
+    a.extend_from_slice(extra);
+    let o = charrnn(&a);
+    assert!(o.status.success(), "{}", stderr(&o));
+    stderr(&o).lines().filter_map(|l| l.split_once(" Loss: ")?.1.trim().parse().ok()).collect()
+}
+
+/// `--precision bf16` through the binary (the layers' gradients against f32: tests/bf16.rs).
+#[test]
+fn bf16_training_learns_resumes_bit_for_bit_and_samples_in_either_precision() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = tiny_corpus(dir.path());
+    if !std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default().contains("avx512_bf16") {
+        println!("this CPU lacks avx512_bf16: checking the refusal");
+        let o = charrnn(&["train", "--data", &data, "--precision", "bf16", "--device", "cpu"]);
+        assert_fails_with(&o, "avx512_bf16");
+        return;
+    }
+    let bf16 = ["--precision", "bf16"];
+    let straight = dir.path().join("straight");
+    let losses = train_losses(&data, &straight, &[&bf16[..], &["--epochs", "2"]].concat());
+    assert!(losses.len() == 2 && losses[1] < losses[0], "{losses:?}");
+    let split = dir.path().join("split");
+    train_losses(&data, &split, &[&bf16[..], &["--epochs", "1"]].concat());
+    let o = charrnn(&["train", "--checkpoint-dir", split.to_str().unwrap(), "--resume", "--epochs", "2"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    for file in ["ckpt_2.safetensors", "ckpt_2.optim.safetensors"] {
+        assert_eq!(tensor_bytes(&straight.join(file)), tensor_bytes(&split.join(file)), "{file}");
+    }
+    // The same seed in f32 takes another path (so the products above were bf16), to a
+    // similar loss.
+    let f32_run = dir.path().join("f32");
+    let f32_losses = train_losses(&data, &f32_run, &["--epochs", "2"]);
+    assert_ne!(
+        tensor_bytes(&f32_run.join("ckpt_2.safetensors")),
+        tensor_bytes(&straight.join("ckpt_2.safetensors"))
+    );
+    assert!((f32_losses[1] - losses[1]).abs() < 0.05, "f32 {f32_losses:?} against bf16 {losses:?}");
+
+    let ckpt = straight.join("ckpt_2.safetensors");
+    let ckpt = ckpt.to_str().unwrap();
+    for precision in ["f32", "bf16"] {
+        let args = [
+            "generate",
+            "--checkpoint",
+            ckpt,
+            "--start",
+            "the ",
+            "--length",
+            "100",
+            "--seed",
+            "1",
+            "--precision",
+            precision,
+        ];
+        let o = charrnn(&args);
+        assert!(o.status.success(), "{precision}: {}", stderr(&o));
+        assert!(o.stdout.starts_with(b"the ") && o.stdout.len() > 100, "{precision}");
+        assert_eq!(charrnn(&args).stdout, o.stdout, "{precision}: the same seed gives the same text");
+    }
+    let score = |precision: &str| -> f64 {
+        let o = charrnn(&["eval", "--checkpoint", ckpt, "--data", &data, "--json", "--precision", precision]);
+        assert!(o.status.success(), "{}", stderr(&o));
+        let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        v["nats_per_char"].as_f64().unwrap()
+    };
+    let (exact, rounded) = (score("f32"), score("bf16"));
+    assert!(exact != rounded && (exact - rounded).abs() < 0.01, "f32 {exact} against bf16 {rounded}");
 }

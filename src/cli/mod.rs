@@ -224,6 +224,10 @@ pub struct EvalArgs {
     /// Print one JSON object instead of text
     #[arg(long)]
     pub json: bool,
+    /// Arithmetic of the products: f32, bf16 (f32 sums) on a CPU with AVX512-BF16, or tf32 on a
+    /// GPU
+    #[arg(long, value_enum, default_value_t = Precision::F32)]
+    pub precision: Precision,
     #[command(flatten)]
     pub device: DeviceArg,
 }
@@ -323,7 +327,8 @@ pub struct ServeArgs {
 
 #[derive(Args, Debug)]
 pub struct BenchArgs {
-    /// Arithmetic of the matrix products: f32, or tf32 on a GPU
+    /// Arithmetic of the matrix products: f32, bf16 (f32 sums) on a CPU with AVX512-BF16, or
+    /// tf32 on a GPU
     #[arg(long, value_enum, default_value_t = Precision::F32)]
     pub precision: Precision,
     /// Training batches to time (after one warm-up); the median is reported

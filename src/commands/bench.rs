@@ -14,7 +14,7 @@ use crate::cli::BenchArgs;
 use crate::data::Batch;
 use crate::device;
 use crate::device::Precision;
-use crate::kernels::cpu::bf16::{self, matmul_bf16, PackedBf16, Scratch};
+use crate::kernels::cpu::bf16::{self, matmul_bf16_on, PackedBf16, Scratch, Tiles};
 use crate::kernels::cpu::blas::{matmul_packed, Packed, View};
 use crate::kernels::cpu::{self as kernel, Kernel};
 use crate::model::sample::{Engine, Picker};
@@ -68,6 +68,9 @@ pub struct BenchReport {
 
 #[derive(Serialize, Debug)]
 pub struct Bf16Report {
+    /// The instructions of the training products: `amx` tiles, or `dot` (AVX512-BF16).
+    pub tiles: String,
+    /// On those instructions.
     pub gemm_gflops: f64,
     pub step_product_gflops: f64,
     pub gen_chars_per_s: f64,
@@ -129,9 +132,9 @@ pub fn step_product_gflops(batch: usize, h: usize, gh: usize) -> f64 {
     2.0 * (batch * h * gh) as f64 / median(&times) / 1e9
 }
 
-/// GFLOP/s of the bf16 kernel on [m × k]·[k × n], the operand packed beforehand (median of a
-/// few runs after warm-up).
-fn bf16_product_gflops(m: usize, k: usize, n: usize, runs: usize) -> f64 {
+/// GFLOP/s of the bf16 kernel on `tiles` for [m × k]·[k × n], the operand packed beforehand
+/// (median of a few runs after warm-up).
+fn bf16_product_gflops(tiles: Tiles, m: usize, k: usize, n: usize, runs: usize) -> f64 {
     let a: Vec<f32> = (0..m * k).map(|i| (i % 17) as f32 * 0.01).collect();
     let b: Vec<f32> = (0..k * n).map(|i| (i % 13) as f32 * 0.01).collect();
     let packed = PackedBf16::new(View::rows(&b, k, n));
@@ -139,7 +142,7 @@ fn bf16_product_gflops(m: usize, k: usize, n: usize, runs: usize) -> f64 {
     let mut times = Vec::new();
     for i in 0..=runs {
         let t0 = Instant::now();
-        matmul_bf16(&mut out, &a, m, &packed, &mut scratch);
+        matmul_bf16_on(tiles, &mut out, false, View::rows(&a, m, k), &packed, &mut scratch);
         if i > 0 {
             times.push(t0.elapsed().as_secs_f64());
         }
@@ -199,8 +202,10 @@ pub fn run(o: &BenchOptions) -> Result<BenchReport> {
     let gen_rate = time_generation(&mut Engine::new(&model, 1)?, o.gen_chars, &mut rng)?;
     let bf16 = match o.device.is_cpu() && bf16::supported() {
         true => Some(Bf16Report {
-            gemm_gflops: bf16_product_gflops(2048, 2048, 2048, 3),
+            tiles: format!("{:?}", Tiles::best()).to_lowercase(),
+            gemm_gflops: bf16_product_gflops(Tiles::best(), 2048, 2048, 2048, 3),
             step_product_gflops: bf16_product_gflops(
+                Tiles::best(),
                 o.batch_size,
                 c.rnn_units,
                 c.cell.gates() * c.rnn_units,
@@ -269,6 +274,7 @@ pub fn table(r: &BenchReport) -> String {
     ];
     if let Some(b) = &r.bf16 {
         rows.extend([
+            ("bf16 products on", b.tiles.clone()),
             ("bf16 kernel, GFLOP/s (2048^3)", format!("{:.1}", b.gemm_gflops)),
             ("bf16 recurrent step product, GFLOP/s", format!("{:.1}", b.step_product_gflops)),
             ("generation in bf16, characters per second", format!("{:.0}", b.gen_chars_per_s)),
@@ -302,7 +308,6 @@ pub(super) fn command(a: BenchArgs) -> Result<()> {
         .and_then(|(t, s)| t.checked_add(s)?.checked_add((a.gen_chars as u128).checked_mul(4)?));
     budget::check("benchmarking", need, &sizes)?;
     let device = device::select(a.device.choice)?;
-    a.precision.require_training_kernels()?;
     a.precision.apply(&device)?;
     let mut reports = Vec::new();
     for k in kernels {

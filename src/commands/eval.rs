@@ -10,6 +10,7 @@ use crate::{budget, checkpoint, device, eval};
 
 pub(super) fn run(a: EvalArgs) -> Result<()> {
     let device = device::select(a.device.choice)?;
+    a.precision.apply(&device)?;
     let path = checkpoint::resolve(&a.checkpoint)?;
     let ckpt = checkpoint::load(&path, &device)?;
     budget::check(

@@ -12,7 +12,7 @@ use candle_core::{
 };
 use rayon::prelude::*;
 
-use crate::kernels::cpu::blas::{matmul, transpose, View};
+use crate::kernels::cpu::blas::{transpose, View};
 use crate::kernels::cpu::float::{storage_slice, Float};
 
 /// The softmax probabilities of every row, kept for the backward pass.
@@ -37,7 +37,7 @@ fn forward<T: Float>(hs: &[T], w: &[T], b: &[T], targets: &[u32], probs: &mut [T
     let (v, h) = (b.len(), w.len() / b.len());
     let n = targets.len();
     let w_t = transpose(w, v, h);
-    matmul(probs, false, View::rows(hs, n, h), View::rows(&w_t, h, v));
+    T::matmul_once(probs, false, View::rows(hs, n, h), View::rows(&w_t, h, v));
     let losses: Vec<T> = probs
         .par_chunks_mut(v)
         .zip(targets.par_iter())
@@ -126,10 +126,10 @@ impl DenseCrossEntropy {
         };
         let (hs_data, w_data) = (storage_slice::<T>(hs_s, hs_layout)?, storage_slice::<T>(w_s, w_layout)?);
         let mut d_hs = vec![T::zero(); n * h];
-        matmul(&mut d_hs, false, View::rows(&d, n, v), View::rows(w_data, v, h));
+        T::matmul_once(&mut d_hs, false, View::rows(&d, n, v), View::rows(w_data, v, h));
         let d_t = transpose(&d, n, v);
         let mut d_w = vec![T::zero(); v * h];
-        matmul(&mut d_w, false, View::rows(&d_t, v, n), View::rows(hs_data, n, h));
+        T::matmul_once(&mut d_w, false, View::rows(&d_t, v, n), View::rows(hs_data, n, h));
         let d_b: Vec<T> = d_t.chunks_exact(n).map(|col| col.iter().fold(T::zero(), |a, &x| a + x)).collect();
         let dev = hs.device();
         Ok((

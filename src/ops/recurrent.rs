@@ -19,7 +19,7 @@ use candle_core::{
 use rayon::prelude::*;
 
 use crate::kernels::cpu as kernel;
-use crate::kernels::cpu::blas::{matmul, View};
+use crate::kernels::cpu::blas::View;
 use crate::kernels::cpu::float::{give_buffer, storage_slice, take_buffer, Float};
 use crate::ops::cells::{with_cell, Cell, RecurrentCell, StepBackward, StepForward};
 
@@ -240,11 +240,11 @@ impl<T: Float> Tape<T> {
         if steps > 1 {
             let rows = (steps - 1) * batch;
             let dgh_rest = View::rows(&dgh[batch * g..], rows, g).t();
-            matmul(&mut dw, false, dgh_rest, View::rows(&self.hs[..rows * h], rows, h));
+            T::matmul_once(&mut dw, false, dgh_rest, View::rows(&self.hs[..rows * h], rows, h));
         }
         if let Some(h0) = &self.h0 {
             let dgh_first = View::rows(&dgh[..batch * g], batch, g).t();
-            matmul(&mut dw, true, dgh_first, View::rows(h0, batch, h));
+            T::matmul_once(&mut dw, true, dgh_first, View::rows(h0, batch, h));
         }
         give_buffer(dgh);
         Grads { table: d_table, w_hh: dw, b_hh: db }

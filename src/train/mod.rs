@@ -74,7 +74,6 @@ pub fn run(o: &TrainOptions) -> Result<()> {
         }
     };
     let s = &settings;
-    s.precision.require_training_kernels()?;
     s.precision.apply(&o.device)?;
     // The fused layer refuses too, but only at the first batch, after the folder is made.
     if o.device.is_cuda() {

@@ -285,8 +285,9 @@ pub struct SettingsArgs {
     /// Seed for initialisation and shuffling (random if not given; printed either way)
     #[arg(long)]
     pub seed: Option<u64>,
-    /// Arithmetic of the matrix products: f32, or tf32 on a GPU's tensor cores (weights,
-    /// optimizer and gate math stay f32); f32 when not given
+    /// Arithmetic of the matrix products: f32, bf16 (f32 sums) on a CPU with AVX512-BF16, or
+    /// tf32 on a GPU's tensor cores (weights, optimizer and gate math stay f32); f32 when not
+    /// given
     #[arg(long, value_enum)]
     pub precision: Option<Precision>,
 }

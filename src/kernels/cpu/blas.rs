@@ -8,6 +8,7 @@
 use gemm::{gemm, Parallelism};
 use rayon::prelude::*;
 
+use crate::kernels::cpu::bf16::{self, PackedBf16, Tiles};
 use crate::kernels::cpu::{self as kernel, Kernel};
 
 /// A read-only matrix view: element (i, j) is `data[i * row_stride + j * col_stride]`.
@@ -37,7 +38,7 @@ impl<'a, T> View<'a, T> {
         }
     }
 
-    fn assert_in_bounds(&self) {
+    pub(crate) fn assert_in_bounds(&self) {
         if self.rows > 0 && self.cols > 0 {
             let last = (self.rows - 1) * self.row_stride + (self.cols - 1) * self.col_stride;
             assert!(last < self.data.len(), "matrix view runs past its buffer");
@@ -122,19 +123,53 @@ impl Packed {
 
 /// A right operand prepared once and multiplied many times: packed panels for f32 (the fast
 /// path), a plain row-major copy through `gemm` for f64 (used to check gradients).
-pub trait PackedMatmul: Sized + 'static {
+pub trait PackedMatmul: Sized + Copy + num_traits::One + 'static {
     type Packed: Send + Sync;
     fn pack(b: View<Self>) -> Self::Packed;
     fn matmul_packed(out: &mut [Self], accumulate: bool, a: View<Self>, b: &Self::Packed);
+    /// `out = a · b` (or `+=`) for operands used once, in the same arithmetic as
+    /// [`PackedMatmul::matmul_packed`].
+    fn matmul_once(out: &mut [Self], accumulate: bool, a: View<Self>, b: View<Self>) {
+        matmul(out, accumulate, a, b)
+    }
+}
+
+/// An f32 right operand in the recurrent products' precision ([`bf16::recurrent`]), read when
+/// it is packed: f32 panels, or bf16 pairs multiplied on the best bf16 instructions.
+pub enum PackedF32 {
+    F32(Packed),
+    Bf16(PackedBf16),
 }
 
 impl PackedMatmul for f32 {
-    type Packed = Packed;
-    fn pack(b: View<f32>) -> Packed {
-        Packed::new(b)
+    type Packed = PackedF32;
+    fn pack(b: View<f32>) -> PackedF32 {
+        match bf16::recurrent() {
+            true => PackedF32::Bf16(PackedBf16::new(b)),
+            false => PackedF32::F32(Packed::new(b)),
+        }
     }
-    fn matmul_packed(out: &mut [f32], accumulate: bool, a: View<f32>, b: &Packed) {
-        matmul_packed(out, accumulate, a, b)
+    fn matmul_packed(out: &mut [f32], accumulate: bool, a: View<f32>, b: &PackedF32) {
+        match b {
+            PackedF32::F32(b) => matmul_packed(out, accumulate, a, b),
+            PackedF32::Bf16(b) => {
+                thread_local! {
+                    static SCRATCH: std::cell::RefCell<bf16::Scratch> = Default::default();
+                }
+                SCRATCH.with_borrow_mut(|scratch| {
+                    bf16::matmul_bf16_on(Tiles::best(), out, accumulate, a, b, scratch)
+                });
+            }
+        }
+    }
+    fn matmul_once(out: &mut [f32], accumulate: bool, a: View<f32>, b: View<f32>) {
+        match bf16::recurrent() {
+            true => {
+                let b = PackedBf16::new(b);
+                bf16::matmul_bf16_on(Tiles::best(), out, accumulate, a, &b, &mut Default::default())
+            }
+            false => matmul(out, accumulate, a, b),
+        }
     }
 }
 
@@ -153,7 +188,7 @@ impl PackedMatmul for f64 {
 
 /// A raw output pointer shared by threads that write disjoint columns.
 #[derive(Clone, Copy)]
-struct OutPtr(*mut f32);
+pub(crate) struct OutPtr(pub(crate) *mut f32);
 // SAFETY: each thread writes only the columns of its own panels.
 unsafe impl Send for OutPtr {}
 // SAFETY: as for Send: the threads sharing it write disjoint columns.
@@ -162,7 +197,7 @@ unsafe impl Sync for OutPtr {}
 impl OutPtr {
     /// # Safety
     /// `offset` must stay inside the output buffer.
-    unsafe fn at(self, offset: usize) -> *mut f32 {
+    pub(crate) unsafe fn at(self, offset: usize) -> *mut f32 {
         // SAFETY: the caller keeps `offset` inside the buffer (this function's contract).
         unsafe { self.0.add(offset) }
     }

@@ -5,6 +5,7 @@
 //! always present). By default the widest set this CPU has is used; `CHARRNN_KERNEL` (or
 //! `bench --kernel`) picks another, so every path can be tested and timed on one machine.
 
+pub(crate) mod amx;
 pub(crate) mod bf16;
 pub(crate) mod blas;
 pub(crate) mod float;

@@ -1,0 +1,99 @@
+#!/usr/bin/env python3
+"""Puts the loss curves of several training runs in one plot, and prints their epochs side by side.
+
+    scripts/compare-runs.py OUT.svg LABEL=RUN_DIR [LABEL=RUN_DIR ...]
+
+Each RUN_DIR is a checkpoint folder of `charrnn train` (its metrics.jsonl is read). The plot has
+each run's train loss (thin) and validation loss (thick) per epoch, every other run dashed; the
+table, on stdout in
+Markdown, has per epoch each run's validation loss and seconds, then each run's best epoch and
+total seconds.
+"""
+
+import json
+import sys
+from pathlib import Path
+
+COLOURS = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e"]
+
+
+def epochs(run_dir):
+    rows = []
+    for line in Path(run_dir, "metrics.jsonl").read_text().splitlines():
+        record = json.loads(line)
+        if record.get("kind") == "epoch":
+            rows.append(record)
+    return rows
+
+
+def svg(runs, width=720, height=420, margin=60):
+    points = [(r["epoch"], r[key]) for _, rows in runs for r in rows for key in ("train_loss", "val_loss")
+              if r.get(key) is not None]
+    x_max = max(e for e, _ in points)
+    y_min, y_max = min(v for _, v in points), max(v for _, v in points)
+    pad = (y_max - y_min) * 0.05 or 0.1
+    y_min, y_max = y_min - pad, y_max + pad
+
+    def at(epoch, value):
+        x = margin + (epoch - 1) / max(x_max - 1, 1) * (width - 2 * margin)
+        y = height - margin - (value - y_min) / (y_max - y_min) * (height - 2 * margin)
+        return f"{x:.1f},{y:.1f}"
+
+    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
+             f'font-family="sans-serif" font-size="12">',
+             f'<rect width="{width}" height="{height}" fill="white"/>',
+             f'<line x1="{margin}" y1="{height - margin}" x2="{width - margin}" y2="{height - margin}" stroke="black"/>',
+             f'<line x1="{margin}" y1="{margin}" x2="{margin}" y2="{height - margin}" stroke="black"/>',
+             f'<text x="{width / 2}" y="{height - 20}" text-anchor="middle">epoch</text>',
+             f'<text x="15" y="{height / 2}" transform="rotate(-90 15 {height / 2})" '
+             f'text-anchor="middle">loss (nats/char)</text>']
+    for e in range(1, x_max + 1):
+        x = at(e, y_min).split(",")[0]
+        parts.append(f'<text x="{x}" y="{height - margin + 16}" text-anchor="middle">{e}</text>')
+    for i in range(6):
+        value = y_min + (y_max - y_min) * i / 5
+        y = at(1, value).split(",")[1]
+        parts.append(f'<text x="{margin - 6}" y="{y}" text-anchor="end" dominant-baseline="middle">{value:.2f}</text>')
+        parts.append(f'<line x1="{margin}" y1="{y}" x2="{width - margin}" y2="{y}" stroke="#eee"/>')
+    for n, (label, rows) in enumerate(runs):
+        colour = COLOURS[n % len(COLOURS)]
+        # Every other run dashed, so that curves lying on each other both show.
+        dash = ' stroke-dasharray="7 5"' if n % 2 else ""
+        for key, stroke, name in (("train_loss", 1, "train"), ("val_loss", 2.5, "validation")):
+            line = " ".join(at(r["epoch"], r[key]) for r in rows if r.get(key) is not None)
+            parts.append(f'<polyline fill="none" stroke="{colour}" stroke-width="{stroke}"{dash} points="{line}"/>')
+            y = margin + 16 * (2 * n + (key == "val_loss"))
+            parts.append(f'<line x1="{width - margin - 170}" y1="{y}" x2="{width - margin - 145}" y2="{y}" '
+                         f'stroke="{colour}" stroke-width="{stroke}"{dash}/>')
+            parts.append(f'<text x="{width - margin - 140}" y="{y}" dominant-baseline="middle">{label} {name}</text>')
+    parts.append("</svg>")
+    return "\n".join(parts) + "\n"
+
+
+def table(runs):
+    labels = [label for label, _ in runs]
+    lines = ["| epoch | " + " | ".join(f"{l}: validation | {l}: s" for l in labels) + " |",
+             "|---|" + "---|---|" * len(labels)]
+    for e in range(1, max(len(rows) for _, rows in runs) + 1):
+        cells = []
+        for _, rows in runs:
+            row = next((r for r in rows if r["epoch"] == e), None)
+            cells += [f"{row['val_loss']:.4f}", f"{row['seconds']:.1f}"] if row else ["", ""]
+        lines.append(f"| {e} | " + " | ".join(cells) + " |")
+    for label, rows in runs:
+        best = min(rows, key=lambda r: r["val_loss"])
+        total = sum(r["seconds"] for r in rows)
+        lines.append(f"\n{label}: best {best['val_loss']:.4f} at epoch {best['epoch']}, {total:.0f} s of epochs")
+    return "\n".join(lines)
+
+
+def main():
+    if len(sys.argv) < 3 or any("=" not in a for a in sys.argv[2:]):
+        sys.exit(__doc__)
+    runs = [(a.split("=", 1)[0], epochs(a.split("=", 1)[1])) for a in sys.argv[2:]]
+    Path(sys.argv[1]).write_text(svg(runs))
+    print(table(runs))
+
+
+if __name__ == "__main__":
+    main()
