@@ -349,14 +349,19 @@ unsafe fn pair_lines_avx512(lo: &[f32], hi: &[f32], out: &mut [u32]) {
 /// One row: `src` rounded into the pairs of `dst`, zero past its end.
 fn round_into(src: &[f32], dst: &mut [u32]) {
     assert!(dst.len() * 2 >= src.len());
-    let mut done = 0;
     #[cfg(target_arch = "x86_64")]
-    if supported() {
-        done = 32 * (src.len() / 32);
-        // SAFETY: the CPU has the features (checked); the loop reads src[..done] and writes
-        // dst[..done / 2], inside both (asserted above).
-        unsafe { round_avx512(&src[..done], &mut dst[..done / 2]) };
-    }
+    let done = match supported() {
+        true => {
+            let done = 32 * (src.len() / 32);
+            // SAFETY: the CPU has the features (checked); the loop reads src[..done] and
+            // writes dst[..done / 2], inside both (asserted above).
+            unsafe { round_avx512(&src[..done], &mut dst[..done / 2]) };
+            done
+        }
+        false => 0,
+    };
+    #[cfg(not(target_arch = "x86_64"))]
+    let done = 0;
     for (q, d) in dst.iter_mut().enumerate().skip(done / 2) {
         let at = |i: usize| src.get(i).copied().unwrap_or(0.0);
         *d = pair(at(2 * q), at(2 * q + 1));

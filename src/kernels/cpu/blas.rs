@@ -152,25 +152,25 @@ impl PackedMatmul for f32 {
     fn matmul_packed(out: &mut [f32], accumulate: bool, a: View<f32>, b: &PackedF32) {
         match b {
             PackedF32::F32(b) => matmul_packed(out, accumulate, a, b),
-            PackedF32::Bf16(b) => {
-                thread_local! {
-                    static SCRATCH: std::cell::RefCell<bf16::Scratch> = Default::default();
-                }
-                SCRATCH.with_borrow_mut(|scratch| {
-                    bf16::matmul_bf16_on(Tiles::best(), out, accumulate, a, b, scratch)
-                });
-            }
+            PackedF32::Bf16(b) => bf16_product(out, accumulate, a, b),
         }
     }
     fn matmul_once(out: &mut [f32], accumulate: bool, a: View<f32>, b: View<f32>) {
         match bf16::recurrent() {
-            true => {
-                let b = PackedBf16::new(b);
-                bf16::matmul_bf16_on(Tiles::best(), out, accumulate, a, &b, &mut Default::default())
-            }
+            true => bf16_product(out, accumulate, a, &PackedBf16::new(b)),
             false => matmul(out, accumulate, a, b),
         }
     }
+}
+
+/// A bf16 product on the best instructions, its rounded left operand in a buffer this thread
+/// keeps: dW_hh's alone is tens of megabytes, which a fresh allocation per batch would fault
+/// in page by page.
+fn bf16_product(out: &mut [f32], accumulate: bool, a: View<f32>, b: &PackedBf16) {
+    thread_local! {
+        static SCRATCH: std::cell::RefCell<bf16::Scratch> = Default::default();
+    }
+    SCRATCH.with_borrow_mut(|scratch| bf16::matmul_bf16_on(Tiles::best(), out, accumulate, a, b, scratch));
 }
 
 impl PackedMatmul for f64 {
