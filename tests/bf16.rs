@@ -8,8 +8,10 @@ use charrnn::model::Cell;
 use charrnn::ops::recurrent::rnn_sequence;
 use rand::{rngs::StdRng, Rng, SeedableRng};
 
+mod common;
+
 fn has_bf16() -> bool {
-    let has = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default().contains("avx512_bf16");
+    let has = common::cpu_has("avx512_bf16");
     if !has {
         println!("this CPU lacks avx512_bf16: the bf16 paths cannot run here");
     }

@@ -6,6 +6,7 @@ use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
 mod common;
+use common::{cpu_has, tensor_bytes};
 
 fn charrnn(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_charrnn")).args(args).output().expect("the binary runs")
@@ -21,6 +22,11 @@ fn assert_fails_with(o: &Output, needle: &str) {
     assert!(!o.status.success(), "expected failure, got success; stderr: {err}");
     assert!(!err.contains("panicked"), "panic reached the user: {err}");
     assert!(err.contains(needle), "stderr lacks {needle:?}: {err}");
+}
+
+/// The train loss of each epoch, as the log prints it.
+fn epoch_losses(o: &Output) -> Vec<f64> {
+    stderr(o).lines().filter_map(|l| l.split_once(" Loss: ")?.1.trim().parse().ok()).collect()
 }
 
 fn tiny_corpus(dir: &Path) -> String {
@@ -85,7 +91,7 @@ fn train_two_epochs_then_generate() {
         assert!(sample.starts_with("the ") && !sample[4..].contains(' '), "{three}");
     }
     // bf16 sampling where the CPU has it (reproducible, and the same start); a clear refusal
-    // where it does not. Training in bf16: tests/bf16.rs.
+    // where it does not. Training in bf16: bf16_training_learns_resumes_bit_for_bit_and_samples_in_either_precision.
     let bf16 = [
         "generate",
         "--checkpoint",
@@ -100,7 +106,7 @@ fn train_two_epochs_then_generate() {
         "bf16",
     ];
     let sampled = charrnn(&bf16);
-    if std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default().contains("avx512_bf16") {
+    if cpu_has("avx512_bf16") {
         assert!(sampled.status.success(), "{}", stderr(&sampled));
         assert!(sampled.stdout.starts_with(b"the "));
         assert_eq!(charrnn(&bf16).stdout, sampled.stdout);
@@ -122,8 +128,7 @@ fn cell_trains_and_generates(cell: &str, summary: &str) {
     let o = charrnn(&args);
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(stderr(&o).contains(summary), "the summary names the cell: {}", stderr(&o));
-    let losses: Vec<f64> =
-        stderr(&o).lines().filter_map(|l| l.split_once(" Loss: ")?.1.trim().parse().ok()).collect();
+    let losses = epoch_losses(&o);
     assert!(losses.len() == 2 && losses[1] < losses[0], "{cell}: {losses:?}");
     let o = charrnn(&[
         "generate",
@@ -208,15 +213,6 @@ fn stray_temporaries(dir: &Path) -> Vec<String> {
         .map(|e| e.unwrap().file_name().into_string().unwrap())
         .filter(|n| n.ends_with(".tmp"))
         .collect()
-}
-
-/// Every tensor's name and raw bytes.
-fn tensor_bytes(path: &Path) -> Vec<(String, Vec<u8>)> {
-    let bytes = std::fs::read(path).unwrap();
-    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
-    let mut v: Vec<_> = st.tensors().into_iter().map(|(n, t)| (n, t.data().to_vec())).collect();
-    v.sort();
-    v
 }
 
 #[test]
@@ -945,13 +941,13 @@ fn bench_reports_the_f32_and_bf16_rates() {
     for key in ["train_ms_per_batch", "gemm_gflops", "step_product_gflops", "gen_chars_per_s"] {
         assert!(r[key].as_f64().is_some_and(|v| v > 0.0), "{key}: {r}");
     }
-    let has_bf16 = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default().contains("avx512_bf16");
+    let has_bf16 = cpu_has("avx512_bf16");
     assert_eq!(r.get("bf16").is_some(), has_bf16, "{r}");
     if has_bf16 {
         for key in ["gemm_gflops", "step_product_gflops", "gen_chars_per_s"] {
             assert!(r["bf16"][key].as_f64().is_some_and(|v| v > 0.0), "bf16 {key}: {r}");
         }
-        let has_amx = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default().contains("amx_bf16");
+        let has_amx = cpu_has("amx_bf16");
         assert_eq!(r["bf16"]["tiles"], if has_amx { "amx" } else { "dot" }, "{r}");
     }
 }
@@ -964,7 +960,7 @@ fn train_losses(data: &str, dir: &Path, extra: &[&str]) -> Vec<f64> {
     a.extend_from_slice(extra);
     let o = charrnn(&a);
     assert!(o.status.success(), "{}", stderr(&o));
-    stderr(&o).lines().filter_map(|l| l.split_once(" Loss: ")?.1.trim().parse().ok()).collect()
+    epoch_losses(&o)
 }
 
 /// `--precision bf16` through the binary (the layers' gradients against f32: tests/bf16.rs).
@@ -972,7 +968,7 @@ fn train_losses(data: &str, dir: &Path, extra: &[&str]) -> Vec<f64> {
 fn bf16_training_learns_resumes_bit_for_bit_and_samples_in_either_precision() {
     let dir = tempfile::tempdir().unwrap();
     let data = tiny_corpus(dir.path());
-    if !std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default().contains("avx512_bf16") {
+    if !cpu_has("avx512_bf16") {
         println!("this CPU lacks avx512_bf16: checking the refusal");
         let o = charrnn(&["train", "--data", &data, "--precision", "bf16", "--device", "cpu"]);
         assert_fails_with(&o, "avx512_bf16");

@@ -6,6 +6,9 @@ use std::process::{Command, Output};
 
 use sha2::{Digest, Sha256};
 
+mod common;
+use common::tensor_bytes;
+
 fn charrnn(args: &[&str], cache: &Path) -> Output {
     Command::new(env!("CARGO_BIN_EXE_charrnn"))
         .args(args)
@@ -215,42 +218,32 @@ fn the_cache_is_reused_rebuilt_when_sources_change_and_never_trusted_when_damage
     assert!(!cache.exists() || std::fs::read_dir(&cache).unwrap().next().is_none());
 }
 
-fn tensors(path: &Path) -> Vec<(String, Vec<u8>)> {
-    let bytes = std::fs::read(path).unwrap();
-    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
-    let mut v: Vec<_> = st.tensors().into_iter().map(|(n, t)| (n, t.data().to_vec())).collect();
-    v.sort();
-    v
-}
-
 #[test]
 fn max_steps_ends_with_a_checkpoint_that_resumes_to_the_same_run() {
     let (dir, cache, data) = workspace(&text(800, 1));
     let d = dir.path();
     let whole = d.join("whole");
     ok(train(&[data.to_str().unwrap()], &whole, &cache, &["--epochs", "2", "--seed", "3"]));
-    let parts = d.join("parts");
-    let err = ok(train(
-        &[data.to_str().unwrap()],
-        &parts,
-        &cache,
-        &["--epochs", "2", "--seed", "3", "--max-steps", "7"],
-    ));
+    // A run stopped by a limit, then resumed to its end: the same weights as the whole run;
+    // returns what the stopped run printed.
+    let stop_then_resume = |name: &str, limit: &[&str]| {
+        let run = d.join(name);
+        let flags = [&["--epochs", "2", "--seed", "3"][..], limit].concat();
+        let err = ok(train(&[data.to_str().unwrap()], &run, &cache, &flags));
+        assert!(!run.join("ckpt_2.safetensors").exists(), "{name}: stopped before the end");
+        ok(charrnn(&["train", "--resume", run.to_str().unwrap(), "--device", "cpu"], &cache));
+        assert_eq!(
+            tensor_bytes(&run.join("ckpt_2.safetensors")),
+            tensor_bytes(&whole.join("ckpt_2.safetensors")),
+            "{name}"
+        );
+        err
+    };
+    let err = stop_then_resume("parts", &["--max-steps", "7"]);
     assert!(err.contains("reached --max-steps 7") && err.contains("charrnn train --resume"), "{err}");
-    assert!(!parts.join("ckpt_2.safetensors").exists());
-    ok(charrnn(&["train", "--resume", parts.to_str().unwrap(), "--device", "cpu"], &cache));
-    assert_eq!(tensors(&parts.join("ckpt_2.safetensors")), tensors(&whole.join("ckpt_2.safetensors")));
     // A time limit ends the run at the next step boundary the same way.
-    let timed = d.join("timed");
-    let err = ok(train(
-        &[data.to_str().unwrap()],
-        &timed,
-        &cache,
-        &["--epochs", "2", "--seed", "3", "--max-minutes", "0.00001"],
-    ));
+    let err = stop_then_resume("timed", &["--max-minutes", "0.00001"]);
     assert!(err.contains("reached --max-minutes") && err.contains("after batch 1;"), "{err}");
-    ok(charrnn(&["train", "--resume", timed.to_str().unwrap(), "--device", "cpu"], &cache));
-    assert_eq!(tensors(&timed.join("ckpt_2.safetensors")), tensors(&whole.join("ckpt_2.safetensors")));
 }
 
 #[test]
@@ -282,7 +275,10 @@ fn samples_while_training_leave_the_weights_unchanged() {
     assert!(err.contains("--- sample after epoch 2 ---\nthe "), "{err}");
     let samples = std::fs::read_to_string(watched.join("samples.txt")).unwrap();
     assert_eq!(samples.matches("--- epoch ").count(), 2, "{samples}");
-    assert_eq!(tensors(&plain.join("ckpt_2.safetensors")), tensors(&watched.join("ckpt_2.safetensors")));
+    assert_eq!(
+        tensor_bytes(&plain.join("ckpt_2.safetensors")),
+        tensor_bytes(&watched.join("ckpt_2.safetensors"))
+    );
     // A start the text cannot give is refused before training starts.
     let err = fails_with(
         train(
@@ -382,7 +378,7 @@ fn fine_tuning_starts_from_the_parent_and_extends_its_vocabulary_only_when_asked
     assert_eq!(fv[pv.len()..].iter().map(|c| c.as_str().unwrap()).collect::<String>(), "!DFGOX");
     let sha = format!("{:x}", Sha256::digest(std::fs::read(&parent_ckpt).unwrap()));
     assert_eq!(f["provenance"]["parent_sha256"].as_str(), Some(sha.as_str()));
-    let (pt, ft) = (tensors(&parent_ckpt), tensors(&still.join("interrupted.safetensors")));
+    let (pt, ft) = (tensor_bytes(&parent_ckpt), tensor_bytes(&still.join("interrupted.safetensors")));
     let v = pv.len();
     for ((name, a), (_, b)) in pt.iter().zip(&ft) {
         match name.as_str() {

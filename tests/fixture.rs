@@ -9,16 +9,10 @@
 use std::path::Path;
 use std::process::Command;
 
-const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/main-e09027d");
+mod common;
+use common::tensor_bytes;
 
-/// Every tensor's name and raw bytes.
-fn tensor_bytes(path: &Path) -> Vec<(String, Vec<u8>)> {
-    let bytes = std::fs::read(path).unwrap();
-    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
-    let mut v: Vec<_> = st.tensors().into_iter().map(|(n, t)| (n, t.data().to_vec())).collect();
-    v.sort();
-    v
-}
+const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/main-e09027d");
 
 /// The training position saved in an optimizer file.
 fn position(path: &Path) -> serde_json::Value {

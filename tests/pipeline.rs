@@ -1,7 +1,7 @@
 //! The tutorial's numbers on the shipped corpus.
 
 use charrnn::data::vocab::Vocab;
-use charrnn::data::{epoch_batches, split_validation, Sequences};
+use charrnn::data::{split_validation, EpochBatches, Sequences};
 use rand::{rngs::StdRng, SeedableRng};
 
 #[test]
@@ -16,7 +16,7 @@ fn shakespeare_gives_the_tutorials_counts() {
     assert!(val.is_empty());
     let seqs = Sequences::new(train, 100);
     assert_eq!(seqs.len(), 11_043);
-    let batches = epoch_batches(seqs.len(), 64, 10_000, &mut StdRng::seed_from_u64(0));
+    let batches: Vec<_> = EpochBatches::new(seqs.len(), 64, 10_000, StdRng::seed_from_u64(0)).collect();
     assert_eq!(batches.len(), 172);
     // The first sequence, as the tutorial prints it.
     let first = seqs.batch(&[0]);
@@ -50,8 +50,8 @@ fn shakespeare_through_the_token_cache_is_the_same_pipeline() {
     let (b_train, b_val) = split_validation(corpus.ids(), 0.1);
     assert_eq!((a_train.to_vec(), a_val.to_vec()), (b_train.to_vec(), b_val.to_vec()));
     let (a, b) = (Sequences::new(a_train, 100), Sequences::new(b_train, 100));
-    for order in epoch_batches(a.len(), 64, 10_000, &mut StdRng::seed_from_u64(3)).iter().take(20) {
-        assert_eq!(a.batch(order), b.batch(order));
+    for order in EpochBatches::new(a.len(), 64, 10_000, StdRng::seed_from_u64(3)).take(20) {
+        assert_eq!(a.batch(&order), b.batch(&order));
     }
     let (a, b) = (Lanes::new(a_train, 64, 100), Lanes::new(b_train, 64, 100));
     for k in [0, 1, a.len() - 1] {

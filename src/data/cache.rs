@@ -57,6 +57,14 @@ pub struct BaseVocab {
 }
 
 impl CacheOptions {
+    /// The base vocabulary as a cache's header records it, and whether it may be extended.
+    fn base_fields(&self) -> (Option<Vec<char>>, bool) {
+        match &self.base {
+            Some(b) => (Some(b.vocab.chars().to_vec()), b.extend),
+            None => (None, false),
+        }
+    }
+
     /// The default cache folder: `$CHARRNN_CACHE_DIR`, else `$XDG_CACHE_HOME/charrnn`, else
     /// `~/.cache/charrnn`, else the system's temporary folder.
     pub fn default_dir() -> PathBuf {
@@ -270,10 +278,7 @@ fn open(path: &Path, files: &[SourceFile], o: &CacheOptions, check: Check) -> Re
     if header.separator != o.separator || header.skip_invalid != o.skip_invalid {
         return Err("was made with another --doc-separator or --skip-invalid".into());
     }
-    let base = o.base.as_ref().map(|b| (b.vocab.chars().to_vec(), b.extend));
-    if (header.base_vocab.clone(), header.extend_vocab)
-        != base.clone().map_or((None, false), |(v, e)| (Some(v), e))
-    {
+    if (header.base_vocab.clone(), header.extend_vocab) != o.base_fields() {
         return Err("was encoded with another model's vocabulary".into());
     }
     let vocab = Vocab::from_chars(header.vocab).map_err(|e| format!("has a bad vocabulary ({e})"))?;
@@ -409,12 +414,37 @@ impl<'a> Encoder<'a> {
     }
 }
 
+/// The characters seen: a flag per ASCII character, a set for the others.
+struct CharSet {
+    ascii: [bool; 128],
+    others: BTreeSet<char>,
+}
+
+impl CharSet {
+    fn new() -> Self {
+        CharSet { ascii: [false; 128], others: BTreeSet::new() }
+    }
+
+    fn insert(&mut self, c: char) {
+        match c as u32 {
+            a @ 0..=127 => self.ascii[a as usize] = true,
+            _ => {
+                self.others.insert(c);
+            }
+        }
+    }
+
+    /// All of them, sorted.
+    fn sorted(self) -> BTreeSet<char> {
+        (0..128u8).filter(|&b| self.ascii[b as usize]).map(char::from).chain(self.others).collect()
+    }
+}
+
 /// Writes the cache for `files` at `path` (a temporary file; the caller renames it).
 fn build(path: &Path, files: &[SourceFile], o: &CacheOptions) -> Result<()> {
     let started = std::time::Instant::now();
     // Pass 1: the characters, and which files are UTF-8 and not empty.
-    let mut seen_ascii = [false; 128];
-    let mut others = BTreeSet::new();
+    let mut seen = CharSet::new();
     let (mut documents, mut skipped) = (Vec::new(), Vec::new());
     let mut file_chars = Vec::with_capacity(files.len());
     let mut chars = 0u64;
@@ -423,17 +453,12 @@ fn build(path: &Path, files: &[SourceFile], o: &CacheOptions) -> Result<()> {
         let read = for_each_text(&f.path, |text, bytes| {
             if text.is_ascii() {
                 for &b in bytes {
-                    seen_ascii[b as usize] = true;
+                    seen.ascii[b as usize] = true;
                 }
                 n += bytes.len() as u64;
             } else {
                 for c in text.chars() {
-                    match c as u32 {
-                        a @ 0..=127 => seen_ascii[a as usize] = true,
-                        _ => {
-                            others.insert(c);
-                        }
-                    }
+                    seen.insert(c);
                     n += 1;
                 }
             }
@@ -459,18 +484,10 @@ fn build(path: &Path, files: &[SourceFile], o: &CacheOptions) -> Result<()> {
         }
     }
     if documents.len() > 1 {
-        for c in o.separator.chars() {
-            match c as u32 {
-                a @ 0..=127 => seen_ascii[a as usize] = true,
-                _ => {
-                    others.insert(c);
-                }
-            }
-        }
+        o.separator.chars().for_each(|c| seen.insert(c));
         chars += (documents.len() as u64 - 1) * o.separator.chars().count() as u64;
     }
-    let all: BTreeSet<char> =
-        (0..128u8).filter(|&b| seen_ascii[b as usize]).map(char::from).chain(others).collect();
+    let all = seen.sorted();
     let vocab = match &o.base {
         None => Vocab::from_chars(all.into_iter().collect())?,
         Some(base) => {
@@ -491,6 +508,7 @@ fn build(path: &Path, files: &[SourceFile], o: &CacheOptions) -> Result<()> {
         }
     };
     let width = width_for(vocab.len());
+    let (base_vocab, extend_vocab) = o.base_fields();
 
     // Pass 2: the ids and the checksum, after a header whose checksum is filled in at the end
     // (it has a fixed length, so the header's size does not change).
@@ -502,8 +520,8 @@ fn build(path: &Path, files: &[SourceFile], o: &CacheOptions) -> Result<()> {
         skipped,
         separator: o.separator.clone(),
         skip_invalid: o.skip_invalid,
-        base_vocab: o.base.as_ref().map(|b| b.vocab.chars().to_vec()),
-        extend_vocab: o.base.as_ref().is_some_and(|b| b.extend),
+        base_vocab,
+        extend_vocab,
         width,
         count: chars,
         sha256: "0".repeat(64),

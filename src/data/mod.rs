@@ -148,11 +148,6 @@ impl<R: Rng> Iterator for ShuffleBuffer<R> {
     }
 }
 
-/// The whole shuffled order at once (for tests and small inputs).
-pub fn shuffle_buffer(n: usize, buffer_size: usize, rng: &mut impl Rng) -> Vec<usize> {
-    ShuffleBuffer::new(n, buffer_size, rng).collect()
-}
-
 /// One epoch's batches as they are needed: shuffled sequence indices in groups of
 /// `batch_size`, the remainder dropped (the tutorial's `batch(drop_remainder=True)`).
 pub struct EpochBatches<R> {
@@ -178,16 +173,6 @@ impl<R: Rng> Iterator for EpochBatches<R> {
         self.left = self.left.checked_sub(1)?;
         Some(self.order.by_ref().take(self.batch_size).collect())
     }
-}
-
-/// One epoch's batches, all at once.
-pub fn epoch_batches(
-    n_sequences: usize,
-    batch_size: usize,
-    buffer_size: usize,
-    rng: &mut impl Rng,
-) -> Vec<Vec<usize>> {
-    EpochBatches::new(n_sequences, batch_size, buffer_size, rng).collect()
 }
 
 #[cfg(test)]
@@ -221,9 +206,8 @@ mod tests {
     #[test]
     fn shuffle_is_a_bounded_seeded_permutation() {
         let (n, buf) = (500, 37);
-        let a = shuffle_buffer(n, buf, &mut StdRng::seed_from_u64(1));
-        let b = shuffle_buffer(n, buf, &mut StdRng::seed_from_u64(1));
-        let c = shuffle_buffer(n, buf, &mut StdRng::seed_from_u64(2));
+        let order = |seed| ShuffleBuffer::new(n, buf, StdRng::seed_from_u64(seed)).collect::<Vec<_>>();
+        let (a, b, c) = (order(1), order(1), order(2));
         assert_eq!(a, b, "same seed, same order");
         assert_ne!(a, c, "different seed, different order");
         let mut sorted = a.clone();
@@ -239,8 +223,8 @@ mod tests {
     #[test]
     fn each_epoch_reshuffles() {
         let mut rng = StdRng::seed_from_u64(7);
-        let e1 = epoch_batches(100, 8, 50, &mut rng);
-        let e2 = epoch_batches(100, 8, 50, &mut rng);
+        let e1: Vec<_> = EpochBatches::new(100, 8, 50, &mut rng).collect();
+        let e2: Vec<_> = EpochBatches::new(100, 8, 50, &mut rng).collect();
         assert_eq!(e1.len(), 12);
         assert!(e1.iter().all(|b| b.len() == 8));
         assert_ne!(e1, e2);

@@ -54,6 +54,13 @@ pub struct Request {
     pub slot: Slot,
 }
 
+impl Request {
+    /// Ends the request with an error (unheard if its client has gone).
+    fn fail(&self, status: u16, message: &str) {
+        let _ = self.events.send(Event::Error { status, message: message.to_string() });
+    }
+}
+
 /// A model to sample from: the weights, ready to step, and the characters they know.
 pub struct Engine {
     pub sampler: Sampler,
@@ -87,10 +94,6 @@ const SEND_EVERY: Duration = Duration::from_millis(20);
 impl Running {
     fn send(&self, event: Event) -> bool {
         self.request.events.send(event).is_ok()
-    }
-
-    fn fail(&self, status: u16, message: &str) {
-        self.send(Event::Error { status, message: message.to_string() });
     }
 }
 
@@ -128,13 +131,10 @@ pub fn run(mut engine: Engine, commands: Receiver<Command>) {
                 Command::Switch(next) => switch = Some(next),
                 Command::Shutdown => {
                     for r in &running {
-                        r.fail(503, "the server is shutting down");
+                        r.request.fail(503, "the server is shutting down");
                     }
                     for r in waiting {
-                        let _ = r.events.send(Event::Error {
-                            status: 503,
-                            message: "the server is shutting down".into(),
-                        });
+                        r.fail(503, "the server is shutting down");
                     }
                     return;
                 }
@@ -155,7 +155,7 @@ pub fn run(mut engine: Engine, commands: Receiver<Command>) {
             // state rather than take the server down.
             eprintln!("error: the sampler failed; {} request(s) were ended", running.len());
             for r in &running {
-                r.fail(500, "the sampler failed on this request; please report it");
+                r.request.fail(500, "the sampler failed on this request; please report it");
             }
             running.clear();
             engine.sampler.retain_rows(|_| false);
@@ -168,12 +168,12 @@ fn admit(engine: &mut Engine, running: &mut Vec<Running>, request: Request) {
     let job = match Job::new(&engine.vocab, &request.options) {
         Ok(job) => job,
         Err(e) => {
-            let _ = request.events.send(Event::Error { status: 400, message: format!("start: {e}") });
+            request.fail(400, &format!("start: {e}"));
             return;
         }
     };
     if let Err(e) = engine.sampler.add_rows(job.samples()) {
-        let _ = request.events.send(Event::Error { status: 503, message: e.to_string() });
+        request.fail(503, &e.to_string());
         return;
     }
     let r = Running { job, request, started: Instant::now(), sent_at: Instant::now() };
@@ -199,7 +199,10 @@ fn step(engine: &mut Engine, running: &mut Vec<Running>) {
             false // the client has gone: stop at once
         } else if r.started.elapsed() > r.request.time_limit {
             let limit = r.request.time_limit.as_secs_f64();
-            r.fail(503, &format!("the request ran past the {limit} s time limit; ask for fewer characters"));
+            r.request.fail(
+                503,
+                &format!("the request ran past the {limit} s time limit; ask for fewer characters"),
+            );
             false
         } else if let Some(id) = r.job.next_prime() {
             ids.extend(std::iter::repeat_n(id, n));
@@ -211,7 +214,7 @@ fn step(engine: &mut Engine, running: &mut Vec<Running>) {
             let mut sent = true;
             if over || r.sent_at.elapsed() >= SEND_EVERY {
                 for (sample, text) in r.job.take_new_text(over) {
-                    sent &= r.request.events.send(Event::Text { sample, text }).is_ok();
+                    sent &= r.send(Event::Text { sample, text });
                 }
                 r.sent_at = Instant::now();
             }

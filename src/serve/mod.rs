@@ -55,8 +55,8 @@ pub struct State {
     pub served: RwLock<Arc<Served>>,
 }
 
-/// Loads a checkpoint for serving: its sampler (for up to `streams` samples at once) and its
-/// description.
+/// Loads a checkpoint for serving: its sampler (room for `streams` samples at once, none
+/// running yet) and its description.
 fn load(
     path: &std::path::Path,
     streams: usize,
@@ -69,7 +69,8 @@ fn load(
         crate::budget::sampling_bytes(&ckpt.model.config, streams),
         &format!("--max-streams {streams}"),
     )?;
-    let sampler = Sampler::with_precision(&ckpt.model, streams, precision)?;
+    let mut sampler = Sampler::with_precision(&ckpt.model, streams, precision)?;
+    sampler.retain_rows(|_| false); // requests add their rows as they come
     let engine = batcher::Engine { sampler, vocab: ckpt.vocab.clone() };
     Ok((engine, Served { path: path.to_path_buf(), vocab: ckpt.vocab, info }))
 }
@@ -84,8 +85,7 @@ pub fn run(o: ServeOptions) -> Result<()> {
         );
     }
     let path = checkpoint::resolve(&o.checkpoint)?;
-    let (mut engine, served) = load(&path, o.limits.max_streams, o.precision)?;
-    engine.sampler.retain_rows(|_| false);
+    let (engine, served) = load(&path, o.limits.max_streams, o.precision)?;
     eprintln!("serving {} ({} parameters)", path.display(), served.info["parameters"]);
     let (commands, receive) = mpsc::channel();
     let sampling = std::thread::Builder::new()

@@ -39,8 +39,7 @@ pub fn watch(folder: PathBuf, state: Arc<State>) {
             }
             last = now;
             match load(&path, state.limits.max_streams, state.precision) {
-                Ok((mut engine, served)) => {
-                    engine.sampler.retain_rows(|_| false);
+                Ok((engine, served)) => {
                     eprintln!("reload: {} loaded; switching between requests", path.display());
                     let shared = state.clone();
                     let announce = Box::new(move || {

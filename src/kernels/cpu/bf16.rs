@@ -16,7 +16,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use rayon::prelude::*;
 
 use super::amx;
-use super::blas::{OutPtr, View};
+#[cfg(target_arch = "x86_64")]
+use super::blas::with_rows;
+use super::blas::{OutPtr, View, PANEL};
 
 /// Whether the recurrent layers' products run in bf16 (`--precision bf16`) in this process.
 static RECURRENT_BF16: AtomicBool = AtomicBool::new(false);
@@ -75,7 +77,8 @@ fn pair(lo: f32, hi: f32) -> u32 {
     to_bf16(lo) as u32 | (to_bf16(hi) as u32) << 16
 }
 
-const PANEL: usize = amx::COLS;
+// A packed panel is two AMX tiles wide.
+const _: () = assert!(PANEL == amx::COLS);
 
 /// A right-hand operand [k × n] in bf16 pairs, packed in column panels.
 pub struct PackedBf16 {
@@ -284,25 +287,19 @@ fn round_view(a: View<f32>, rows: usize, pairs: usize, dst: &mut Vec<u32>) {
 fn round_columns(a: View<f32>, i0: usize, pairs: usize, block: &mut [u32]) {
     let (m, k) = (a.rows, a.cols);
     let live = 32.min(m.saturating_sub(i0));
-    let mut line_buf = [[0.0f32; 32]; 2];
     // Memory row c of the view, from i0: 32 of its values (zero past m and k).
-    let mut line = |c: usize, which: usize| -> [f32; 32] {
-        let buf = &mut line_buf[which];
-        match (c < k, live) {
-            (false, _) => buf.fill(0.0),
-            (true, 32) => buf.copy_from_slice(&a.data[c * a.col_stride + i0..][..32]),
-            (true, _) => {
-                for (r, v) in buf.iter_mut().enumerate() {
-                    *v = if r < live { a.data[c * a.col_stride + i0 + r] } else { 0.0 };
-                }
-            }
+    let line = |c: usize| -> [f32; 32] {
+        let mut values = [0.0f32; 32];
+        if c < k {
+            let row = &a.data[c * a.col_stride + i0..];
+            values[..live].copy_from_slice(&row[..live]);
         }
-        *buf
+        values
     };
     let mut turned = [[0u32; 32]; amx::PAIRS]; // [pair of k within the chunk][row of the block]
     for q0 in (0..pairs).step_by(amx::PAIRS) {
         for (q, t) in turned.iter_mut().enumerate() {
-            let (lo, hi) = (line(2 * (q0 + q), 0), line(2 * (q0 + q) + 1, 1));
+            let (lo, hi) = (line(2 * (q0 + q)), line(2 * (q0 + q) + 1));
             pair_lines(&lo, &hi, t);
         }
         for (r, row) in block.chunks_exact_mut(pairs).enumerate() {
@@ -396,16 +393,7 @@ fn dot_rows(a: &[u32], pairs: usize, panel: &[u32], block: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
     // SAFETY: matmul_bf16_on checked the CPU features; the sizes were checked just above.
     unsafe {
-        match rows {
-            1 => tile::<1>(a, pairs, panel, block),
-            2 => tile::<2>(a, pairs, panel, block),
-            3 => tile::<3>(a, pairs, panel, block),
-            4 => tile::<4>(a, pairs, panel, block),
-            5 => tile::<5>(a, pairs, panel, block),
-            6 => tile::<6>(a, pairs, panel, block),
-            7 => tile::<7>(a, pairs, panel, block),
-            _ => tile::<8>(a, pairs, panel, block),
-        }
+        with_rows!(rows, tile(a, pairs, panel, block))
     }
     #[cfg(not(target_arch = "x86_64"))]
     unreachable!("bf16 products exist only on x86-64 ({block:?})")

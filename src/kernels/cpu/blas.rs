@@ -243,23 +243,30 @@ fn matmul_packed_on(kernel: Kernel, out: &mut [f32], accumulate: bool, a: View<f
     });
 }
 
-/// Calls `$job.$tile::<R>(args)` with the row count `$rows` (1 ..= 8) as a constant, so that
-/// each tile height gets its own fully unrolled code.
+/// Calls `$job.$tile::<R>(args)` (or the function `$tile::<R>(args)`) with the row count
+/// `$rows` (1 ..= 8) as a constant, so that each tile height gets its own fully unrolled code.
 macro_rules! with_rows {
+    ($rows:expr, $tile:ident ( $($arg:expr),* )) => {
+        with_rows!(@each $rows, $tile, $($arg),*)
+    };
     ($rows:expr, $job:ident . $tile:ident ( $($arg:expr),* )) => {
+        with_rows!(@each $rows, $job.$tile, $($arg),*)
+    };
+    (@each $rows:expr, $($callee:ident).+, $($arg:expr),*) => {
         match $rows {
-            1 => $job.$tile::<1>($($arg),*),
-            2 => $job.$tile::<2>($($arg),*),
-            3 => $job.$tile::<3>($($arg),*),
-            4 => $job.$tile::<4>($($arg),*),
-            5 => $job.$tile::<5>($($arg),*),
-            6 => $job.$tile::<6>($($arg),*),
-            7 => $job.$tile::<7>($($arg),*),
-            8 => $job.$tile::<8>($($arg),*),
+            1 => $($callee).+::<1>($($arg),*),
+            2 => $($callee).+::<2>($($arg),*),
+            3 => $($callee).+::<3>($($arg),*),
+            4 => $($callee).+::<4>($($arg),*),
+            5 => $($callee).+::<5>($($arg),*),
+            6 => $($callee).+::<6>($($arg),*),
+            7 => $($callee).+::<7>($($arg),*),
+            8 => $($callee).+::<8>($($arg),*),
             _ => unreachable!("tiles are at most 8 rows high"),
         }
     };
 }
+pub(crate) use with_rows;
 
 /// One column panel of a packed product: all rows of `a` times one PANEL-wide panel of the
 /// right operand, into the matching columns of the output.
