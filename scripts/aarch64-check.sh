@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Builds charrnn for aarch64 (the NEON kernels included) and runs its kernel tests there under
-# qemu-user: the library's unit tests (every product kernel against a naive product) and the
+# qemu-user: the libraries' unit tests (every product kernel against a naive product) and the
 # fused-layer, finite-difference and sampler tests once per aarch64 kernel (neon, portable).
 #
 # On Debian (this project's machines) it uses Debian's packages, installing what is missing:
@@ -40,10 +40,11 @@ for line in sys.stdin:
     m = json.loads(line)
     if m.get("reason") == "compiler-artifact" and m.get("executable") and m["profile"]["test"]:
         print(m["executable"])')
-((${#binaries[@]} == 2)) || { echo "aarch64-check: expected 2 test binaries, found ${#binaries[@]}" >&2; exit 1; }
+((${#binaries[@]} == 3)) || { echo "aarch64-check: expected 3 test binaries, found ${#binaries[@]}" >&2; exit 1; }
 for bin in "${binaries[@]}"; do
     case "$bin" in
-        */charrnn-*) qemu-aarch64 "$bin" ;;
+        # The libraries' unit tests check every kernel this CPU has in one run.
+        */charrnn-*|*/charrnn_core-*) qemu-aarch64 "$bin" ;;
         *) for kernel in neon portable; do
                echo "aarch64 tests with CHARRNN_KERNEL=$kernel" >&2
                CHARRNN_KERNEL=$kernel qemu-aarch64 "$bin"

@@ -2,7 +2,7 @@ use std::process::ExitCode;
 
 use charrnn::cli::Cli;
 use charrnn::commands;
-use charrnn::train::Interrupted;
+use charrnn_core::train::Interrupted;
 use clap::Parser;
 
 fn main() -> ExitCode {

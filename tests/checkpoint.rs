@@ -4,11 +4,13 @@
 use std::collections::HashMap;
 
 use candle_core::{DType, Device};
-use charrnn::checkpoint::{self, Provenance};
-use charrnn::data::vocab::Vocab;
-use charrnn::model::{ids_tensor, Config, Model, Pass};
+use charrnn_core::checkpoint::{self, Provenance};
+use charrnn_core::data::vocab::Vocab;
+use charrnn_core::model::{ids_tensor, Config, Model, Pass};
 use rand::{rngs::StdRng, SeedableRng};
 use safetensors::tensor::{Dtype, SafeTensors, TensorView};
+
+mod common;
 
 /// Counts this thread's live heap bytes and their peak, so a test can bound what a load
 /// allocates (the loaders run on the calling thread).
@@ -58,7 +60,7 @@ fn fixture() -> (Model, Vocab, Provenance) {
     let vocab = Vocab::from_text("To be, or not to be: that is the question.\n");
     let mut rng = StdRng::seed_from_u64(4);
     let model =
-        Model::new_random(Config::gru(vocab.len(), 6, 10), DType::F32, &Device::Cpu, &mut rng).unwrap();
+        Model::new_random(Config::gru(vocab.len(), 6, 10), DType::F32, &common::compute(), &mut rng).unwrap();
     let prov = Provenance { epoch: 3, step: 42, train_loss: Some(1.5), seed: 4, ..Default::default() };
     (model, vocab, prov)
 }
@@ -74,7 +76,7 @@ fn save_then_load_gives_identical_logits_and_metadata() {
     let path = dir.path().join(checkpoint::file_name(3));
     let (model, vocab, prov) = fixture();
     checkpoint::save(&path, &model, &vocab, &prov).unwrap();
-    let loaded = checkpoint::load(&path, &Device::Cpu).unwrap();
+    let loaded = checkpoint::load(&path, &common::compute()).unwrap();
     assert_eq!(logits(&loaded.model), logits(&model));
     assert_eq!(loaded.vocab, vocab);
     assert_eq!(loaded.model.config, model.config);
@@ -112,7 +114,7 @@ fn load_err(bytes: &[u8]) -> String {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("bad.safetensors");
     std::fs::write(&path, bytes).unwrap();
-    match checkpoint::load(&path, &Device::Cpu) {
+    match checkpoint::load(&path, &common::compute()) {
         Ok(_) => panic!("a bad checkpoint loaded"),
         Err(e) => {
             let msg = format!("{e:#}");
@@ -147,9 +149,9 @@ fn rewrite(
 fn every_bad_checkpoint_is_a_clear_error() {
     let (model, vocab, prov) = fixture();
     let good = checkpoint::to_bytes(&model, &vocab, &prov).unwrap();
-    assert!(checkpoint::from_bytes(&good, &Device::Cpu).is_ok());
+    assert!(checkpoint::from_bytes(&good, &common::compute()).is_ok());
 
-    let missing = checkpoint::load(std::path::Path::new("/no/such/ckpt.safetensors"), &Device::Cpu);
+    let missing = checkpoint::load(std::path::Path::new("/no/such/ckpt.safetensors"), &common::compute());
     let msg = format!("{:#}", missing.err().unwrap());
     assert!(msg.contains("/no/such/ckpt.safetensors") && msg.contains("cannot read"), "{msg}");
 
@@ -209,13 +211,14 @@ fn every_bad_checkpoint_is_a_clear_error() {
 fn stacked_layers_use_pytorch_numbering() {
     let vocab = Vocab::from_text("abcdef");
     let config = Config::gru(vocab.len(), 4, 8).with_layers(2);
-    let model = Model::new_random(config, DType::F32, &Device::Cpu, &mut StdRng::seed_from_u64(1)).unwrap();
+    let model =
+        Model::new_random(config, DType::F32, &common::compute(), &mut StdRng::seed_from_u64(1)).unwrap();
     let bytes = checkpoint::to_bytes(&model, &vocab, &Provenance::default()).unwrap();
     let st = SafeTensors::deserialize(&bytes).unwrap();
     assert_eq!(st.tensor("gru.weight_ih_l0").unwrap().shape(), &[24, 4]);
     assert_eq!(st.tensor("gru.weight_ih_l1").unwrap().shape(), &[24, 8]);
     assert_eq!(st.tensor("gru.bias_hh_l1").unwrap().shape(), &[24]);
-    let loaded = checkpoint::from_bytes(&bytes, &Device::Cpu).unwrap();
+    let loaded = checkpoint::from_bytes(&bytes, &common::compute()).unwrap();
     assert_eq!(loaded.model.config.layers, 2);
     assert_eq!(logits(&loaded.model), logits(&model));
 }
@@ -255,7 +258,7 @@ fn mutated_checkpoints_never_panic() {
     for case in 0..3000 {
         let bytes = mutate(&good, case, &mut rng);
         let (result, peak) = peak_allocation(|| {
-            std::panic::catch_unwind(|| checkpoint::from_bytes(&bytes, &Device::Cpu).map(|c| c.model))
+            std::panic::catch_unwind(|| checkpoint::from_bytes(&bytes, &common::compute()).map(|c| c.model))
         });
         // The file's bytes a few times over (tensors decoded, names, the vocabulary), never
         // sizes its header merely claims.
@@ -340,7 +343,7 @@ fn mutated_optimizer_states_never_panic() {
     let (model, _, _) = fixture();
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("ckpt_1.optim.safetensors");
-    let mut adam = charrnn::optim::Adam::new(model.parameters()).unwrap();
+    let mut adam = charrnn_core::optim::Adam::new(model.parameters()).unwrap();
     let mut saved = adam.export();
     saved.updates = 7;
     adam.import(saved).unwrap();
@@ -352,9 +355,9 @@ fn mutated_optimizer_states_never_panic() {
     for case in 0..1500 {
         let bytes = mutate(&good, case, &mut rng);
         std::fs::write(&path, &bytes).unwrap();
-        let mut into = charrnn::optim::Adam::new(model.parameters()).unwrap();
+        let mut into = charrnn_core::optim::Adam::new(model.parameters()).unwrap();
         match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            checkpoint::load_optim(&path, &mut into)
+            checkpoint::load_optim::<serde_json::Value>(&path, &mut into)
         })) {
             Err(_) => panic!("case {case}: loading panicked"),
             Ok(Err(_)) => refused += 1,

@@ -6,15 +6,7 @@ use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
 mod common;
-use common::{cpu_has, tensor_bytes};
-
-fn charrnn(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_charrnn")).args(args).output().expect("the binary runs")
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
+use common::{charrnn, cpu_has, stderr, tensor_bytes};
 
 /// A failure with a one-line error containing `needle`, and never a panic.
 fn assert_fails_with(o: &Output, needle: &str) {
@@ -30,10 +22,8 @@ fn epoch_losses(o: &Output) -> Vec<f64> {
 }
 
 fn tiny_corpus(dir: &Path) -> String {
-    let text =
-        "the quick brown fox jumps over the lazy dog.\nthe dog sleeps; the fox runs away.\n".repeat(40);
     let path = dir.join("tiny.txt");
-    std::fs::write(&path, text).unwrap();
+    std::fs::write(&path, common::tiny_text()).unwrap();
     path.to_string_lossy().into_owned()
 }
 
@@ -187,7 +177,8 @@ fn interrupt_then_resume(mode: &[&str]) {
     assert_eq!(status, Some(130), "{rest:?}");
     let saved = ckpt.join("interrupted.safetensors");
     assert!(rest.iter().any(|l| l.contains("interrupted.safetensors")), "{rest:?}");
-    let done = charrnn::checkpoint::load(&saved, &candle_core::Device::Cpu).expect("the saved weights load");
+    let done = charrnn_core::checkpoint::load(&saved, &charrnn_core::Compute::cpu())
+        .expect("the saved weights load");
     assert_eq!(stray_temporaries(&ckpt), Vec::<String>::new());
 
     // Resuming from the middle of an epoch ends exactly where an uninterrupted run does.
@@ -411,7 +402,7 @@ fn a_failed_checkpoint_write_stops_training_and_keeps_the_previous_one() {
     assert_fails_with(&o, "cannot write");
     assert!(stderr(&o).contains("ckpt_2.safetensors"), "{}", stderr(&o));
     assert!(!stderr(&o).contains("Epoch 3"), "training stopped at the failure");
-    charrnn::checkpoint::load(&ck.join("ckpt_1.safetensors"), &candle_core::Device::Cpu)
+    charrnn_core::checkpoint::load(&ck.join("ckpt_1.safetensors"), &charrnn_core::Compute::cpu())
         .expect("epoch 1 intact");
     assert_eq!(stray_temporaries(&ck), Vec::<String>::new());
     // What is left still resumes from epoch 1.
@@ -518,13 +509,34 @@ fn a_fresh_run_refuses_a_folder_holding_another_run_and_overwrite_replaces_it() 
     assert!(o.status.success(), "{}", stderr(&o));
     let names: Vec<String> = snapshot(&ck).into_iter().map(|(n, _)| n).collect();
     assert!(!names.contains(&"ckpt_2.safetensors".to_string()), "{names:?}");
-    let p = charrnn::checkpoint::read_provenance(&ck.join("ckpt_1.safetensors")).unwrap();
+    let p = charrnn_core::checkpoint::read_provenance(&ck.join("ckpt_1.safetensors")).unwrap();
     assert_eq!(p.seed, 2);
     let metrics = std::fs::read_to_string(ck.join("metrics.jsonl")).unwrap();
     assert_eq!(metrics.lines().filter(|l| l.contains("\"epoch\":2")).count(), 0, "{metrics}");
 
     let o = charrnn(&["train", "--resume", ck.to_str().unwrap(), "--overwrite"]);
     assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+}
+
+/// `--overwrite` removes the earlier run's samples with its other files: the new run's
+/// `samples.txt` holds its own samples only.
+#[test]
+fn overwrite_removes_the_earlier_runs_samples() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = tiny_corpus(dir.path());
+    let ck = dir.path().join("ck");
+    let sampled = |seed: &'static str, extra: &[&'static str]| {
+        let mut args = vec!["--seed", seed, "--sample-every", "1", "--sample-length", "20"];
+        args.extend_from_slice(extra);
+        let o = train_into(&data, &ck, "2", &args);
+        assert!(o.status.success(), "{}", stderr(&o));
+        std::fs::read_to_string(ck.join("samples.txt")).unwrap()
+    };
+    let first = sampled("1", &[]);
+    assert_eq!(first.matches("--- epoch ").count(), 2, "{first}");
+    let second = sampled("2", &["--overwrite"]);
+    assert_eq!(second.matches("--- epoch ").count(), 2, "the first run's samples were kept: {second}");
+    assert!(!second.contains(&first), "{second}");
 }
 
 #[test]

@@ -7,18 +7,11 @@ use std::process::{Command, Output};
 use sha2::{Digest, Sha256};
 
 mod common;
-use common::tensor_bytes;
+use common::{stderr, tensor_bytes};
 
+/// Runs the binary with its token caches in `cache`.
 fn charrnn(args: &[&str], cache: &Path) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_charrnn"))
-        .args(args)
-        .env("CHARRNN_CACHE_DIR", cache)
-        .output()
-        .expect("the binary runs")
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
+    common::charrnn_command(args).env("CHARRNN_CACHE_DIR", cache).output().expect("the binary runs")
 }
 
 fn ok(o: Output) -> String {

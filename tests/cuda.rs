@@ -4,15 +4,17 @@
 #![cfg(feature = "cuda")]
 
 use candle_core::{DType, Device, Tensor};
-use charrnn::checkpoint::{self, Provenance};
-use charrnn::data::vocab::Vocab;
-use charrnn::data::Batch;
-use charrnn::model::job::{Job, SampleOptions};
-use charrnn::model::sample::{generate, Engine};
-use charrnn::model::{ids_tensor, Config, Model, Pass};
-use charrnn::optim::Adam;
-use charrnn::train::{train_step_from, StepOptions};
+use charrnn_core::checkpoint::{self, Provenance};
+use charrnn_core::data::vocab::Vocab;
+use charrnn_core::data::Batch;
+use charrnn_core::model::{ids_tensor, Config, Model, Pass};
+use charrnn_core::optim::Adam;
+use charrnn_core::sample::{generate, Engine};
+use charrnn_core::sample::{Job, SampleOptions};
+use charrnn_core::train::{train_step_from, StepOptions};
 use rand::{rngs::StdRng, Rng, SeedableRng};
+
+mod common;
 
 /// The agreement the GPU must reach in f32: max |gpu − cpu| / max |cpu| per tensor.
 const TOLERANCE: f64 = 1e-4;
@@ -23,7 +25,7 @@ fn gpu() -> Device {
 
 fn moved(model: &Model, dev: &Device) -> Model {
     let tensors = model.named().map(|(n, v)| (n, v.as_tensor().to_device(dev).unwrap())).collect();
-    Model::from_tensors(model.config.clone(), tensors).unwrap()
+    Model::from_tensors(model.config.clone(), tensors, &common::compute_on(dev)).unwrap()
 }
 
 fn host(t: &Tensor) -> Vec<f64> {
@@ -51,7 +53,7 @@ fn loss_gradients_and_logits_match_the_cpu() {
     let dev = gpu();
     for config in configs() {
         let mut rng = StdRng::seed_from_u64(7);
-        let cpu = Model::new_random(config.clone(), DType::F32, &Device::Cpu, &mut rng).unwrap();
+        let cpu = Model::new_random(config.clone(), DType::F32, &common::compute(), &mut rng).unwrap();
         let gpu = moved(&cpu, &dev);
         let (b, t, h) = (5, 11, config.rnn_units);
         let ids = random_ids(&mut rng, b * t, config.vocab_size);
@@ -102,7 +104,7 @@ fn training_steps_match_the_cpu() {
     let dev = gpu();
     let config = Config::gru(29, 16, 64).with_layers(2);
     let mut rng = StdRng::seed_from_u64(3);
-    let cpu = Model::new_random(config.clone(), DType::F32, &Device::Cpu, &mut rng).unwrap();
+    let cpu = Model::new_random(config.clone(), DType::F32, &common::compute(), &mut rng).unwrap();
     let gpu = moved(&cpu, &dev);
     let (mut adam_cpu, mut adam_gpu) =
         (Adam::new(cpu.parameters()).unwrap(), Adam::new(gpu.parameters()).unwrap());
@@ -141,9 +143,13 @@ fn the_gpu_sampler_draws_what_the_cpu_draws() {
     let text = "It is a truth universally acknowledged, that a single man in possession\n";
     let vocab = Vocab::from_text(text);
     let mut rng = StdRng::seed_from_u64(11);
-    let cpu =
-        Model::new_random(Config::gru(vocab.len(), 8, 72).with_layers(2), DType::F32, &Device::Cpu, &mut rng)
-            .unwrap();
+    let cpu = Model::new_random(
+        Config::gru(vocab.len(), 8, 72).with_layers(2),
+        DType::F32,
+        &common::compute(),
+        &mut rng,
+    )
+    .unwrap();
     let gpu = moved(&cpu, &dev);
     let rules = [
         (0.0, None, None),
@@ -155,7 +161,7 @@ fn the_gpu_sampler_draws_what_the_cpu_draws() {
     for (temperature, top_k, top_p) in rules {
         for samples in [1, 3] {
             let run = |model: &Model| {
-                let mut engine = Engine::new(model, samples).unwrap();
+                let mut engine = Engine::new(model, &vocab, samples).unwrap();
                 let options = SampleOptions {
                     temperature,
                     top_k,
@@ -164,9 +170,9 @@ fn the_gpu_sampler_draws_what_the_cpu_draws() {
                     num_samples: samples,
                     ..SampleOptions::new("It is", 300)
                 };
-                let mut job = Job::new(&vocab, &options).unwrap();
+                let job = Job::new(&vocab, &options).unwrap();
                 let mut out = Vec::new();
-                generate(&mut engine, &vocab, &mut job, &mut out).unwrap();
+                generate(&mut engine, job, &mut out).unwrap();
                 String::from_utf8(out).unwrap()
             };
             let (on_cpu, on_gpu) = (run(&cpu), run(&gpu));
@@ -186,7 +192,9 @@ fn checkpoints_move_between_devices() {
     let dev = gpu();
     let vocab = Vocab::from_text("abcdefgh\n");
     let mut rng = StdRng::seed_from_u64(2);
-    let model = Model::new_random(Config::gru(vocab.len(), 6, 33), DType::F32, &dev, &mut rng).unwrap();
+    let model =
+        Model::new_random(Config::gru(vocab.len(), 6, 33), DType::F32, &common::compute_on(&dev), &mut rng)
+            .unwrap();
     let mut adam = Adam::new(model.parameters()).unwrap();
     let ids: Vec<u32> = (0..64).map(|i| (i % 9) as u32).collect();
     let batch =
@@ -200,8 +208,8 @@ fn checkpoints_move_between_devices() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("gpu.safetensors");
     checkpoint::save(&path, &model, &vocab, &Provenance::default()).unwrap();
-    let on_cpu = checkpoint::load(&path, &Device::Cpu).unwrap();
-    let back_on_gpu = checkpoint::load(&path, &dev).unwrap();
+    let on_cpu = checkpoint::load(&path, &common::compute()).unwrap();
+    let back_on_gpu = checkpoint::load(&path, &common::compute_on(&dev)).unwrap();
     let logits =
         |m: &Model, d: &Device| m.forward(&ids_tensor(&ids[..24], 2, 12, d).unwrap(), &Pass::Eval).unwrap();
     let reference = logits(&model, &dev);
@@ -213,15 +221,18 @@ fn checkpoints_move_between_devices() {
 /// say so, naming the cell.
 #[test]
 fn cells_without_gpu_kernels_are_refused_clearly() {
-    use charrnn::model::Cell;
+    use charrnn_core::model::Cell;
     let dev = gpu();
     for cell in [Cell::Lstm, Cell::Rnn] {
         let config = Config::gru(9, 4, 8).with_cell(cell);
-        let model = Model::new_random(config, DType::F32, &dev, &mut StdRng::seed_from_u64(1)).unwrap();
+        let model =
+            Model::new_random(config, DType::F32, &common::compute_on(&dev), &mut StdRng::seed_from_u64(1))
+                .unwrap();
         let inputs = ids_tensor(&[1, 2, 3, 4], 1, 4, &dev).unwrap();
         let err = model.loss(&inputs, &[2, 3, 4, 5], &Pass::Eval).unwrap_err().to_string();
         assert!(err.contains(&format!("--cell {} has no GPU kernels yet", cell.name())), "{err}");
-        let err = Engine::new(&model, 1).err().expect("no GPU sampler for this cell").to_string();
+        let vocab = Vocab::from_text("abcdefghi");
+        let err = Engine::new(&model, &vocab, 1).err().expect("no GPU sampler for this cell").to_string();
         assert!(err.contains(&format!("--cell {} has no GPU sampler yet", cell.name())), "{err}");
     }
 }
@@ -243,7 +254,7 @@ fn the_gpu_loss_stays_right_for_huge_finite_logits() {
             (name, t)
         })
         .collect();
-    let model = Model::from_tensors(config, tensors).unwrap();
+    let model = Model::from_tensors(config, tensors, &common::compute_on(&dev)).unwrap();
     let ids = ids_tensor(&[0, 1, 2, 0, 1, 2], 2, 3, &dev).unwrap();
     let loss = model.loss(&ids, &[1, 2, 0, 1, 2, 0], &Pass::Eval).unwrap();
     let loss = loss.to_dtype(DType::F64).unwrap().to_scalar::<f64>().unwrap();
@@ -262,8 +273,8 @@ fn gpu_dropout_masks_are_the_cpus_bit_for_bit() {
         (vec![3, 7, 13], 0.5, u64::MAX),
         (vec![1, 1, 257], 0.05, 42),
     ] {
-        let cpu = charrnn::model::dropout_mask(&shape, p, seed, &Device::Cpu).unwrap();
-        let gpu = charrnn::model::dropout_mask(&shape, p, seed, &dev).unwrap();
+        let cpu = charrnn_core::model::dropout_mask(&shape, p, seed, &Device::Cpu).unwrap();
+        let gpu = charrnn_core::model::dropout_mask(&shape, p, seed, &dev).unwrap();
         assert!(gpu.device().is_cuda());
         let (a, b): (Vec<f32>, Vec<f32>) =
             (cpu.flatten_all().unwrap().to_vec1().unwrap(), gpu.flatten_all().unwrap().to_vec1().unwrap());
@@ -273,24 +284,15 @@ fn gpu_dropout_masks_are_the_cpus_bit_for_bit() {
     }
 }
 
-/// Puts the products back to f32 when a test ends, even by a panic.
-struct F32Again(Device);
-
-impl Drop for F32Again {
-    fn drop(&mut self) {
-        charrnn::device::Precision::F32.apply(&self.0).unwrap();
-    }
-}
-
 /// `--precision tf32`: the products really change (logits differ from the GPU's f32 ones) and
 /// stay close to the CPU's f32: logits, loss and every gradient within 1e-2 relative.
 #[test]
 fn tf32_products_stay_close_to_f32() {
-    use charrnn::device::Precision;
+    use charrnn_core::compute::Precision;
     let dev = gpu();
     let config = Config::gru(29, 16, 256).with_layers(2);
     let mut rng = StdRng::seed_from_u64(5);
-    let cpu = Model::new_random(config.clone(), DType::F32, &Device::Cpu, &mut rng).unwrap();
+    let cpu = Model::new_random(config.clone(), DType::F32, &common::compute(), &mut rng).unwrap();
     let gpu = moved(&cpu, &dev);
     let (b, t) = (8, 20);
     let ids = random_ids(&mut rng, b * t, config.vocab_size);
@@ -298,8 +300,8 @@ fn tf32_products_stay_close_to_f32() {
     let logits_on =
         |m: &Model, d: &Device| m.forward(&ids_tensor(&ids, b, t, d).unwrap(), &Pass::Eval).unwrap();
     let f32_logits = logits_on(&gpu, &dev);
-    let _reset = F32Again(dev.clone());
-    Precision::Tf32.apply(&dev).unwrap();
+    // The same weights in TF32, beside the f32 model.
+    let gpu = gpu.with_compute(common::compute_on(&dev).with_precision(Precision::Tf32).unwrap()).unwrap();
     let tf32_logits = logits_on(&gpu, &dev);
     assert_ne!(host(&f32_logits), host(&tf32_logits), "tf32 changed nothing");
     let cpu_logits = logits_on(&cpu, &Device::Cpu);

@@ -6,8 +6,8 @@ use std::path::{Path, PathBuf};
 use std::thread;
 use std::time::Duration;
 
-use charrnn::checkpoint::hex;
-use charrnn::data::download::{run, DownloadOptions, Outcome};
+use charrnn::download::{run, DownloadOptions, Outcome};
+use charrnn_core::checkpoint::hex;
 use sha2::{Digest, Sha256};
 
 mod common;

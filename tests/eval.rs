@@ -1,12 +1,14 @@
 //! `eval` against a case computed by hand, and a non-finite loss stopping training.
 
 use candle_core::{DType, Device, Tensor};
-use charrnn::data::vocab::Vocab;
-use charrnn::data::Batch;
-use charrnn::eval::score;
-use charrnn::model::{Config, Model};
-use charrnn::optim::Adam;
-use charrnn::train::{train_step, StepOptions};
+use charrnn_core::data::vocab::Vocab;
+use charrnn_core::data::Batch;
+use charrnn_core::model::{Config, Model};
+use charrnn_core::optim::Adam;
+use charrnn_core::score::score;
+use charrnn_core::train::{train_step, StepOptions};
+
+mod common;
 
 /// A model whose every weight is zero except the output bias: it predicts the same
 /// distribution, softmax(bias), at every position whatever the input.
@@ -23,7 +25,7 @@ fn constant_model(bias: Vec<f32>) -> Model {
             (name, t)
         })
         .collect();
-    Model::from_tensors(config, tensors).unwrap()
+    Model::from_tensors(config, tensors, &common::compute()).unwrap()
 }
 
 #[test]

@@ -7,7 +7,6 @@
 //! arithmetic is the same on every CPU, so the comparison holds on any machine.
 
 use std::path::Path;
-use std::process::Command;
 
 mod common;
 use common::tensor_bytes;
@@ -35,8 +34,7 @@ impl Run {
     }
 
     fn charrnn(&self, args: &[&str]) {
-        let out = Command::new(env!("CARGO_BIN_EXE_charrnn"))
-            .args(args)
+        let out = common::charrnn_command(args)
             .env("CHARRNN_KERNEL", "portable")
             .current_dir(self.dir.path())
             .output()

@@ -1,16 +1,19 @@
 //! Each training option changes what it should, and nothing when off.
 
 use candle_core::{DType, Device};
-use charrnn::data::Batch;
-use charrnn::model::{ids_tensor, Config, Model, Pass};
-use charrnn::optim::Adam;
-use charrnn::train::presets::Preset;
-use charrnn::train::settings::OptimizerSettings;
-use charrnn::train::{learning_rate, train_step, LrSchedule, Settings, StepOptions};
+use charrnn_core::data::Batch;
+use charrnn_core::model::{ids_tensor, Config, Model, Pass};
+use charrnn_core::optim::Adam;
+use charrnn_core::train::presets::Preset;
+use charrnn_core::train::settings::OptimizerSettings;
+use charrnn_core::train::{learning_rate, train_step, LrSchedule, Settings, StepOptions};
 use rand::{rngs::StdRng, SeedableRng};
 
+mod common;
+
 fn model() -> Model {
-    Model::new_random(Config::gru(9, 6, 16), DType::F32, &Device::Cpu, &mut StdRng::seed_from_u64(8)).unwrap()
+    Model::new_random(Config::gru(9, 6, 16), DType::F32, &common::compute(), &mut StdRng::seed_from_u64(8))
+        .unwrap()
 }
 
 fn batch() -> Batch {
@@ -93,7 +96,7 @@ fn a_carried_state_continues_the_sequence() {
     let m = Model::new_random(
         Config::gru(9, 6, 16).with_layers(2),
         DType::F32,
-        &Device::Cpu,
+        &common::compute(),
         &mut StdRng::seed_from_u64(4),
     )
     .unwrap();

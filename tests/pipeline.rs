@@ -1,7 +1,7 @@
 //! The tutorial's numbers on the shipped corpus.
 
-use charrnn::data::vocab::Vocab;
-use charrnn::data::{split_validation, EpochBatches, Sequences};
+use charrnn_core::data::vocab::Vocab;
+use charrnn_core::data::{split_validation, EpochBatches, Sequences};
 use rand::{rngs::StdRng, SeedableRng};
 
 #[test]
@@ -28,8 +28,8 @@ fn shakespeare_gives_the_tutorials_counts() {
 /// vocabulary, ids, checksum, and batches of every kind.
 #[test]
 fn shakespeare_through_the_token_cache_is_the_same_pipeline() {
-    use charrnn::data::cache::{prepare, CacheOptions};
-    use charrnn::data::Lanes;
+    use charrnn_core::data::cache::{prepare, CacheOptions};
+    use charrnn_core::data::Lanes;
     use sha2::{Digest, Sha256};
     let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("data/shakespeare.txt");
     let text = std::fs::read_to_string(&path).unwrap();
@@ -42,7 +42,7 @@ fn shakespeare_through_the_token_cache_is_the_same_pipeline() {
         skip_invalid: false,
         base: None,
     };
-    let corpus = prepare(&path.to_path_buf().into(), &options).unwrap();
+    let corpus = prepare(&path.to_path_buf().into(), &options, &mut charrnn_core::notice::ignore).unwrap();
     assert_eq!(corpus.vocab, vocab);
     assert_eq!(corpus.sha256, format!("{:x}", Sha256::digest(text.as_bytes())));
     assert_eq!(corpus.ids().to_vec(), ids);
@@ -58,6 +58,6 @@ fn shakespeare_through_the_token_cache_is_the_same_pipeline() {
         assert_eq!(a.batch(k), b.batch(k));
     }
     // A second preparation reads the cache it wrote.
-    let again = prepare(&path.to_path_buf().into(), &options).unwrap();
+    let again = prepare(&path.to_path_buf().into(), &options, &mut charrnn_core::notice::ignore).unwrap();
     assert_eq!(again.ids().to_vec(), ids);
 }

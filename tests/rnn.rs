@@ -1,17 +1,21 @@
 //! The fused recurrent layers (every cell) against a reference composition of plain candle
-//! ops, against finite differences, and against the batch-1 sampler; and a loss that falls on
-//! a tiny corpus.
+//! ops, against finite differences, and against the batch-1 sampler; bf16 against f32 within
+//! its rounding bound; models of different kernels and precisions side by side; and a loss
+//! that falls on a tiny corpus.
 
 use candle_core::{DType, Device, IndexOp, Tensor, Var};
-use charrnn::data::Sequences;
-use charrnn::kernels::cpu::{self as kernel, Kernel};
-use charrnn::model::job::{Job, SampleOptions};
-use charrnn::model::sample::{generate, Engine, Sampler};
-use charrnn::model::{ids_tensor, loss, Cell, Config, Model, Pass};
-use charrnn::ops::recurrent::rnn_sequence;
-use charrnn::optim::Adam;
-use charrnn::train::{train_step, StepOptions};
+use charrnn_core::compute::{Compute, Precision};
+use charrnn_core::data::Sequences;
+use charrnn_core::kernels::cpu::{self as kernel, Kernel};
+use charrnn_core::model::{ids_tensor, loss, Cell, Config, Model, Pass};
+use charrnn_core::ops::recurrent::rnn_sequence;
+use charrnn_core::optim::Adam;
+use charrnn_core::sample::{generate, Engine, Sampler};
+use charrnn_core::sample::{Job, SampleOptions};
+use charrnn_core::train::{train_step, StepOptions};
 use rand::{rngs::StdRng, Rng, SeedableRng};
+
+mod common;
 
 fn sigmoid(x: &Tensor) -> Tensor {
     (x.neg().unwrap().exp().unwrap() + 1.0).unwrap().recip().unwrap()
@@ -113,7 +117,8 @@ fn fused_and_reference(cell: Cell, dtype: DType, tol_fwd: f64, tol_grad: f64, wi
     // An initial state, as truncated backpropagation carries it: a constant.
     let state0 =
         with_state.then(|| random(&[b, cell.state_parts() * h], 0.8, dtype, &mut rng).as_tensor().detach());
-    let (fused, fused_final) = rnn_sequence(cell, &table, &ids, &w, &bias, state0.as_ref(), true).unwrap();
+    let (fused, fused_final) =
+        rnn_sequence(&common::compute(), cell, &table, &ids, &w, &bias, state0.as_ref(), true).unwrap();
     let x = table.index_select(&ids.flatten_all().unwrap(), 0).unwrap().reshape((b, t, g)).unwrap();
     let (reference, reference_final) = match cell {
         Cell::Gru => {
@@ -160,7 +165,7 @@ fn fused_layers_match_the_reference_composition_f32() {
 
 fn tiny_model(dtype: DType, seed: u64) -> Model {
     let mut rng = StdRng::seed_from_u64(seed);
-    Model::new_random(Config::gru(7, 5, 6), dtype, &Device::Cpu, &mut rng).unwrap()
+    Model::new_random(Config::gru(7, 5, 6), dtype, &common::compute(), &mut rng).unwrap()
 }
 
 /// Every parameter of the whole model (embedding, recurrent layers, dense) against central
@@ -180,7 +185,7 @@ fn check_finite_differences(cell: Cell, layers: usize, dropout: f32) {
     // as many to test.
     let hidden = if cell.gates() == 1 { 8 } else { 6 };
     let config = Config::gru(7, 5, hidden).with_layers(layers).with_cell(cell);
-    let model = Model::new_random(config, DType::F64, &Device::Cpu, &mut rng).unwrap();
+    let model = Model::new_random(config, DType::F64, &common::compute(), &mut rng).unwrap();
     // Make the zero-initialised biases non-zero so their gradients are exercised.
     for (name, _) in model.config.parameter_shapes().into_iter().filter(|(n, _)| n.contains("bias")) {
         let p = model.param(&name);
@@ -240,7 +245,7 @@ fn stepwise_matches(cell: Cell, layers: usize, batch: usize) {
     let (vocab, steps) = (11, 40);
     let mut rng = StdRng::seed_from_u64(5);
     let config = Config::gru(vocab, 8, 48).with_layers(layers).with_cell(cell);
-    let model = Model::new_random(config, DType::F32, &Device::Cpu, &mut rng).unwrap();
+    let model = Model::new_random(config, DType::F32, &common::compute(), &mut rng).unwrap();
     let ids: Vec<u32> = (0..batch * steps).map(|_| rng.random_range(0..vocab as u32)).collect();
     let logits = model.forward(&ids_tensor(&ids, batch, steps, &Device::Cpu).unwrap(), &Pass::Eval).unwrap();
     assert_eq!(logits.dims(), &[batch, steps, vocab]);
@@ -267,7 +272,7 @@ fn sampler_rows_join_and_leave_without_touching_each_other() {
         let (vocab, steps) = (11, 24);
         let mut rng = StdRng::seed_from_u64(8);
         let config = Config::gru(vocab, 8, 40).with_layers(2).with_cell(cell);
-        let model = Model::new_random(config, DType::F32, &Device::Cpu, &mut rng).unwrap();
+        let model = Model::new_random(config, DType::F32, &common::compute(), &mut rng).unwrap();
         let inputs: Vec<Vec<u32>> =
             (0..3).map(|_| (0..steps).map(|_| rng.random_range(0..vocab as u32)).collect()).collect();
         let alone = |ids: &[u32]| -> Vec<Vec<f32>> {
@@ -306,7 +311,7 @@ fn sampler_rows_join_and_leave_without_touching_each_other() {
 fn fused_loss_matches_the_composed_one() {
     for (dtype, tol) in [(DType::F64, 1e-12), (DType::F32, 1e-5)] {
         let mut rng = StdRng::seed_from_u64(21);
-        let model = Model::new_random(Config::gru(13, 6, 24), dtype, &Device::Cpu, &mut rng).unwrap();
+        let model = Model::new_random(Config::gru(13, 6, 24), dtype, &common::compute(), &mut rng).unwrap();
         model.param("dense.bias").set(&random(&[13], 0.5, dtype, &mut rng)).unwrap();
         let ids: Vec<u32> = (0..30).map(|_| rng.random_range(0..13)).collect();
         let targets: Vec<u32> = (0..30).map(|_| rng.random_range(0..13)).collect();
@@ -344,12 +349,12 @@ fn loss_falls_on_a_tiny_repetitive_corpus() {
 
 fn loss_falls(cell: Cell) {
     let text = "abcdefgh".repeat(60);
-    let vocab = charrnn::data::vocab::Vocab::from_text(&text);
+    let vocab = charrnn_core::data::vocab::Vocab::from_text(&text);
     let ids = vocab.encode(&text).unwrap();
     let seqs = Sequences::new(&ids, 16);
     let mut rng = StdRng::seed_from_u64(9);
     let config = Config::gru(vocab.len(), 8, 32).with_cell(cell);
-    let model = Model::new_random(config, DType::F32, &Device::Cpu, &mut rng).unwrap();
+    let model = Model::new_random(config, DType::F32, &common::compute(), &mut rng).unwrap();
     let mut adam = Adam::new(model.parameters()).unwrap();
     let initial = (vocab.len() as f32).ln();
     let mut last = f32::INFINITY;
@@ -361,9 +366,9 @@ fn loss_falls(cell: Cell) {
     // and the trained model has really learnt the cycle: greedy continuation of "abc"
     let greedy = SampleOptions { temperature: 0.0, ..SampleOptions::new("abc", 10) };
     let run = |options: &SampleOptions| {
-        let mut engine = Engine::Cpu(Sampler::new(&model, options.num_samples).unwrap());
+        let mut engine = Engine::new(&model, &vocab, options.num_samples).unwrap();
         let mut out = Vec::new();
-        generate(&mut engine, &vocab, &mut Job::new(&vocab, options).unwrap(), &mut out).unwrap();
+        generate(&mut engine, Job::new(&vocab, options).unwrap(), &mut out).unwrap();
         String::from_utf8(out).unwrap()
     };
     assert_eq!(run(&greedy), "abcdefghabcde\n", "{cell:?}");
@@ -384,7 +389,7 @@ fn backward_without_a_training_forward_is_an_error_not_a_silent_zero() {
     let ids = Tensor::new(&[[0u32, 2]], &Device::Cpu).unwrap();
     let w = random(&[6, 2], 1.0, DType::F32, &mut rng);
     let b = random(&[6], 1.0, DType::F32, &mut rng);
-    let out = rnn_sequence(Cell::Gru, &table, &ids, &w, &b, None, false).unwrap().0;
+    let out = rnn_sequence(&common::compute(), Cell::Gru, &table, &ids, &w, &b, None, false).unwrap().0;
     assert!(out.sum_all().unwrap().backward().is_err());
 }
 
@@ -414,7 +419,8 @@ fn lstm_parameters_follow_pytorch_and_the_forget_gate_starts_open() {
     );
     assert_eq!(shapes[1].1, [4 * h, e]);
     assert_eq!(shapes[6].1, [4 * h, h]);
-    let model = Model::new_random(config, DType::F32, &Device::Cpu, &mut StdRng::seed_from_u64(1)).unwrap();
+    let model =
+        Model::new_random(config, DType::F32, &common::compute(), &mut StdRng::seed_from_u64(1)).unwrap();
     for l in 0..2 {
         let b_ih = model.param(&format!("lstm.bias_ih_l{l}")).to_vec1::<f32>().unwrap();
         let expected: Vec<f32> =
@@ -458,7 +464,110 @@ fn elman_parameters_follow_pytorch_nn_rnn() {
 #[test]
 fn the_requested_kernel_is_the_one_in_use() {
     match std::env::var(kernel::ENV) {
-        Ok(name) if !name.is_empty() => assert_eq!(kernel::active().name(), name),
-        _ => assert_eq!(kernel::active(), Kernel::best()),
+        Ok(name) if !name.is_empty() => assert_eq!(common::compute().kernel().name(), name),
+        _ => assert_eq!(common::compute().kernel(), Kernel::best()),
+    }
+}
+
+/// Models of every kernel this CPU has, and in bf16 where it has AVX512-BF16, side by side in
+/// one process on threads of their own: each one's logits are, bit for bit, what it gives
+/// alone, and the bf16 model's are its own (the precision reached its products).
+#[test]
+fn models_of_different_kernels_and_precisions_run_side_by_side() {
+    let (vocab, steps) = (13, 60);
+    let mut rng = StdRng::seed_from_u64(21);
+    let config = Config::gru(vocab, 8, 64).with_layers(2);
+    let model = Model::new_random(config, DType::F32, &common::compute(), &mut rng).unwrap();
+    let ids: Vec<u32> = (0..steps).map(|_| rng.random_range(0..vocab as u32)).collect();
+    let mut computes: Vec<Compute> =
+        Kernel::available().into_iter().map(|k| common::compute().with_kernel(k).unwrap()).collect();
+    let has_bf16 = common::cpu_has("avx512_bf16");
+    if has_bf16 {
+        computes.push(common::compute().with_precision(Precision::Bf16).unwrap());
+    }
+    // Each model's logits over `ids`, and a training loss and its gradient's norm.
+    let run = |compute: &Compute| -> (Vec<Vec<f32>>, f32) {
+        let m = model.with_compute(compute.clone()).unwrap();
+        let mut sampler = Sampler::new(&m, 1).unwrap();
+        let logits = ids.iter().map(|&id| sampler.step(&[id]).to_vec()).collect();
+        let inputs = ids_tensor(&ids[..steps - 1], 1, steps - 1, &Device::Cpu).unwrap();
+        let loss = m.loss(&inputs, &ids[1..], &Pass::Eval).unwrap().to_scalar::<f32>().unwrap();
+        (logits, loss)
+    };
+    let alone: Vec<_> = computes.iter().map(run).collect();
+    for _ in 0..3 {
+        let together: Vec<_> = std::thread::scope(|s| {
+            let running: Vec<_> = computes.iter().map(|c| s.spawn(|| run(c))).collect();
+            running.into_iter().map(|t| t.join().unwrap()).collect()
+        });
+        for ((c, a), t) in computes.iter().zip(&alone).zip(&together) {
+            assert!(a == t, "{} {}: differs when run beside the others", c.kernel(), c.precision());
+        }
+    }
+    if has_bf16 {
+        let (f32_run, bf16_run) = (&alone[0], alone.last().unwrap());
+        assert!(f32_run.0 != bf16_run.0, "the bf16 model's logits are the f32 model's");
+        assert!(f32_run.1 != bf16_run.1, "the bf16 model's loss is the f32 model's");
+    }
+}
+
+fn has_bf16() -> bool {
+    common::cpu_has("avx512_bf16")
+}
+
+fn values(n: usize, scale: f32, rng: &mut StdRng) -> Vec<f32> {
+    (0..n).map(|_| rng.random_range(-scale..scale)).collect()
+}
+
+/// A layer's outputs and the gradients of table, W_hh and b_hh for one weighted-sum loss, with
+/// the products in `precision`.
+fn layer_run(cell: Cell, precision: Precision, seed: u64) -> Vec<Tensor> {
+    let compute = common::compute().with_precision(precision).unwrap();
+    let mut rng = StdRng::seed_from_u64(seed);
+    let (b, t, h, v) = (3, 7, 40, 5);
+    let g = cell.gates() * h;
+    let var = |shape: &[usize], scale, rng: &mut StdRng| {
+        let n = shape.iter().product();
+        Var::from_tensor(&Tensor::from_vec(values(n, scale, rng), shape, &Device::Cpu).unwrap()).unwrap()
+    };
+    let (table, w, bias) =
+        (var(&[v, g], 1.5, &mut rng), var(&[g, h], 0.4, &mut rng), var(&[g], 0.3, &mut rng));
+    let ids: Vec<u32> = (0..b * t).map(|_| rng.random_range(0..v as u32)).collect();
+    let ids = Tensor::from_vec(ids, (b, t), &Device::Cpu).unwrap();
+    let weights = var(&[b, t, h], 1.0, &mut rng);
+    let state0 = var(&[b, cell.state_parts() * h], 0.8, &mut rng).as_tensor().detach();
+    let (out, _) = rnn_sequence(&compute, cell, &table, &ids, &w, &bias, Some(&state0), true).unwrap();
+    let grads = (&out * weights.as_tensor()).unwrap().sum_all().unwrap().backward().unwrap();
+    let mut all = vec![out.detach()];
+    all.extend([&table, &w, &bias].map(|x| grads.get(x).unwrap().clone()));
+    all
+}
+
+/// bf16 keeps 8 significant bits: each operand of a product rounds within 2^-8 (relative) and
+/// each product of two within about 2^-7, so a step's recurrent product is within 2^-7 of
+/// Σ|h·w|. The cells' gates are contractive (derivatives at most 1 in size, |W_hh| ≤ 0.4 here),
+/// so a step passes earlier errors on at most undamped: after T steps the outputs are within
+/// T·2^-7 of their scale, and the gradients, which add a backward sweep of T more products,
+/// within 2T·2^-7.
+#[test]
+fn bf16_outputs_and_gradients_agree_with_f32_within_the_rounding_bound() {
+    if !has_bf16() {
+        println!("this CPU lacks avx512_bf16: the bf16 paths cannot run here");
+        return;
+    }
+    let steps = 7.0;
+    for cell in [Cell::Gru, Cell::Lstm, Cell::Rnn] {
+        let exact = layer_run(cell, Precision::F32, 5);
+        let rounded = layer_run(cell, Precision::Bf16, 5);
+        for (i, name) in ["outputs", "d table", "d W_hh", "d b_hh"].iter().enumerate() {
+            let bound = if i == 0 { steps } else { 2.0 * steps } * 2f64.powi(-7);
+            let d = max_rel_diff(&rounded[i], &exact[i]);
+            assert!(
+                d <= bound,
+                "{cell:?} {name}: bf16 differs from f32 by {d:e} (relative), bound {bound:e}"
+            );
+            // And the bf16 products did run: f32 alone would agree to about 1e-6.
+            assert!(d > 1e-5, "{cell:?} {name}: bf16 agrees with f32 to {d:e}; were the products f32?");
+        }
     }
 }

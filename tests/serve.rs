@@ -8,16 +8,13 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-fn charrnn(args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_charrnn")).args(args).output().expect("the binary runs")
-}
+mod common;
+use common::charrnn;
 
 /// Trains a small model on a small text into `dir`, `epochs` epochs; returns its folder.
 fn train(dir: &Path, name: &str, epochs: &str, seed: &str) -> PathBuf {
-    let text =
-        "the quick brown fox jumps over the lazy dog.\nthe dog sleeps; the fox runs away.\n".repeat(40);
     let data = dir.join("tiny.txt");
-    std::fs::write(&data, text).unwrap();
+    std::fs::write(&data, common::tiny_text()).unwrap();
     let ck = dir.join(name);
     let o = charrnn(&[
         "train",

@@ -1,17 +1,23 @@
-//! The command line: every command's arguments and the parsers that check them; the
-//! commands themselves are in `crate::commands`.
+//! The command line: every command's arguments and the parsers that check them (with the
+//! core's rules, so a flag and a saved setting are refused in the same words); the commands
+//! themselves are in `crate::commands`.
+
+mod settings;
 
 use std::path::PathBuf;
 
+use clap::builder::{PossibleValue, PossibleValuesParser, TypedValueParser};
 use clap::{Args, Parser, Subcommand};
 
-use crate::checks::{self, Rule};
-use crate::data::download;
-use crate::device::{DeviceChoice, Precision};
-use crate::kernels::cpu::Kernel;
-use crate::model::job;
-use crate::train::presets::Preset;
-use crate::train::settings::{checked, positive, ModelArgs, SettingsArgs};
+use charrnn_core::checks::{self, Rule};
+use charrnn_core::compute::Precision;
+use charrnn_core::kernels::cpu::Kernel;
+use charrnn_core::sample::job;
+use charrnn_core::train::presets::Preset;
+use charrnn_core::Choice;
+
+use crate::download;
+pub use settings::{ModelArgs, SettingsArgs};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -81,7 +87,7 @@ pub struct DownloadArgs {
 #[derive(Args, Debug)]
 pub struct TrainArgs {
     /// A named set of settings to start from; flags given here override its values
-    #[arg(long, value_enum, default_value_t = Preset::Tutorial)]
+    #[arg(long, value_parser = choice::<Preset>(), default_value_t = Preset::Tutorial)]
     pub preset: Preset,
     #[command(flatten)]
     pub settings: SettingsArgs,
@@ -139,8 +145,9 @@ pub struct LimitArgs {
 }
 
 impl LimitArgs {
-    pub fn limits(&self) -> crate::train::limits::RunLimits {
-        use crate::train::limits::{RunLimits, SampleSpec};
+    /// The core's limits of one run.
+    pub fn limits(&self) -> charrnn_core::train::limits::RunLimits {
+        use charrnn_core::train::limits::{RunLimits, SampleSpec};
         RunLimits {
             max_steps: self.max_steps,
             max_time: self.max_minutes.map(|m| std::time::Duration::from_secs_f64(m * 60.0)),
@@ -177,7 +184,7 @@ impl CacheArgs {
         if let Some(dir) = &self.cache_dir {
             return Some(dir.clone());
         }
-        let dir = crate::data::cache::CacheOptions::default_dir();
+        let dir = charrnn_core::data::cache::CacheOptions::default_dir();
         match std::fs::create_dir_all(&dir) {
             Ok(()) => Some(dir),
             Err(e) => {
@@ -189,6 +196,15 @@ impl CacheArgs {
             }
         }
     }
+}
+
+/// Where to run: the device the user picks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum DeviceChoice {
+    /// CUDA when this build has it and a GPU answers, else the CPU
+    Auto,
+    Cpu,
+    Cuda,
 }
 
 /// Where to run.
@@ -226,7 +242,7 @@ pub struct EvalArgs {
     pub json: bool,
     /// Arithmetic of the products: f32, bf16 (f32 sums) on a CPU with AVX512-BF16, or tf32 on a
     /// GPU
-    #[arg(long, value_enum, default_value_t = Precision::F32)]
+    #[arg(long, value_parser = choice::<Precision>(), default_value_t = Precision::F32)]
     pub precision: Precision,
     #[command(flatten)]
     pub device: DeviceArg,
@@ -257,7 +273,7 @@ pub struct GenerateArgs {
     #[arg(long, conflicts_with = "start")]
     pub start_file: Option<PathBuf>,
     /// Softmax temperature: lower is more predictable; 0 always takes the most likely character
-    #[arg(long, default_value_t = 1.0, value_parser = temperature, allow_negative_numbers = true)]
+    #[arg(long, default_value_t = job::DEFAULT_TEMPERATURE, value_parser = temperature, allow_negative_numbers = true)]
     pub temperature: f32,
     /// Sample only from the K most likely characters
     #[arg(long, value_parser = positive)]
@@ -272,7 +288,7 @@ pub struct GenerateArgs {
     #[arg(long)]
     pub seed: Option<u64>,
     /// End a sample at the first occurrence of STR (repeatable; each sample stops on its own)
-    #[arg(long = "stop", value_name = "STR", value_parser = non_empty)]
+    #[arg(long = "stop", value_name = "STR", value_parser = stop_string)]
     pub stop: Vec<String>,
     /// Keep the stop string that ended a sample
     #[arg(long, requires = "stop")]
@@ -281,7 +297,7 @@ pub struct GenerateArgs {
     #[arg(long, value_name = "FILE")]
     pub output: Option<PathBuf>,
     /// Arithmetic of the sampling products: f32, or bf16 (f32 sums) on a CPU with AVX512-BF16
-    #[arg(long, value_enum, default_value_t = Precision::F32)]
+    #[arg(long, value_parser = choice::<Precision>(), default_value_t = Precision::F32)]
     pub precision: Precision,
     #[command(flatten)]
     pub device: DeviceArg,
@@ -321,7 +337,7 @@ pub struct ServeArgs {
     #[arg(long = "device", value_enum, default_value_t = DeviceChoice::Cpu)]
     pub device: DeviceChoice,
     /// Arithmetic of the sampling products: f32, or bf16 (f32 sums) on a CPU with AVX512-BF16
-    #[arg(long, value_enum, default_value_t = Precision::F32)]
+    #[arg(long, value_parser = choice::<Precision>(), default_value_t = Precision::F32)]
     pub precision: Precision,
 }
 
@@ -329,7 +345,7 @@ pub struct ServeArgs {
 pub struct BenchArgs {
     /// Arithmetic of the matrix products: f32, bf16 (f32 sums) on a CPU with AVX512-BF16, or
     /// tf32 on a GPU
-    #[arg(long, value_enum, default_value_t = Precision::F32)]
+    #[arg(long, value_parser = choice::<Precision>(), default_value_t = Precision::F32)]
     pub precision: Precision,
     /// Training batches to time (after one warm-up); the median is reported
     #[arg(long, default_value_t = 5, value_parser = positive)]
@@ -392,9 +408,70 @@ fn minutes(s: &str) -> Result<f64, String> {
     )
 }
 
-fn non_empty(s: &str) -> Result<String, String> {
-    match s {
-        "" => Err("give at least one character".into()),
-        _ => Ok(s.to_string()),
+/// A stop string, by the sampling rule.
+fn stop_string(s: &str) -> Result<String, String> {
+    match job::stop_problem(s) {
+        Some(problem) => Err(problem.into()),
+        None => Ok(s.to_string()),
+    }
+}
+
+/// Parses a number and checks it against a rule, saying what was expected when it fails.
+fn checked<T>(s: &str, rule: &checks::Rule<T>) -> Result<T, String>
+where
+    T: std::str::FromStr + std::fmt::Display + Copy,
+    T::Err: std::fmt::Display,
+{
+    rule.check(s.parse().map_err(|e: T::Err| e.to_string())?)
+}
+
+fn positive(s: &str) -> Result<usize, String> {
+    checked(s, &checks::AT_LEAST_ONE)
+}
+
+fn positive_f64(s: &str) -> Result<f64, String> {
+    checked(s, &checks::POSITIVE)
+}
+
+fn non_negative_f64(s: &str) -> Result<f64, String> {
+    checked(s, &checks::NON_NEGATIVE)
+}
+
+fn fraction(s: &str) -> Result<f64, String> {
+    checked(s, &checks::FRACTION)
+}
+
+/// A value of one of the core's named choices (a cell, a schedule, a precision, a preset), its
+/// names and help lines listed as clap lists an enum's.
+fn choice<T: Choice + Send + Sync + Clone>() -> impl TypedValueParser<Value = T> {
+    let names = T::ALL.iter().map(|(_, name, help)| PossibleValue::new(*name).help(*help));
+    PossibleValuesParser::new(names).map(|name| T::parse(&name).expect("one of the names listed"))
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::*;
+
+    /// The `[tutorial: v]` each flag's help shows is the tutorial preset's value.
+    #[test]
+    fn the_help_states_the_tutorial_preset_values() {
+        let tutorial = serde_json::to_value(Preset::Tutorial.settings(0)).unwrap();
+        let cli = Cli::command();
+        let train = cli.find_subcommand("train").unwrap();
+        let mut checked = 0;
+        for arg in train.get_arguments() {
+            let help = arg.get_help().map(|h| h.to_string()).unwrap_or_default();
+            let Some(stated) = help.split("[tutorial: ").nth(1).and_then(|r| r.split(']').next()) else {
+                continue;
+            };
+            let value = &tutorial[arg.get_id().as_str()];
+            let shown = charrnn_core::train::settings::shown(value);
+            let same = shown == stated || stated.parse::<f64>().ok() == value.as_f64();
+            assert!(same, "--{}: help says {stated}, the preset has {shown}", arg.get_id());
+            checked += 1;
+        }
+        assert!(checked >= 12, "only {checked} flags state a tutorial value");
     }
 }

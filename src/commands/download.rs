@@ -5,7 +5,7 @@ use std::time::Duration;
 use anyhow::Result;
 
 use crate::cli::DownloadArgs;
-use crate::data::download::{self, DownloadOptions, Outcome};
+use crate::download::{self, DownloadOptions, Outcome};
 
 pub(super) fn run(a: DownloadArgs) -> Result<()> {
     let outcome = download::run(&DownloadOptions {

@@ -1,18 +1,17 @@
 //! `charrnn eval` (how well a model predicts a text) and `charrnn info` (what a checkpoint is).
 
 use anyhow::Result;
+use charrnn_core::data::cache::{self, CacheOptions};
+use charrnn_core::data::sources::Sources;
+use charrnn_core::{budget, checkpoint, info, score, Kernel};
 
-use super::emit;
+use super::{compute, emit, say};
 use crate::cli::{EvalArgs, InfoArgs};
-use crate::data::cache::{self, CacheOptions};
-use crate::data::sources::Sources;
-use crate::{budget, checkpoint, device, eval};
 
-pub(super) fn run(a: EvalArgs) -> Result<()> {
-    let device = device::select(a.device.choice)?;
-    a.precision.apply(&device)?;
+pub(super) fn run(a: EvalArgs, kernel: Kernel) -> Result<()> {
+    let compute = compute(a.device.choice, kernel, a.precision)?;
     let path = checkpoint::resolve(&a.checkpoint)?;
-    let ckpt = checkpoint::load(&path, &device)?;
+    let ckpt = checkpoint::load(&path, &compute)?;
     budget::check(
         "scoring",
         budget::training_bytes(&ckpt.model.config, a.batch_size, a.seq_len),
@@ -25,8 +24,8 @@ pub(super) fn run(a: EvalArgs) -> Result<()> {
         skip_invalid: a.skip_invalid,
         base: None,
     };
-    let corpus = cache::prepare(&sources, &options)?;
-    let score = eval::score_corpus(&ckpt.model, &ckpt.vocab, &corpus, a.seq_len, a.batch_size)?;
+    let corpus = cache::prepare(&sources, &options, &mut say)?;
+    let score = score::score_corpus(&ckpt.model, &ckpt.vocab, &corpus, a.seq_len, a.batch_size)?;
     match a.json {
         true => emit(&format!("{}\n", serde_json::to_string_pretty(&score)?)),
         false => emit(&format!("{}\n", score.describe(&path, &sources))),
@@ -35,9 +34,9 @@ pub(super) fn run(a: EvalArgs) -> Result<()> {
 
 pub(super) fn info(a: InfoArgs) -> Result<()> {
     let path = checkpoint::resolve(&a.checkpoint)?;
-    let report = eval::info(&path)?;
+    let report = info::info(&path, &mut say)?;
     match a.json {
         true => emit(&format!("{}\n", serde_json::to_string_pretty(&report)?)),
-        false => emit(&eval::describe_info(&report)),
+        false => emit(&info::describe(&report)),
     }
 }

@@ -3,19 +3,19 @@
 use std::io::Write;
 
 use anyhow::{Context, Result};
+use charrnn_core::sample::{self, Engine, Job, SampleOptions};
+use charrnn_core::{atomic, budget, checkpoint, files, Kernel};
 
+use super::compute;
 use crate::cli::GenerateArgs;
-use crate::model::job::{Job, SampleOptions};
-use crate::model::sample::{self, Engine};
-use crate::{atomic, budget, checkpoint, device};
 
-pub(super) fn run(a: GenerateArgs) -> Result<()> {
-    let device = device::select(a.device.choice)?;
+pub(super) fn run(a: GenerateArgs, kernel: Kernel) -> Result<()> {
+    let compute = compute(a.device.choice, kernel, a.precision)?;
     let path = checkpoint::resolve(&a.checkpoint)?;
-    let ckpt = checkpoint::load(&path, &device)?;
+    let ckpt = checkpoint::load(&path, &compute)?;
     eprintln!("checkpoint {} (epoch {})", path.display(), ckpt.provenance.epoch);
     let start = match &a.start_file {
-        Some(f) => crate::files::read_to_string(f)
+        Some(f) => files::read_to_string(f)
             .with_context(|| format!("cannot read --start-file {} (it must be UTF-8 text)", f.display()))?,
         None => a.start.clone(),
     };
@@ -37,19 +37,18 @@ pub(super) fn run(a: GenerateArgs) -> Result<()> {
         &format!("--num-samples {}", a.num_samples),
     )?;
     let flag = if a.start_file.is_some() { "--start-file" } else { "--start" };
-    let mut job = Job::new(&ckpt.vocab, &options).context(flag)?;
-    a.precision.apply(&device)?;
-    let mut engine = Engine::with_precision(&ckpt.model, a.num_samples, a.precision)?;
+    let job = Job::new(&ckpt.vocab, &options).context(flag)?;
+    let mut engine = Engine::new(&ckpt.model, &ckpt.vocab, a.num_samples)?;
     match &a.output {
         Some(file) => {
             let mut text = Vec::new();
-            sample::generate(&mut engine, &ckpt.vocab, &mut job, &mut text)?;
+            sample::generate(&mut engine, job, &mut text)?;
             atomic::write(file, &text)?;
             eprintln!("wrote {}", file.display());
         }
         None => {
             let mut out = std::io::stdout().lock();
-            sample::generate(&mut engine, &ckpt.vocab, &mut job, &mut out)?;
+            sample::generate(&mut engine, job, &mut out)?;
             out.flush()?;
         }
     }

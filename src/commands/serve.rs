@@ -4,18 +4,17 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use anyhow::{bail, Result};
+use charrnn_core::{Compute, Device, Kernel};
 
-use crate::cli::ServeArgs;
-use crate::device::DeviceChoice;
+use crate::cli::{DeviceChoice, ServeArgs};
 use crate::serve::{self, Limits, ServeOptions};
 
-pub(super) fn run(a: ServeArgs) -> Result<()> {
+pub(super) fn run(a: ServeArgs, kernel: Kernel) -> Result<()> {
     if a.device != DeviceChoice::Cpu {
         bail!(
-            "the server samples on the CPU only (the GPU sampler cannot yet take requests joining a running batch); pass --device cpu"
+            "the server samples on the CPU only (the GPU sampler runs one request at a time, which the server does not schedule yet); pass --device cpu"
         );
     }
-    a.precision.apply(&candle_core::Device::Cpu)?;
     serve::run(ServeOptions {
         checkpoint: a.checkpoint,
         addr: SocketAddr::new(a.host, a.port),
@@ -27,6 +26,6 @@ pub(super) fn run(a: ServeArgs) -> Result<()> {
             time_limit: Duration::from_secs(a.time_limit),
         },
         reload: a.reload,
-        precision: a.precision,
+        compute: Compute::new(Device::Cpu, kernel, a.precision)?,
     })
 }

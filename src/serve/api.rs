@@ -18,10 +18,11 @@ use tokio_stream::wrappers::UnboundedReceiverStream;
 use tokio_stream::StreamExt;
 use tower_http::catch_panic::CatchPanicLayer;
 
-use super::batcher::{Command, Event, Request, Slot};
+use charrnn_core::checks;
+use charrnn_core::sample::job::{self, SampleOptions};
+
+use super::batcher::{Command, Event, Failure, Request, Slot};
 use super::State;
-use crate::checks;
-use crate::model::job::{self, SampleOptions};
 
 const PAGE: &str = include_str!("page.html");
 
@@ -118,8 +119,9 @@ fn options(state: &State, b: GenerateBody) -> Result<SampleOptions, Bad> {
     };
     let length = range("length", b.length.unwrap_or(job::DEFAULT_LENGTH), l.max_length)?;
     let num_samples = range("num_samples", b.num_samples.unwrap_or(1), l.max_samples)?;
-    let temperature =
-        checks::TEMPERATURE.check(b.temperature.unwrap_or(1.0)).map_err(|e| bad("temperature", e))?;
+    let temperature = checks::TEMPERATURE
+        .check(b.temperature.unwrap_or(job::DEFAULT_TEMPERATURE))
+        .map_err(|e| bad("temperature", e))?;
     let top_k = match b.top_k {
         Some(k) => Some(checks::AT_LEAST_ONE.check(k).map_err(|e| bad("top_k", e))?),
         None => None,
@@ -132,7 +134,8 @@ fn options(state: &State, b: GenerateBody) -> Result<SampleOptions, Bad> {
     if stop.len() > MAX_STOPS {
         return Err(bad("stop", format_args!("{} strings; give at most {MAX_STOPS}", stop.len())));
     }
-    if let Some(s) = stop.iter().find(|s| s.is_empty() || s.chars().count() > MAX_STOP_CHARS) {
+    let unfit = |s: &String| job::stop_problem(s).is_some() || s.chars().count() > MAX_STOP_CHARS;
+    if let Some(s) = stop.iter().find(|s| unfit(s)) {
         return Err(bad("stop", format_args!("{s:?} must have 1 to {MAX_STOP_CHARS} characters")));
     }
     let start = b.start.unwrap_or_else(|| job::DEFAULT_START.to_string());
@@ -184,7 +187,7 @@ async fn generate(Shared(state): Shared<Arc<State>>, headers: HeaderMap, body: B
     }
     // The first event says whether the request runs; only then is a status chosen.
     let first = match receive.recv().await {
-        Some(Event::Error { status, message }) => return error(status_code(status), &message),
+        Some(Event::Failed(failure)) => return failed(&failure),
         Some(first) => first,
         None => return error(StatusCode::SERVICE_UNAVAILABLE, "the server is shutting down"),
     };
@@ -194,8 +197,15 @@ async fn generate(Shared(state): Shared<Arc<State>>, headers: HeaderMap, body: B
     }
 }
 
-fn status_code(status: u16) -> StatusCode {
-    StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
+/// A failed request's answer: the client's fault (400), the server's state (503) or a bug
+/// (500).
+fn failed(failure: &Failure) -> Response {
+    let status = match failure {
+        Failure::BadStart(_) => StatusCode::BAD_REQUEST,
+        Failure::Full(_) | Failure::TimeLimit(_) | Failure::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
+        Failure::SamplerFailed => StatusCode::INTERNAL_SERVER_ERROR,
+    };
+    error(status, &failure.to_string())
 }
 
 /// Waits for the samples and answers them in one JSON object.
@@ -206,7 +216,7 @@ async fn whole_response(first: Event, mut receive: UnboundedReceiver<Event>) -> 
             Some(Event::Done { samples, chars_per_s }) => {
                 return Json(json!({ "samples": samples, "chars_per_s": chars_per_s })).into_response()
             }
-            Some(Event::Error { status, message }) => return error(status_code(status), &message),
+            Some(Event::Failed(failure)) => return failed(&failure),
             Some(Event::Text { .. }) => {}
             None => return error(StatusCode::SERVICE_UNAVAILABLE, "the server is shutting down"),
         }
@@ -226,8 +236,8 @@ fn events_response(first: Event, receive: UnboundedReceiver<Event>) -> Response 
             Event::Done { samples, chars_per_s } => SseEvent::default()
                 .event("done")
                 .json_data(json!({ "samples": samples, "chars_per_s": chars_per_s })),
-            Event::Error { message, .. } => {
-                SseEvent::default().event("error").json_data(json!({ "error": message }))
+            Event::Failed(failure) => {
+                SseEvent::default().event("error").json_data(json!({ "error": failure.to_string() }))
             }
         };
         Ok::<_, Infallible>(

@@ -1,8 +1,9 @@
-//! The one thread that samples for every request. Requests join the running batch between
-//! steps (at the zero state, warming on their start) and leave when done, cancelled or out of
-//! time; each step feeds every present sample at once, so the weights are read once per step
-//! however many clients there are. A request's text depends only on its own options and seed
-//! (see `model::job`), never on what else is running.
+//! The one thread that samples for every request, on the core's sampling engine. Requests
+//! join the running batch between steps (at the zero state, warming on their start) and leave
+//! when done, cancelled or out of time; each step feeds every present sample at once, so the
+//! weights are read once per step however many clients there are. A request's text depends
+//! only on its own options and seed (see `charrnn_core::sample::job`), never on what else is
+//! running.
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -10,19 +11,45 @@ use std::sync::mpsc::{Receiver, TryRecvError};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use charrnn_core::sample::{Engine, Job, JobId, SampleOptions};
 use tokio::sync::mpsc::UnboundedSender;
 
-use crate::data::vocab::Vocab;
-use crate::model::job::{Job, SampleOptions};
-use crate::model::sample::Sampler;
-
 /// What a request hears from the batcher, in order: one `Text` per sample with its start (the
-/// request is running), more `Text` as it is produced, then `Done` or `Error`.
+/// request is running), more `Text` as it is produced, then `Done` or `Failed`.
 #[derive(Debug)]
 pub enum Event {
     Text { sample: usize, text: String },
     Done { samples: Vec<String>, chars_per_s: f64 },
-    Error { status: u16, message: String },
+    Failed(Failure),
+}
+
+/// Why a request ended without its samples.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Failure {
+    /// Its start has characters the model lacks (the message says which).
+    BadStart(String),
+    /// The sampler had no room for its samples.
+    Full(String),
+    /// It ran past the time limit, in seconds.
+    TimeLimit(f64),
+    /// The server is stopping.
+    ShuttingDown,
+    /// The sampler failed (a bug, not the client's doing).
+    SamplerFailed,
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Failure::BadStart(why) => write!(f, "start: {why}"),
+            Failure::Full(why) => f.write_str(why),
+            Failure::TimeLimit(limit) => {
+                write!(f, "the request ran past the {limit} s time limit; ask for fewer characters")
+            }
+            Failure::ShuttingDown => f.write_str("the server is shutting down"),
+            Failure::SamplerFailed => f.write_str("the sampler failed on this request; please report it"),
+        }
+    }
 }
 
 /// Sample rows reserved for a request; given back when it is dropped, wherever that happens.
@@ -56,15 +83,9 @@ pub struct Request {
 
 impl Request {
     /// Ends the request with an error (unheard if its client has gone).
-    fn fail(&self, status: u16, message: &str) {
-        let _ = self.events.send(Event::Error { status, message: message.to_string() });
+    fn fail(&self, failure: Failure) {
+        let _ = self.events.send(Event::Failed(failure));
     }
-}
-
-/// A model to sample from: the weights, ready to step, and the characters they know.
-pub struct Engine {
-    pub sampler: Sampler,
-    pub vocab: Vocab,
 }
 
 /// A model to serve from the next moment no request is running, and what to do then.
@@ -80,7 +101,8 @@ pub enum Command {
 }
 
 struct Running {
-    job: Job,
+    /// Its job in the engine.
+    id: JobId,
     request: Request,
     started: Instant,
     /// When text was last sent (the job keeps what has not been).
@@ -131,10 +153,10 @@ pub fn run(mut engine: Engine, commands: Receiver<Command>) {
                 Command::Switch(next) => switch = Some(next),
                 Command::Shutdown => {
                     for r in &running {
-                        r.request.fail(503, "the server is shutting down");
+                        r.request.fail(Failure::ShuttingDown);
                     }
                     for r in waiting {
-                        r.fail(503, "the server is shutting down");
+                        r.fail(Failure::ShuttingDown);
                     }
                     return;
                 }
@@ -150,91 +172,82 @@ pub fn run(mut engine: Engine, commands: Receiver<Command>) {
             continue;
         }
         let stepped = catch_unwind(AssertUnwindSafe(|| step(&mut engine, &mut running)));
-        if stepped.is_err() {
+        if !matches!(stepped, Ok(Ok(()))) {
             // A bug, not a client's doing: fail what was running and carry on from a clean
             // state rather than take the server down.
-            eprintln!("error: the sampler failed; {} request(s) were ended", running.len());
+            let why = match stepped {
+                Ok(Err(e)) => format!(": {e:#}"),
+                _ => String::new(),
+            };
+            eprintln!("error: the sampler failed{why}; {} request(s) were ended", running.len());
             for r in &running {
-                r.request.fail(500, "the sampler failed on this request; please report it");
+                r.request.fail(Failure::SamplerFailed);
             }
             running.clear();
-            engine.sampler.retain_rows(|_| false);
+            engine.clear();
         }
     }
 }
 
 /// Starts a request: its rows join at the zero state, and each sample's start is sent.
 fn admit(engine: &mut Engine, running: &mut Vec<Running>, request: Request) {
-    let job = match Job::new(&engine.vocab, &request.options) {
+    let job = match Job::new(engine.vocab(), &request.options) {
         Ok(job) => job,
-        Err(e) => {
-            request.fail(400, &format!("start: {e}"));
-            return;
-        }
+        Err(e) => return request.fail(Failure::BadStart(e.to_string())),
     };
-    if let Err(e) = engine.sampler.add_rows(job.samples()) {
-        request.fail(503, &e.to_string());
-        return;
-    }
-    let r = Running { job, request, started: Instant::now(), sent_at: Instant::now() };
-    for sample in 0..r.job.samples() {
-        r.send(Event::Text { sample, text: r.job.start().to_string() });
+    let (samples, start) = (job.samples(), job.start().to_string());
+    let id = match engine.admit(job) {
+        Ok(id) => id,
+        Err(refusal) => return request.fail(Failure::Full(refusal.to_string())),
+    };
+    let r = Running { id, request, started: Instant::now(), sent_at: Instant::now() };
+    for sample in 0..samples {
+        r.send(Event::Text { sample, text: start.clone() });
     }
     running.push(r);
 }
 
-/// One step of every running request: warm on the start, or draw, hand out the new text and
-/// feed the draws back. Requests that end leave the batch.
-fn step(engine: &mut Engine, running: &mut Vec<Running>) {
-    let v = engine.sampler.vocab_size();
-    let mut ids = Vec::with_capacity(engine.sampler.rows());
-    let mut keep_rows = Vec::with_capacity(engine.sampler.rows());
-    let mut keep = Vec::with_capacity(running.len());
-    let mut first_row = 0;
-    for r in running.iter_mut() {
-        let n = r.job.samples();
-        let logits = &engine.sampler.logits()[first_row * v..(first_row + n) * v];
-        first_row += n;
-        let alive = if r.request.events.is_closed() {
-            false // the client has gone: stop at once
-        } else if r.started.elapsed() > r.request.time_limit {
-            let limit = r.request.time_limit.as_secs_f64();
-            r.request.fail(
-                503,
-                &format!("the request ran past the {limit} s time limit; ask for fewer characters"),
-            );
-            false
-        } else if let Some(id) = r.job.next_prime() {
-            ids.extend(std::iter::repeat_n(id, n));
+/// One step of every running request: those whose client has gone or whose time is up leave
+/// first; the engine warms or draws the others; new text is handed out every `SEND_EVERY`,
+/// and a request that ended gets the rest of its text and its samples.
+fn step(engine: &mut Engine, running: &mut Vec<Running>) -> anyhow::Result<()> {
+    running.retain(|r| {
+        let limit = r.request.time_limit;
+        let gone = if r.request.events.is_closed() {
+            true // the client has gone: stop at once
+        } else if r.started.elapsed() > limit {
+            r.request.fail(Failure::TimeLimit(limit.as_secs_f64()));
             true
         } else {
-            let before = ids.len();
-            r.job.pick(logits, &mut ids);
-            let over = r.job.accept(&ids[before..], &engine.vocab);
-            let mut sent = true;
-            if over || r.sent_at.elapsed() >= SEND_EVERY {
-                for (sample, text) in r.job.take_new_text(over) {
-                    sent &= r.send(Event::Text { sample, text });
-                }
-                r.sent_at = Instant::now();
-            }
-            if over {
-                let seconds = r.started.elapsed().as_secs_f64().max(1e-9);
-                let chars_per_s = r.job.produced_chars() as f64 / seconds;
-                r.send(Event::Done { samples: r.job.texts(), chars_per_s });
-            }
-            if over || !sent {
-                ids.truncate(before);
-            }
-            !over && sent
+            false
         };
-        keep_rows.extend(std::iter::repeat_n(alive, n));
-        keep.push(alive);
+        if gone {
+            engine.remove(r.id);
+        }
+        !gone
+    });
+    for (id, mut job) in engine.step()? {
+        let Some(at) = running.iter().position(|r| r.id == id) else { continue };
+        let r = running.remove(at);
+        for (sample, text) in job.take_new_text(true) {
+            r.send(Event::Text { sample, text });
+        }
+        let seconds = r.started.elapsed().as_secs_f64().max(1e-9);
+        let chars_per_s = job.produced_chars() as f64 / seconds;
+        r.send(Event::Done { samples: job.texts(), chars_per_s });
     }
-    engine.sampler.retain_rows(|row| keep_rows[row]);
-    let mut kept = keep.iter();
-    running.retain(|_| *kept.next().expect("one flag per request"));
-    if !ids.is_empty() {
-        engine.sampler.step(&ids);
-    }
+    running.retain_mut(|r| {
+        if r.sent_at.elapsed() < SEND_EVERY {
+            return true;
+        }
+        let Some(job) = engine.job_mut(r.id) else { return false };
+        let sent =
+            job.take_new_text(false).into_iter().all(|(sample, text)| r.send(Event::Text { sample, text }));
+        r.sent_at = Instant::now();
+        if !sent {
+            engine.remove(r.id);
+        }
+        sent
+    });
+    Ok(())
 }

@@ -13,10 +13,10 @@ use std::sync::{mpsc, Arc, RwLock};
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-
-use crate::data::vocab::Vocab;
-use crate::model::sample::Sampler;
-use crate::{checkpoint, eval};
+use charrnn_core::data::vocab::Vocab;
+use charrnn_core::info::{self, Info};
+use charrnn_core::sample::Engine;
+use charrnn_core::{budget, checkpoint, Compute};
 
 /// What a server allows one request and all of them together.
 #[derive(Clone, Debug)]
@@ -35,8 +35,8 @@ pub struct ServeOptions {
     pub limits: Limits,
     /// Watch the checkpoint folder for newer files.
     pub reload: bool,
-    /// Arithmetic of the sampling products.
-    pub precision: crate::device::Precision,
+    /// Where and how the sampling products run.
+    pub compute: Compute,
 }
 
 /// The model being served, as requests see it.
@@ -44,34 +44,28 @@ pub struct Served {
     pub path: PathBuf,
     pub vocab: Vocab,
     /// What `info --json` shows.
-    pub info: serde_json::Value,
+    pub info: Info,
 }
 
 pub struct State {
     pub limits: Limits,
-    pub precision: crate::device::Precision,
+    pub compute: Compute,
     pub commands: mpsc::Sender<batcher::Command>,
     pub streams_in_use: Arc<AtomicUsize>,
     pub served: RwLock<Arc<Served>>,
 }
 
-/// Loads a checkpoint for serving: its sampler (room for `streams` samples at once, none
-/// running yet) and its description.
-fn load(
-    path: &std::path::Path,
-    streams: usize,
-    precision: crate::device::Precision,
-) -> Result<(batcher::Engine, Served)> {
-    let ckpt = checkpoint::load(path, &candle_core::Device::Cpu)?;
-    let info = serde_json::to_value(eval::info_of(path, &ckpt)?)?;
-    crate::budget::check(
+/// Loads a checkpoint for serving: its sampling engine (room for `streams` samples at once,
+/// none running yet) and its description.
+fn load(path: &std::path::Path, streams: usize, compute: &Compute) -> Result<(Engine, Served)> {
+    let ckpt = checkpoint::load(path, compute)?;
+    let info = info::info_of(path, &ckpt, &mut |n| eprintln!("{n}"))?;
+    budget::check(
         "sampling",
-        crate::budget::sampling_bytes(&ckpt.model.config, streams),
+        budget::sampling_bytes(&ckpt.model.config, streams),
         &format!("--max-streams {streams}"),
     )?;
-    let mut sampler = Sampler::with_precision(&ckpt.model, streams, precision)?;
-    sampler.retain_rows(|_| false); // requests add their rows as they come
-    let engine = batcher::Engine { sampler, vocab: ckpt.vocab.clone() };
+    let engine = Engine::new(&ckpt.model, &ckpt.vocab, streams)?;
     Ok((engine, Served { path: path.to_path_buf(), vocab: ckpt.vocab, info }))
 }
 
@@ -85,8 +79,8 @@ pub fn run(o: ServeOptions) -> Result<()> {
         );
     }
     let path = checkpoint::resolve(&o.checkpoint)?;
-    let (engine, served) = load(&path, o.limits.max_streams, o.precision)?;
-    eprintln!("serving {} ({} parameters)", path.display(), served.info["parameters"]);
+    let (engine, served) = load(&path, o.limits.max_streams, &o.compute)?;
+    eprintln!("serving {} ({} parameters)", path.display(), served.info.parameters);
     let (commands, receive) = mpsc::channel();
     let sampling = std::thread::Builder::new()
         .name("sampler".into())
@@ -94,7 +88,7 @@ pub fn run(o: ServeOptions) -> Result<()> {
         .context("cannot start the sampling thread")?;
     let state = Arc::new(State {
         limits: o.limits.clone(),
-        precision: o.precision,
+        compute: o.compute.clone(),
         commands,
         streams_in_use: Arc::new(AtomicUsize::new(0)),
         served: RwLock::new(Arc::new(served)),

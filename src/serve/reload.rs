@@ -6,8 +6,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use charrnn_core::checkpoint;
+
 use super::{batcher, load, State};
-use crate::checkpoint;
 
 /// How often the folder is looked at.
 const EVERY: Duration = Duration::from_millis(500);
@@ -38,7 +39,7 @@ pub fn watch(folder: PathBuf, state: Arc<State>) {
                 continue;
             }
             last = now;
-            match load(&path, state.limits.max_streams, state.precision) {
+            match load(&path, state.limits.max_streams, &state.compute) {
                 Ok((engine, served)) => {
                     eprintln!("reload: {} loaded; switching between requests", path.display());
                     let shared = state.clone();

@@ -3,7 +3,30 @@
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::TcpListener;
+use std::process::{Command, Output};
 use std::time::{Duration, Instant};
+
+/// The built `charrnn` binary with `args`, to run (after any more settings).
+pub fn charrnn_command(args: &[&str]) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_charrnn"));
+    command.args(args);
+    command
+}
+
+/// Runs the built `charrnn` binary with `args`.
+pub fn charrnn(args: &[&str]) -> Output {
+    charrnn_command(args).output().expect("the binary runs")
+}
+
+/// What a run printed on stderr.
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// A small text that repeats: enough for a few batches of the tests' tiny models.
+pub fn tiny_text() -> String {
+    "the quick brown fox jumps over the lazy dog.\nthe dog sleeps; the fox runs away.\n".repeat(40)
+}
 
 /// A server on 127.0.0.1 that answers one request with a 200 and no length, then sends
 /// `chunk` every `every` for at most `for_at_most` (a slow or endless body). Returns its URL.
@@ -39,4 +62,16 @@ pub fn tensor_bytes(path: &std::path::Path) -> Vec<(String, Vec<u8>)> {
 /// Whether /proc/cpuinfo lists the CPU flag `flag` (false where there is no such file).
 pub fn cpu_has(flag: &str) -> bool {
     std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default().split_whitespace().any(|w| w == flag)
+}
+
+/// The CPU with the kernel `CHARRNN_KERNEL` names (CI runs some tests once per kernel), in f32.
+pub fn compute() -> charrnn_core::Compute {
+    let kernel = charrnn_core::Kernel::from_env().unwrap();
+    charrnn_core::Compute::new(candle_core::Device::Cpu, kernel, charrnn_core::Precision::F32).unwrap()
+}
+
+/// The same on `device`.
+pub fn compute_on(device: &candle_core::Device) -> charrnn_core::Compute {
+    let kernel = charrnn_core::Kernel::from_env().unwrap();
+    charrnn_core::Compute::new(device.clone(), kernel, charrnn_core::Precision::F32).unwrap()
 }

@@ -1,0 +1,121 @@
+//! How the next character is drawn from the logits: temperature, top-k and nucleus (top-p)
+//! sampling, or greedy at temperature 0.
+
+use rand::Rng;
+
+/// How the next character is drawn from the logits.
+pub struct Picker {
+    /// 0 means greedy: always the most likely character.
+    pub temperature: f32,
+    /// Only the k most likely characters.
+    pub top_k: Option<usize>,
+    /// Only the most likely characters whose probabilities add up to at least p (nucleus).
+    pub top_p: Option<f32>,
+    /// (probability, id), reused from character to character.
+    scratch: Vec<(f32, u32)>,
+}
+
+impl Picker {
+    /// A rule of `temperature` with the optional cuts.
+    pub fn new(temperature: f32, top_k: Option<usize>, top_p: Option<f32>) -> Self {
+        Picker { temperature, top_k, top_p, scratch: Vec::new() }
+    }
+
+    /// One draw per row of `logits` ([rows, vocab]), in row order, appended to `ids`.
+    pub fn pick_rows(&mut self, logits: &[f32], vocab: usize, rng: &mut impl Rng, ids: &mut Vec<u32>) {
+        for row in logits.chunks_exact(vocab) {
+            ids.push(self.pick(row, rng));
+        }
+    }
+
+    /// One draw from one row of logits (greedy at temperature 0, taking no random number).
+    pub fn pick(&mut self, logits: &[f32], rng: &mut impl Rng) -> u32 {
+        let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        if self.temperature == 0.0 {
+            return logits.iter().position(|&l| l == max).unwrap_or(0) as u32;
+        }
+        let c = &mut self.scratch;
+        c.clear();
+        c.extend(logits.iter().enumerate().map(|(i, &l)| (((l - max) / self.temperature).exp(), i as u32)));
+        if self.top_k.is_some() || self.top_p.is_some() {
+            // Most likely first; ties keep the lower id first.
+            c.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
+            let mut keep = self.top_k.unwrap_or(c.len()).clamp(1, c.len());
+            if let Some(p) = self.top_p {
+                let total: f32 = c[..keep].iter().map(|x| x.0).sum();
+                let mut running = 0.0;
+                let nucleus = c[..keep].iter().take_while(|x| {
+                    let inside = running < p * total;
+                    running += x.0;
+                    inside
+                });
+                keep = nucleus.count().max(1);
+            }
+            c.truncate(keep);
+        }
+        let total: f32 = c.iter().map(|x| x.0).sum();
+        let mut u = rng.random::<f32>() * total;
+        for &(w, id) in c.iter() {
+            u -= w;
+            if u < 0.0 {
+                return id;
+            }
+        }
+        // Rounding can leave a sliver of mass past the end: give it to the last candidate
+        // with any weight.
+        c.iter().rev().find(|x| x.0 > 0.0).map_or(c[0].1, |x| x.1)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::{rngs::StdRng, SeedableRng};
+
+    fn frequencies(picker: &mut Picker, logits: &[f32], n: usize) -> Vec<f64> {
+        let mut rng = StdRng::seed_from_u64(42);
+        let mut counts = vec![0usize; logits.len()];
+        for _ in 0..n {
+            counts[picker.pick(logits, &mut rng) as usize] += 1;
+        }
+        counts.iter().map(|&c| c as f64 / n as f64).collect()
+    }
+
+    #[test]
+    fn greedy_takes_the_argmax() {
+        let mut rng = StdRng::seed_from_u64(0);
+        assert_eq!(Picker::new(0.0, None, None).pick(&[0.1, 3.0, -1.0, 2.9], &mut rng), 1);
+    }
+
+    #[test]
+    fn sampling_follows_the_tempered_softmax() {
+        let logits = [0.0f32, (3.0f32).ln(), f32::NEG_INFINITY];
+        // p = (1/4, 3/4, 0)
+        let f = frequencies(&mut Picker::new(1.0, None, None), &logits, 40_000);
+        assert_eq!(f[2], 0.0);
+        assert!((f[1] - 0.75).abs() < 0.01, "{f:?}");
+        // temperature 2 flattens: p1 / p0 = sqrt(3)
+        let f = frequencies(&mut Picker::new(2.0, None, None), &logits, 40_000);
+        let p1 = 3f64.sqrt() / (1.0 + 3f64.sqrt());
+        assert!((f[1] - p1).abs() < 0.01, "{f:?}");
+    }
+
+    #[test]
+    fn top_k_and_top_p_cut_the_tail_and_renormalise() {
+        // p = (0.1, 0.2, 0.3, 0.4)
+        let logits: Vec<f32> = [0.1f32, 0.2, 0.3, 0.4].iter().map(|p| p.ln()).collect();
+        let f = frequencies(&mut Picker::new(1.0, Some(2), None), &logits, 40_000);
+        assert_eq!((f[0], f[1]), (0.0, 0.0), "{f:?}");
+        assert!((f[3] - 4.0 / 7.0).abs() < 0.01, "{f:?}");
+        // The nucleus for p = 0.65 is {0.4, 0.3} (0.7 ≥ 0.65); for 0.75 it also takes 0.2.
+        let f = frequencies(&mut Picker::new(1.0, None, Some(0.65)), &logits, 40_000);
+        assert_eq!((f[0], f[1]), (0.0, 0.0), "{f:?}");
+        let f = frequencies(&mut Picker::new(1.0, None, Some(0.75)), &logits, 40_000);
+        assert!(f[0] == 0.0 && (f[1] - 2.0 / 9.0).abs() < 0.01, "{f:?}");
+        // Both: top-k first, then the nucleus within it.
+        let f = frequencies(&mut Picker::new(1.0, Some(3), Some(0.5)), &logits, 10_000);
+        assert!(f[0] == 0.0 && f[1] == 0.0 && f[2] > 0.0, "{f:?}");
+        let mut rng = StdRng::seed_from_u64(1);
+        assert_eq!(Picker::new(1.0, Some(1), None).pick(&logits, &mut rng), 3, "top-1 is greedy");
+    }
+}

@@ -1,0 +1,165 @@
+//! How well a model predicts a text: the mean loss per character over sequences scored from a
+//! zero state (the validation loss of training, and `charrnn eval`), in nats and bits per
+//! character and as perplexity.
+
+use std::collections::BTreeSet;
+use std::fmt::Write as _;
+use std::path::Path;
+
+use anyhow::{bail, Result};
+use candle_core::DType;
+use serde::Serialize;
+
+use crate::data::cache::Corpus;
+use crate::data::vocab::Vocab;
+use crate::data::Sequences;
+use crate::model::{ids_tensor, Model, Pass};
+
+/// Bits per character of a loss in nats per character.
+pub fn bits(nats: f64) -> f64 {
+    nats / std::f64::consts::LN_2
+}
+
+/// Mean loss per character over all sequences (no shuffling, partial last batch included).
+pub fn mean_loss(model: &Model, seqs: &Sequences, batch_size: usize) -> Result<Option<f64>> {
+    if seqs.is_empty() {
+        return Ok(None);
+    }
+    let indices: Vec<usize> = (0..seqs.len()).collect();
+    crate::compute::on_compute_thread(model.device(), || {
+        let mut total = 0.0;
+        for chunk in indices.chunks(batch_size) {
+            let b = seqs.batch(chunk);
+            let inputs = ids_tensor(&b.inputs, b.batch_size, b.seq_len, model.device())?;
+            let l = model.loss(&inputs, &b.targets, &Pass::Eval)?.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+            total += l * chunk.len() as f64;
+        }
+        Ok(Some(total / seqs.len() as f64))
+    })
+}
+
+/// A text's score under a model.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Score {
+    /// Characters predicted and scored.
+    pub characters: usize,
+    /// Characters of the text outside the model's vocabulary, left out before scoring.
+    pub skipped: usize,
+    /// Those characters, each as a quoted Rust literal (`'\u{1f600}'`), sorted.
+    pub unknown_characters: Vec<String>,
+    /// Mean cross-entropy per character, in nats.
+    pub nats_per_char: f64,
+    /// The same in bits.
+    pub bits_per_char: f64,
+    /// e to the nats: the model's effective number of choices per character.
+    pub perplexity: f64,
+}
+
+impl Score {
+    /// The score as one line (two with skipped characters) for people.
+    pub fn describe(&self, checkpoint: &Path, data: &impl std::fmt::Display) -> String {
+        let mut s = format!(
+            "{} under {}: {:.4} nats/char, {:.4} bits/char, perplexity {:.3} over {} characters",
+            data,
+            checkpoint.display(),
+            self.nats_per_char,
+            self.bits_per_char,
+            self.perplexity,
+            self.characters
+        );
+        if self.skipped > 0 {
+            let _ = write!(
+                s,
+                "\nskipped {} characters outside the vocabulary: {}",
+                self.skipped,
+                self.unknown_characters.join(" ")
+            );
+        }
+        s
+    }
+}
+
+/// Mean cross-entropy of `text` under `model`, scored in consecutive sequences of `seq_len`
+/// predictions from a zero state (as the validation loss during training). Characters outside
+/// the vocabulary are counted and dropped from the stream.
+///
+/// A model that has learnt nothing spreads its bets over the whole vocabulary: about ln V nats,
+/// log2 V bits and a perplexity of about V per character.
+///
+/// ```
+/// # fn main() -> anyhow::Result<()> {
+/// use charrnn_core::data::vocab::Vocab;
+/// use charrnn_core::model::{Config, Model};
+/// use charrnn_core::{score, Compute};
+/// use rand::SeedableRng;
+///
+/// let text = "to be, or not to be, that is the question\n".repeat(20);
+/// let vocab = Vocab::from_text(&text);
+/// let mut rng = rand::rngs::StdRng::seed_from_u64(3);
+/// let config = Config::gru(vocab.len(), 8, 16);
+/// let model = Model::new_random(config, candle_core::DType::F32, &Compute::cpu(), &mut rng)?;
+/// let s = score::score(&model, &vocab, &text, 50, 8)?;
+/// let v = vocab.len() as f64;
+/// assert!((s.nats_per_char - v.ln()).abs() < 0.1, "{s:?}");
+/// assert!((s.bits_per_char - score::bits(s.nats_per_char)).abs() < 1e-12);
+/// assert!((s.perplexity / v - 1.0).abs() < 0.1);
+/// assert_eq!(s.skipped, 0);
+/// # Ok(())
+/// # }
+/// ```
+pub fn score(model: &Model, vocab: &Vocab, text: &str, seq_len: usize, batch_size: usize) -> Result<Score> {
+    let (ids, skipped, unknown) = vocab.encode_known(text);
+    score_ids(model, ids, skipped, unknown, seq_len, batch_size)
+}
+
+/// [`score`] for a prepared corpus, whose ids are in its own vocabulary: they are translated
+/// to the model's, chunk by chunk, leaving out (and counting) the characters it lacks.
+pub fn score_corpus(
+    model: &Model,
+    vocab: &Vocab,
+    corpus: &Corpus,
+    seq_len: usize,
+    batch_size: usize,
+) -> Result<Score> {
+    let to_model: Vec<Option<u32>> = corpus.vocab.chars().iter().map(|&c| vocab.id(c)).collect();
+    let (mut ids, mut skipped, mut unknown) = (Vec::new(), 0, BTreeSet::new());
+    let (all, mut chunk) = (corpus.ids(), Vec::new());
+    for start in (0..all.len()).step_by(1 << 20) {
+        chunk.clear();
+        all.extend(start..(start + (1 << 20)).min(all.len()), &mut chunk);
+        for &id in &chunk {
+            match to_model[id as usize] {
+                Some(m) => ids.push(m),
+                None => {
+                    skipped += 1;
+                    unknown.insert(corpus.vocab.char(id));
+                }
+            }
+        }
+    }
+    score_ids(model, ids, skipped, unknown, seq_len, batch_size)
+}
+
+fn score_ids(
+    model: &Model,
+    ids: Vec<u32>,
+    skipped: usize,
+    unknown: BTreeSet<char>,
+    seq_len: usize,
+    batch_size: usize,
+) -> Result<Score> {
+    if ids.len() < 2 {
+        bail!("the text has {} characters the model knows; at least 2 are needed to score it", ids.len());
+    }
+    let seq_len = seq_len.min(ids.len() - 1);
+    let seqs = Sequences::new(&ids, seq_len);
+    let nats = mean_loss(model, &seqs, batch_size)?.expect("at least one sequence");
+    Ok(Score {
+        characters: seqs.len() * seq_len,
+        skipped,
+        unknown_characters: unknown.iter().map(|c| format!("{c:?}")).collect(),
+        nats_per_char: nats,
+        bits_per_char: bits(nats),
+        perplexity: nats.exp(),
+    })
+}
