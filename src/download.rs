@@ -14,18 +14,14 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use reqwest::blocking::Response;
 use sha2::{Digest, Sha256};
 
-use charrnn_core::data::hex;
 use charrnn_core::data::utf8::Utf8Stream;
+use charrnn_core::data::{hex, tutorial};
 use charrnn_core::{atomic, files};
-
-/// The tutorial's corpus and its SHA-256.
-pub const DEFAULT_URL: &str = "https://storage.googleapis.com/download.tensorflow.org/data/shakespeare.txt";
-pub const DEFAULT_SHA256: &str = "86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed";
 
 pub struct DownloadOptions {
     pub url: String,
     pub output: PathBuf,
-    /// Expected SHA-256; `None` with the default URL means [`DEFAULT_SHA256`].
+    /// Expected SHA-256; `None` with the tutorial's URL means its known SHA-256.
     pub sha256: Option<String>,
     pub force: bool,
     /// The whole download's deadline (connecting, waiting and reading the body).
@@ -33,9 +29,6 @@ pub struct DownloadOptions {
     /// The largest body accepted.
     pub max_bytes: u64,
 }
-
-/// The default of `--max-bytes`: far above any text corpus one downloads, far below a disk.
-pub const DEFAULT_MAX_BYTES: u64 = 4 << 30;
 
 #[derive(Debug, PartialEq, Eq)]
 pub enum Outcome {
@@ -91,7 +84,7 @@ pub fn run(o: &DownloadOptions) -> Result<Outcome> {
 fn expected_sha256(o: &DownloadOptions) -> Result<Option<String>> {
     let expected = match &o.sha256 {
         Some(s) => Some(s.trim().to_ascii_lowercase()),
-        None if o.url == DEFAULT_URL => Some(DEFAULT_SHA256.to_string()),
+        None if o.url == tutorial::URL => Some(tutorial::SHA256.to_string()),
         None => None,
     };
     if let Some(e) = &expected {

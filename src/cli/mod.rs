@@ -16,8 +16,12 @@ use charrnn_core::sample::job;
 use charrnn_core::train::presets::Preset;
 use charrnn_core::Choice;
 
-use crate::download;
+use charrnn_core::data::tutorial;
 pub use settings::{ModelArgs, SettingsArgs};
+
+/// The default of `download --max-bytes`: far above any text corpus one downloads, far below a
+/// disk.
+const DOWNLOAD_MAX_BYTES: u64 = 4 << 30;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -65,7 +69,7 @@ pub enum Command {
 #[derive(Args, Debug)]
 pub struct DownloadArgs {
     /// Where to fetch the text from
-    #[arg(long, default_value = download::DEFAULT_URL)]
+    #[arg(long, default_value = tutorial::URL)]
     pub url: String,
     /// Where to write it
     #[arg(long, default_value = "data/shakespeare.txt")]
@@ -80,7 +84,7 @@ pub struct DownloadArgs {
     #[arg(long, default_value_t = 120, value_parser = timeout_seconds)]
     pub timeout: u64,
     /// Refuse a body larger than this many bytes
-    #[arg(long, default_value_t = download::DEFAULT_MAX_BYTES, value_parser = positive_u64)]
+    #[arg(long, default_value_t = DOWNLOAD_MAX_BYTES, value_parser = positive_u64)]
     pub max_bytes: u64,
 }
 

@@ -12,6 +12,14 @@ pub use ids::Ids;
 
 use rand::Rng;
 
+/// The tutorial's corpus: where it is published and its SHA-256 (a download checks it).
+pub mod tutorial {
+    /// Where the TensorFlow tutorial's Shakespeare is published.
+    pub const URL: &str = "https://storage.googleapis.com/download.tensorflow.org/data/shakespeare.txt";
+    /// Its SHA-256.
+    pub const SHA256: &str = "86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed";
+}
+
 /// Bytes as lowercase hexadecimal (SHA-256 digests).
 pub fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()

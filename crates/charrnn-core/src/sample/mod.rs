@@ -255,6 +255,9 @@ impl Engine {
             #[cfg(feature = "cuda")]
             Backend::Gpu(sampler) => step_gpu(sampler, &mut self.jobs, &self.vocab, chunk)?,
         };
+        if !over.contains(&true) {
+            return Ok(Vec::new());
+        }
         let mut flags = over.iter();
         let (ended, kept) = std::mem::take(&mut self.jobs)
             .into_iter()

@@ -57,6 +57,7 @@ fn request_tiles() -> bool {
 }
 
 /// The tile configuration `ldtilecfg` reads (palette 1): every tile 16 rows of 64 bytes.
+#[cfg(all(target_arch = "x86_64", target_os = "linux"))]
 #[repr(C, align(64))]
 struct Config {
     palette: u8,
@@ -66,6 +67,7 @@ struct Config {
     rows: [u8; 16],
 }
 
+#[cfg(all(target_arch = "x86_64", target_os = "linux"))]
 const CONFIG: Config = Config {
     palette: 1,
     start_row: 0,

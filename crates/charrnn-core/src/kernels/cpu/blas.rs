@@ -268,6 +268,8 @@ macro_rules! with_rows {
         }
     };
 }
+// The bf16 kernels use it too; they exist on x86-64 only.
+#[cfg(target_arch = "x86_64")]
 pub(crate) use with_rows;
 
 /// One column panel of a packed product: all rows of `a` times one PANEL-wide panel of the
