@@ -28,6 +28,8 @@ pub struct DownloadOptions {
     pub timeout: Duration,
     /// The largest body accepted.
     pub max_bytes: u64,
+    /// Follow redirects (at most 10, never from https to http); without it one is an error.
+    pub follow_redirects: bool,
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -63,7 +65,7 @@ pub fn run(o: &DownloadOptions) -> Result<Outcome> {
     std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let started = Instant::now();
     let response = request(o)?;
-    let mut tmp = atomic::temporary_file(&dir)
+    let mut tmp = atomic::private_temporary(&dir)
         .with_context(|| format!("cannot create a temporary file in {}", dir.display()))?;
     crate::signals::remove_on_interrupt(tmp.path())?;
     let (received, sha256) = receive(o, response, started, tmp.as_file_mut(), &dir)?;
@@ -74,8 +76,7 @@ pub fn run(o: &DownloadOptions) -> Result<Outcome> {
     }
     tmp.as_file_mut().flush()?;
     tmp.as_file().sync_all()?;
-    tmp.persist(&o.output)
-        .map_err(|e| e.error)
+    atomic::persist(tmp, &o.output)
         .with_context(|| format!("cannot move the download into {}", o.output.display()))?;
     Ok(Outcome::Downloaded { bytes: received, sha256 })
 }
@@ -95,11 +96,14 @@ fn expected_sha256(o: &DownloadOptions) -> Result<Option<String>> {
     Ok(expected)
 }
 
-/// Sends the request; refuses an error status, a redirect, an HTML page, and a body announced
-/// larger than --max-bytes, before anything is written.
+/// Sends the request; refuses an error status, a redirect (unless asked to follow them), an
+/// HTML page, and a body announced larger than --max-bytes, before anything is written.
 fn request(o: &DownloadOptions) -> Result<Response> {
-    let client =
-        reqwest::blocking::Client::builder().connect_timeout(o.timeout).timeout(o.timeout).build()?;
+    let client = reqwest::blocking::Client::builder()
+        .connect_timeout(o.timeout)
+        .timeout(o.timeout)
+        .redirect(redirects(o.follow_redirects))
+        .build()?;
     let fail = |e: reqwest::Error| anyhow::Error::new(e).context(format!("download of {} failed", o.url));
     let response = client.get(&o.url).send().map_err(fail)?;
     let status = response.status();
@@ -108,7 +112,9 @@ fn request(o: &DownloadOptions) -> Result<Response> {
         bail!(
             "download of {} failed: the server answered {status}{}; nothing was written",
             o.url,
-            location.map(|l| format!(" (a redirect to {l} that is not followed)")).unwrap_or_default()
+            location
+                .map(|l| format!(" (a redirect to {l}, not followed: pass --follow-redirects to follow it)"))
+                .unwrap_or_default()
         );
     }
     let content_type = response.headers().get(reqwest::header::CONTENT_TYPE).and_then(|c| c.to_str().ok());
@@ -191,6 +197,26 @@ fn receive(
         bail!("download of {} ends inside a UTF-8 character (cut short?); nothing was written", o.url);
     }
     Ok((received, hex(&hasher.finalize())))
+}
+
+/// None, or (`follow`) up to 10, never from https to http: a downgrade would let anyone on the
+/// path change the file, checksum aside.
+fn redirects(follow: bool) -> reqwest::redirect::Policy {
+    if !follow {
+        return reqwest::redirect::Policy::none();
+    }
+    reqwest::redirect::Policy::custom(|attempt| {
+        let downgrade =
+            attempt.previous().iter().any(|u| u.scheme() == "https") && attempt.url().scheme() == "http";
+        if downgrade {
+            let to = attempt.url().to_string();
+            attempt.error(format!("a redirect from https to plain http ({to}) is refused"))
+        } else if attempt.previous().len() > 10 {
+            attempt.error("more than 10 redirects")
+        } else {
+            attempt.follow()
+        }
+    })
 }
 
 /// A body that starts like an HTML document (an error page or a login page served instead of

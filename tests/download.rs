@@ -44,7 +44,15 @@ fn sha(b: &[u8]) -> String {
 }
 
 fn opts(url: String, output: PathBuf, sha256: Option<String>, force: bool) -> DownloadOptions {
-    DownloadOptions { url, output, sha256, force, timeout: Duration::from_secs(5), max_bytes: 1 << 20 }
+    DownloadOptions {
+        url,
+        output,
+        sha256,
+        force,
+        timeout: Duration::from_secs(5),
+        max_bytes: 1 << 20,
+        follow_redirects: false,
+    }
 }
 
 fn listing(dir: &Path) -> Vec<String> {

@@ -85,6 +85,7 @@ impl Server {
     fn post(&self, body: &str) -> (u16, Option<String>, Value) {
         let r = reqwest::blocking::Client::new()
             .post(format!("{}/v1/generate", self.url))
+            .header("content-type", "application/json")
             .body(body.to_string())
             .send()
             .unwrap();
@@ -101,6 +102,7 @@ impl Server {
             .unwrap()
             .post(format!("{}/v1/generate", self.url))
             .header("accept", "text/event-stream")
+            .header("content-type", "application/json")
             .body(body.to_string())
             .send()
             .unwrap();

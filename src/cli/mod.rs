@@ -86,6 +86,10 @@ pub struct DownloadArgs {
     /// Refuse a body larger than this many bytes
     #[arg(long, default_value_t = DOWNLOAD_MAX_BYTES, value_parser = positive_u64)]
     pub max_bytes: u64,
+    /// Follow HTTP redirects (at most 10, never from https to plain http); without it a
+    /// redirect is an error that names where it points
+    #[arg(long)]
+    pub follow_redirects: bool,
 }
 
 #[derive(Args, Debug)]
@@ -189,7 +193,7 @@ impl CacheArgs {
             return Some(dir.clone());
         }
         let dir = charrnn_core::data::cache::CacheOptions::default_dir();
-        match std::fs::create_dir_all(&dir) {
+        match charrnn_core::data::cache::make_cache_dir(&dir) {
             Ok(()) => Some(dir),
             Err(e) => {
                 eprintln!(
@@ -337,12 +341,60 @@ pub struct ServeArgs {
     /// Seconds a request may run before it is ended
     #[arg(long, default_value_t = 60, value_parser = timeout_seconds)]
     pub time_limit: u64,
+    /// Most samples generating at once for one client (by API key where keys are used, else
+    /// by address); more are answered 429 with Retry-After
+    #[arg(long, default_value_t = 16, value_parser = positive)]
+    pub max_streams_per_client: usize,
+    /// Most characters of a request's start (the model reads them all before it writes)
+    #[arg(long, default_value_t = 4096, value_parser = positive)]
+    pub max_start_chars: usize,
+    #[command(flatten)]
+    pub network: NetworkArgs,
     /// Where to sample: the server samples on the CPU (a GPU model is refused)
     #[arg(long = "device", value_enum, default_value_t = DeviceChoice::Cpu)]
     pub device: DeviceChoice,
     /// Arithmetic of the sampling products: f32, or bf16 (f32 sums) on a CPU with AVX512-BF16
     #[arg(long, value_parser = choice::<Precision>(), default_value_t = Precision::F32)]
     pub precision: Precision,
+}
+
+/// What `serve` lets in: connections, their timeouts, who may call it and from which pages.
+#[derive(Args, Debug)]
+pub struct NetworkArgs {
+    /// Seconds a client has to send a request's headers, from its first byte
+    #[arg(long, default_value_t = 5.0, value_parser = seconds)]
+    pub header_timeout: f64,
+    /// Seconds a client has to send a request's body, from its headers
+    #[arg(long, default_value_t = 10.0, value_parser = seconds)]
+    pub body_timeout: f64,
+    /// Seconds an idle keep-alive connection stays open
+    #[arg(long, default_value_t = 30.0, value_parser = seconds)]
+    pub idle_timeout: f64,
+    /// Most connections open at once (kept below the open-file limit); when full, the one
+    /// longest without a request is closed for a new one
+    #[arg(long, default_value_t = 1024, value_parser = positive)]
+    pub max_connections: usize,
+    /// Seconds running requests get to end when the server stops (a second Ctrl-C exits now)
+    #[arg(long, default_value_t = 3.0, value_parser = seconds)]
+    pub shutdown_timeout: f64,
+    /// An API key clients must send as `Authorization: Bearer KEY` on every route but
+    /// /healthz (repeatable; also CHARRNN_API_KEY)
+    #[arg(long = "api-key", value_name = "KEY", env = "CHARRNN_API_KEY", hide_env_values = true)]
+    pub api_keys: Vec<String>,
+    /// A file of API keys, one per line
+    #[arg(long, value_name = "FILE")]
+    pub api_key_file: Option<PathBuf>,
+    /// Serve on an address other machines can reach without an API key
+    #[arg(long)]
+    pub no_auth: bool,
+    /// A web page origin (scheme://host[:port]) whose scripts may call the API, with CORS
+    /// headers (repeatable); other pages' requests are refused
+    #[arg(long = "allow-origin", value_name = "ORIGIN")]
+    pub allow_origins: Vec<String>,
+    /// A host name clients may address the server by, besides its IP addresses and
+    /// localhost (repeatable)
+    #[arg(long = "allowed-host", value_name = "NAME")]
+    pub allowed_hosts: Vec<String>,
 }
 
 #[derive(Args, Debug)]
@@ -395,6 +447,16 @@ fn positive_u64(s: &str) -> Result<u64, String> {
 
 fn timeout_seconds(s: &str) -> Result<u64, String> {
     checked(s, &Rule { ok: |n: u64| (1..=7 * 24 * 3600).contains(&n), expected: "from 1 to 604800 (a week)" })
+}
+
+fn seconds(s: &str) -> Result<f64, String> {
+    checked(
+        s,
+        &Rule {
+            ok: |x: f64| x.is_finite() && x > 0.0 && x <= 86_400.0,
+            expected: "a number of seconds above 0, at most a day",
+        },
+    )
 }
 
 fn probability(s: &str) -> Result<f32, String> {

@@ -15,6 +15,7 @@ pub(super) fn run(a: DownloadArgs) -> Result<()> {
         force: a.force,
         timeout: Duration::from_secs(a.timeout),
         max_bytes: a.max_bytes,
+        follow_redirects: a.follow_redirects,
     })?;
     match outcome {
         Outcome::AlreadyPresent => eprintln!("{} already present (checksum verified)", a.output.display()),

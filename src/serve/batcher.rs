@@ -3,10 +3,11 @@
 //! when done, cancelled or out of time; each step feeds every present sample at once, so the
 //! weights are read once per step however many clients there are. A request's text depends
 //! only on its own options and seed (see `charrnn_core::sample::job`), never on what else is
-//! running.
+//! running. After a reload the new model takes new requests at once, while the old one
+//! finishes its own.
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, TryRecvError};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -14,12 +15,23 @@ use std::time::{Duration, Instant};
 use charrnn_core::sample::{Engine, Job, JobId, SampleOptions};
 use tokio::sync::mpsc::UnboundedSender;
 
+use super::streams::Slot;
+
 /// What a request hears from the batcher, in order: one `Text` per sample with its start (the
 /// request is running), more `Text` as it is produced, then `Done` or `Failed`.
 #[derive(Debug)]
 pub enum Event {
-    Text { sample: usize, text: String },
-    Done { samples: Vec<String>, chars_per_s: f64 },
+    Text {
+        sample: usize,
+        text: String,
+    },
+    /// Each sample's whole text (the start first), whether a stop string ended it (else its
+    /// length did), and the request's rate.
+    Done {
+        samples: Vec<String>,
+        stopped: Vec<bool>,
+        chars_per_s: f64,
+    },
     Failed(Failure),
 }
 
@@ -52,28 +64,6 @@ impl std::fmt::Display for Failure {
     }
 }
 
-/// Sample rows reserved for a request; given back when it is dropped, wherever that happens.
-pub struct Slot {
-    rows: usize,
-    in_use: Arc<AtomicUsize>,
-}
-
-impl Slot {
-    /// Reserves `rows` of at most `limit`, or None when that many are not free.
-    pub fn reserve(in_use: &Arc<AtomicUsize>, rows: usize, limit: usize) -> Option<Slot> {
-        in_use
-            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_add(rows).filter(|&t| t <= limit))
-            .ok()?;
-        Some(Slot { rows, in_use: in_use.clone() })
-    }
-}
-
-impl Drop for Slot {
-    fn drop(&mut self) {
-        self.in_use.fetch_sub(self.rows, Ordering::SeqCst);
-    }
-}
-
 pub struct Request {
     pub options: SampleOptions,
     pub time_limit: Duration,
@@ -88,7 +78,7 @@ impl Request {
     }
 }
 
-/// A model to serve from the next moment no request is running, and what to do then.
+/// A newer model to serve: new requests go to it from now on; `announce` runs when it does.
 pub struct Switch {
     pub engine: Box<Engine>,
     pub announce: Box<dyn FnOnce() + Send>,
@@ -119,21 +109,40 @@ impl Running {
     }
 }
 
-/// Serves commands until `Shutdown` or until every sender is gone.
-pub fn run(mut engine: Engine, commands: Receiver<Command>) {
-    let mut running: Vec<Running> = Vec::new();
+/// A model in service and the requests it runs.
+struct Live {
+    engine: Engine,
+    running: Vec<Running>,
+}
+
+/// Marks the sampler as stopped when the thread ends, however it ends: `/healthz` reads it.
+struct Alive(Arc<AtomicBool>);
+
+impl Drop for Alive {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::SeqCst);
+    }
+}
+
+/// Serves commands until `Shutdown` or until every sender is gone; `alive` is true while it
+/// does.
+pub fn run(engine: Engine, commands: Receiver<Command>, alive: Arc<AtomicBool>) {
+    let _alive = Alive(alive);
+    // The newest model last: it takes the new requests.
+    let mut models = vec![Live { engine, running: Vec::new() }];
     let mut waiting: Vec<Request> = Vec::new();
-    let mut switch: Option<Switch> = None;
     loop {
-        if running.is_empty() {
-            if let Some(next) = switch.take() {
-                engine = *next.engine;
-                (next.announce)();
-            }
-        }
+        // An older model leaves once its last request has.
+        let newest = models.len() - 1;
+        let mut k = 0;
+        models.retain(|m| {
+            k += 1;
+            k - 1 == newest || !m.running.is_empty()
+        });
+        let idle = models.iter().all(|m| m.running.is_empty());
         // Block for work when idle; otherwise take what has arrived and keep stepping.
         let mut arrived = Vec::new();
-        if running.is_empty() && waiting.is_empty() {
+        if idle && waiting.is_empty() {
             match commands.recv() {
                 Ok(c) => arrived.push(c),
                 Err(_) => return,
@@ -143,16 +152,19 @@ pub fn run(mut engine: Engine, commands: Receiver<Command>) {
             match commands.try_recv() {
                 Ok(c) => arrived.push(c),
                 Err(TryRecvError::Empty) => break,
-                Err(TryRecvError::Disconnected) if arrived.is_empty() && running.is_empty() => return,
+                Err(TryRecvError::Disconnected) if arrived.is_empty() && idle => return,
                 Err(TryRecvError::Disconnected) => break,
             }
         }
         for command in arrived {
             match command {
                 Command::Run(request) => waiting.push(request),
-                Command::Switch(next) => switch = Some(next),
+                Command::Switch(next) => {
+                    models.push(Live { engine: *next.engine, running: Vec::new() });
+                    (next.announce)();
+                }
                 Command::Shutdown => {
-                    for r in &running {
+                    for r in models.iter().flat_map(|m| &m.running) {
                         r.request.fail(Failure::ShuttingDown);
                     }
                     for r in waiting {
@@ -162,49 +174,58 @@ pub fn run(mut engine: Engine, commands: Receiver<Command>) {
                 }
             }
         }
-        // A model switch waits for the running requests to finish; new ones wait for it.
-        if switch.is_none() {
-            for request in waiting.drain(..) {
-                admit(&mut engine, &mut running, request);
-            }
+        let newest = models.last_mut().expect("a model in service");
+        for request in waiting.drain(..) {
+            guarded(newest, |live| admit(&mut live.engine, &mut live.running, request));
         }
-        if running.is_empty() {
-            continue;
-        }
-        let stepped = catch_unwind(AssertUnwindSafe(|| step(&mut engine, &mut running)));
-        if !matches!(stepped, Ok(Ok(()))) {
-            // A bug, not a client's doing: fail what was running and carry on from a clean
-            // state rather than take the server down.
-            let why = match stepped {
-                Ok(Err(e)) => format!(": {e:#}"),
-                _ => String::new(),
-            };
-            eprintln!("error: the sampler failed{why}; {} request(s) were ended", running.len());
-            for r in &running {
-                r.request.fail(Failure::SamplerFailed);
-            }
-            running.clear();
-            engine.clear();
+        for live in models.iter_mut().filter(|m| !m.running.is_empty()) {
+            guarded(live, |live| step(&mut live.engine, &mut live.running));
         }
     }
 }
 
+/// Runs `work` on a model; a panic or an error there (a bug, not a client's doing) fails the
+/// model's running requests and leaves it clean, rather than taking the server down.
+fn guarded(live: &mut Live, work: impl FnOnce(&mut Live) -> anyhow::Result<()>) {
+    let done = catch_unwind(AssertUnwindSafe(|| work(&mut *live)));
+    if matches!(done, Ok(Ok(()))) {
+        return;
+    }
+    let why = match done {
+        Ok(Err(e)) => format!(": {e:#}"),
+        _ => String::new(),
+    };
+    eprintln!("error: the sampler failed{why}; {} request(s) were ended", live.running.len());
+    for r in &live.running {
+        r.request.fail(Failure::SamplerFailed);
+    }
+    live.running.clear();
+    live.engine.clear();
+}
+
 /// Starts a request: its rows join at the zero state, and each sample's start is sent.
-fn admit(engine: &mut Engine, running: &mut Vec<Running>, request: Request) {
+fn admit(engine: &mut Engine, running: &mut Vec<Running>, request: Request) -> anyhow::Result<()> {
     let job = match Job::new(engine.vocab(), &request.options) {
         Ok(job) => job,
-        Err(e) => return request.fail(Failure::BadStart(e.to_string())),
+        Err(e) => {
+            request.fail(Failure::BadStart(e.to_string()));
+            return Ok(());
+        }
     };
     let (samples, start) = (job.samples(), job.start().to_string());
     let id = match engine.admit(job) {
         Ok(id) => id,
-        Err(refusal) => return request.fail(Failure::Full(refusal.to_string())),
+        Err(refusal) => {
+            request.fail(Failure::Full(refusal.to_string()));
+            return Ok(());
+        }
     };
     let r = Running { id, request, started: Instant::now(), sent_at: Instant::now() };
     for sample in 0..samples {
         r.send(Event::Text { sample, text: start.clone() });
     }
     running.push(r);
+    Ok(())
 }
 
 /// One step of every running request: those whose client has gone or whose time is up leave
@@ -234,7 +255,8 @@ fn step(engine: &mut Engine, running: &mut Vec<Running>) -> anyhow::Result<()> {
         }
         let seconds = r.started.elapsed().as_secs_f64().max(1e-9);
         let chars_per_s = job.produced_chars() as f64 / seconds;
-        r.send(Event::Done { samples: job.texts(), chars_per_s });
+        let stopped = (0..job.samples()).map(|s| job.stopped(s)).collect();
+        r.send(Event::Done { samples: job.texts(), stopped, chars_per_s });
     }
     running.retain_mut(|r| {
         if r.sent_at.elapsed() < SEND_EVERY {

@@ -1,6 +1,7 @@
 //! Reading the files a user names. Only regular files are read: a device (`/dev/zero`), a
 //! FIFO or a socket, given directly or through a link, would be read without end or block
-//! forever, so it is refused before it is opened.
+//! forever, so it is refused. The check is made on the file opened (without waiting, so a FIFO
+//! cannot block the open), not on the path, which could be swapped in between.
 
 use std::fs::File;
 use std::io::{Error, ErrorKind, Result};
@@ -8,12 +9,33 @@ use std::path::Path;
 
 /// Opens `path` for reading if it is a regular file (links followed).
 pub fn open(path: &Path) -> Result<File> {
-    let kind = std::fs::metadata(path)?.file_type();
+    let mut options = std::fs::OpenOptions::new();
+    options.read(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::custom_flags(&mut options, libc::O_NONBLOCK);
+    let file = options.open(path)?;
+    let kind = file.metadata()?.file_type();
     if !kind.is_file() {
         let what = if kind.is_dir() { "a folder" } else { "not a regular file (a device, FIFO or socket?)" };
         return Err(Error::new(ErrorKind::InvalidInput, format!("{} is {what}", path.display())));
     }
-    File::open(path)
+    #[cfg(unix)]
+    blocking(&file)?;
+    Ok(file)
+}
+
+/// Turns a descriptor opened without waiting back into an ordinary one.
+#[cfg(unix)]
+fn blocking(file: &File) -> Result<()> {
+    use std::os::fd::AsRawFd;
+    let fd = file.as_raw_fd();
+    // SAFETY: fcntl on a descriptor this function's caller owns, reading then setting its flags.
+    let flags = unsafe { libc::fcntl(fd, libc::F_GETFL) };
+    // SAFETY: as above.
+    if flags < 0 || unsafe { libc::fcntl(fd, libc::F_SETFL, flags & !libc::O_NONBLOCK) } < 0 {
+        return Err(Error::last_os_error());
+    }
+    Ok(())
 }
 
 /// The whole contents of the regular file `path`.

@@ -69,13 +69,13 @@ impl CacheOptions {
     }
 
     /// The default cache folder: `$CHARRNN_CACHE_DIR`, else `$XDG_CACHE_HOME/charrnn`, else
-    /// `~/.cache/charrnn`, else the system's temporary folder.
+    /// `~/.cache/charrnn`, else a folder of this user's own in the system's temporary folder.
     pub fn default_dir() -> PathBuf {
         let env = |k: &str| std::env::var_os(k).filter(|v| !v.is_empty()).map(PathBuf::from);
         env("CHARRNN_CACHE_DIR")
             .or_else(|| env("XDG_CACHE_HOME").map(|d| d.join("charrnn")))
             .or_else(|| env("HOME").map(|d| d.join(".cache").join("charrnn")))
-            .unwrap_or_else(|| std::env::temp_dir().join("charrnn"))
+            .unwrap_or_else(|| std::env::temp_dir().join(format!("charrnn-{}", user_id())))
     }
 }
 
@@ -223,7 +223,7 @@ pub fn prepare(sources: &Sources, o: &CacheOptions, notify: Notify) -> Result<Co
     let corpus = match &o.dir {
         Some(dir) => cached(dir, &files, o, notify)?,
         None => {
-            let tmp = crate::atomic::temporary_file(&std::env::temp_dir())
+            let tmp = crate::atomic::private_temporary(&std::env::temp_dir())
                 .context("cannot make a temporary token cache")?
                 .into_temp_path();
             build(&tmp, &files, o, notify)?;
@@ -237,12 +237,44 @@ pub fn prepare(sources: &Sources, o: &CacheOptions, notify: Notify) -> Result<Co
     Ok(Corpus { groups, label: sources.to_string(), ..corpus })
 }
 
+/// This user's id (0 where the system has none).
+fn user_id() -> u32 {
+    #[cfg(unix)]
+    // SAFETY: geteuid only reads the process's credentials.
+    return unsafe { libc::geteuid() };
+    #[cfg(not(unix))]
+    0
+}
+
+/// Makes `dir` for token caches, readable by its owner only (0700), or checks the one there: in
+/// a folder another user could write to, they could plant a cache, so one that is not this
+/// user's own, or that others may write to, is refused.
+pub fn make_cache_dir(dir: &Path) -> std::io::Result<()> {
+    let mut builder = std::fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+    builder.create(dir)?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        let m = std::fs::metadata(dir)?;
+        if m.uid() != user_id() || m.mode() & 0o022 != 0 {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::PermissionDenied,
+                "it belongs to another user or others may write to it",
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// The corpus from the cache in `dir`: the one there if it checks out, else a new one written
 /// under a temporary name and renamed into place.
 fn cached(dir: &Path, files: &[SourceFile], o: &CacheOptions, notify: Notify) -> Result<Corpus> {
     let advice = "pass --cache-dir DIR or --no-cache";
-    std::fs::create_dir_all(dir)
-        .with_context(|| format!("cannot make the cache folder {}; {advice}", dir.display()))?;
+    make_cache_dir(dir)
+        .with_context(|| format!("cannot use the cache folder {}; {advice}", dir.display()))?;
     let path = dir.join(format!("{}.tokens", key(files, o)));
     if path.exists() {
         match open(&path, files, o, Check::Unchecked) {
@@ -250,7 +282,7 @@ fn cached(dir: &Path, files: &[SourceFile], o: &CacheOptions, notify: Notify) ->
             Err(rejected) => notify(Notice::CacheRebuilt { path: path.clone(), why: rejected.why }),
         }
     }
-    let tmp = crate::atomic::temporary_file(dir)
+    let tmp = crate::atomic::private_temporary(dir)
         .with_context(|| format!("cannot write in the cache folder {}; {advice}", dir.display()))?
         .into_temp_path();
     build(&tmp, files, o, notify)?;
@@ -384,10 +416,35 @@ fn check_cache(path: &Path, files: &[SourceFile], o: &CacheOptions, check: Check
         cache: Some(path.to_path_buf()),
         storage: Storage::Mapped { map, offset, width: header.width, count, _temporary: None },
     };
-    if check == Check::Unchecked && corpus.ids().max().is_some_and(|m| m as usize >= corpus.vocab.len()) {
-        return Err("holds ids outside its vocabulary".into());
+    if check == Check::Unchecked {
+        verify_ids(&corpus)?;
     }
     Ok(corpus)
+}
+
+/// Reads every id of a cache found on disk before it is trusted: each must be inside the
+/// vocabulary, and the text they spell must have the checksum the header records (a cache
+/// rewritten in place, header untouched, is caught here, not trained on).
+fn verify_ids(corpus: &Corpus) -> Result<(), String> {
+    let utf8: Vec<Vec<u8>> = corpus.vocab.chars().iter().map(|c| c.to_string().into_bytes()).collect();
+    let (ids, mut chunk, mut text) = (corpus.ids(), Vec::new(), Vec::new());
+    let mut sha = Sha256::new();
+    for start in (0..ids.len()).step_by(CHUNK) {
+        chunk.clear();
+        ids.extend(start..(start + CHUNK).min(ids.len()), &mut chunk);
+        text.clear();
+        for &id in &chunk {
+            let Some(bytes) = utf8.get(id as usize) else {
+                return Err("holds ids outside its vocabulary".into());
+            };
+            text.extend_from_slice(bytes);
+        }
+        sha.update(&text);
+    }
+    if super::hex(&sha.finalize()) != corpus.sha256 {
+        return Err("holds ids that do not match its checksum (changed after it was written?)".into());
+    }
+    Ok(())
 }
 
 /// A source that is not UTF-8.
@@ -410,9 +467,10 @@ impl std::fmt::Display for NotUtf8 {
 
 impl std::error::Error for NotUtf8 {}
 
-/// Calls `each` with the text of `path` in chunks that end on character boundaries; a file
-/// that is not UTF-8 is an error naming it and the offset of the first bad byte.
-fn for_each_text(path: &Path, mut each: impl FnMut(&str, &[u8])) -> Result<()> {
+/// Calls `each` with the text of `path` in chunks that end on character boundaries, until it
+/// fails (its error is returned) or the file ends; a file that is not UTF-8 is an error naming
+/// it and the offset of the first bad byte.
+fn for_each_text(path: &Path, mut each: impl FnMut(&str, &[u8]) -> Result<()>) -> Result<()> {
     let mut file = crate::files::open(path).with_context(|| unreadable(path))?;
     // No larger than the file needs: zeroing 8 MB for each of 10,000 small files would cost
     // more than reading them.
@@ -428,7 +486,7 @@ fn for_each_text(path: &Path, mut each: impl FnMut(&str, &[u8])) -> Result<()> {
             .map_err(|offset| NotUtf8 { path: path.to_path_buf(), offset })?;
         if valid > 0 {
             let text = std::str::from_utf8(&buf[..valid]).expect("checked just above");
-            each(text, &buf[..valid]);
+            each(text, &buf[..valid])?;
         }
         offset += valid as u64;
         buf.copy_within(valid..filled, 0);
@@ -570,6 +628,7 @@ fn scan_characters<'a>(files: &'a [SourceFile], o: &CacheOptions, notify: Notify
                     n += 1;
                 }
             }
+            Ok(())
         });
         scan.file_chars.push(if read.is_ok() { n } else { 0 });
         match read {
@@ -652,17 +711,17 @@ fn write_ids(
             sha.update(o.separator.as_bytes());
             encoder.encode(&o.separator, width, &mut ids);
         }
-        let mut result = Ok(());
+        // A failed write (a full disk) ends the reading at once, before more ids pile up.
         for_each_text(&f.path, |text, bytes| {
             sha.update(bytes);
             encoder.encode(text, width, &mut ids);
-            if ids.len() >= CHUNK && result.is_ok() {
+            if ids.len() >= CHUNK {
                 written += (ids.len() / width) as u64;
-                result = out.write_all(&ids);
+                out.write_all(&ids).with_context(fail)?;
                 ids.clear();
             }
+            Ok(())
         })?;
-        result.with_context(fail)?;
     }
     written += (ids.len() / width) as u64;
     out.write_all(&ids).with_context(fail)?;

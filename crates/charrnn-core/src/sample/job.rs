@@ -211,6 +211,11 @@ impl Job {
         (self.samples.iter()).map(|s| format!("{}{}", self.start, s.kept())).collect()
     }
 
+    /// Whether a stop string ended sample `sample` (else its length did, or it runs on).
+    pub fn stopped(&self, sample: usize) -> bool {
+        self.samples.get(sample).is_some_and(|s| s.end.is_some())
+    }
+
     /// Characters produced so far, over all samples (for a rate).
     pub fn produced_chars(&self) -> usize {
         self.samples.iter().map(|s| s.kept().chars().count()).sum()

@@ -38,20 +38,7 @@ impl Picker {
         c.clear();
         c.extend(logits.iter().enumerate().map(|(i, &l)| (((l - max) / self.temperature).exp(), i as u32)));
         if self.top_k.is_some() || self.top_p.is_some() {
-            // Most likely first; ties keep the lower id first.
-            c.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
-            let mut keep = self.top_k.unwrap_or(c.len()).clamp(1, c.len());
-            if let Some(p) = self.top_p {
-                let total: f32 = c[..keep].iter().map(|x| x.0).sum();
-                let mut running = 0.0;
-                let nucleus = c[..keep].iter().take_while(|x| {
-                    let inside = running < p * total;
-                    running += x.0;
-                    inside
-                });
-                keep = nucleus.count().max(1);
-            }
-            c.truncate(keep);
+            cut(c, self.top_k, self.top_p);
         }
         let total: f32 = c.iter().map(|x| x.0).sum();
         let mut u = rng.random::<f32>() * total;
@@ -67,6 +54,63 @@ impl Picker {
     }
 }
 
+/// Most likely first; ties keep the lower id first: a total order, so a partial selection's
+/// head, sorted, is exactly the head of the full sort.
+fn by_rank(a: &(f32, u32), b: &(f32, u32)) -> std::cmp::Ordering {
+    b.0.total_cmp(&a.0).then(a.1.cmp(&b.1))
+}
+
+/// Keeps the candidates (weight, id; in id order) that top-k and the nucleus allow, most
+/// likely first. Only as many as are kept get sorted (a partial selection finds them first),
+/// so a cut costs about a pass over the vocabulary, not a sort of it.
+///
+/// The nucleus is the shortest head whose weight reaches `p` of the kept candidates' total;
+/// where every candidate is kept (no top-k), that total is summed in id order (the GPU's
+/// draw sums it so too), else in rank order.
+fn cut(c: &mut Vec<(f32, u32)>, top_k: Option<usize>, top_p: Option<f32>) {
+    let n = c.len();
+    let k = top_k.unwrap_or(n).clamp(1, n);
+    let whole_total = (k == n).then(|| c.iter().map(|x| x.0).sum::<f32>());
+    if k < n {
+        c.select_nth_unstable_by(k - 1, by_rank);
+        c.truncate(k);
+    }
+    let Some(p) = top_p else {
+        c.sort_unstable_by(by_rank);
+        return;
+    };
+    let total = match whole_total {
+        Some(t) => t,
+        None => {
+            c.sort_unstable_by(by_rank);
+            c.iter().map(|x| x.0).sum()
+        }
+    };
+    let target = p * total;
+    // The nucleus counts each candidate whose predecessors' weight is still below the target.
+    let mut head = 64.min(c.len());
+    let keep = loop {
+        if head < c.len() {
+            c.select_nth_unstable_by(head - 1, by_rank);
+        }
+        c[..head].sort_unstable_by(by_rank);
+        let mut running = 0.0f32;
+        let inside = c[..head]
+            .iter()
+            .take_while(|x| {
+                let inside = running < target;
+                running += x.0;
+                inside
+            })
+            .count();
+        if inside < head || head == c.len() {
+            break inside.max(1);
+        }
+        head = (head * 4).min(c.len());
+    };
+    c.truncate(keep);
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -79,6 +123,48 @@ mod tests {
             counts[picker.pick(logits, &mut rng) as usize] += 1;
         }
         counts.iter().map(|&c| c as f64 / n as f64).collect()
+    }
+
+    /// The cut keeps exactly what sorting every candidate would, in the same order, for every
+    /// mix of the two cuts, over random weights with ties.
+    #[test]
+    fn the_partial_cut_keeps_what_a_full_sort_would() {
+        let mut rng = StdRng::seed_from_u64(3);
+        for case in 0..400 {
+            let n = [1, 2, 7, 65, 300, 5000][case % 6];
+            let weights: Vec<(f32, u32)> = (0..n as u32)
+                .map(|i| ((rng.random_range(0..40) as f32 / 39.0).powi(if case % 2 == 0 { 8 } else { 1 }), i))
+                .collect();
+            let top_k = [None, Some(1), Some(3), Some(n / 2 + 1), Some(n + 5)][case % 5];
+            let top_p = [None, Some(0.3), Some(0.9), Some(1.0)][case % 4];
+            if top_k.is_none() && top_p.is_none() {
+                continue;
+            }
+            // The reference: sort everything, then cut as the definition says.
+            let mut sorted = weights.clone();
+            sorted.sort_by(by_rank);
+            let mut keep = top_k.unwrap_or(n).clamp(1, n);
+            if let Some(p) = top_p {
+                let total: f32 = match keep == n {
+                    true => weights.iter().map(|x| x.0).sum(),
+                    false => sorted[..keep].iter().map(|x| x.0).sum(),
+                };
+                let mut running = 0.0;
+                keep = sorted[..keep]
+                    .iter()
+                    .take_while(|x| {
+                        let inside = running < p * total;
+                        running += x.0;
+                        inside
+                    })
+                    .count()
+                    .max(1);
+            }
+            sorted.truncate(keep);
+            let mut cut_here = weights.clone();
+            cut(&mut cut_here, top_k, top_p);
+            assert_eq!(cut_here, sorted, "case {case}: n {n}, top-k {top_k:?}, top-p {top_p:?}");
+        }
     }
 
     #[test]

@@ -142,13 +142,14 @@ impl Start {
         self,
         s: &Settings,
         corpus: &Corpus,
+        batches: &setup::Batches,
         compute: &Compute,
         observer: &mut dyn Observer,
     ) -> Result<setup::Start> {
         match self {
             Start::Resumed(r) => {
                 let (path, epoch, batch) = (r.path.clone(), r.position.epoch + 1, r.position.batch);
-                let start = setup::resumed(*r, s, corpus, compute)?;
+                let start = setup::resumed(*r, s, corpus, batches.per_epoch, compute)?;
                 observer.event(&Event::Resuming { path, epoch, batch });
                 Ok(start)
             }
@@ -229,7 +230,7 @@ pub fn run(o: &TrainOptions, observer: &mut dyn Observer) -> Result<()> {
         let start = crate::sample::SampleOptions::new(&o.limits.sample.start, 1);
         crate::sample::Job::new(&corpus.vocab, &start).context("--start")?;
     }
-    let begun = start.begin(s, corpus, &compute, observer)?;
+    let begun = start.begin(s, corpus, &batches, &compute, observer)?;
     let total_steps = (batches.per_epoch as u64).checked_mul(s.control.epochs as u64).ok_or_else(|| {
         anyhow::anyhow!(
             "--epochs {} × {} batches per epoch is too many steps to count",
@@ -246,7 +247,7 @@ pub fn run(o: &TrainOptions, observer: &mut dyn Observer) -> Result<()> {
         observer.event(&Event::AlreadyTrained { epochs: epoch });
         return Ok(());
     }
-    prepare_folder(o, !resumed && o.overwrite, observer)?;
+    let _lock = prepare_folder(o, !resumed && o.overwrite, observer)?;
     let run = session::Run {
         settings: s,
         dir,
@@ -259,12 +260,18 @@ pub fn run(o: &TrainOptions, observer: &mut dyn Observer) -> Result<()> {
     session::Session::open(&run, begun, observer)?.run()
 }
 
-/// Creates the checkpoint folder, removes temporaries an interrupted write left, and (with
-/// `overwrite`) the previous run's files.
-fn prepare_folder(o: &TrainOptions, overwrite: bool, observer: &mut dyn Observer) -> Result<()> {
+/// Creates the checkpoint folder and locks it for this run (refused while another run holds
+/// it), removes temporaries an interrupted write left, and (with `overwrite`) the previous
+/// run's files.
+fn prepare_folder(
+    o: &TrainOptions,
+    overwrite: bool,
+    observer: &mut dyn Observer,
+) -> Result<folder::FolderLock> {
     let dir = &o.checkpoint_dir;
     std::fs::create_dir_all(dir)
         .with_context(|| format!("cannot create the checkpoint folder {}", dir.display()))?;
+    let lock = folder::lock(dir)?;
     for stale in crate::atomic::remove_temporaries(dir) {
         observer.event(&Event::Notice(Notice::RemovedTemporary { path: stale }));
     }
@@ -272,5 +279,5 @@ fn prepare_folder(o: &TrainOptions, overwrite: bool, observer: &mut dyn Observer
         let mut notify = |n| observer.event(&Event::Notice(n));
         folder::remove_another_run(dir, &mut notify)?;
     }
-    Ok(())
+    Ok(lock)
 }

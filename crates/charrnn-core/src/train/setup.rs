@@ -100,8 +100,14 @@ pub(super) fn fresh(s: &Settings, corpus: &Corpus, compute: &Compute) -> Result<
 }
 
 /// The resumed run's model (in `compute`) and optimizer, once the corpus is known to be the
-/// same text.
-pub(super) fn resumed(r: Resumed, s: &Settings, corpus: &Corpus, compute: &Compute) -> Result<Start> {
+/// same text and the saved position to lie inside an epoch of `per_epoch` batches.
+pub(super) fn resumed(
+    r: Resumed,
+    s: &Settings,
+    corpus: &Corpus,
+    per_epoch: usize,
+    compute: &Compute,
+) -> Result<Start> {
     let provenance = &r.checkpoint.provenance;
     if provenance.corpus_sha256 != corpus.sha256 {
         bail!(
@@ -109,6 +115,13 @@ pub(super) fn resumed(r: Resumed, s: &Settings, corpus: &Corpus, compute: &Compu
             corpus.label,
             r.path.display(),
             provenance.corpus_sha256
+        );
+    }
+    if r.position.batch >= per_epoch && r.position.batch > 0 {
+        bail!(
+            "{} says the run stopped after batch {} of an epoch that has {per_epoch} batches: it is damaged or not this run's; resume from another checkpoint",
+            crate::checkpoint::optim_path(&r.path).display(),
+            r.position.batch
         );
     }
     let mut adam = r.adam;

@@ -321,8 +321,14 @@ extern "C" __global__ void sample_draw(
     int keep = vocab;
     if (top_k > 0 && top_k < keep) keep = top_k;
     if (top_p >= 0.0f) {
+        // The nucleus's total, as the CPU's picker sums it: in id order when every character
+        // is kept, in rank order within the top k.
         float total = 0.0f;
-        for (int k = 0; k < keep; ++k) total += sorted_w[k];
+        if (keep == vocab) {
+            for (int v = 0; v < vocab; ++v) total += logit[v];
+        } else {
+            for (int k = 0; k < keep; ++k) total += sorted_w[k];
+        }
         float running = 0.0f;
         int nucleus = 0;
         while (nucleus < keep && running < top_p * total) running += sorted_w[nucleus++];
