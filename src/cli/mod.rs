@@ -58,7 +58,7 @@ pub enum Command {
     Info(InfoArgs),
     /// Serve a checkpoint over HTTP: a JSON API with streaming, and a page to try it
     #[command(
-        after_help = "Example:\n  charrnn serve --checkpoint checkpoints --port 8080\n  curl -s localhost:8080/v1/generate -d '{\"start\": \"ROMEO: \", \"length\": 200, \"seed\": 1}'"
+        after_help = "Example:\n  charrnn serve --checkpoint checkpoints --port 8080\n  curl -s localhost:8080/v1/generate -H 'Content-Type: application/json' -d '{\"start\": \"ROMEO: \", \"length\": 200, \"seed\": 1}'"
     )]
     Serve(ServeArgs),
     /// Measure training and sampling speed against this machine's GEMM rate

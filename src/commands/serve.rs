@@ -37,6 +37,7 @@ pub(super) fn run(a: ServeArgs, kernel: Kernel) -> Result<()> {
         max_connections: n.max_connections,
         shutdown_timeout: Duration::from_secs_f64(n.shutdown_timeout),
         access: Access::new(&api_keys(n)?, &n.allow_origins, &n.allowed_hosts),
+        no_auth: n.no_auth,
         reload: a.reload,
         compute: Compute::new(Device::Cpu, kernel, a.precision)?,
     })

@@ -77,7 +77,7 @@ impl Access {
         name.parse::<IpAddr>().is_ok()
             || name == "localhost"
             || name.ends_with(".localhost")
-            || self.hosts.iter().any(|h| *h == name)
+            || self.hosts.contains(&name)
     }
 }
 

@@ -132,13 +132,10 @@ pub fn run(engine: Engine, commands: Receiver<Command>, alive: Arc<AtomicBool>) 
     let mut models = vec![Live { engine, running: Vec::new() }];
     let mut waiting: Vec<Request> = Vec::new();
     loop {
-        // An older model leaves once its last request has.
+        // An older model leaves once its last request has; the newest stays.
         let newest = models.len() - 1;
-        let mut k = 0;
-        models.retain(|m| {
-            k += 1;
-            k - 1 == newest || !m.running.is_empty()
-        });
+        let mut index = 0..;
+        models.retain(|m| index.next() == Some(newest) || !m.running.is_empty());
         let idle = models.iter().all(|m| m.running.is_empty());
         // Block for work when idle; otherwise take what has arrived and keep stepping.
         let mut arrived = Vec::new();
@@ -272,4 +269,24 @@ fn step(engine: &mut Engine, running: &mut Vec<Running>) -> anyhow::Result<()> {
         sent
     });
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// However the sampling thread ends, a panic included, the flag `/healthz` reads turns
+    /// false.
+    #[test]
+    fn the_sampler_is_marked_stopped_when_its_thread_ends() {
+        let alive = Arc::new(AtomicBool::new(true));
+        let flag = alive.clone();
+        let ended = std::thread::spawn(move || {
+            let _alive = Alive(flag);
+            panic!("a bug in the sampler");
+        })
+        .join();
+        assert!(ended.is_err());
+        assert!(!alive.load(Ordering::SeqCst));
+    }
 }

@@ -55,6 +55,8 @@ pub struct ServeOptions {
     /// How long running requests get to end when the server stops.
     pub shutdown_timeout: Duration,
     pub access: Access,
+    /// Serve an address other machines reach without an API key.
+    pub no_auth: bool,
     /// Watch the checkpoint folder for newer files.
     pub reload: bool,
     /// Where and how the sampling products run.
@@ -115,7 +117,7 @@ fn check(o: &ServeOptions) -> Result<()> {
             o.limits.max_streams
         );
     }
-    if !o.addr.ip().is_loopback() && !o.access.needs_key() {
+    if !o.addr.ip().is_loopback() && !o.access.needs_key() && !o.no_auth {
         bail!(
             "--host {} lets every machine that can reach this one use the model, and no API key is set; give one with --api-key (or CHARRNN_API_KEY, --api-key-file), or pass --no-auth if that is what you want",
             o.addr.ip()
@@ -197,7 +199,7 @@ pub fn run(o: ServeOptions) -> Result<()> {
 /// ceiling first), leaving room for the checkpoint, reloads and the sampler's own files.
 fn connection_cap(wanted: usize) -> usize {
     match raise_file_limit() {
-        Some(files) => wanted.min(files - (files / 4).clamp(8, 64).min(files - 1)),
+        Some(files) => wanted.min(files.saturating_sub((files / 4).clamp(8, 64)).max(1)),
         None => wanted,
     }
 }
