@@ -11,14 +11,15 @@ pub struct Picker {
     pub top_k: Option<usize>,
     /// Only the most likely characters whose probabilities add up to at least p (nucleus).
     pub top_p: Option<f32>,
-    /// (probability, id), reused from character to character.
+    /// (probability, id), reused from character to character, and room for sorting them.
     scratch: Vec<(f32, u32)>,
+    spare: Vec<(f32, u32)>,
 }
 
 impl Picker {
     /// A rule of `temperature` with the optional cuts.
     pub fn new(temperature: f32, top_k: Option<usize>, top_p: Option<f32>) -> Self {
-        Picker { temperature, top_k, top_p, scratch: Vec::new() }
+        Picker { temperature, top_k, top_p, scratch: Vec::new(), spare: Vec::new() }
     }
 
     /// One draw per row of `logits` ([rows, vocab]), in row order, appended to `ids`.
@@ -38,7 +39,7 @@ impl Picker {
         c.clear();
         c.extend(logits.iter().enumerate().map(|(i, &l)| (((l - max) / self.temperature).exp(), i as u32)));
         if self.top_k.is_some() || self.top_p.is_some() {
-            cut(c, self.top_k, self.top_p);
+            cut(c, &mut self.spare, self.top_k, self.top_p);
         }
         let total: f32 = c.iter().map(|x| x.0).sum();
         let mut u = rng.random::<f32>() * total;
@@ -61,16 +62,16 @@ fn by_rank(a: &(f32, u32), b: &(f32, u32)) -> std::cmp::Ordering {
 }
 
 /// Keeps the candidates (weight, id; in id order) that top-k and the nucleus allow, most
-/// likely first. Only as many as are kept get sorted (a partial selection finds them first),
-/// so a cut costs about a pass over the vocabulary, not a sort of it.
+/// likely first. Top-k sorts only the k it keeps (a partial selection finds them first); the
+/// nucleus alone ranks every candidate by a radix sort, a few passes over the vocabulary
+/// rather than a comparison sort's log n of them. `spare` is scratch of the same kind.
 ///
 /// The nucleus is the shortest head whose weight reaches `p` of the kept candidates' total;
 /// where every candidate is kept (no top-k), that total is summed in id order (the GPU's
 /// draw sums it so too), else in rank order.
-fn cut(c: &mut Vec<(f32, u32)>, top_k: Option<usize>, top_p: Option<f32>) {
+fn cut(c: &mut Vec<(f32, u32)>, spare: &mut Vec<(f32, u32)>, top_k: Option<usize>, top_p: Option<f32>) {
     let n = c.len();
     let k = top_k.unwrap_or(n).clamp(1, n);
-    let whole_total = (k == n).then(|| c.iter().map(|x| x.0).sum::<f32>());
     if k < n {
         c.select_nth_unstable_by(k - 1, by_rank);
         c.truncate(k);
@@ -79,36 +80,63 @@ fn cut(c: &mut Vec<(f32, u32)>, top_k: Option<usize>, top_p: Option<f32>) {
         c.sort_unstable_by(by_rank);
         return;
     };
-    let total = match whole_total {
-        Some(t) => t,
-        None => {
-            c.sort_unstable_by(by_rank);
-            c.iter().map(|x| x.0).sum()
-        }
+    let total: f32 = if k < n {
+        c.sort_unstable_by(by_rank);
+        c.iter().map(|x| x.0).sum()
+    } else {
+        let total = c.iter().map(|x| x.0).sum();
+        sort_by_rank_from_id_order(c, spare);
+        total
     };
-    let target = p * total;
-    // The nucleus counts each candidate whose predecessors' weight is still below the target.
-    let mut head = 64.min(c.len());
-    let keep = loop {
-        if head < c.len() {
-            c.select_nth_unstable_by(head - 1, by_rank);
+    let mut running = 0.0f32;
+    let keep = c
+        .iter()
+        .take_while(|x| {
+            let inside = running < p * total;
+            running += x.0;
+            inside
+        })
+        .count();
+    c.truncate(keep.max(1));
+}
+
+/// Sorts `c`, given in id order, into `by_rank`'s order. Where every weight is a non-negative
+/// number (as exp makes them), their bits order as their values do, so a least-significant-
+/// digit radix sort on the bits does it; being stable, it keeps equal weights in id order, as
+/// `by_rank` does. Passes where every key shares the digit are skipped.
+fn sort_by_rank_from_id_order(c: &mut Vec<(f32, u32)>, spare: &mut Vec<(f32, u32)>) {
+    if c.len() < 1024 || !c.iter().all(|x| x.0 >= 0.0 && x.0.is_finite()) {
+        c.sort_unstable_by(by_rank);
+        return;
+    }
+    // Ascending keys are descending weights.
+    let key = |x: &(f32, u32)| !x.0.to_bits();
+    let mut counts = [[0usize; 256]; 4];
+    for x in c.iter() {
+        let k = key(x);
+        for (digit, count) in counts.iter_mut().enumerate() {
+            count[(k >> (8 * digit)) as usize & 0xff] += 1;
         }
-        c[..head].sort_unstable_by(by_rank);
-        let mut running = 0.0f32;
-        let inside = c[..head]
-            .iter()
-            .take_while(|x| {
-                let inside = running < target;
-                running += x.0;
-                inside
-            })
-            .count();
-        if inside < head || head == c.len() {
-            break inside.max(1);
+    }
+    for (digit, count) in counts.iter().enumerate() {
+        if count.contains(&c.len()) {
+            continue;
         }
-        head = (head * 4).min(c.len());
-    };
-    c.truncate(keep);
+        let mut next = [0usize; 256];
+        let mut at = 0;
+        for (slot, &n) in next.iter_mut().zip(count) {
+            *slot = at;
+            at += n;
+        }
+        spare.clear();
+        spare.resize(c.len(), (0.0, 0));
+        for x in c.iter() {
+            let d = (key(x) >> (8 * digit)) as usize & 0xff;
+            spare[next[d]] = *x;
+            next[d] += 1;
+        }
+        std::mem::swap(c, spare);
+    }
 }
 
 #[cfg(test)]
@@ -130,10 +158,20 @@ mod tests {
     #[test]
     fn the_partial_cut_keeps_what_a_full_sort_would() {
         let mut rng = StdRng::seed_from_u64(3);
-        for case in 0..400 {
-            let n = [1, 2, 7, 65, 300, 5000][case % 6];
+        // Every mix of size, cuts and shape: few levels with ties, peaked or flat, and
+        // continuous weights whose running sums round at the nucleus's edge.
+        for case in 0..7 * 5 * 4 * 3 {
+            let n = [1, 2, 7, 65, 300, 5000, 20_000][case % 7];
             let weights: Vec<(f32, u32)> = (0..n as u32)
-                .map(|i| ((rng.random_range(0..40) as f32 / 39.0).powi(if case % 2 == 0 { 8 } else { 1 }), i))
+                .map(|i| {
+                    let level = rng.random_range(0..40) as f32 / 39.0;
+                    let w = match case % 3 {
+                        0 => level.powi(8),
+                        1 => level,
+                        _ => (-12.0 * rng.random::<f32>()).exp(),
+                    };
+                    (w, i)
+                })
                 .collect();
             let top_k = [None, Some(1), Some(3), Some(n / 2 + 1), Some(n + 5)][case % 5];
             let top_p = [None, Some(0.3), Some(0.9), Some(1.0)][case % 4];
@@ -162,7 +200,7 @@ mod tests {
             }
             sorted.truncate(keep);
             let mut cut_here = weights.clone();
-            cut(&mut cut_here, top_k, top_p);
+            cut(&mut cut_here, &mut Vec::new(), top_k, top_p);
             assert_eq!(cut_here, sorted, "case {case}: n {n}, top-k {top_k:?}, top-p {top_p:?}");
         }
     }
