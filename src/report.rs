@@ -1,10 +1,11 @@
 //! A training run's events as the command line shows them: the tutorial's log lines and the
-//! run's own on stderr, under a progress bar of the batches left.
+//! run's own ([`lines`], which Python's `train` prints too), on stderr under a progress bar of
+//! the batches left.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use charrnn_core::score::bits;
-use charrnn_core::train::events::{EpochReport, Event, Observer, RunSummary, StepReport, StopFlag};
+use charrnn_core::train::events::{EpochReport, Event, Observer, RunSummary, StopFlag};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 /// The log and progress bar of one `train`.
@@ -29,10 +30,6 @@ impl TrainReport {
         }
     }
 
-    fn continue_with(&self) {
-        self.line(&format!("continue with: charrnn train --resume {}", self.dir.display()));
-    }
-
     /// The run ended: the bar goes.
     pub fn finish(&mut self) {
         if let Some(bar) = self.progress.take() {
@@ -46,100 +43,112 @@ impl TrainReport {
             bar.abandon();
         }
     }
-
-    fn started(&mut self, s: &RunSummary) {
-        let order = match s.sequences {
-            Some(n) => format!("{n} shuffled sequences of {}", s.sequence_chars),
-            None => format!(
-                "{} contiguous lanes of {} read in order (--stateful)",
-                s.batch_size,
-                s.train_chars / s.batch_size
-            ),
-        };
-        let layers: Vec<String> = s.layers.iter().map(|(n, c)| format!("{n} {c}")).collect();
-        self.line(&s.corpus);
-        self.line(&format!(
-            "split: {} training / {} validation characters; {order}; {} batches of {} per epoch",
-            s.train_chars, s.val_chars, s.batches_per_epoch, s.batch_size
-        ));
-        self.line(&format!("model: {} | total {} parameters", layers.join(" | "), s.parameters));
-        self.line(&format!("seed {} (pass --seed {} to repeat this run)", s.seed, s.seed));
-        if let Err(e) = crate::signals::stop_training(&self.dir, &self.stop) {
-            self.line(&format!("warning: {e:#}; Ctrl-C will end the run without saving"));
-        }
-        self.progress = Some(progress_bar(s.batches_left));
-    }
-
-    fn step(&self, r: &StepReport) {
-        if r.logged {
-            self.line(&format!("Epoch {} Batch {} Loss {:.4}", r.epoch, r.batch, r.loss));
-        }
-        if let Some(bar) = &self.progress {
-            bar.set_message(format!("loss {:.4}  {:.0} chars/s", r.loss, r.chars_per_s));
-            bar.inc(1);
-        }
-    }
-
-    /// The end-of-epoch lines, as the tutorial prints them plus validation.
-    fn epoch_end(&self, r: &EpochReport) {
-        let epoch = r.epoch;
-        self.line(&format!("Epoch {epoch} Loss: {:.4}", r.train_loss));
-        self.line(&match r.val_loss {
-            Some(v) => format!("Epoch {epoch} validation loss {v:.4} nats/char ({:.4} bits/char)", bits(v)),
-            None => format!("Epoch {epoch} no validation split (--val-fraction 0)"),
-        });
-        self.line(&match r.first_batch {
-            0 => format!("Time taken for 1 epoch {:.2} sec", r.seconds),
-            first => {
-                format!("Time taken for the rest of epoch {epoch} (from batch {first}) {:.2} sec", r.seconds)
-            }
-        });
-    }
 }
 
 impl Observer for TrainReport {
     fn event(&mut self, event: &Event) {
+        if let Event::AlreadyTrained { .. } = event {
+            self.finish();
+        }
+        for line in lines(event, &self.dir) {
+            self.line(&line);
+        }
         match event {
-            Event::Notice(n) => self.line(&n.to_string()),
-            Event::FineTuning { path, epoch } => {
-                self.line(&format!("starting from {} (epoch {epoch})", path.display()))
+            Event::Started(s) => {
+                if let Err(e) = crate::signals::stop_training(&self.dir, &self.stop) {
+                    self.line(&format!("warning: {e:#}; Ctrl-C will end the run without saving"));
+                }
+                self.progress = Some(progress_bar(s.batches_left));
             }
-            Event::Resuming { path, epoch, batch } => {
-                self.line(&format!("resuming {} at epoch {epoch} batch {batch}", path.display()))
+            Event::Step(r) => {
+                if let Some(bar) = &self.progress {
+                    bar.set_message(format!("loss {:.4}  {:.0} chars/s", r.loss, r.chars_per_s));
+                    bar.inc(1);
+                }
             }
-            Event::Started(summary) => self.started(summary),
-            Event::AlreadyTrained { epochs } => {
-                self.finish();
-                self.line(&format!("already trained {epochs} epochs; pass a larger --epochs to continue"));
-            }
-            Event::Step(r) => self.step(r),
-            Event::EpochEnd(r) => self.epoch_end(r),
-            Event::Saved { path } => self.line(&format!("saved {}", path.display())),
-            Event::NewBest { .. } => {}
-            Event::Sample { epoch, text } => {
-                self.line(&format!("--- sample after epoch {epoch} ---\n{}", text.trim_end()))
-            }
-            Event::SampleFailed { epoch, error } => {
-                self.line(&format!("no sample after epoch {epoch}: {error}"))
-            }
-            Event::LimitReached { limit, at_epoch_end: None } => self.line(&format!("reached {limit}")),
-            Event::LimitReached { limit, at_epoch_end: Some(epoch) } => {
-                self.line(&format!("reached {limit} at the end of epoch {epoch}"));
-                self.continue_with();
-            }
-            Event::EarlyStop { patience: p, best, best_path } => {
-                let best = best.map_or("none".into(), |b| format!("{b:.4}"));
-                self.line(&format!(
-                    "stopping early: no better validation loss for {p} epoch(s) (--patience {p}); the best, {best}, is in {}",
-                    best_path.display()
-                ));
-            }
-            Event::Paused { epoch, batch, path } => {
-                self.line(&format!("stopped in epoch {epoch} after batch {batch}; saved {}", path.display()));
-                self.continue_with();
-            }
+            _ => {}
         }
     }
+}
+
+/// What the command line prints for `event` of a run writing to `dir`.
+pub fn lines(event: &Event, dir: &Path) -> Vec<String> {
+    let continue_with = || format!("continue with: charrnn train --resume {}", dir.display());
+    match event {
+        Event::Notice(n) => vec![n.to_string()],
+        Event::FineTuning { path, epoch } => {
+            vec![format!("starting from {} (epoch {epoch})", path.display())]
+        }
+        Event::Resuming { path, epoch, batch } => {
+            vec![format!("resuming {} at epoch {epoch} batch {batch}", path.display())]
+        }
+        Event::Started(summary) => started(summary),
+        Event::AlreadyTrained { epochs } => {
+            vec![format!("already trained {epochs} epochs; pass a larger --epochs to continue")]
+        }
+        Event::Step(r) if r.logged => vec![format!("Epoch {} Batch {} Loss {:.4}", r.epoch, r.batch, r.loss)],
+        Event::Step(_) | Event::NewBest { .. } => vec![],
+        Event::EpochEnd(r) => epoch_end(r),
+        Event::Saved { path } => vec![format!("saved {}", path.display())],
+        Event::Sample { epoch, text } => {
+            vec![format!("--- sample after epoch {epoch} ---\n{}", text.trim_end())]
+        }
+        Event::SampleFailed { epoch, error } => vec![format!("no sample after epoch {epoch}: {error}")],
+        Event::LimitReached { limit, at_epoch_end: None } => vec![format!("reached {limit}")],
+        Event::LimitReached { limit, at_epoch_end: Some(epoch) } => {
+            vec![format!("reached {limit} at the end of epoch {epoch}"), continue_with()]
+        }
+        Event::EarlyStop { patience: p, best, best_path } => {
+            let best = best.map_or("none".into(), |b| format!("{b:.4}"));
+            vec![format!(
+                "stopping early: no better validation loss for {p} epoch(s) (--patience {p}); the best, {best}, is in {}",
+                best_path.display()
+            )]
+        }
+        Event::Paused { epoch, batch, path } => vec![
+            format!("stopped in epoch {epoch} after batch {batch}; saved {}", path.display()),
+            continue_with(),
+        ],
+    }
+}
+
+fn started(s: &RunSummary) -> Vec<String> {
+    let order = match s.sequences {
+        Some(n) => format!("{n} shuffled sequences of {}", s.sequence_chars),
+        None => format!(
+            "{} contiguous lanes of {} read in order (--stateful)",
+            s.batch_size,
+            s.train_chars / s.batch_size
+        ),
+    };
+    let layers: Vec<String> = s.layers.iter().map(|(n, c)| format!("{n} {c}")).collect();
+    vec![
+        s.corpus.clone(),
+        format!(
+            "split: {} training / {} validation characters; {order}; {} batches of {} per epoch",
+            s.train_chars, s.val_chars, s.batches_per_epoch, s.batch_size
+        ),
+        format!("model: {} | total {} parameters", layers.join(" | "), s.parameters),
+        format!("seed {} (pass --seed {} to repeat this run)", s.seed, s.seed),
+    ]
+}
+
+/// The end-of-epoch lines, as the tutorial prints them plus validation.
+fn epoch_end(r: &EpochReport) -> Vec<String> {
+    let epoch = r.epoch;
+    vec![
+        format!("Epoch {epoch} Loss: {:.4}", r.train_loss),
+        match r.val_loss {
+            Some(v) => format!("Epoch {epoch} validation loss {v:.4} nats/char ({:.4} bits/char)", bits(v)),
+            None => format!("Epoch {epoch} no validation split (--val-fraction 0)"),
+        },
+        match r.first_batch {
+            0 => format!("Time taken for 1 epoch {:.2} sec", r.seconds),
+            first => {
+                format!("Time taken for the rest of epoch {epoch} (from batch {first}) {:.2} sec", r.seconds)
+            }
+        },
+    ]
 }
 
 fn progress_bar(total: u64) -> ProgressBar {

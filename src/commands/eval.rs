@@ -3,6 +3,7 @@
 use anyhow::Result;
 use charrnn_core::data::cache::{self, CacheOptions};
 use charrnn_core::data::sources::Sources;
+use charrnn_core::model::Config;
 use charrnn_core::{budget, checkpoint, info, score, Kernel};
 
 use super::{compute, emit, say};
@@ -12,11 +13,7 @@ pub(super) fn run(a: EvalArgs, kernel: Kernel) -> Result<()> {
     let compute = compute(a.device.choice, kernel, a.precision)?;
     let path = checkpoint::resolve(&a.checkpoint)?;
     let ckpt = checkpoint::load(&path, &compute)?;
-    budget::check(
-        "scoring",
-        budget::training_bytes(&ckpt.model.config, a.batch_size, a.seq_len),
-        &format!("--batch-size {} --seq-len {}", a.batch_size, a.seq_len),
-    )?;
+    check_budget(&ckpt.model.config, a.batch_size, a.seq_len)?;
     let sources = Sources(a.data.clone());
     let options = CacheOptions {
         dir: a.cache.dir(),
@@ -30,6 +27,15 @@ pub(super) fn run(a: EvalArgs, kernel: Kernel) -> Result<()> {
         true => emit(&format!("{}\n", serde_json::to_string_pretty(&score)?)),
         false => emit(&format!("{}\n", score.describe(&path, &sources))),
     }
+}
+
+/// Refuses a scoring batch whose memory the machine cannot give.
+pub fn check_budget(config: &Config, batch_size: usize, seq_len: usize) -> Result<()> {
+    budget::check(
+        "scoring",
+        budget::training_bytes(config, batch_size, seq_len),
+        &format!("--batch-size {batch_size} --seq-len {seq_len}"),
+    )
 }
 
 pub(super) fn info(a: InfoArgs) -> Result<()> {

@@ -3,10 +3,10 @@
 
 mod bench;
 mod download;
-mod eval;
-mod generate;
+pub mod eval;
+pub mod generate;
 mod serve;
-mod train;
+pub mod train;
 
 use std::io::Write;
 

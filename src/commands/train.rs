@@ -18,6 +18,20 @@ fn default_dir() -> PathBuf {
 }
 
 pub(super) fn run(a: TrainArgs, kernel: Kernel) -> Result<()> {
+    let options = options(a, kernel)?;
+    // Ctrl-C stops the run cleanly once its epochs begin; before, it ends the process.
+    let mut report = TrainReport::new(options.checkpoint_dir.clone(), options.stop.clone());
+    let result = train::run(&options, &mut report);
+    match &result {
+        Ok(()) => report.finish(),
+        Err(_) => report.abandon(),
+    }
+    result
+}
+
+/// The run `train`'s arguments ask for, with a fresh stop flag: where its files go, where it
+/// starts from, its settings over the preset's, on the device they name.
+pub fn options(a: TrainArgs, kernel: Kernel) -> Result<TrainOptions> {
     let resume = a.resume.map(|p| p.unwrap_or_else(|| a.checkpoint_dir.clone().unwrap_or_else(default_dir)));
     let checkpoint_dir = match (&a.checkpoint_dir, &resume) {
         (Some(dir), _) => dir.clone(),
@@ -33,24 +47,16 @@ pub(super) fn run(a: TrainArgs, kernel: Kernel) -> Result<()> {
     };
     // The run's precision is a setting (a resumed run's saved one); this is the device's.
     let compute = compute(a.device.choice, kernel, Precision::F32)?;
-    let options = TrainOptions {
+    Ok(TrainOptions {
         base: a.preset.settings(rand::random()),
         typed: a.settings.into(),
         stop: StopFlag::new(),
-        checkpoint_dir: checkpoint_dir.clone(),
+        checkpoint_dir,
         compute,
         origin,
         overwrite: a.overwrite,
         cache_dir: a.cache.dir(),
         text: None,
         limits: a.limits.limits(),
-    };
-    // Ctrl-C stops the run cleanly once its epochs begin; before, it ends the process.
-    let mut report = TrainReport::new(checkpoint_dir, options.stop.clone());
-    let result = train::run(&options, &mut report);
-    match &result {
-        Ok(()) => report.finish(),
-        Err(_) => report.abandon(),
-    }
-    result
+    })
 }

@@ -47,6 +47,7 @@ mod cpu;
 pub mod job;
 mod picker;
 
+use std::borrow::BorrowMut;
 use std::io::Write;
 
 use anyhow::{bail, Result};
@@ -341,53 +342,92 @@ fn step_gpu(
     Ok(vec![drawn.chunks_exact(n).any(|step| job.accept(step, vocab))])
 }
 
+/// One job run on an engine to its end, handed out in pieces as they become final: the start
+/// first, then the text as it is drawn (text that may begin a stop string is held back until it
+/// is known not to). Only a one-sample job is handed out piecewise; a job of several samples
+/// runs to its end and its texts are [`Pieces::into_job`]'s. `E` is the engine or a borrow of
+/// it, so a caller may keep the engine or give it away with the pieces (Python's `stream`).
+pub struct Pieces<E: BorrowMut<Engine>> {
+    engine: E,
+    id: JobId,
+    start: Option<String>,
+    streaming: bool,
+    ended: Option<Job>,
+    /// The end has been handed out.
+    done: bool,
+}
+
+impl<E: BorrowMut<Engine>> Pieces<E> {
+    /// Admits `job` to `engine`, which must be idle.
+    pub fn new(mut engine: E, job: Job) -> Result<Self> {
+        if !engine.borrow().is_idle() {
+            bail!("sampling one job to its end needs an engine with no job running");
+        }
+        let streaming = job.samples() == 1;
+        let start = streaming.then(|| job.start().to_string());
+        let id = engine.borrow_mut().admit(job)?;
+        Ok(Pieces { engine, id, start, streaming, ended: None, done: false })
+    }
+
+    /// The next piece of a one-sample job's text, None once it has all been handed out (at
+    /// once for a job of several samples).
+    pub fn next_piece(&mut self) -> Result<Option<String>> {
+        if let Some(start) = self.start.take() {
+            return Ok(Some(start));
+        }
+        while self.ended.is_none() {
+            let engine = self.engine.borrow_mut();
+            if let Some((_, job)) = engine.step()?.into_iter().next() {
+                self.ended = Some(job);
+                break;
+            }
+            let job = engine.job_mut(self.id).expect("the job runs until it ends");
+            if self.streaming && !job.is_priming() {
+                if let Some(piece) = joined(job.take_new_text(false)) {
+                    return Ok(Some(piece));
+                }
+            }
+        }
+        let job = self.ended.as_mut().expect("the job has ended");
+        if self.streaming && !self.done {
+            self.done = true;
+            return Ok(joined(job.take_new_text(true)));
+        }
+        Ok(None)
+    }
+
+    /// The finished job (its texts, say), once [`Pieces::next_piece`] has said None.
+    pub fn into_job(self) -> Job {
+        self.ended.expect("into_job after the last piece")
+    }
+}
+
+/// A one-sample job's new text as one piece, or None when there is none.
+fn joined(new: Vec<(usize, String)>) -> Option<String> {
+    let text: String = new.into_iter().map(|(_, t)| t).collect();
+    (!text.is_empty()).then_some(text)
+}
+
 /// Runs `job` on `engine` (which must be idle) to its end: warms each sample's state on the
 /// start, then draws until the job's length or stop strings end it. One sample is written as
 /// it is produced, the start first; several are written one after the other, each under a
 /// header line. Returns the finished job (its texts, say).
 pub fn generate(engine: &mut Engine, job: Job, out: &mut impl Write) -> Result<Job> {
-    if !engine.is_idle() {
-        bail!("generate needs an engine with no job running");
-    }
     let n = job.samples();
-    let streaming = n == 1;
-    if streaming {
-        out.write_all(job.start().as_bytes())?;
+    let mut pieces = Pieces::new(engine, job)?;
+    while let Some(piece) = pieces.next_piece()? {
+        out.write_all(piece.as_bytes())?;
         out.flush()?;
     }
-    let id = engine.admit(job)?;
-    let job = loop {
-        let ended = engine.step()?;
-        if let Some((_, job)) = ended.into_iter().next() {
-            break job;
-        }
-        let job = engine.job_mut(id).expect("the job runs until it ends");
-        if streaming && !job.is_priming() {
-            write_new_text(job, false, out)?;
-        }
-    };
-    let mut job = job;
-    if streaming {
-        write_new_text(&mut job, true, out)?;
-        out.write_all(b"\n")?;
-    } else {
-        for (b, text) in job.texts().iter().enumerate() {
-            writeln!(out, "--- sample {} of {n} ---\n{text}", b + 1)?;
+    let job = pieces.into_job();
+    match n {
+        1 => out.write_all(b"\n")?,
+        _ => {
+            for (b, text) in job.texts().iter().enumerate() {
+                writeln!(out, "--- sample {} of {n} ---\n{text}", b + 1)?;
+            }
         }
     }
     out.flush()?;
     Ok(job)
-}
-
-/// Writes the text of a one-sample job that is final, and flushes it.
-fn write_new_text(job: &mut Job, finished: bool, out: &mut impl Write) -> Result<()> {
-    let new = job.take_new_text(finished);
-    if new.is_empty() {
-        return Ok(());
-    }
-    for (_, text) in new {
-        out.write_all(text.as_bytes())?;
-    }
-    out.flush()?;
-    Ok(())
 }
