@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The Python package: builds the wheel with maturin (from PyPI, in a venv of its own), installs
 # it into a fresh venv with pytest, NumPy and tqdm, and runs the package's tests, comparing its
-# texts, scores and messages with the cargo-built binary's.
+# texts, scores and messages with the cargo-built binary's, and its ONNX exports run by
+# onnxruntime with charrnn's own logits.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 tools=target/venv-maturin
@@ -18,5 +19,5 @@ echo "python-check: built $(basename "$wheel") ($(du -k "$wheel" | cut -f1) KiB)
 venv=target/venv-python
 rm -rf "$venv"
 python3 -m venv "$venv"
-"$venv/bin/pip" install --quiet --disable-pip-version-check "$wheel" pytest numpy tqdm
+"$venv/bin/pip" install --quiet --disable-pip-version-check "$wheel" pytest numpy tqdm onnxruntime
 CHARRNN_BIN="$PWD/target/release/charrnn" "$venv/bin/python" -m pytest -q python/tests

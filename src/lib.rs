@@ -6,6 +6,7 @@
 pub mod cli;
 pub mod commands;
 pub mod download;
+pub mod onnx;
 pub mod report;
 pub mod serve;
 mod signals;

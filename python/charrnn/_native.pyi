@@ -66,6 +66,8 @@ class Model:
     def probabilities(self, text: str) -> "numpy.ndarray":
         """float32 array (len(text), len(vocab)): row i is the distribution of the character
         after text[: i + 1]. Needs NumPy."""
+    def logits(self, text: str) -> "numpy.ndarray":
+        """The logits behind `probabilities`: the same shape, before the softmax."""
 
 class Stream(Iterator[str]):
     """The pieces of one sample (`Model.stream`)."""

@@ -271,28 +271,12 @@ impl Model {
     /// (len(text), len(vocab)) whose row i is the distribution of the character that follows
     /// `text[: i + 1]`, its columns in `vocab`'s order. Needs NumPy.
     fn probabilities<'py>(&self, py: Python<'py>, text: &str) -> PyResult<Bound<'py, PyAny>> {
-        let numpy = py.import("numpy").map_err(|_| {
-            pyo3::exceptions::PyImportError::new_err("Model.probabilities needs NumPy: pip install numpy")
-        })?;
-        let vocab = &self.checkpoint.vocab;
-        let ids = vocab.encode(text).context("text").map_err(to_py)?;
-        if ids.is_empty() {
-            return Err(PyValueError::new_err("text is empty: give at least one character"));
-        }
-        let model = &self.checkpoint.model;
-        let rows = py
-            .detach(|| -> anyhow::Result<Vec<u8>> {
-                let mut sampler = Sampler::new(model, 1)?;
-                let mut bytes = Vec::with_capacity(ids.len() * vocab.len() * 4);
-                for &id in &ids {
-                    bytes.extend(softmax(sampler.step(&[id])).iter().flat_map(|p| p.to_le_bytes()));
-                }
-                Ok(bytes)
-            })
-            .map_err(to_py)?;
-        let flat = numpy.call_method1("frombuffer", (PyBytes::new(py, &rows), "<f4"))?;
-        // A writable array of its own (frombuffer over bytes would be read-only).
-        flat.call_method1("reshape", (ids.len(), vocab.len()))?.call_method0("copy")
+        self.rows(py, text, softmax)
+    }
+
+    /// The logits behind [`Model::probabilities`]: the same array before the softmax.
+    fn logits<'py>(&self, py: Python<'py>, text: &str) -> PyResult<Bound<'py, PyAny>> {
+        self.rows(py, text, |row| row.to_vec())
     }
 
     /// What `charrnn info --json` shows: the file, its provenance, the model's shape and size.
@@ -327,6 +311,42 @@ impl Model {
             self.checkpoint.vocab.len(),
             self.checkpoint.provenance.epoch
         )
+    }
+}
+
+impl Model {
+    /// One row per character of `text`, made by `row` from the logits after it (the model fed
+    /// the text one character at a time, as sampling does), as a NumPy float32 array.
+    fn rows<'py>(
+        &self,
+        py: Python<'py>,
+        text: &str,
+        row: fn(&[f32]) -> Vec<f32>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let numpy = py.import("numpy").map_err(|_| {
+            pyo3::exceptions::PyImportError::new_err(
+                "Model.probabilities and Model.logits need NumPy: pip install numpy",
+            )
+        })?;
+        let vocab = &self.checkpoint.vocab;
+        let ids = vocab.encode(text).context("text").map_err(to_py)?;
+        if ids.is_empty() {
+            return Err(PyValueError::new_err("text is empty: give at least one character"));
+        }
+        let model = &self.checkpoint.model;
+        let bytes = py
+            .detach(|| -> anyhow::Result<Vec<u8>> {
+                let mut sampler = Sampler::new(model, 1)?;
+                let mut bytes = Vec::with_capacity(ids.len() * vocab.len() * 4);
+                for &id in &ids {
+                    bytes.extend(row(sampler.step(&[id])).iter().flat_map(|p| p.to_le_bytes()));
+                }
+                Ok(bytes)
+            })
+            .map_err(to_py)?;
+        let flat = numpy.call_method1("frombuffer", (PyBytes::new(py, &bytes), "<f4"))?;
+        // A writable array of its own (frombuffer over bytes would be read-only).
+        flat.call_method1("reshape", (ids.len(), vocab.len()))?.call_method0("copy")
     }
 }
 

@@ -64,6 +64,31 @@ pub enum Command {
     /// Measure training and sampling speed against this machine's GEMM rate
     #[command(after_help = "Example:\n  charrnn bench --rnn-units 256 --json")]
     Bench(BenchArgs),
+    /// Write a trained model out to run elsewhere: a static web page that samples in the
+    /// browser, or an ONNX graph for standard runtimes
+    #[command(
+        after_help = "Example:\n  charrnn export --web site --checkpoint checkpoints\n  charrnn export --onnx model.onnx"
+    )]
+    Export(ExportArgs),
+}
+
+#[derive(Args, Debug)]
+#[command(group(clap::ArgGroup::new("format").required(true).multiple(true).args(["web", "onnx"])))]
+pub struct ExportArgs {
+    /// A checkpoint file, or a folder to take the newest ckpt_N.safetensors from
+    #[arg(long, default_value = "checkpoints")]
+    pub checkpoint: PathBuf,
+    /// Write a self-contained static page to DIR (index.html, worker.js, charrnn.wasm, the
+    /// model): it samples in the visitor's browser, served by any static file server
+    #[arg(long, value_name = "DIR")]
+    pub web: Option<PathBuf>,
+    /// Write the model as an ONNX graph to FILE (ids and initial states in; logits and final
+    /// states out), to be stepped one character at a time by any ONNX runtime
+    #[arg(long, value_name = "FILE")]
+    pub onnx: Option<PathBuf>,
+    /// Replace an earlier export in DIR, or an existing FILE
+    #[arg(long)]
+    pub force: bool,
 }
 
 #[derive(Args, Debug)]

@@ -4,6 +4,7 @@
 mod bench;
 mod download;
 pub mod eval;
+mod export;
 pub mod generate;
 mod serve;
 pub mod train;
@@ -29,6 +30,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Generate(a) => generate::run(a, kernel),
         Command::Serve(a) => serve::run(a, kernel),
         Command::Bench(a) => bench::run(a, kernel),
+        Command::Export(a) => export::run(a, kernel),
     }
 }
 

@@ -1,6 +1,7 @@
 //! Helpers shared by the integration tests. Each test crate uses some of them.
 #![allow(dead_code)]
 
+pub mod browser;
 pub mod server;
 
 use std::io::{BufRead, BufReader, Write};

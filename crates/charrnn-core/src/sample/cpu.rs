@@ -98,6 +98,19 @@ fn host_f32(t: &candle_core::Tensor) -> Result<Vec<f32>> {
     Ok(t.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?)
 }
 
+/// The first layer's input projection of every vocabulary entry, embedding · W_ihᵀ + b_ih,
+/// [V, G·H], by the f32 packed product of `kernel`: the same arithmetic on every machine for a
+/// kernel (the portable one's in a browser too), where a library product's would depend on the
+/// CPU it found.
+fn input_table(model: &Model, kernel: Kernel) -> Result<Vec<f32>> {
+    let l0 = model.layer(0);
+    let (g, e, v) = (l0.w_ih.dims2()?.0, model.config.embedding_dim, model.config.vocab_size);
+    let mut w_ih = Weights::new(host_f32(&l0.w_ih)?, g, e, CpuMath { kernel, bf16: false });
+    let mut table = vec![0.0; v * g];
+    w_ih.apply(&mut table, &host_f32(&model.embedding)?, v, Some(&host_f32(&l0.b_ih)?));
+    Ok(table)
+}
+
 impl Sampler {
     /// A sampler for `batch` independent sequences, all present at the zero state, its
     /// products and passes in the model's compute (bf16 products where it says bf16, else
@@ -136,7 +149,7 @@ impl Sampler {
             rows: batch,
             hidden: h,
             vocab: v,
-            table: host_f32(&model.input_table()?)?,
+            table: input_table(model, math.kernel)?,
             layers,
             dense: weights(model.param("dense.weight"), v)?,
             dense_b: host_f32(model.param("dense.bias"))?,

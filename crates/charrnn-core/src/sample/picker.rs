@@ -3,6 +3,9 @@
 
 use rand::Rng;
 
+use crate::kernels::cpu::float::exp_f32;
+use crate::kernels::cpu::Baseline;
+
 /// How the next character is drawn from the logits.
 pub struct Picker {
     /// 0 means greedy: always the most likely character.
@@ -37,7 +40,7 @@ impl Picker {
         }
         let c = &mut self.scratch;
         c.clear();
-        c.extend(logits.iter().enumerate().map(|(i, &l)| (((l - max) / self.temperature).exp(), i as u32)));
+        c.extend(logits.iter().enumerate().map(|(i, &l)| (weight((l - max) / self.temperature), i as u32)));
         if self.top_k.is_some() || self.top_p.is_some() {
             cut(c, &mut self.spare, self.top_k, self.top_p);
         }
@@ -52,6 +55,16 @@ impl Picker {
         // Rounding can leave a sliver of mass past the end: give it to the last candidate
         // with any weight.
         c.iter().rev().find(|x| x.0 > 0.0).map_or(c[0].1, |x| x.1)
+    }
+}
+
+/// e^z for z ≤ 0, by the kernels' own exp (plain IEEE arithmetic, so the same bits on every
+/// machine and in a browser, where a library's exp may differ in the last place); 0 below
+/// e^-87, where f32 runs out.
+fn weight(z: f32) -> f32 {
+    match z < -87.0 {
+        true => 0.0,
+        false => exp_f32::<Baseline>(z),
     }
 }
 

@@ -326,8 +326,10 @@ impl PanelJob<'_> {
         }
     }
 
-    /// Element (row, kk) of `a`. The caller has checked `a`'s bounds.
+    /// Element (row, kk) of `a`. The caller has checked `a`'s bounds. (Used by the SIMD
+    /// kernels, which a wasm32 build has none of.)
     #[inline(always)]
+    #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
     unsafe fn a_at(&self, row: usize, kk: usize) -> f32 {
         // SAFETY: the caller has checked `a`'s bounds (this function's contract).
         unsafe { *self.a.data.as_ptr().add(row * self.a.row_stride + kk * self.a.col_stride) }
