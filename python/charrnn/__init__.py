@@ -66,6 +66,12 @@ def train(
     report = Report(progress, on_epoch)
     try:
         _native.train(flags, report)
+    except ValueError as e:
+        if " --" not in str(e) and not str(e).startswith("--"):
+            raise
+        # The message names the command line's flags; say what they are called here.
+        hint = "(in Python each flag is the keyword of its name: --overwrite is overwrite=True, --rnn-units 512 is rnn_units=512)"
+        raise type(e)(f"{e}\n{hint}") from None
     finally:
         report.close()
     return load(checkpoint_dir)

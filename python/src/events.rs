@@ -24,6 +24,15 @@ impl PythonObserver {
         PythonObserver { on_event, dir, stop, raised: None }
     }
 
+    /// A line of the command line's that comes with no event (the device picked), as a notice.
+    pub fn say(&self, py: Python<'_>, line: &str) -> PyResult<()> {
+        let fields = PyDict::new(py);
+        fields.set_item("message", line)?;
+        fields.set_item("lines", vec![line])?;
+        self.on_event.call1(py, ("notice", fields))?;
+        Ok(())
+    }
+
     /// The exception that stopped the run, if one did.
     pub fn raised(&mut self) -> Option<PyErr> {
         self.raised.take()

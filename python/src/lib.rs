@@ -31,9 +31,10 @@ fn train(py: Python<'_>, settings: &Bound<'_, PyDict>, on_event: Py<PyAny>) -> P
         unreachable!("the command line named train")
     };
     let kernel = charrnn_core::Kernel::from_env().map_err(to_py)?;
-    let options = charrnn::commands::train::options(*args, kernel).map_err(to_py)?;
+    let (options, device) = charrnn::commands::train::options(*args, kernel).map_err(to_py)?;
     let mut observer =
         events::PythonObserver::new(on_event, options.checkpoint_dir.clone(), options.stop.clone());
+    observer.say(py, &device)?;
     let result = py.detach(|| charrnn_core::train::run(&options, &mut observer));
     // What Python raised along the way comes first: it is why the run stopped.
     if let Some(error) = observer.raised() {

@@ -359,6 +359,34 @@ def test_the_gil_is_released_while_sampling(trained):
     assert len(ticks) >= 5, (len(ticks), took)
 
 
+def test_the_gil_is_released_while_training(corpus, tmp_path):
+    done = threading.Event()
+    ticks = []
+
+    def training():
+        try:
+            charrnn.train(corpus, tmp_path / "run", epochs=3, **TINY)
+        finally:
+            done.set()
+
+    worker = threading.Thread(target=training)
+    worker.start()
+    while not done.is_set():
+        ticks.append(time.monotonic())
+        time.sleep(0.005)
+    worker.join()
+    assert (tmp_path / "run" / "ckpt_3.safetensors").exists()
+    assert len(ticks) >= 5, len(ticks)
+
+
+def test_a_flag_named_in_a_message_is_told_as_its_keyword(corpus, tmp_path):
+    charrnn.train(corpus, tmp_path / "run", epochs=1, **TINY)
+    with pytest.raises(ValueError, match=r"(?s)--overwrite.*overwrite=True"):
+        charrnn.train(corpus, tmp_path / "run", epochs=1, **TINY)
+    again = charrnn.train(corpus, tmp_path / "run", epochs=1, overwrite=True, **TINY)
+    assert again.info["provenance"]["epoch"] == 1
+
+
 # --- the command and downloads ----------------------------------------------------------------
 
 

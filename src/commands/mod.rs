@@ -37,6 +37,17 @@ pub fn run(cli: Cli) -> Result<()> {
 /// The device the user chose with the CPU `kernel` and `precision`, checked against the
 /// machine; says on stderr what was picked.
 fn compute(choice: DeviceChoice, kernel: Kernel, precision: Precision) -> Result<Compute> {
+    let (compute, line) = described_compute(choice, kernel, precision)?;
+    eprintln!("{line}");
+    Ok(compute)
+}
+
+/// As [`compute`], returning the line that says what was picked instead of printing it.
+fn described_compute(
+    choice: DeviceChoice,
+    kernel: Kernel,
+    precision: Precision,
+) -> Result<(Compute, String)> {
     let device = match choice {
         DeviceChoice::Cpu => Device::Cpu,
         DeviceChoice::Cuda => compute::cuda_device()?,
@@ -44,15 +55,15 @@ fn compute(choice: DeviceChoice, kernel: Kernel, precision: Precision) -> Result
             Ok(d) => d,
             Err(e) => {
                 let cpu = Compute::new(Device::Cpu, kernel, precision)?;
-                eprintln!("device: {} ({e:#})", cpu.describe());
-                return Ok(cpu);
+                let line = format!("device: {} ({e:#})", cpu.describe());
+                return Ok((cpu, line));
             }
         },
         DeviceChoice::Auto => Device::Cpu,
     };
     let compute = Compute::new(device, kernel, precision)?;
-    eprintln!("device: {}", compute.describe());
-    Ok(compute)
+    let line = format!("device: {}", compute.describe());
+    Ok((compute, line))
 }
 
 /// Prints a notice of the library's on stderr.

@@ -8,7 +8,7 @@ use charrnn_core::compute::Precision;
 use charrnn_core::train::{self, Origin, StopFlag, TrainOptions};
 use charrnn_core::Kernel;
 
-use super::compute;
+use super::described_compute;
 use crate::cli::TrainArgs;
 use crate::report::TrainReport;
 
@@ -18,7 +18,8 @@ fn default_dir() -> PathBuf {
 }
 
 pub(super) fn run(a: TrainArgs, kernel: Kernel) -> Result<()> {
-    let options = options(a, kernel)?;
+    let (options, device) = options(a, kernel)?;
+    eprintln!("{device}");
     // Ctrl-C stops the run cleanly once its epochs begin; before, it ends the process.
     let mut report = TrainReport::new(options.checkpoint_dir.clone(), options.stop.clone());
     let result = train::run(&options, &mut report);
@@ -30,8 +31,9 @@ pub(super) fn run(a: TrainArgs, kernel: Kernel) -> Result<()> {
 }
 
 /// The run `train`'s arguments ask for, with a fresh stop flag: where its files go, where it
-/// starts from, its settings over the preset's, on the device they name.
-pub fn options(a: TrainArgs, kernel: Kernel) -> Result<TrainOptions> {
+/// starts from, its settings over the preset's, on the device they name; and the line that says
+/// which device that is.
+pub fn options(a: TrainArgs, kernel: Kernel) -> Result<(TrainOptions, String)> {
     let resume = a.resume.map(|p| p.unwrap_or_else(|| a.checkpoint_dir.clone().unwrap_or_else(default_dir)));
     let checkpoint_dir = match (&a.checkpoint_dir, &resume) {
         (Some(dir), _) => dir.clone(),
@@ -46,8 +48,8 @@ pub fn options(a: TrainArgs, kernel: Kernel) -> Result<TrainOptions> {
         (None, None) => Origin::Fresh,
     };
     // The run's precision is a setting (a resumed run's saved one); this is the device's.
-    let compute = compute(a.device.choice, kernel, Precision::F32)?;
-    Ok(TrainOptions {
+    let (compute, device) = described_compute(a.device.choice, kernel, Precision::F32)?;
+    let options = TrainOptions {
         base: a.preset.settings(rand::random()),
         typed: a.settings.into(),
         stop: StopFlag::new(),
@@ -58,5 +60,6 @@ pub fn options(a: TrainArgs, kernel: Kernel) -> Result<TrainOptions> {
         cache_dir: a.cache.dir(),
         text: None,
         limits: a.limits.limits(),
-    })
+    };
+    Ok((options, device))
 }
