@@ -198,11 +198,59 @@ fn the_exported_page_samples_in_the_browser_what_the_portable_kernel_prints() {
     let status = browser.wait_for_text("#status", |t| t.starts_with("Error"));
     assert!(status.contains("'E', 'H', 'T'"), "{status}");
 
+    // Every cell, deeper models: a two-layer LSTM and a two-layer RNN, exported over the first.
+    for cell in ["lstm", "rnn"] {
+        let data = dir.path().join("tiny.txt");
+        let run = dir.path().join(cell);
+        let o = charrnn(&[
+            "train",
+            "--data",
+            data.to_str().unwrap(),
+            "--epochs",
+            "1",
+            "--checkpoint-dir",
+            run.to_str().unwrap(),
+            "--batch-size",
+            "4",
+            "--seq-len",
+            "20",
+            "--embedding-dim",
+            "8",
+            "--rnn-units",
+            "16",
+            "--layers",
+            "2",
+            "--cell",
+            cell,
+            "--seed",
+            "2",
+        ]);
+        assert!(o.status.success(), "{}", stderr(&o));
+        let o = charrnn(&[
+            "export",
+            "--checkpoint",
+            run.to_str().unwrap(),
+            "--web",
+            site.to_str().unwrap(),
+            "--force",
+        ]);
+        assert!(o.status.success(), "{}", stderr(&o));
+        browser.post("/url", json!({ "url": server.url }));
+        let summary = browser.wait_for_text("#summary", |t| t.contains("parameters"));
+        assert!(summary.contains(cell) && summary.contains("2×16"), "{summary}");
+        let (shown, status) = generate(&browser, "the ", "300", "0.9", "0.95", "21");
+        assert!(status.starts_with("Done"), "{status}");
+        let options =
+            ["--start", "the ", "--length", "300", "--temperature", "0.9", "--top-p", "0.95", "--seed", "21"];
+        assert_eq!(shown, portable_generate(&run, &options), "{cell}");
+    }
+
     // With its server gone, the page goes on sampling: nothing it needs comes over the network.
     server.stop();
     let (shown, status) = generate(&browser, "the ", "2000", "1", "1", "11");
     assert!(status.starts_with("Done"), "{status}");
-    assert_eq!(shown, portable_generate(&ck, &["--start", "the ", "--length", "2000", "--seed", "11"]));
+    let last = dir.path().join("rnn");
+    assert_eq!(shown, portable_generate(&last, &["--start", "the ", "--length", "2000", "--seed", "11"]));
     println!("page: {status}");
 }
 
