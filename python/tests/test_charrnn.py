@@ -220,6 +220,8 @@ def test_bad_training_settings_are_refused_with_the_flags_message(corpus, tmp_pa
 def test_missing_paths_are_file_not_found(tmp_path):
     with pytest.raises(FileNotFoundError):
         charrnn.load(tmp_path / "nothing-here")
+    with pytest.raises(FileNotFoundError, match="no checkpoint"):
+        charrnn.load(tmp_path)  # a folder with no checkpoint in it
     with pytest.raises(FileNotFoundError):
         charrnn.train(tmp_path / "no-corpus.txt", tmp_path / "run", progress=False)
 

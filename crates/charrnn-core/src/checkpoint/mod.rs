@@ -285,10 +285,15 @@ pub fn resolve(path: &Path) -> Result<PathBuf> {
         .max_by_key(|(epoch, _)| *epoch);
     match newest {
         Some((_, p)) => Ok(p),
-        None => bail!(
-            "no checkpoint (ckpt_N.safetensors) in {}; train one with `charrnn train` or pass --checkpoint FILE",
-            path.display()
-        ),
+        // A missing file, as callers (Python's FileNotFoundError) should see it.
+        None => Err(std::io::Error::new(
+            std::io::ErrorKind::NotFound,
+            format!(
+                "no checkpoint (ckpt_N.safetensors) in {}; train one with `charrnn train` or pass --checkpoint FILE",
+                path.display()
+            ),
+        )
+        .into()),
     }
 }
 
