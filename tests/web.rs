@@ -13,7 +13,7 @@ use serde_json::{json, Value};
 
 mod common;
 use common::browser::Browser;
-use common::server::train;
+use common::server::{train, train_with};
 use common::{charrnn, charrnn_command, stderr};
 
 /// Whether this binary carries the browser's module (scripts/build-web.sh builds it; CI sets
@@ -82,6 +82,7 @@ impl StaticServer {
                     let kind = match name.rsplit('.').next() {
                         Some("html") => "text/html; charset=utf-8",
                         Some("js") => "text/javascript",
+                        Some("css") => "text/css",
                         Some("wasm") => "application/wasm",
                         _ => "application/octet-stream",
                     };
@@ -200,32 +201,7 @@ fn the_exported_page_samples_in_the_browser_what_the_portable_kernel_prints() {
 
     // Every cell, deeper models: a two-layer LSTM and a two-layer RNN, exported over the first.
     for cell in ["lstm", "rnn"] {
-        let data = dir.path().join("tiny.txt");
-        let run = dir.path().join(cell);
-        let o = charrnn(&[
-            "train",
-            "--data",
-            data.to_str().unwrap(),
-            "--epochs",
-            "1",
-            "--checkpoint-dir",
-            run.to_str().unwrap(),
-            "--batch-size",
-            "4",
-            "--seq-len",
-            "20",
-            "--embedding-dim",
-            "8",
-            "--rnn-units",
-            "16",
-            "--layers",
-            "2",
-            "--cell",
-            cell,
-            "--seed",
-            "2",
-        ]);
-        assert!(o.status.success(), "{}", stderr(&o));
+        let run = train_with(dir.path(), cell, "1", "2", &["--layers", "2", "--cell", cell]);
         let o = charrnn(&[
             "export",
             "--checkpoint",
@@ -300,7 +276,7 @@ fn an_export_writes_only_where_it_may() {
     let o = charrnn(&["export", "--checkpoint", ck, "--web", site.to_str().unwrap(), "--force"]);
     assert!(o.status.success(), "{}", stderr(&o));
     assert_eq!(std::fs::read_to_string(site.join("README")).unwrap(), "keep");
-    for name in ["index.html", "worker.js", "charrnn.wasm", "model.safetensors"] {
+    for name in ["index.html", "style.css", "worker.js", "charrnn.wasm", "model.safetensors"] {
         assert!(site.join(name).is_file(), "{name}");
     }
     let o = charrnn(&["export", "--checkpoint", ck, "--web", other.to_str().unwrap(), "--force"]);

@@ -1,5 +1,5 @@
-//! A training run's events handed to Python: `on_event(kind, fields)` with a dict of the
-//! event's values and `lines`, what the command line prints for it. Each event is also where a
+//! A training run's events handed to Python: `on_event(kind, fields)` with `lines`, what the
+//! command line prints for it, and the values the progress bar and `on_epoch` use. Each event is also where a
 //! pending Ctrl-C (or an exception the callback raised) reaches the run: the stop flag goes up,
 //! the run saves where it stands, and the exception is raised when it returns.
 
@@ -27,7 +27,6 @@ impl PythonObserver {
     /// A line of the command line's that comes with no event (the device picked), as a notice.
     pub fn say(&self, py: Python<'_>, line: &str) -> PyResult<()> {
         let fields = PyDict::new(py);
-        fields.set_item("message", line)?;
         fields.set_item("lines", vec![line])?;
         self.on_event.call1(py, ("notice", fields))?;
         Ok(())
@@ -40,9 +39,9 @@ impl PythonObserver {
 
     fn call(&self, py: Python<'_>, event: &Event) -> PyResult<()> {
         py.check_signals()?;
-        let (kind, fields) = describe(py, event)?;
+        let fields = values(py, event)?;
         fields.set_item("lines", charrnn::report::lines(event, &self.dir))?;
-        self.on_event.call1(py, (kind, fields))?;
+        self.on_event.call1(py, (kind(event), fields))?;
         Ok(())
     }
 }
@@ -59,92 +58,43 @@ impl Observer for PythonObserver {
     }
 }
 
-/// The event's kind and values.
-fn describe<'py>(py: Python<'py>, event: &Event) -> PyResult<(&'static str, Bound<'py, PyDict>)> {
+/// The event's kind, by which `charrnn._progress.Report` tells them apart.
+fn kind(event: &Event) -> &'static str {
+    match event {
+        Event::Notice(_) => "notice",
+        Event::FineTuning { .. } => "fine_tuning",
+        Event::Resuming { .. } => "resuming",
+        Event::Started(_) => "started",
+        Event::AlreadyTrained { .. } => "already_trained",
+        Event::Step(_) => "step",
+        Event::EpochEnd(_) => "epoch",
+        Event::Saved { .. } => "saved",
+        Event::NewBest { .. } => "new_best",
+        Event::Sample { .. } => "sample",
+        Event::SampleFailed { .. } => "sample_failed",
+        Event::LimitReached { .. } => "limit_reached",
+        Event::EarlyStop { .. } => "early_stop",
+        Event::Paused { .. } => "paused",
+    }
+}
+
+/// The values Python uses beside the lines: the batches the bar counts, each step's loss and
+/// rate, each epoch's losses for `on_epoch`.
+fn values<'py>(py: Python<'py>, event: &Event) -> PyResult<Bound<'py, PyDict>> {
     let d = PyDict::new(py);
-    let kind = match event {
-        Event::Notice(n) => {
-            d.set_item("message", n.to_string())?;
-            "notice"
-        }
-        Event::FineTuning { path, epoch } => {
-            d.set_item("path", path)?;
-            d.set_item("epoch", epoch)?;
-            "fine_tuning"
-        }
-        Event::Resuming { path, epoch, batch } => {
-            d.set_item("path", path)?;
-            d.set_item("epoch", epoch)?;
-            d.set_item("batch", batch)?;
-            "resuming"
-        }
-        Event::Started(s) => {
-            d.set_item("corpus", &s.corpus)?;
-            d.set_item("train_chars", s.train_chars)?;
-            d.set_item("val_chars", s.val_chars)?;
-            d.set_item("batch_size", s.batch_size)?;
-            d.set_item("batches_per_epoch", s.batches_per_epoch)?;
-            d.set_item("batches_left", s.batches_left)?;
-            d.set_item("parameters", s.parameters)?;
-            d.set_item("seed", s.seed)?;
-            "started"
-        }
-        Event::AlreadyTrained { epochs } => {
-            d.set_item("epochs", epochs)?;
-            "already_trained"
-        }
+    match event {
+        Event::Started(s) => d.set_item("batches_left", s.batches_left)?,
         Event::Step(r) => {
-            d.set_item("epoch", r.epoch)?;
-            d.set_item("batch", r.batch)?;
-            d.set_item("step", r.step)?;
             d.set_item("loss", r.loss)?;
-            d.set_item("learning_rate", r.learning_rate)?;
             d.set_item("chars_per_s", r.chars_per_s)?;
-            "step"
         }
         Event::EpochEnd(r) => {
             d.set_item("epoch", r.epoch)?;
             d.set_item("train_loss", r.train_loss)?;
             d.set_item("val_loss", r.val_loss)?;
             d.set_item("seconds", r.seconds)?;
-            "epoch"
         }
-        Event::Saved { path } => {
-            d.set_item("path", path)?;
-            "saved"
-        }
-        Event::NewBest { val_loss, path } => {
-            d.set_item("val_loss", val_loss)?;
-            d.set_item("path", path)?;
-            "new_best"
-        }
-        Event::Sample { epoch, text } => {
-            d.set_item("epoch", epoch)?;
-            d.set_item("text", text)?;
-            "sample"
-        }
-        Event::SampleFailed { epoch, error } => {
-            d.set_item("epoch", epoch)?;
-            d.set_item("error", error)?;
-            "sample_failed"
-        }
-        Event::LimitReached { limit, at_epoch_end } => {
-            d.set_item("limit", limit.to_string())?;
-            d.set_item("at_epoch_end", at_epoch_end)?;
-            "limit_reached"
-        }
-        Event::EarlyStop { patience, best, best_path } => {
-            d.set_item("patience", patience)?;
-            d.set_item("best", best)?;
-            d.set_item("path", best_path)?;
-            "early_stop"
-        }
-        Event::Paused { epoch, batch, path } => {
-            d.set_item("epoch", epoch)?;
-            d.set_item("batch", batch)?;
-            d.set_item("path", path)?;
-            "paused"
-        }
-    };
-    Ok((kind, d))
+        _ => {}
+    }
+    Ok(d)
 }

@@ -8,11 +8,17 @@ use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyBool, PyDict, PyList, PyString, PyTuple};
 
-use charrnn::cli::Cli;
+use charrnn::cli::{Cli, Command};
 
-/// `charrnn <command>` with one flag per keyword of `settings`; a keyword that is no flag of
-/// the command is a `TypeError`, as Python's own functions answer one.
-pub fn command_line(command: &str, settings: &Bound<'_, PyDict>) -> PyResult<Vec<String>> {
+/// `charrnn <command>` with one flag per keyword of `settings`, parsed as the command line
+/// parses it: a keyword that is no flag of the command is a `TypeError`, as Python's own
+/// functions answer one; a value its parser refuses a `ValueError` with clap's message.
+pub fn command(command: &str, settings: &Bound<'_, PyDict>) -> PyResult<Command> {
+    Ok(parse(command_line(command, settings)?)?.command)
+}
+
+/// `charrnn <command>` with one flag per keyword of `settings`.
+fn command_line(command: &str, settings: &Bound<'_, PyDict>) -> PyResult<Vec<String>> {
     let cli = <Cli as clap::CommandFactory>::command();
     let sub = cli.find_subcommand(command).expect("a command of charrnn's");
     let known: Vec<String> = (sub.get_arguments().filter_map(|a| a.get_long()))
@@ -69,7 +75,7 @@ fn text(value: &Bound<'_, PyAny>) -> PyResult<String> {
 
 /// Parses a command line built by [`command_line`]; its refusal is a `ValueError` with clap's
 /// message (without the usage lines).
-pub fn parse(argv: Vec<String>) -> PyResult<Cli> {
+fn parse(argv: Vec<String>) -> PyResult<Cli> {
     Cli::try_parse_from(argv).map_err(|e| {
         let rendered = e.render().to_string();
         let message = rendered.trim_start_matches("error: ");

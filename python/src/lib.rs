@@ -26,8 +26,7 @@ use errors::{to_py, CheckpointError};
 #[pyfunction]
 #[pyo3(signature = (settings, on_event))]
 fn train(py: Python<'_>, settings: &Bound<'_, PyDict>, on_event: Py<PyAny>) -> PyResult<()> {
-    let argv = flags::command_line("train", settings)?;
-    let Command::Train(args) = flags::parse(argv)?.command else {
+    let Command::Train(args) = flags::command("train", settings)? else {
         unreachable!("the command line named train")
     };
     let kernel = charrnn_core::Kernel::from_env().map_err(to_py)?;
@@ -48,8 +47,7 @@ fn train(py: Python<'_>, settings: &Bound<'_, PyDict>, on_event: Py<PyAny>) -> P
 #[pyfunction]
 #[pyo3(signature = (settings))]
 fn download(py: Python<'_>, settings: &Bound<'_, PyDict>) -> PyResult<String> {
-    let argv = flags::command_line("download", settings)?;
-    let Command::Download(a) = flags::parse(argv)?.command else {
+    let Command::Download(a) = flags::command("download", settings)? else {
         unreachable!("the command line named download")
     };
     let options = DownloadOptions::from(a);

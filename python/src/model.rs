@@ -9,7 +9,7 @@ use pyo3::exceptions::{PyFileNotFoundError, PyStopIteration, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyList};
 
-use charrnn::cli::{Command, EvalArgs, GenerateArgs};
+use charrnn::cli::{Command, EvalArgs};
 use charrnn_core::checkpoint::{self, Checkpoint};
 use charrnn_core::compute::{Compute, Precision};
 use charrnn_core::sample::job::{DEFAULT_LENGTH, DEFAULT_START, DEFAULT_TEMPERATURE};
@@ -54,32 +54,60 @@ impl Model {
         self.checkpoint.model.with_compute(compute)
     }
 
-    /// A sampling job checked as `charrnn generate` checks its flags, and the precision.
-    fn job(&self, settings: &Bound<'_, PyDict>) -> PyResult<(Job, Precision)> {
-        let argv = flags::command_line("generate", settings)?;
-        let Command::Generate(args) = flags::parse(argv)?.command else {
+    /// A sampling job from the keywords, checked as `charrnn generate` checks its flags, and
+    /// the weights in the precision it asks for.
+    fn prepare(&self, py: Python<'_>, k: SamplingKeywords) -> PyResult<(Job, charrnn_core::model::Model)> {
+        let settings = PyDict::new(py);
+        settings.set_item("start", k.start)?;
+        settings.set_item("length", k.length)?;
+        settings.set_item("temperature", k.temperature)?;
+        settings.set_item("top_k", k.top_k)?;
+        settings.set_item("top_p", k.top_p)?;
+        settings.set_item("seed", k.seed)?;
+        settings.set_item("num_samples", k.num_samples)?;
+        settings.set_item("stop", Stops::into_vec(k.stop))?;
+        settings.set_item("include_stop", k.include_stop)?;
+        settings.set_item("precision", k.precision)?;
+        let Command::Generate(args) = flags::command("generate", &settings)? else {
             unreachable!("the command line named generate")
         };
-        let GenerateArgs { precision, .. } = args;
         let job =
             charrnn::commands::generate::job(&args, &self.checkpoint, args.start.clone()).map_err(to_py)?;
-        Ok((job, precision))
+        Ok((job, self.in_precision(args.precision).map_err(to_py)?))
     }
 
-    /// The keywords of a sampling call, as `generate`'s flags.
-    fn sampling_settings<'py>(py: Python<'py>, k: SamplingKeywords) -> PyResult<Bound<'py, PyDict>> {
-        let d = PyDict::new(py);
-        d.set_item("start", k.start)?;
-        d.set_item("length", k.length)?;
-        d.set_item("temperature", k.temperature)?;
-        d.set_item("top_k", k.top_k)?;
-        d.set_item("top_p", k.top_p)?;
-        d.set_item("seed", k.seed)?;
-        d.set_item("num_samples", k.num_samples)?;
-        d.set_item("stop", k.stop)?;
-        d.set_item("include_stop", k.include_stop)?;
-        d.set_item("precision", k.precision)?;
-        Ok(d)
+    /// One row per character of `text`, made by `row` from the logits after it (the model fed
+    /// the text one character at a time, as sampling does), as a NumPy float32 array.
+    fn rows<'py>(
+        &self,
+        py: Python<'py>,
+        text: &str,
+        row: fn(&[f32]) -> Vec<f32>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let numpy = py.import("numpy").map_err(|_| {
+            pyo3::exceptions::PyImportError::new_err(
+                "Model.probabilities and Model.logits need NumPy: pip install numpy",
+            )
+        })?;
+        let vocab = &self.checkpoint.vocab;
+        let ids = vocab.encode(text).context("text").map_err(to_py)?;
+        if ids.is_empty() {
+            return Err(PyValueError::new_err("text is empty: give at least one character"));
+        }
+        let model = &self.checkpoint.model;
+        let bytes = py
+            .detach(|| -> anyhow::Result<Vec<u8>> {
+                let mut sampler = Sampler::new(model, 1)?;
+                let mut bytes = Vec::with_capacity(ids.len() * vocab.len() * 4);
+                for &id in &ids {
+                    bytes.extend(row(sampler.step(&[id])).iter().flat_map(|p| p.to_le_bytes()));
+                }
+                Ok(bytes)
+            })
+            .map_err(to_py)?;
+        let flat = numpy.call_method1("frombuffer", (PyBytes::new(py, &bytes), "<f4"))?;
+        // A writable array of its own (frombuffer over bytes would be read-only).
+        flat.call_method1("reshape", (ids.len(), vocab.len()))?.call_method0("copy")
     }
 }
 
@@ -93,7 +121,7 @@ struct SamplingKeywords {
     top_p: Option<f64>,
     seed: Option<i128>,
     num_samples: i64,
-    stop: Vec<String>,
+    stop: Option<Stops>,
     include_stop: bool,
     precision: String,
 }
@@ -150,7 +178,6 @@ impl Model {
         include_stop: bool,
         precision: String,
     ) -> PyResult<Bound<'py, PyAny>> {
-        let stop = Stops::into_vec(stop);
         let keywords = SamplingKeywords {
             start,
             length,
@@ -163,10 +190,8 @@ impl Model {
             include_stop,
             precision,
         };
-        let settings = Self::sampling_settings(py, keywords)?;
-        let (job, precision) = self.job(&settings)?;
+        let (job, model) = self.prepare(py, keywords)?;
         let samples = job.samples();
-        let model = self.in_precision(precision).map_err(to_py)?;
         let vocab = &self.checkpoint.vocab;
         let texts = py.detach(|| -> PyResult<Vec<String>> {
             let mut engine = Engine::new(&model, vocab, samples).map_err(to_py)?;
@@ -214,7 +239,6 @@ impl Model {
         include_stop: bool,
         precision: String,
     ) -> PyResult<Stream> {
-        let stop = Stops::into_vec(stop);
         let keywords = SamplingKeywords {
             start,
             length,
@@ -227,9 +251,7 @@ impl Model {
             include_stop,
             precision,
         };
-        let settings = Self::sampling_settings(py, keywords)?;
-        let (job, precision) = self.job(&settings)?;
-        let model = self.in_precision(precision).map_err(to_py)?;
+        let (job, model) = self.prepare(py, keywords)?;
         let engine = Engine::new(&model, &self.checkpoint.vocab, 1).map_err(to_py)?;
         let pieces = Pieces::new(engine, job).map_err(to_py)?;
         Ok(Stream { pieces: Mutex::new(Some(pieces)) })
@@ -252,7 +274,7 @@ impl Model {
         settings.set_item("seq_len", seq_len)?;
         settings.set_item("batch_size", batch_size)?;
         settings.set_item("precision", precision)?;
-        let Command::Eval(args) = flags::parse(flags::command_line("eval", &settings)?)?.command else {
+        let Command::Eval(args) = flags::command("eval", &settings)? else {
             unreachable!("the command line named eval")
         };
         let EvalArgs { seq_len, batch_size, precision, .. } = args;
@@ -311,42 +333,6 @@ impl Model {
             self.checkpoint.vocab.len(),
             self.checkpoint.provenance.epoch
         )
-    }
-}
-
-impl Model {
-    /// One row per character of `text`, made by `row` from the logits after it (the model fed
-    /// the text one character at a time, as sampling does), as a NumPy float32 array.
-    fn rows<'py>(
-        &self,
-        py: Python<'py>,
-        text: &str,
-        row: fn(&[f32]) -> Vec<f32>,
-    ) -> PyResult<Bound<'py, PyAny>> {
-        let numpy = py.import("numpy").map_err(|_| {
-            pyo3::exceptions::PyImportError::new_err(
-                "Model.probabilities and Model.logits need NumPy: pip install numpy",
-            )
-        })?;
-        let vocab = &self.checkpoint.vocab;
-        let ids = vocab.encode(text).context("text").map_err(to_py)?;
-        if ids.is_empty() {
-            return Err(PyValueError::new_err("text is empty: give at least one character"));
-        }
-        let model = &self.checkpoint.model;
-        let bytes = py
-            .detach(|| -> anyhow::Result<Vec<u8>> {
-                let mut sampler = Sampler::new(model, 1)?;
-                let mut bytes = Vec::with_capacity(ids.len() * vocab.len() * 4);
-                for &id in &ids {
-                    bytes.extend(row(sampler.step(&[id])).iter().flat_map(|p| p.to_le_bytes()));
-                }
-                Ok(bytes)
-            })
-            .map_err(to_py)?;
-        let flat = numpy.call_method1("frombuffer", (PyBytes::new(py, &bytes), "<f4"))?;
-        // A writable array of its own (frombuffer over bytes would be read-only).
-        flat.call_method1("reshape", (ids.len(), vocab.len()))?.call_method0("copy")
     }
 }
 

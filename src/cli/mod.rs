@@ -78,8 +78,9 @@ pub struct ExportArgs {
     /// A checkpoint file, or a folder to take the newest ckpt_N.safetensors from
     #[arg(long, default_value = "checkpoints")]
     pub checkpoint: PathBuf,
-    /// Write a self-contained static page to DIR (index.html, worker.js, charrnn.wasm, the
-    /// model): it samples in the visitor's browser, served by any static file server
+    /// Write a self-contained static page to DIR (index.html, style.css, worker.js,
+    /// charrnn.wasm, the model): it samples in the visitor's browser, served by any static file
+    /// server
     #[arg(long, value_name = "DIR")]
     pub web: Option<PathBuf>,
     /// Write the model as an ONNX graph to FILE (ids and initial states in; logits and final

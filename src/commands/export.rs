@@ -5,7 +5,7 @@ use std::path::Path;
 
 use anyhow::{bail, Context, Result};
 use charrnn_core::compute::{Compute, Precision};
-use charrnn_core::{atomic, checkpoint, files, Device, Kernel};
+use charrnn_core::{atomic, checkpoint, Device, Kernel};
 
 use crate::cli::ExportArgs;
 use crate::onnx;
@@ -15,16 +15,18 @@ use crate::onnx;
 const MODULE: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/charrnn.wasm"));
 const PAGE: &str = include_str!("../../web/page/index.html");
 const WORKER: &str = include_str!("../../web/page/worker.js");
+const STYLE: &str = include_str!("../../web/page/style.css");
 /// The file that marks a folder as an export of ours, which `--force` may then replace.
 const MARK: &str = ".charrnn-export";
 /// What an export folder holds.
-const FILES: [&str; 5] = ["index.html", "worker.js", "charrnn.wasm", "model.safetensors", MARK];
+const FILES: [&str; 6] = ["index.html", "style.css", "worker.js", "charrnn.wasm", "model.safetensors", MARK];
 
 pub(super) fn run(a: ExportArgs, kernel: Kernel) -> Result<()> {
     let path = checkpoint::resolve(&a.checkpoint)?;
     // Validated as any load is, so that a damaged checkpoint is refused before anything is
     // written.
-    let ckpt = checkpoint::load(&path, &Compute::new(Device::Cpu, kernel, Precision::F32)?)?;
+    let (ckpt, bytes) =
+        checkpoint::load_with_bytes(&path, &Compute::new(Device::Cpu, kernel, Precision::F32)?)?;
     eprintln!("checkpoint {} (epoch {})", path.display(), ckpt.provenance.epoch);
     if let Some(file) = &a.onnx {
         if file.exists() && !a.force {
@@ -34,7 +36,7 @@ pub(super) fn run(a: ExportArgs, kernel: Kernel) -> Result<()> {
         eprintln!("wrote {} ({bytes} bytes, ONNX opset 17)", file.display());
     }
     if let Some(dir) = &a.web {
-        web(dir, &path, a.force)?;
+        web(dir, &bytes, a.force)?;
         eprintln!(
             "wrote {}: serve it with any static file server, e.g. `python3 -m http.server -d {}`",
             dir.display(),
@@ -44,8 +46,8 @@ pub(super) fn run(a: ExportArgs, kernel: Kernel) -> Result<()> {
     Ok(())
 }
 
-/// Writes the page, its worker, the module and the checkpoint into `dir`.
-fn web(dir: &Path, checkpoint: &Path, force: bool) -> Result<()> {
+/// Writes the page, its worker, the module and the checkpoint (the bytes validated) into `dir`.
+fn web(dir: &Path, model: &[u8], force: bool) -> Result<()> {
     if MODULE.is_empty() {
         bail!(
             "this charrnn was built without the browser's sampler; run scripts/build-web.sh, then \
@@ -53,9 +55,8 @@ fn web(dir: &Path, checkpoint: &Path, force: bool) -> Result<()> {
         );
     }
     prepare_folder(dir, force)?;
-    let model = files::read(checkpoint).with_context(|| format!("cannot read {}", checkpoint.display()))?;
-    let contents: [&[u8]; 5] =
-        [PAGE.as_bytes(), WORKER.as_bytes(), MODULE, &model, b"charrnn export --web\n"];
+    let contents: [&[u8]; 6] =
+        [PAGE.as_bytes(), STYLE.as_bytes(), WORKER.as_bytes(), MODULE, model, b"charrnn export --web\n"];
     for (name, bytes) in FILES.iter().zip(contents) {
         let file = dir.join(name);
         atomic::write(&file, bytes).with_context(|| format!("cannot write {}", file.display()))?;
@@ -86,7 +87,7 @@ fn prepare_folder(dir: &Path, force: bool) -> Result<()> {
                     "{} is not empty; choose a new or empty folder, or pass --force to write the export's \
                      files ({}) among what is there",
                     dir.display(),
-                    FILES[..4].join(", ")
+                    FILES[..FILES.len() - 1].join(", ")
                 ),
             }
         }

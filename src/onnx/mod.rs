@@ -14,6 +14,7 @@ use anyhow::{Context, Result};
 use prost::Message;
 
 use charrnn_core::checkpoint::Checkpoint;
+use charrnn_core::model::to_host;
 use charrnn_core::ops::cells::Cell;
 use proto::tensor_proto::DataType;
 use proto::tensor_shape_proto::{dimension, Dimension};
@@ -52,10 +53,6 @@ fn reorder(m: &[f32], hidden: usize, order: &[usize]) -> Vec<f32> {
     order.iter().flat_map(|&g| m[g * block..(g + 1) * block].iter().copied()).collect()
 }
 
-fn host(t: &candle_core::Tensor) -> Result<Vec<f32>> {
-    Ok(t.to_dtype(candle_core::DType::F32)?.flatten_all()?.to_vec1::<f32>()?)
-}
-
 fn graph_model(ckpt: &Checkpoint) -> Result<ModelProto> {
     let model = &ckpt.model;
     let c = &model.config;
@@ -70,7 +67,7 @@ fn graph_model(ckpt: &Checkpoint) -> Result<ModelProto> {
     let lstm = cell == Cell::Lstm;
     let mut g = Graph::default();
 
-    g.float("embedding", &[v, e], host(&model.embedding)?);
+    g.float("embedding", &[v, e], to_host(&model.embedding)?);
     g.node("Gather", &["embedding", "ids"], &["x0"], vec![]);
     g.int64("squeeze_axes", &[1], vec![1]);
     let mut finals_h = Vec::new();
@@ -78,10 +75,10 @@ fn graph_model(ckpt: &Checkpoint) -> Result<ModelProto> {
     for l in 0..layers {
         let p = model.layer(l);
         let input = if l == 0 { e } else { h };
-        g.float(&format!("W{l}"), &[1, gates * h, input], reorder(&host(&p.w_ih)?, h, order));
-        g.float(&format!("R{l}"), &[1, gates * h, h], reorder(&host(&p.w_hh)?, h, order));
-        let mut bias = reorder(&host(&p.b_ih)?, h, order);
-        bias.extend(reorder(&host(&p.b_hh)?, h, order));
+        g.float(&format!("W{l}"), &[1, gates * h, input], reorder(&to_host(&p.w_ih)?, h, order));
+        g.float(&format!("R{l}"), &[1, gates * h, h], reorder(&to_host(&p.w_hh)?, h, order));
+        let mut bias = reorder(&to_host(&p.b_ih)?, h, order);
+        bias.extend(reorder(&to_host(&p.b_hh)?, h, order));
         g.float(&format!("B{l}"), &[1, 2 * gates * h], bias);
         g.int64(&format!("layer{l}"), &[1], vec![l as i64]);
         g.node("Gather", &["h0", &format!("layer{l}")], &[&format!("h0_{l}")], vec![int_attr("axis", 0)]);
@@ -113,15 +110,8 @@ fn graph_model(ckpt: &Checkpoint) -> Result<ModelProto> {
         finals_h.push(format!("hn_{l}"));
     }
     // The dense layer, its weight stored transposed for MatMul: [H, V].
-    let dense = host(&model.dense.weight)?;
-    let mut transposed = vec![0.0; h * v];
-    for (row, w) in dense.chunks_exact(h).enumerate() {
-        for (col, &x) in w.iter().enumerate() {
-            transposed[col * v + row] = x;
-        }
-    }
-    g.float("dense_weight_t", &[h, v], transposed);
-    g.float("dense_bias", &[v], host(&model.dense.bias)?);
+    g.float("dense_weight_t", &[h, v], to_host(&model.dense.weight.t()?)?);
+    g.float("dense_bias", &[v], to_host(&model.dense.bias)?);
     g.node("MatMul", &[&format!("x{layers}"), "dense_weight_t"], &["projected"], vec![]);
     g.node("Add", &["projected", "dense_bias"], &["logits"], vec![]);
     let concat = |g: &mut Graph, parts: &[String], out: &str| {
@@ -190,21 +180,20 @@ impl Graph {
 
     fn float(&mut self, name: &str, dims: &[usize], data: Vec<f32>) {
         debug_assert_eq!(data.len(), dims.iter().product::<usize>());
-        self.initializers.push(TensorProto {
-            name: Some(name.into()),
-            dims: dims.iter().map(|&d| d as i64).collect(),
-            data_type: Some(DataType::Float as i32),
-            raw_data: Some(data.iter().flat_map(|x| x.to_le_bytes()).collect()),
-            ..Default::default()
-        });
+        self.constant(name, dims, DataType::Float, data.iter().flat_map(|x| x.to_le_bytes()).collect());
     }
 
     fn int64(&mut self, name: &str, dims: &[usize], data: Vec<i64>) {
+        self.constant(name, dims, DataType::Int64, data.iter().flat_map(|x| x.to_le_bytes()).collect());
+    }
+
+    /// A constant tensor: little-endian values of `elem`, as ONNX's raw data holds them.
+    fn constant(&mut self, name: &str, dims: &[usize], elem: DataType, raw: Vec<u8>) {
         self.initializers.push(TensorProto {
             name: Some(name.into()),
             dims: dims.iter().map(|&d| d as i64).collect(),
-            data_type: Some(DataType::Int64 as i32),
-            raw_data: Some(data.iter().flat_map(|x| x.to_le_bytes()).collect()),
+            data_type: Some(elem as i32),
+            raw_data: Some(raw),
             ..Default::default()
         });
     }

@@ -30,10 +30,13 @@ use super::streams::Busy;
 use super::{openai, State};
 
 const PAGE: &str = include_str!("page.html");
+/// The stylesheet the page shares with the exported one (`charrnn export --web`).
+const STYLE: &str = include_str!("../../web/page/style.css");
 
 pub fn router(state: Arc<State>) -> Router {
     Router::new()
         .route("/", get(|| async { Html(PAGE) }))
+        .route("/style.css", get(|| async { ([(header::CONTENT_TYPE, "text/css; charset=utf-8")], STYLE) }))
         .route("/healthz", get(healthz))
         .route("/v1/model", get(model))
         .route("/v1/generate", post(generate))

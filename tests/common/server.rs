@@ -13,10 +13,15 @@ use super::charrnn;
 
 /// Trains a small model on a small text into `dir`, `epochs` epochs; returns its folder.
 pub fn train(dir: &Path, name: &str, epochs: &str, seed: &str) -> PathBuf {
+    train_with(dir, name, epochs, seed, &[])
+}
+
+/// [`train`] with more flags (another cell, more layers).
+pub fn train_with(dir: &Path, name: &str, epochs: &str, seed: &str, more: &[&str]) -> PathBuf {
     let data = dir.join("tiny.txt");
     std::fs::write(&data, super::tiny_text()).unwrap();
     let ck = dir.join(name);
-    let o = charrnn(&[
+    let mut args = vec![
         "train",
         "--data",
         data.to_str().unwrap(),
@@ -36,7 +41,9 @@ pub fn train(dir: &Path, name: &str, epochs: &str, seed: &str) -> PathBuf {
         "cpu",
         "--seed",
         seed,
-    ]);
+    ];
+    args.extend(more);
+    let o = charrnn(&args);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     ck
 }

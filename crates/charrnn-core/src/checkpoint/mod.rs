@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, bail, Context, Result};
-use candle_core::{DType, Device, Tensor};
+use candle_core::{Device, Tensor};
 use safetensors::tensor::{Dtype, SafeTensors, TensorView};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -125,7 +125,7 @@ struct Stored {
 
 impl Stored {
     fn new(name: String, t: &Tensor) -> Result<Self> {
-        let values = t.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+        let values = crate::model::to_host(t)?;
         Ok(Stored {
             name,
             shape: t.dims().to_vec(),
@@ -182,15 +182,22 @@ pub fn save(path: &Path, model: &Model, vocab: &Vocab, provenance: &Provenance) 
 /// Loads and validates a checkpoint for `compute` (its device gets the weights); every problem
 /// is an error naming the file, an [`InvalidCheckpoint`] where the file itself is at fault.
 pub fn load(path: &Path, compute: &Compute) -> Result<Checkpoint> {
+    Ok(load_with_bytes(path, compute)?.0)
+}
+
+/// [`load`], also returning the file's bytes, read once: the very bytes that were validated
+/// (for a copy of the checkpoint that cannot differ from what was checked).
+pub fn load_with_bytes(path: &Path, compute: &Compute) -> Result<(Checkpoint, Vec<u8>)> {
     let bytes = crate::files::read(path).with_context(|| {
         format!(
             "cannot read checkpoint {}; pass --checkpoint FILE, or train one with `charrnn train`",
             path.display()
         )
     })?;
-    from_bytes(&bytes, compute).map_err(|e| {
+    let ckpt = from_bytes(&bytes, compute).map_err(|e| {
         anyhow::Error::new(InvalidCheckpoint { path: path.to_path_buf(), problem: format!("{e:#}") })
-    })
+    })?;
+    Ok((ckpt, bytes))
 }
 
 /// A checkpoint from the bytes of its file, validated; see [`load`].

@@ -418,6 +418,11 @@ pub enum Pass {
     },
 }
 
+/// A tensor's values as f32 in host memory, row-major (a transposed view comes out transposed).
+pub fn to_host(t: &Tensor) -> Result<Vec<f32>> {
+    Ok(t.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?)
+}
+
 /// Inverted dropout: each value kept with probability 1 − p and then scaled by 1/(1 − p).
 /// Element i is dropped when a hash of (seed, i) falls below p: every element is drawn on its
 /// own, so the mask is made in parallel (a sequential generator took most of a 3-layer GPU

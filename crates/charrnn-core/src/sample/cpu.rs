@@ -4,13 +4,12 @@
 //! training uses, and the dense layer.
 
 use anyhow::{bail, Result};
-use candle_core::DType;
 
 use crate::compute::CpuMath;
 use crate::kernels::cpu::bf16::{matmul_bf16, PackedBf16, Scratch};
 use crate::kernels::cpu::blas::{matmul_packed, Packed, View};
 use crate::kernels::cpu::Kernel;
-use crate::model::Model;
+use crate::model::{to_host, Model};
 use crate::ops::cells::{with_cell, Cell, RecurrentCell, StepForward};
 
 /// A weight matrix W [rows, cols], packed once and applied to each sequence's input. Each
@@ -94,10 +93,6 @@ fn extra_width(cell: Cell, hidden: usize) -> usize {
     (cell.state_parts() - 1) * hidden
 }
 
-fn host_f32(t: &candle_core::Tensor) -> Result<Vec<f32>> {
-    Ok(t.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?)
-}
-
 /// The first layer's input projection of every vocabulary entry, embedding · W_ihᵀ + b_ih,
 /// [V, G·H], by the f32 packed product of `kernel`: the same arithmetic on every machine for a
 /// kernel (the portable one's in a browser too), where a library product's would depend on the
@@ -105,9 +100,9 @@ fn host_f32(t: &candle_core::Tensor) -> Result<Vec<f32>> {
 fn input_table(model: &Model, kernel: Kernel) -> Result<Vec<f32>> {
     let l0 = model.layer(0);
     let (g, e, v) = (l0.w_ih.dims2()?.0, model.config.embedding_dim, model.config.vocab_size);
-    let mut w_ih = Weights::new(host_f32(&l0.w_ih)?, g, e, CpuMath { kernel, bf16: false });
+    let mut w_ih = Weights::new(to_host(&l0.w_ih)?, g, e, CpuMath { kernel, bf16: false });
     let mut table = vec![0.0; v * g];
-    w_ih.apply(&mut table, &host_f32(&model.embedding)?, v, Some(&host_f32(&l0.b_ih)?));
+    w_ih.apply(&mut table, &to_host(&model.embedding)?, v, Some(&to_host(&l0.b_ih)?));
     Ok(table)
 }
 
@@ -121,19 +116,19 @@ impl Sampler {
         let g = cell.gates() * h;
         let e = extra_width(cell, h);
         let weights = |t: &candle_core::Tensor, rows: usize| -> Result<Weights> {
-            Ok(Weights::new(host_f32(t)?, rows, h, math))
+            Ok(Weights::new(to_host(t)?, rows, h, math))
         };
         let mut layers = Vec::new();
         for l in 0..model.config.layers {
             let p = model.layer(l);
             let w_ih = match l {
                 0 => None,
-                _ => Some((weights(&p.w_ih, g)?, host_f32(&p.b_ih)?)),
+                _ => Some((weights(&p.w_ih, g)?, to_host(&p.b_ih)?)),
             };
             layers.push(LayerState {
                 w_ih,
                 w_hh: weights(&p.w_hh, g)?,
-                b_hh: host_f32(&p.b_hh)?,
+                b_hh: to_host(&p.b_hh)?,
                 x: vec![0.0; batch * g],
                 h: vec![0.0; batch * h],
                 h_next: vec![0.0; batch * h],
@@ -152,7 +147,7 @@ impl Sampler {
             table: input_table(model, math.kernel)?,
             layers,
             dense: weights(model.param("dense.weight"), v)?,
-            dense_b: host_f32(model.param("dense.bias"))?,
+            dense_b: to_host(model.param("dense.bias"))?,
             tape: vec![0.0; with_cell!(cell, C => C::TAPE) * h],
             logits: vec![0.0; batch * v],
         })

@@ -101,11 +101,12 @@ fn cut(c: &mut Vec<(f32, u32)>, spare: &mut Vec<(f32, u32)>, top_k: Option<usize
         sort_by_rank_from_id_order(c, spare);
         total
     };
+    let target = p * total;
     let mut running = 0.0f32;
     let keep = c
         .iter()
         .take_while(|x| {
-            let inside = running < p * total;
+            let inside = running < target;
             running += x.0;
             inside
         })
@@ -131,6 +132,8 @@ fn sort_by_rank_from_id_order(c: &mut Vec<(f32, u32)>, spare: &mut Vec<(f32, u32
             count[(k >> (8 * digit)) as usize & 0xff] += 1;
         }
     }
+    spare.clear();
+    spare.resize(c.len(), (0.0, 0));
     for (digit, count) in counts.iter().enumerate() {
         if count.contains(&c.len()) {
             continue;
@@ -141,8 +144,6 @@ fn sort_by_rank_from_id_order(c: &mut Vec<(f32, u32)>, spare: &mut Vec<(f32, u32
             *slot = at;
             at += n;
         }
-        spare.clear();
-        spare.resize(c.len(), (0.0, 0));
         for x in c.iter() {
             let d = (key(x) >> (8 * digit)) as usize & 0xff;
             spare[next[d]] = *x;
