@@ -1,9 +1,11 @@
 //! The `charrnn` command line on top of `charrnn-core`: the arguments (`cli`), one file per
-//! command (`commands`), the HTTP server (`serve`), corpus downloads (`download`), and what a
-//! command shows on stderr (`report`) and does on Ctrl-C (`signals`). The core has no command
+//! command (`commands`), the HTTP server (`serve`), corpus downloads (`download`), training on
+//! several processes under MPI (`cluster`), and what a command shows on stderr (`report`) and
+//! does on Ctrl-C (`signals`). The core has no command
 //! line, prints nothing and handles no signals; this crate does all three.
 
 pub mod cli;
+mod cluster;
 pub mod commands;
 pub mod download;
 pub mod onnx;

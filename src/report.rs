@@ -9,17 +9,29 @@ use charrnn_core::train::events::{EpochReport, Event, Observer, RunSummary, Stop
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 /// The log and progress bar of one `train`.
-pub struct TrainReport {
+pub struct TrainReport<'a> {
     dir: PathBuf,
     stop: StopFlag,
     progress: Option<ProgressBar>,
+    /// Connects Ctrl-C but shows nothing (the ranks of a run but the first).
+    quiet: bool,
+    /// A line to add after each epoch's, given the epoch's seconds (the ranks' traffic).
+    epoch_note: Option<EpochNote<'a>>,
 }
 
-impl TrainReport {
+type EpochNote<'a> = Box<dyn FnMut(f64) -> Option<String> + 'a>;
+
+impl<'a> TrainReport<'a> {
     /// A report for a run whose files go to `dir`, connecting Ctrl-C to `stop` once the epochs
-    /// begin.
-    pub fn new(dir: PathBuf, stop: StopFlag) -> Self {
-        TrainReport { dir, stop, progress: None }
+    /// begin; `quiet`, it shows nothing.
+    pub fn new(dir: PathBuf, stop: StopFlag, quiet: bool) -> Self {
+        TrainReport { dir, stop, progress: None, quiet, epoch_note: None }
+    }
+
+    /// After each epoch's lines, `note`'s, if it has one.
+    pub fn with_epoch_note(mut self, note: impl FnMut(f64) -> Option<String> + 'a) -> Self {
+        self.epoch_note = Some(Box::new(note));
+        self
     }
 
     /// Prints a line above the progress bar.
@@ -45,20 +57,32 @@ impl TrainReport {
     }
 }
 
-impl Observer for TrainReport {
+impl Observer for TrainReport<'_> {
     fn event(&mut self, event: &Event) {
         if let Event::AlreadyTrained { .. } = event {
             self.finish();
+        }
+        if self.quiet {
+            if let Event::Started(_) = event {
+                // A rank asked to stop says nothing either: rank 0 speaks for the run.
+                let _ = crate::signals::stop_training(&self.dir, &self.stop, true);
+            }
+            return;
         }
         for line in lines(event, &self.dir) {
             self.line(&line);
         }
         match event {
             Event::Started(s) => {
-                if let Err(e) = crate::signals::stop_training(&self.dir, &self.stop) {
+                if let Err(e) = crate::signals::stop_training(&self.dir, &self.stop, false) {
                     self.line(&format!("warning: {e:#}; Ctrl-C will end the run without saving"));
                 }
                 self.progress = Some(progress_bar(s.batches_left));
+            }
+            Event::EpochEnd(r) => {
+                if let Some(line) = self.epoch_note.as_mut().and_then(|note| note(r.seconds)) {
+                    self.line(&line);
+                }
             }
             Event::Step(r) => {
                 if let Some(bar) = &self.progress {

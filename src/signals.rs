@@ -28,16 +28,21 @@ fn on_signal(action: impl FnMut() + Send + 'static) -> Result<()> {
 
 /// From now on the first signal raises a training run's stop `flag` (the run stops after the
 /// current batch and saves a resumable checkpoint); a second one exits now, after removing any
-/// temporary file a checkpoint write may have left in `checkpoint_dir`.
-pub fn stop_training(checkpoint_dir: &Path, flag: &StopFlag) -> Result<()> {
+/// temporary file a checkpoint write may have left in `checkpoint_dir`. `quiet`: says nothing
+/// and leaves the folder alone (a rank of a run but the first, which speaks and writes for it).
+pub fn stop_training(checkpoint_dir: &Path, flag: &StopFlag, quiet: bool) -> Result<()> {
     let (raised, dir) = (flag.clone(), checkpoint_dir.to_path_buf());
     on_signal(move || {
         if raised.raise() {
-            charrnn_core::atomic::remove_temporaries(&dir);
-            eprintln!("\naborted");
+            if !quiet {
+                charrnn_core::atomic::remove_temporaries(&dir);
+                eprintln!("\naborted");
+            }
             std::process::exit(130);
         }
-        eprintln!("\nstopping after this batch (press Ctrl-C again to abort now)");
+        if !quiet {
+            eprintln!("\nstopping after this batch (press Ctrl-C again to abort now)");
+        }
     })
 }
 

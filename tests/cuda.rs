@@ -61,7 +61,7 @@ fn loss_gradients_and_logits_match_the_cpu() {
         let state: Vec<Tensor> =
             (0..config.layers).map(|_| Tensor::randn(0f32, 0.5, (b, h), &Device::Cpu).unwrap()).collect();
         for from_state in [false, true] {
-            let pass = Pass::Train { dropout: 0.0, seed: 0 };
+            let pass = Pass::Train { dropout: 0.0, seed: 0, first_row: 0 };
             let run = |model: &Model, d: &Device| {
                 let inputs = ids_tensor(&ids, b, t, d).unwrap();
                 let s: Vec<Tensor> = state.iter().map(|s| s.to_device(d).unwrap()).collect();
@@ -273,8 +273,8 @@ fn gpu_dropout_masks_are_the_cpus_bit_for_bit() {
         (vec![3, 7, 13], 0.5, u64::MAX),
         (vec![1, 1, 257], 0.05, 42),
     ] {
-        let cpu = charrnn_core::model::dropout_mask(&shape, p, seed, &Device::Cpu).unwrap();
-        let gpu = charrnn_core::model::dropout_mask(&shape, p, seed, &dev).unwrap();
+        let cpu = charrnn_core::model::dropout_mask(&shape, p, seed, 0, &Device::Cpu).unwrap();
+        let gpu = charrnn_core::model::dropout_mask(&shape, p, seed, 0, &dev).unwrap();
         assert!(gpu.device().is_cuda());
         let (a, b): (Vec<f32>, Vec<f32>) =
             (cpu.flatten_all().unwrap().to_vec1().unwrap(), gpu.flatten_all().unwrap().to_vec1().unwrap());
@@ -308,7 +308,7 @@ fn tf32_products_stay_close_to_f32() {
     let d = relative_difference(&cpu_logits, &tf32_logits);
     println!("tf32 logits against the CPU's f32: {d:.2e}");
     assert!(d <= 1e-2, "logits {d}");
-    let pass = Pass::Train { dropout: 0.0, seed: 0 };
+    let pass = Pass::Train { dropout: 0.0, seed: 0, first_row: 0 };
     let loss_of =
         |m: &Model, d: &Device| m.loss(&ids_tensor(&ids, b, t, d).unwrap(), &targets, &pass).unwrap();
     let (lc, lg) = (loss_of(&cpu, &Device::Cpu), loss_of(&gpu, &dev));

@@ -197,7 +197,7 @@ fn check_finite_differences(cell: Cell, layers: usize, dropout: f32) {
     let inputs = ids_tensor(&[0, 3, 6, 1, 1, 2, 5, 4, 0, 6], b, t, &Device::Cpu).unwrap();
     let targets = [3, 6, 1, 1, 2, 5, 4, 0, 6, 2];
     // The same dropout masks (same seed) in every evaluation.
-    let pass = Pass::Train { dropout, seed: 9 };
+    let pass = Pass::Train { dropout, seed: 9, first_row: 0 };
     let loss_value = || model.loss(&inputs, &targets, &pass).unwrap().to_scalar::<f64>().unwrap();
     let l = model.loss(&inputs, &targets, &pass).unwrap();
     let grads = l.backward().unwrap();
@@ -316,7 +316,7 @@ fn fused_loss_matches_the_composed_one() {
         let ids: Vec<u32> = (0..30).map(|_| rng.random_range(0..13)).collect();
         let targets: Vec<u32> = (0..30).map(|_| rng.random_range(0..13)).collect();
         let inputs = ids_tensor(&ids, 3, 10, &Device::Cpu).unwrap();
-        let pass = Pass::Train { dropout: 0.0, seed: 0 };
+        let pass = Pass::Train { dropout: 0.0, seed: 0, first_row: 0 };
         let fused = model.loss(&inputs, &targets, &pass).unwrap();
         let composed = loss(
             &model.forward(&inputs, &pass).unwrap(),

@@ -12,7 +12,7 @@ use crate::cli::BenchArgs;
 /// The report as a small table, for people.
 fn table(r: &BenchReport) -> String {
     let mut out = format!(
-        "model: embedding {} -> {} {} x {} -> dense {}; batch {} x {} characters; {} on {} threads, {} kernel, {} products",
+        "model: embedding {} -> {} {} x {} -> dense {}; batch {} x {} characters; {} on {} thread{}, {} kernel, {} products",
         r.embedding_dim,
         r.cell.to_uppercase(),
         r.rnn_units,
@@ -22,6 +22,7 @@ fn table(r: &BenchReport) -> String {
         r.seq_len,
         r.device,
         r.threads,
+        if r.threads == 1 { "" } else { "s" },
         r.kernel,
         r.precision
     );

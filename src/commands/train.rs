@@ -4,6 +4,7 @@
 use std::path::PathBuf;
 
 use anyhow::Result;
+use charrnn_core::collective::{Alone, Collective};
 use charrnn_core::compute::Precision;
 use charrnn_core::train::{self, Origin, StopFlag, TrainOptions};
 use charrnn_core::Kernel;
@@ -18,16 +19,59 @@ fn default_dir() -> PathBuf {
 }
 
 pub(super) fn run(a: TrainArgs, kernel: Kernel) -> Result<()> {
+    #[cfg(feature = "mpi")]
+    if let Some(world) = crate::cluster::join()? {
+        return run_among(a, kernel, &world);
+    }
+    #[cfg(not(feature = "mpi"))]
+    crate::cluster::refuse_several()?;
     let (options, device) = options(a, kernel)?;
     eprintln!("{device}");
-    // Ctrl-C stops the run cleanly once its epochs begin; before, it ends the process.
-    let mut report = TrainReport::new(options.checkpoint_dir.clone(), options.stop.clone());
-    let result = train::run(&options, &mut report);
+    let report = TrainReport::new(options.checkpoint_dir.clone(), options.stop.clone(), false);
+    train_reported(&options, &Alone, report)
+}
+
+/// The run reported by `report` (which connects Ctrl-C once the epochs begin: before, it ends
+/// the process).
+fn train_reported(options: &TrainOptions, world: &dyn Collective, mut report: TrainReport) -> Result<()> {
+    let result = train::run_among(options, &mut report, world);
     match &result {
         Ok(()) => report.finish(),
         Err(_) => report.abandon(),
     }
     result
+}
+
+/// One rank of a run under MPI: rank 0 speaks and writes; every rank trains its share. A rank
+/// that fails says why and ends the whole job, so that none waits for it.
+#[cfg(feature = "mpi")]
+fn run_among(a: TrainArgs, kernel: Kernel, world: &crate::cluster::World) -> Result<()> {
+    let (rank, size) = (world.rank(), world.size());
+    let result = (|| {
+        let (mut options, device) = options(a, kernel)?;
+        // The seed a run draws when none is given must be one for all.
+        options.base.seed = charrnn_core::collective::agree(world, options.base.seed)?;
+        if rank == 0 {
+            eprintln!("{device}; rank 0 of {size}");
+        }
+        let report = TrainReport::new(options.checkpoint_dir.clone(), options.stop.clone(), rank != 0)
+            .with_epoch_note(|seconds| world.traffic_note(seconds));
+        // On GPUs the gradients are summed in GPU memory by NCCL; elsewhere (and in a build
+        // without NCCL) through host memory by MPI.
+        #[cfg(feature = "nccl")]
+        if size > 1 && options.compute.device().is_cuda() {
+            let gpus = charrnn_core::collective::Nccl::new(world, options.compute.device())?;
+            return train_reported(&options, &gpus, report);
+        }
+        train_reported(&options, world, report)
+    })();
+    match result {
+        Err(e) if !e.is::<train::Interrupted>() && size > 1 => {
+            eprintln!("error (rank {rank} of {size}): {e:#}");
+            world.abort(1)
+        }
+        other => other,
+    }
 }
 
 /// The run `train`'s arguments ask for, with a fresh stop flag: where its files go, where it

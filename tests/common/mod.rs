@@ -62,6 +62,33 @@ pub fn tensor_bytes(path: &std::path::Path) -> Vec<(String, Vec<u8>)> {
     v
 }
 
+/// ‖a − b‖ / ‖a‖ over every weight of two checkpoints of one model (f32 tensors).
+pub fn relative_difference(a: &std::path::Path, b: &std::path::Path) -> f64 {
+    let (a, b) = (tensor_bytes(a), tensor_bytes(b));
+    assert_eq!(a.iter().map(|t| &t.0).collect::<Vec<_>>(), b.iter().map(|t| &t.0).collect::<Vec<_>>());
+    let values = |bytes: &[u8]| {
+        bytes.chunks_exact(4).map(|b| f32::from_le_bytes(b.try_into().unwrap()) as f64).collect::<Vec<_>>()
+    };
+    let (mut diff, mut norm) = (0.0, 0.0);
+    for ((_, x), (_, y)) in a.iter().zip(&b) {
+        for (x, y) in values(x).into_iter().zip(values(y)) {
+            diff += (x - y).powi(2);
+            norm += x.powi(2);
+        }
+    }
+    (diff / norm).sqrt()
+}
+
+/// The names of the entries of a folder, sorted.
+pub fn file_names(dir: &std::path::Path) -> Vec<String> {
+    let mut names: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
+}
+
 /// Whether /proc/cpuinfo lists the CPU flag `flag` (false where there is no such file).
 pub fn cpu_has(flag: &str) -> bool {
     std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default().split_whitespace().any(|w| w == flag)

@@ -18,34 +18,25 @@ pub fn train(dir: &Path, name: &str, epochs: &str, seed: &str) -> PathBuf {
 
 /// [`train`] with more flags (another cell, more layers).
 pub fn train_with(dir: &Path, name: &str, epochs: &str, seed: &str, more: &[&str]) -> PathBuf {
-    let data = dir.join("tiny.txt");
-    std::fs::write(&data, super::tiny_text()).unwrap();
-    let ck = dir.join(name);
-    let mut args = vec![
-        "train",
-        "--data",
-        data.to_str().unwrap(),
-        "--epochs",
-        epochs,
-        "--checkpoint-dir",
-        ck.to_str().unwrap(),
-        "--batch-size",
-        "4",
-        "--seq-len",
-        "20",
-        "--embedding-dim",
-        "8",
-        "--rnn-units",
-        "16",
-        "--device",
-        "cpu",
-        "--seed",
-        seed,
-    ];
-    args.extend(more);
+    let mut args = tiny_train_args(dir, name, seed);
+    args.extend(["--epochs", epochs].iter().chain(more).map(|s| s.to_string()));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let o = charrnn(&args);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    ck
+    dir.join(name)
+}
+
+/// `train`'s arguments for a small model on a small text (written to `dir` as tiny.txt) into
+/// `dir/name`, with `seed`: 34 batches of 4 sequences per epoch.
+pub fn tiny_train_args(dir: &Path, name: &str, seed: &str) -> Vec<String> {
+    let data = dir.join("tiny.txt");
+    if !data.exists() {
+        std::fs::write(&data, super::tiny_text()).unwrap();
+    }
+    let (data, ck) = (data.to_string_lossy().into_owned(), dir.join(name).to_string_lossy().into_owned());
+    let args = ["train", "--data", &data, "--checkpoint-dir", &ck, "--batch-size", "4", "--seq-len", "20"];
+    let model = ["--embedding-dim", "8", "--rnn-units", "16", "--device", "cpu", "--seed", seed];
+    args.iter().chain(&model).map(|s| s.to_string()).collect()
 }
 
 /// A running server; killed when dropped. Its stderr lines arrive on `log`.

@@ -145,7 +145,9 @@ impl Compute {
     pub fn describe(&self) -> String {
         match self.device {
             Device::Cpu => {
-                format!("cpu, {} threads, {} kernel", rayon::current_num_threads(), self.kernel)
+                let threads = rayon::current_num_threads();
+                let plural = if threads == 1 { "" } else { "s" };
+                format!("cpu, {threads} thread{plural}, {} kernel", self.kernel)
             }
             _ => device_name(&self.device),
         }

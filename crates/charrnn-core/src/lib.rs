@@ -9,7 +9,7 @@
 //! backward: the cells' recurrent sweep, the output layer, Adam's updates), `model` (the
 //! network), then `sample`, `score`, `optim`, `checkpoint` and `data` beside one another, then
 //! `train`, `info` and `bench`. Small shared pieces sit at the bottom: `compute`, `choice`,
-//! `notice`, `atomic` and `files` (safe writes and reads), `checks` and `budget` (value rules,
+//! `notice`, `collective` (ranks training together), `atomic` and `files` (safe writes and reads), `checks` and `budget` (value rules,
 //! memory estimates), `system`, `metrics`.
 
 #![deny(unsafe_op_in_unsafe_fn)]
@@ -22,6 +22,7 @@ pub mod budget;
 pub mod checkpoint;
 pub mod checks;
 pub mod choice;
+pub mod collective;
 pub mod compute;
 pub mod data;
 pub mod files;

@@ -10,6 +10,7 @@ use anyhow::{bail, Result};
 use candle_core::DType;
 use serde::Serialize;
 
+use crate::collective::{Alone, Collective};
 use crate::data::cache::Corpus;
 use crate::data::vocab::Vocab;
 use crate::data::Sequences;
@@ -22,20 +23,33 @@ pub fn bits(nats: f64) -> f64 {
 
 /// Mean loss per character over all sequences (no shuffling, partial last batch included).
 pub fn mean_loss(model: &Model, seqs: &Sequences, batch_size: usize) -> Result<Option<f64>> {
+    mean_loss_shared(model, seqs, batch_size, &Alone)
+}
+
+/// [`mean_loss`] computed by several ranks together: each scores every `size`-th chunk of
+/// `batch_size` sequences (the chunks one process would score), and the sums are added.
+pub fn mean_loss_shared(
+    model: &Model,
+    seqs: &Sequences,
+    batch_size: usize,
+    world: &dyn Collective,
+) -> Result<Option<f64>> {
     if seqs.is_empty() {
         return Ok(None);
     }
     let indices: Vec<usize> = (0..seqs.len()).collect();
-    crate::compute::on_compute_thread(model.device(), || {
+    let mut total = [crate::compute::on_compute_thread(model.device(), || {
         let mut total = 0.0;
-        for chunk in indices.chunks(batch_size) {
+        for chunk in indices.chunks(batch_size).skip(world.rank()).step_by(world.size()) {
             let b = seqs.batch(chunk);
             let inputs = ids_tensor(&b.inputs, b.batch_size, b.seq_len, model.device())?;
             let l = model.loss(&inputs, &b.targets, &Pass::Eval)?.to_dtype(DType::F64)?.to_scalar::<f64>()?;
             total += l * chunk.len() as f64;
         }
-        Ok(Some(total / seqs.len() as f64))
-    })
+        Ok(total)
+    })?];
+    world.sum_f64(&mut total)?;
+    Ok(Some(total[0] / seqs.len() as f64))
 }
 
 /// A text's score under a model.

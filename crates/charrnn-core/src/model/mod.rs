@@ -360,9 +360,12 @@ impl Model {
             finals.push(last);
             // Dropout between layers and before the output layer.
             hs = Some(match *pass {
-                Pass::Train { dropout, seed } if dropout > 0.0 => {
-                    let mask = dropout_mask(out.dims(), dropout, seed.wrapping_add(l as u64), out.device())?
-                        .to_dtype(out.dtype())?;
+                Pass::Train { dropout, seed, first_row } if dropout > 0.0 => {
+                    let per_row = out.elem_count() / b;
+                    let first = first_row * per_row;
+                    let mask =
+                        dropout_mask(out.dims(), dropout, seed.wrapping_add(l as u64), first, out.device())?
+                            .to_dtype(out.dtype())?;
                     (out * mask)?
                 }
                 _ => out,
@@ -415,6 +418,9 @@ pub enum Pass {
         dropout: f32,
         /// Seeds the masks.
         seed: u64,
+        /// Where these rows start in the global batch (0 but for a rank's share of one): the
+        /// masks are the global batch's, so a share drops what one process would.
+        first_row: usize,
     },
 }
 
@@ -424,11 +430,12 @@ pub fn to_host(t: &Tensor) -> Result<Vec<f32>> {
 }
 
 /// Inverted dropout: each value kept with probability 1 − p and then scaled by 1/(1 − p).
-/// Element i is dropped when a hash of (seed, i) falls below p: every element is drawn on its
+/// Element i (counted from `first`: a part of a larger tensor's mask) is dropped when a hash
+/// of (seed, first + i) falls below p: every element is drawn on its
 /// own, so the mask is made in parallel (a sequential generator took most of a 3-layer GPU
 /// step at the tutorial's sizes), and it is the same on every device and thread count. On a
 /// GPU it is made there, by the same hash (bit for bit; tests/cuda.rs).
-pub fn dropout_mask(shape: &[usize], p: f32, seed: u64, device: &Device) -> Result<Tensor> {
+pub fn dropout_mask(shape: &[usize], p: f32, seed: u64, first: usize, device: &Device) -> Result<Tensor> {
     use rayon::prelude::*;
     const CHUNK: usize = 1 << 15;
     let keep = 1.0 / (1.0 - p);
@@ -437,13 +444,13 @@ pub fn dropout_mask(shape: &[usize], p: f32, seed: u64, device: &Device) -> Resu
     let n: usize = shape.iter().product();
     #[cfg(feature = "cuda")]
     if let Ok(dev) = device.as_cuda_device() {
-        let mask = crate::kernels::cuda::dropout_mask(dev, n, base, threshold, keep)?;
+        let mask = crate::kernels::cuda::dropout_mask(dev, n, first as u64, base, threshold, keep)?;
         return Ok(crate::kernels::cuda::tensor(mask, dev, shape));
     }
     let mut mask = vec![0f32; n];
     mask.par_chunks_mut(CHUNK).enumerate().for_each(|(c, chunk)| {
         for (k, m) in chunk.iter_mut().enumerate() {
-            let draw = splitmix64(base ^ (c * CHUNK + k) as u64) >> 32;
+            let draw = splitmix64(base ^ (first + c * CHUNK + k) as u64) >> 32;
             *m = if draw < threshold { 0.0 } else { keep };
         }
     });
@@ -485,7 +492,7 @@ mod tests {
     fn dropout_mask_drops_p_and_keeps_the_mean() {
         for p in [0.1f32, 0.45] {
             let values = |seed| {
-                dropout_mask(&[200, 500], p, seed, &Device::Cpu)
+                dropout_mask(&[200, 500], p, seed, 0, &Device::Cpu)
                     .unwrap()
                     .flatten_all()
                     .unwrap()

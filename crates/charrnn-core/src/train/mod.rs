@@ -28,8 +28,9 @@ use anyhow::{Context, Result};
 pub use events::{Event, Observer, StopFlag};
 pub use folder::SAMPLES;
 pub use settings::{LrSchedule, Settings, SettingsArgs};
-pub use step::{learning_rate, train_step, train_step_from, StepOptions};
+pub use step::{learning_rate, train_step, train_step_from, train_step_shared, Share, StepOptions};
 
+use crate::collective::{self, Alone, Collective};
 use crate::compute::Compute;
 use crate::data::cache::{BaseVocab, Corpus};
 use crate::notice::Notice;
@@ -203,6 +204,17 @@ impl Start {
 /// # }
 /// ```
 pub fn run(o: &TrainOptions, observer: &mut dyn Observer) -> Result<()> {
+    run_among(o, observer, &Alone)
+}
+
+/// [`run`] by several processes together (data parallelism), each calling this with the same
+/// options: `batch_size` is the global batch, of which each rank trains its share (see
+/// [`collective::share`]); the gradients are summed over the ranks, so every rank takes the
+/// step one process would take on the whole batch. Rank 0 alone writes the run's files; every
+/// rank must see the same corpus, and a resumed run's checkpoint at the same path. Every rank
+/// gets the same events. The settings, starting weights and, after each epoch, the weights are
+/// compared across ranks: a difference is an error on every rank.
+pub fn run_among(o: &TrainOptions, observer: &mut dyn Observer, world: &dyn Collective) -> Result<()> {
     let dir = &o.checkpoint_dir;
     let start = Start::load(o, observer)?;
     let settings = start.settings(o)?;
@@ -211,6 +223,7 @@ pub fn run(o: &TrainOptions, observer: &mut dyn Observer) -> Result<()> {
         folder::refuse_another_run(dir)?;
     }
     let s = &settings;
+    check_world(s, world)?;
     let compute = o.compute.with_precision(s.precision)?;
     // The fused layer refuses too, but only at the first batch, after the folder is made.
     if compute.device().is_cuda() {
@@ -238,6 +251,13 @@ pub fn run(o: &TrainOptions, observer: &mut dyn Observer) -> Result<()> {
             batches.per_epoch
         )
     })?;
+    if world.size() > 1 {
+        collective::require_same(
+            world,
+            "runs' settings, corpus and weights",
+            start_fingerprint(s, corpus, &begun)?,
+        )?;
+    }
     let (epoch, batch) = (begun.state.epoch, begun.state.batch);
     let epochs_left = s.control.epochs.saturating_sub(epoch) as u64;
     let batches_left = (epochs_left * batches.per_epoch as u64).saturating_sub(batch as u64);
@@ -247,7 +267,9 @@ pub fn run(o: &TrainOptions, observer: &mut dyn Observer) -> Result<()> {
         observer.event(&Event::AlreadyTrained { epochs: epoch });
         return Ok(());
     }
-    let _lock = prepare_folder(o, !resumed && o.overwrite, observer)?;
+    // Rank 0 alone keeps the folder (the others may not even share its file system).
+    let _lock =
+        if world.rank() == 0 { Some(prepare_folder(o, !resumed && o.overwrite, observer)?) } else { None };
     let run = session::Run {
         settings: s,
         dir,
@@ -256,8 +278,44 @@ pub fn run(o: &TrainOptions, observer: &mut dyn Observer) -> Result<()> {
         limits: &o.limits,
         total_steps,
         stop: &o.stop,
+        world,
     };
     session::Session::open(&run, begun, observer)?.run()
+}
+
+/// Refuses what several ranks cannot train: fewer rows than ranks, and stateful runs (whose
+/// carried state would be split over the ranks' files).
+fn check_world(s: &Settings, world: &dyn Collective) -> Result<()> {
+    let ranks = world.size();
+    if ranks == 1 {
+        return Ok(());
+    }
+    if s.data.batch_size < ranks {
+        anyhow::bail!(
+            "--batch-size {} is the global batch, shared by the {ranks} ranks: it must be at least {ranks}",
+            s.data.batch_size
+        );
+    }
+    if s.data.stateful {
+        anyhow::bail!("--stateful trains on one process only; run it without mpirun, or drop --stateful");
+    }
+    Ok(())
+}
+
+/// What every rank must agree on before the first step: the settings, the corpus, where the
+/// run stands, the weights.
+fn start_fingerprint(s: &Settings, corpus: &Corpus, begun: &setup::Start) -> Result<u64> {
+    use sha2::{Digest, Sha256};
+    let mut hash = Sha256::new();
+    hash.update(serde_json::to_vec(s)?);
+    hash.update(corpus.sha256.as_bytes());
+    let state = &begun.state;
+    for n in
+        [state.step, state.epoch as u64, state.batch as u64, collective::weights_fingerprint(&begun.model)?]
+    {
+        hash.update(n.to_le_bytes());
+    }
+    Ok(collective::fingerprint(&hash.finalize()))
 }
 
 /// Creates the checkpoint folder and locks it for this run (refused while another run holds

@@ -13,9 +13,10 @@ use super::folder::{prune, SAMPLES};
 use super::limits::{Limit, RunLimits};
 use super::setup::{Batches, Start};
 use super::state::RunState;
-use super::step::{learning_rate, train_step_from, StepOptions};
+use super::step::{learning_rate, train_step_shared, Share, StepOptions};
 use super::Interrupted;
 use crate::checkpoint;
+use crate::collective::{self, Collective};
 use crate::compute::Precision;
 use crate::data::cache::Corpus;
 use crate::data::EpochBatches;
@@ -23,7 +24,7 @@ use crate::metrics::{Metrics, Record};
 use crate::model::Model;
 use crate::optim::Adam;
 use crate::sample::{generate, Engine, Job, SampleOptions};
-use crate::score::{bits, mean_loss};
+use crate::score::{bits, mean_loss_shared};
 use crate::train::settings::Settings;
 
 /// What a run is, for the whole of this invocation.
@@ -36,6 +37,8 @@ pub(super) struct Run<'a> {
     /// Steps of the whole run (the learning-rate schedule's length).
     pub total_steps: u64,
     pub stop: &'a StopFlag,
+    /// The ranks training together; rank 0 alone writes the run's files.
+    pub world: &'a dyn Collective,
 }
 
 pub(super) struct Session<'a> {
@@ -84,6 +87,11 @@ impl<'a> Session<'a> {
         self.observer.event(&event);
     }
 
+    /// Whether this process writes the run's files (the only one, or rank 0 of several).
+    fn writes(&self) -> bool {
+        self.run.world.rank() == 0
+    }
+
     /// Trains the remaining epochs; a stop request saves and ends as [`Interrupted`]; a limit
     /// of this invocation saves a resumable checkpoint and ends the run normally.
     pub fn run(mut self) -> Result<()> {
@@ -98,7 +106,7 @@ impl<'a> Session<'a> {
                 break;
             }
             if self.state.epoch < epochs {
-                if let Some(limit) = self.limit_reached() {
+                if let Some(limit) = self.limit_reached()? {
                     self.save_epoch_end()?;
                     self.emit(Event::LimitReached { limit, at_epoch_end: Some(self.state.epoch) });
                     break;
@@ -108,9 +116,15 @@ impl<'a> Session<'a> {
         Ok(())
     }
 
-    fn limit_reached(&self) -> Option<Limit> {
+    /// The limit reached: rank 0's clock decides for every rank.
+    fn limit_reached(&self) -> Result<Option<Limit>> {
         let (at, step) = self.started;
-        self.run.limits.reached(self.state.step - step, at)
+        let reached = self.run.limits.reached(self.state.step - step, at);
+        let world = self.run.world;
+        if world.size() == 1 {
+            return Ok(reached);
+        }
+        Ok(decode_limit(collective::agree(world, encode_limit(reached))?))
     }
 
     /// The batches of the current epoch from where the run stands.
@@ -128,9 +142,16 @@ impl<'a> Session<'a> {
             self.state.loss_sum = 0.0;
         }
         let chars_per_batch = (s.data.batch_size * s.data.seq_len) as f64;
+        let world = self.run.world;
+        // This rank's rows of every global batch (all of them when alone).
+        let rows = collective::share(s.data.batch_size, world.rank(), world.size());
+        let share = Share { world, first_row: rows.start, global_rows: s.data.batch_size };
         for n in self.state.batch..batches.per_epoch {
             let batch = match &mut order {
-                Some(order) => batches.train.batch(&order.next().expect("one order per batch of the epoch")),
+                Some(order) => {
+                    let global = order.next().expect("one order per batch of the epoch");
+                    batches.train.batch(&global[rows.clone()])
+                }
                 None => batches.lanes.batch(n),
             };
             let t0 = Instant::now();
@@ -140,8 +161,9 @@ impl<'a> Session<'a> {
                 dropout: s.optimizer.dropout as f32,
                 seed: s.seed ^ self.state.step.wrapping_mul(0x9E37_79B9_7F4A_7C15),
             };
+            let carried = self.carried.as_deref();
             let (l, _, finals) =
-                train_step_from(&self.model, &mut self.adam, &batch, &step_options, self.carried.as_deref())
+                train_step_shared(&self.model, &mut self.adam, &batch, &step_options, carried, &share)
                     .with_context(|| format!("epoch {epoch} batch {n}"))?;
             self.state.count_batch(l as f64);
             if s.data.stateful {
@@ -149,7 +171,7 @@ impl<'a> Session<'a> {
             }
             let chars_per_s = chars_per_batch / t0.elapsed().as_secs_f64();
             let logged = n % 100 == 0;
-            if logged {
+            if logged && self.writes() {
                 self.metrics.push(Record::Step {
                     epoch,
                     step: self.state.step,
@@ -167,13 +189,14 @@ impl<'a> Session<'a> {
                 chars_per_s,
                 logged,
             }));
-            if self.run.stop.is_raised() {
+            // Every rank stops at the step where any of them was asked to.
+            if collective::any(world, self.run.stop.is_raised())? {
                 self.save_mid_epoch()?;
                 return Err(Interrupted.into());
             }
             // At the epoch's last batch the epoch ends first (validation, its checkpoint).
             if n + 1 < batches.per_epoch {
-                if let Some(limit) = self.limit_reached() {
+                if let Some(limit) = self.limit_reached()? {
                     self.emit(Event::LimitReached { limit, at_epoch_end: None });
                     self.save_mid_epoch()?;
                     return Ok(Flow::Stop);
@@ -196,7 +219,9 @@ impl<'a> Session<'a> {
     /// The checkpoint of the epoch just ended, where the periodic saving has not written it.
     fn save_epoch_end(&mut self) -> Result<()> {
         let path = self.run.dir.join(checkpoint::file_name(self.state.epoch));
-        if !path.exists() {
+        // Rank 0 decides: only its folder is sure to be the run's.
+        let missing = !path.exists() as u64;
+        if collective::agree(self.run.world, missing)? == 1 {
             self.save_point(&path, &[])?;
             self.emit(Event::Saved { path });
         }
@@ -209,28 +234,35 @@ impl<'a> Session<'a> {
         let (s, batches) = (self.run.settings, self.run.batches);
         let epoch = self.state.epoch + 1;
         let train_loss = self.state.loss_sum / batches.per_epoch as f64;
-        let val_loss = mean_loss(&self.model, &batches.val, s.data.batch_size)?;
+        let world = self.run.world;
+        if world.size() > 1 {
+            let what = format!("weights after epoch {epoch}");
+            collective::require_same(world, &what, collective::weights_fingerprint(&self.model)?)?;
+        }
+        let val_loss = mean_loss_shared(&self.model, &batches.val, s.data.batch_size, world)?;
         self.emit(Event::EpochEnd(EpochReport { epoch, train_loss, val_loss, first_batch, seconds }));
-        self.metrics.push(Record::Epoch {
-            epoch,
-            step: self.state.step,
-            train_loss,
-            val_loss,
-            val_bits_per_char: val_loss.map(bits),
-            seconds,
-        })?;
-        self.metrics.plot()?;
+        if self.writes() {
+            self.metrics.push(Record::Epoch {
+                epoch,
+                step: self.state.step,
+                train_loss,
+                val_loss,
+                val_bits_per_char: val_loss.map(bits),
+                seconds,
+            })?;
+            self.metrics.plot()?;
+        }
         self.state.end_epoch(train_loss, val_loss);
         self.track_best(val_loss)?;
         if epoch.is_multiple_of(s.control.save_every) || epoch == s.control.epochs {
             let path = self.run.dir.join(checkpoint::file_name(epoch));
             self.save_point(&path, &[])?;
-            if let Some(keep) = s.control.keep {
+            if let (Some(keep), true) = (s.control.keep, self.writes()) {
                 prune(self.run.dir, keep, &self.state.identity.run_id, epoch)?;
             }
             self.emit(Event::Saved { path });
         }
-        if self.run.limits.sample_every.is_some_and(|n| epoch.is_multiple_of(n)) {
+        if self.writes() && self.run.limits.sample_every.is_some_and(|n| epoch.is_multiple_of(n)) {
             // A sample is a view of the run, never a reason to stop it.
             match self.sample(epoch) {
                 Ok(text) => self.emit(Event::Sample { epoch, text }),
@@ -256,7 +288,9 @@ impl<'a> Session<'a> {
                 self.state.best_val_loss = Some(v);
                 self.since_best = 0;
                 let path = self.run.dir.join(checkpoint::BEST);
-                checkpoint::save(&path, &self.model, &self.run.corpus.vocab, &self.state.provenance())?;
+                if self.writes() {
+                    checkpoint::save(&path, &self.model, &self.run.corpus.vocab, &self.state.provenance())?;
+                }
                 self.emit(Event::NewBest { val_loss: v, path });
             }
             Some(_) => self.since_best += 1,
@@ -297,6 +331,9 @@ impl<'a> Session<'a> {
     /// pair whose steps differ, which resume detects). The carried state (stateful runs) is
     /// saved too, so a run resumed mid-epoch continues it.
     fn save_point(&self, path: &Path, carried: &[Tensor]) -> Result<()> {
+        if !self.writes() {
+            return Ok(());
+        }
         let position = self.state.position(self.run.settings);
         checkpoint::save_optim(&checkpoint::optim_path(path), &self.adam, &position, carried)?;
         checkpoint::save(path, &self.model, &self.run.corpus.vocab, &self.state.provenance())
@@ -311,4 +348,24 @@ fn epoch_rng(seed: u64, epoch: usize) -> StdRng {
     bytes[8..16].copy_from_slice(&(epoch as u64).to_le_bytes());
     bytes[16..24].copy_from_slice(b"shuffle\0");
     StdRng::from_seed(bytes)
+}
+
+/// A limit as one number, for rank 0 to tell the others: 0 none, else the kind in the top two
+/// bits and its value (steps, or milliseconds) below.
+fn encode_limit(limit: Option<Limit>) -> u64 {
+    const VALUE: u64 = (1 << 62) - 1;
+    match limit {
+        None => 0,
+        Some(Limit::Steps(n)) => 1 << 62 | n.min(VALUE),
+        Some(Limit::Time(t)) => 2 << 62 | (t.as_millis() as u64).min(VALUE),
+    }
+}
+
+fn decode_limit(code: u64) -> Option<Limit> {
+    let value = code & ((1 << 62) - 1);
+    match code >> 62 {
+        1 => Some(Limit::Steps(value)),
+        2 => Some(Limit::Time(std::time::Duration::from_millis(value))),
+        _ => None,
+    }
 }

@@ -2,8 +2,9 @@
 //! schedule.
 
 use anyhow::{bail, Result};
-use candle_core::{DType, Tensor};
+use candle_core::{backprop::GradStore, DType, Tensor, Var};
 
+use crate::collective::{Alone, Collective};
 use crate::data::Batch;
 use crate::model::{ids_tensor, Model, Pass};
 use crate::optim::Adam;
@@ -52,18 +53,51 @@ pub fn train_step_from(
     o: &StepOptions,
     state: Option<&[Tensor]>,
 ) -> Result<(f32, Option<f64>, Vec<Tensor>)> {
+    let alone = Share { world: &Alone, first_row: 0, global_rows: batch.batch_size };
+    train_step_shared(model, adam, batch, o, state, &alone)
+}
+
+/// Where one process's batch lies in a global batch that several train together.
+#[derive(Clone, Copy)]
+pub struct Share<'a> {
+    /// The ranks that share the batch.
+    pub world: &'a dyn Collective,
+    /// The global batch's row this process's batch starts at.
+    pub first_row: usize,
+    /// Rows of the global batch.
+    pub global_rows: usize,
+}
+
+/// [`train_step_from`] on this process's share of a global batch: the gradients and the loss
+/// are those of the global batch (each rank's weighted by its share of the rows, then summed
+/// over the ranks), so every rank takes the same step, the one a single process would take on
+/// the whole batch up to the order of the sums.
+pub fn train_step_shared(
+    model: &Model,
+    adam: &mut Adam,
+    batch: &Batch,
+    o: &StepOptions,
+    state: Option<&[Tensor]>,
+    share: &Share,
+) -> Result<(f32, Option<f64>, Vec<Tensor>)> {
     crate::compute::on_compute_thread(model.device(), || {
         let dev = model.device();
         let inputs = ids_tensor(&batch.inputs, batch.batch_size, batch.seq_len, dev)?;
-        let pass = Pass::Train { dropout: o.dropout, seed: o.seed };
+        let pass = Pass::Train { dropout: o.dropout, seed: o.seed, first_row: share.first_row };
         let (loss, finals) = model.loss_from(&inputs, &batch.targets, &pass, state)?;
-        let value = loss.to_dtype(DType::F32)?.to_scalar::<f32>()?;
-        if !value.is_finite() {
-            bail!(
-                "the loss became {value}; training stopped with the last checkpoint kept. Try a lower --learning-rate or --clip-grad-norm 1"
-            );
+        let mut value = loss.to_dtype(DType::F32)?.to_scalar::<f32>()?;
+        let alone = share.world.size() == 1;
+        // Together, every rank must go on to the sum, so that all of them see the same loss.
+        if alone && !value.is_finite() {
+            bail!(non_finite(value));
         }
-        let grads = loss.backward()?;
+        let mut grads = loss.backward()?;
+        if !alone {
+            value = sum_over_ranks(model, &mut grads, value, batch.batch_size, share)?;
+            if !value.is_finite() {
+                bail!(non_finite(value));
+            }
+        }
         let (norm, scale) = match o.clip_grad_norm {
             Some(max) => {
                 let mut squares = 0.0;
@@ -80,6 +114,41 @@ pub fn train_step_from(
         adam.update(&grads, o.learning_rate, scale)?;
         Ok((value, norm, finals))
     })
+}
+
+fn non_finite(loss: f32) -> String {
+    format!("the loss became {loss}; training stopped with the last checkpoint kept. Try a lower --learning-rate or --clip-grad-norm 1")
+}
+
+/// Replaces each gradient by the global batch's and returns the global batch's loss. Every
+/// gradient and the loss travel in one buffer, so a step costs one all-reduce.
+fn sum_over_ranks(
+    model: &Model,
+    grads: &mut GradStore,
+    loss: f32,
+    rows: usize,
+    share: &Share,
+) -> Result<f32> {
+    // This share's mean over its rows, weighted by its part of the global batch.
+    let weight = rows as f64 / share.global_rows as f64;
+    let vars: Vec<&Var> = model.vars().collect();
+    let mut parts = Vec::with_capacity(vars.len() + 1);
+    for v in &vars {
+        let g = match grads.get(v.as_tensor()) {
+            Some(g) => (g * weight)?,
+            None => v.as_tensor().zeros_like()?,
+        };
+        parts.push(g.flatten_all()?);
+    }
+    parts.push(Tensor::new(&[(loss as f64 * weight) as f32], model.device())?.to_dtype(parts[0].dtype())?);
+    let summed = share.world.sum_tensor(&Tensor::cat(&parts, 0)?)?;
+    let mut at = 0;
+    for v in &vars {
+        let n = v.elem_count();
+        grads.insert(v.as_tensor(), summed.narrow(0, at, n)?.reshape(v.shape())?);
+        at += n;
+    }
+    Ok(summed.narrow(0, at, 1)?.to_dtype(DType::F32)?.to_vec1::<f32>()?[0])
 }
 
 /// The step size for 0-based `step` of `total`: linear warm-up over `warmup_steps`, then

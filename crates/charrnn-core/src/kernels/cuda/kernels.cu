@@ -108,13 +108,14 @@ __device__ __forceinline__ unsigned long long splitmix64(unsigned long long x) {
 }
 
 // The inverted-dropout mask of src/model/mod.rs, made where it is used: element i is 0 when the
-// top 32 bits of splitmix64(base ^ i) fall below `threshold`, else `keep` (bit for bit the
-// CPU's mask).
+// top 32 bits of splitmix64(base ^ (first + i)) fall below `threshold`, else `keep` (bit for
+// bit the CPU's mask; `first` places it in a larger tensor's).
 extern "C" __global__ void dropout_mask(
-    unsigned long long n, unsigned long long base, unsigned long long threshold, float keep, float* out)
+    unsigned long long n, unsigned long long first, unsigned long long base, unsigned long long threshold,
+    float keep, float* out)
 {
     unsigned long long i = (unsigned long long)blockIdx.x * blockDim.x + threadIdx.x;
-    if (i < n) out[i] = (splitmix64(base ^ i) >> 32) < threshold ? 0.0f : keep;
+    if (i < n) out[i] = (splitmix64(base ^ (first + i)) >> 32) < threshold ? 0.0f : keep;
 }
 
 // Row-wise: logits + bias → softmax probabilities in place, and each row's cross-entropy

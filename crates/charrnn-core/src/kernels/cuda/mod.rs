@@ -112,18 +112,19 @@ fn filled(dev: &CudaDevice, len: usize, value: f32) -> Result<CudaSlice<f32>> {
     Ok(out)
 }
 
-/// The inverted-dropout mask of `n` elements made on the GPU (see `model::dropout_mask`):
-/// `base` is the mixed seed, `threshold` the drop probability in units of 2⁻³², `keep` the
+/// The inverted-dropout mask of `n` elements made on the GPU (see `model::dropout_mask`),
+/// counted from element `first` of a larger mask: `base` is the mixed seed, `threshold` the drop probability in units of 2⁻³², `keep` the
 /// scale of the kept elements. No host memory and no upload.
 pub(crate) fn dropout_mask(
     dev: &CudaDevice,
     n: usize,
+    first: u64,
     base: u64,
     threshold: u64,
     keep: f32,
 ) -> Result<CudaSlice<f32>> {
     let out = uninit(dev, n)?;
-    launch!(kernel(dev, "dropout_mask")?, per_element(n); n as u64, base, threshold, keep, addr(&out, 0));
+    launch!(kernel(dev, "dropout_mask")?, per_element(n); n as u64, first, base, threshold, keep, addr(&out, 0));
     Ok(out)
 }
 
