@@ -2,6 +2,7 @@
 """Measures `charrnn serve` against `charrnn generate` in one run, on one checkpoint.
 
     scripts/serve-load.py CHECKPOINT [--binary target/release/charrnn] [--length 2000] [--clients 16]
+                          [--precision f32[,int8,...]]
 
 Reports, as ratios to numbers measured in this same run:
   - `generate`'s characters per second (from two lengths, so that loading the model cancels) and
@@ -10,6 +11,8 @@ Reports, as ratios to numbers measured in this same run:
   - N concurrent streaming clients' aggregate characters per second, each client's text checked
     to be identical to what the same seed gives alone;
   - the server's resident memory idle and under the N clients.
+With several precisions (`--precision f32,int8`) each is measured in turn, and the aggregate
+rates and memory are compared with the first's.
 Only the Python standard library is used.
 """
 
@@ -22,10 +25,11 @@ import threading
 import time
 
 
-def generate_rate(binary, ckpt, length):
+def generate_rate(binary, ckpt, length, precision):
     def run(n):
         t = time.perf_counter()
-        subprocess.run([binary, "generate", "--checkpoint", ckpt, "--length", str(n), "--seed", "1"],
+        subprocess.run([binary, "generate", "--checkpoint", ckpt, "--length", str(n), "--seed", "1",
+                        "--precision", precision],
                        check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         return time.perf_counter() - t
     short, long_ = run(length // 4), run(length + length // 4)
@@ -74,9 +78,20 @@ def main():
     p.add_argument("--binary", default="target/release/charrnn")
     p.add_argument("--length", type=int, default=2000)
     p.add_argument("--clients", type=int, default=16)
+    p.add_argument("--precision", default="f32", help="one or more, comma-separated")
     a = p.parse_args()
+    reports = [measure(a, precision) for precision in a.precision.split(",")]
+    first = reports[0]
+    for r in reports[1:]:
+        for key in ("aggregate_chars_per_s", "one_client_chars_per_s", "rss_idle_mib", "rss_peak_under_load_mib"):
+            r[f"{key}_vs_{first['precision']}"] = round(r[key] / first[key], 2)
+    print(json.dumps(reports if len(reports) > 1 else first, indent=2))
+    return 0 if all(r["all_identical"] for r in reports) else 1
 
-    server = subprocess.Popen([a.binary, "serve", "--checkpoint", a.checkpoint, "--port", "0"],
+
+def measure(a, precision):
+    server = subprocess.Popen([a.binary, "serve", "--checkpoint", a.checkpoint, "--port", "0",
+                               "--precision", precision],
                               stderr=subprocess.PIPE, text=True)
     port = None
     for line in server.stderr:
@@ -92,7 +107,7 @@ def main():
         # the medians are compared.
         gens, ones = [], []
         for _ in range(3):
-            gens.append(generate_rate(a.binary, a.checkpoint, a.length))
+            gens.append(generate_rate(a.binary, a.checkpoint, a.length, precision))
             solo = {}
             stream(port, {"length": a.length, "seed": 1}, solo)
             ones.append(a.length / solo["seconds"])
@@ -129,7 +144,8 @@ def main():
         w.join()
         aggregate = a.clients * a.length / wall
         same = sum(r["text"][:len(alone[i])] == alone[i] for i, r in enumerate(results))
-        report = {
+        return {
+            "precision": precision,
             "generate_chars_per_s": round(gen),
             "one_client_chars_per_s": round(one_rate),
             "one_client_vs_generate": round(one_rate / gen, 3),
@@ -140,9 +156,8 @@ def main():
             "texts_identical_to_alone": f"{same} of {a.clients}",
             "rss_idle_mib": round(idle_rss / 1024, 1),
             "rss_peak_under_load_mib": round(peak[0] / 1024, 1),
+            "all_identical": same == a.clients,
         }
-        print(json.dumps(report, indent=2))
-        return 0 if same == a.clients else 1
     finally:
         server.terminate()
         server.wait(timeout=30)

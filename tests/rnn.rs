@@ -265,14 +265,21 @@ fn stepwise_matches(cell: Cell, layers: usize, batch: usize) {
 }
 
 /// Sequences join and leave a sampler between steps; each one's logits are, bit for bit, what
-/// it gets alone, whoever shares its steps.
+/// it gets alone, whoever shares its steps — in f32 and in int8 (whose upper layer's input
+/// product and gate passes are shared out among its team's threads).
 #[test]
 fn sampler_rows_join_and_leave_without_touching_each_other() {
-    for cell in [Cell::Gru, Cell::Lstm] {
+    for (cell, precision) in [
+        (Cell::Gru, Precision::F32),
+        (Cell::Lstm, Precision::F32),
+        (Cell::Gru, Precision::Int8),
+        (Cell::Lstm, Precision::Int8),
+    ] {
         let (vocab, steps) = (11, 24);
         let mut rng = StdRng::seed_from_u64(8);
         let config = Config::gru(vocab, 8, 40).with_layers(2).with_cell(cell);
-        let model = Model::new_random(config, DType::F32, &common::compute(), &mut rng).unwrap();
+        let compute = common::compute().with_precision(precision).unwrap();
+        let model = Model::new_random(config, DType::F32, &compute, &mut rng).unwrap();
         let inputs: Vec<Vec<u32>> =
             (0..3).map(|_| (0..steps).map(|_| rng.random_range(0..vocab as u32)).collect()).collect();
         let alone = |ids: &[u32]| -> Vec<Vec<f32>> {
@@ -300,9 +307,9 @@ fn sampler_rows_join_and_leave_without_touching_each_other() {
             }
         }
         assert!(shared.add_rows(2).is_err(), "past the capacity");
-        assert_eq!(got[0], alone(&inputs[0]), "{cell:?}: the sequence present throughout");
-        assert_eq!(got[1], alone(&inputs[1][..11]), "{cell:?}: the one that left");
-        assert_eq!(got[2], alone(&inputs[2][..steps - 5]), "{cell:?}: the one that joined");
+        assert_eq!(got[0], alone(&inputs[0]), "{cell:?} {precision}: the sequence present throughout");
+        assert_eq!(got[1], alone(&inputs[1][..11]), "{cell:?} {precision}: the one that left");
+        assert_eq!(got[2], alone(&inputs[2][..steps - 5]), "{cell:?} {precision}: the one that joined");
     }
 }
 

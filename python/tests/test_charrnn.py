@@ -323,6 +323,18 @@ def test_two_precisions_in_one_process_each_give_the_commands_text(trained):
         assert shown.stdout == text + "\n"
 
 
+def test_int8_sampling_and_scoring_are_the_commands(trained, corpus):
+    model, _, _ = trained
+    text = model.generate(seed=6, length=300, precision="int8")
+    shown = run("generate", "--checkpoint", model.path, "--seed", 6, "--length", 300, "--precision", "int8")
+    assert shown.stdout == text + "\n"
+    with open(corpus, encoding="utf-8") as f:
+        text = f.read()
+    int8, f32 = model.score(text, precision="int8"), model.score(text)
+    assert int8["nats_per_char"] != f32["nats_per_char"]
+    assert abs(int8["nats_per_char"] - f32["nats_per_char"]) < 0.01 * f32["nats_per_char"]
+
+
 def test_generate_from_two_threads_at_once_gives_each_its_own_text(trained):
     model, _, _ = trained
     alone = {seed: model.generate(seed=seed, length=3000) for seed in (11, 12)}

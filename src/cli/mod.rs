@@ -274,8 +274,8 @@ pub struct EvalArgs {
     /// Print one JSON object instead of text
     #[arg(long)]
     pub json: bool,
-    /// Arithmetic of the products: f32, bf16 (f32 sums) on a CPU with AVX512-BF16, or tf32 on a
-    /// GPU
+    /// Arithmetic of the products: f32, bf16 (f32 sums) on a CPU with AVX512-BF16, int8 (the
+    /// sampler's int8 products, scored step by step) on a CPU, or tf32 on a GPU
     #[arg(long, value_parser = choice::<Precision>(), default_value_t = Precision::F32)]
     pub precision: Precision,
     #[command(flatten)]
@@ -330,7 +330,8 @@ pub struct GenerateArgs {
     /// Write the text to FILE (all at once, when it is complete) instead of stdout
     #[arg(long, value_name = "FILE")]
     pub output: Option<PathBuf>,
-    /// Arithmetic of the sampling products: f32, or bf16 (f32 sums) on a CPU with AVX512-BF16
+    /// Arithmetic of the sampling products: f32, bf16 (f32 sums) on a CPU with AVX512-BF16, or
+    /// int8 (int8 weights and activations, exact integer sums) on a CPU
     #[arg(long, value_parser = choice::<Precision>(), default_value_t = Precision::F32)]
     pub precision: Precision,
     #[command(flatten)]
@@ -379,7 +380,8 @@ pub struct ServeArgs {
     /// Where to sample: the server samples on the CPU (a GPU model is refused)
     #[arg(long = "device", value_enum, default_value_t = DeviceChoice::Cpu)]
     pub device: DeviceChoice,
-    /// Arithmetic of the sampling products: f32, or bf16 (f32 sums) on a CPU with AVX512-BF16
+    /// Arithmetic of the sampling products: f32, bf16 (f32 sums) on a CPU with AVX512-BF16, or
+    /// int8 (int8 weights and activations, exact integer sums) on a CPU
     #[arg(long, value_parser = choice::<Precision>(), default_value_t = Precision::F32)]
     pub precision: Precision,
 }
@@ -425,8 +427,8 @@ pub struct NetworkArgs {
 
 #[derive(Args, Debug)]
 pub struct BenchArgs {
-    /// Arithmetic of the matrix products: f32, bf16 (f32 sums) on a CPU with AVX512-BF16, or
-    /// tf32 on a GPU
+    /// Arithmetic of the matrix products: f32, bf16 (f32 sums) on a CPU with AVX512-BF16, tf32
+    /// on a GPU, or int8 for generation on a CPU (training then runs in f32)
     #[arg(long, value_parser = choice::<Precision>(), default_value_t = Precision::F32)]
     pub precision: Precision,
     /// Training batches to time (after one warm-up); the median is reported

@@ -45,6 +45,27 @@ fn table(r: &BenchReport) -> String {
             ("generation in bf16, characters per second", format!("{:.0}", b.gen_chars_per_s)),
         ]);
     }
+    if let Some(i) = &r.int8 {
+        rows.extend([
+            ("int8 products on", i.kernel.clone()),
+            ("generation in int8, characters per second", format!("{:.0}", i.gen_chars_per_s)),
+            ("sampler weights, int8 / f32, MiB", format!("{:.1} / {:.1}", i.weights_mib, i.f32_weights_mib)),
+        ]);
+        let p = &i.step;
+        let opt = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.1}"));
+        rows.extend([
+            ("int8 step alone, µs", format!("{:.1}", p.step_us)),
+            ("  recurrent products / output layer", format!("{:.1} / {:.1}", p.recurrent_us, p.output_us)),
+            (
+                "  gates / pick / team's bare call",
+                format!("{:.1} / {:.1} / {}", p.gates_us, p.pick_us, opt(p.sync_us)),
+            ),
+            (
+                "  reading its int8 matrices: 1 core / all",
+                format!("{} / {}", opt(p.read_one_core_us), opt(p.read_team_us)),
+            ),
+        ]);
+    }
     rows.push(("peak resident memory, MiB", format!("{:.0}", r.peak_rss_mib)));
     for (k, v) in rows {
         out.push_str(&format!("\n  {k:<46} {v:>10}"));

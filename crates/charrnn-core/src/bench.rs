@@ -13,10 +13,10 @@ use crate::data::vocab::Vocab;
 use crate::data::Batch;
 use crate::kernels::cpu::bf16::{self, matmul_bf16_on, PackedBf16, Scratch, Tiles};
 use crate::kernels::cpu::blas::{matmul_packed, Packed, View};
-use crate::kernels::cpu::Kernel;
+use crate::kernels::cpu::{Int8Kernel, Kernel};
 use crate::model::{Config, Model};
 use crate::optim::Adam;
-use crate::sample::{Engine, Job, SampleOptions};
+use crate::sample::{Engine, Job, SampleOptions, Sampler, StepParts};
 use crate::train::{train_step, StepOptions};
 
 /// What to time.
@@ -36,8 +36,9 @@ pub struct BenchOptions {
     pub compute: Compute,
 }
 
-/// What was measured. Training and generation ran in `precision`, on `device` with the CPU
-/// `kernel`; the GEMM yardstick and the step product are f32; `bf16` is the bf16 kernel's own.
+/// What was measured. Training and generation ran in `precision` (training in f32 where it is
+/// int8), on `device` with the CPU `kernel`; the GEMM yardstick and the step product are f32;
+/// `bf16` and `int8` are those kernels' own.
 #[derive(Serialize, Debug, Clone)]
 pub struct BenchReport {
     /// The device ("cpu", or the GPU's name).
@@ -85,6 +86,10 @@ pub struct BenchReport {
     /// 2048³ product and on one step's recurrent product, and batch-1 generation in bf16.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub bf16: Option<Bf16Report>,
+    /// On a CPU (absent on a GPU): batch-1 generation in int8 and its weights' bytes beside
+    /// f32's.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub int8: Option<Int8Report>,
     /// The process's peak resident memory.
     pub peak_rss_mib: f64,
 }
@@ -100,6 +105,21 @@ pub struct Bf16Report {
     pub step_product_gflops: f64,
     /// Batch-1 generation in bf16, characters per second.
     pub gen_chars_per_s: f64,
+}
+
+/// The int8 sampler's figures.
+#[derive(Serialize, Debug, Clone)]
+pub struct Int8Report {
+    /// The instructions of its products (`avx512-vnni`, `avx-vnni`, `avx2`, `neon-sdot`, …).
+    pub kernel: String,
+    /// Batch-1 generation in int8, characters per second.
+    pub gen_chars_per_s: f64,
+    /// The sampler's weights in int8 (packed products, f32 input table and biases), MiB.
+    pub weights_mib: f64,
+    /// The same sampler's weights in f32, MiB.
+    pub f32_weights_mib: f64,
+    /// Where an int8 step's time goes.
+    pub step: StepParts,
 }
 
 /// The floating-point work a training batch cannot avoid: per layer the recurrent product
@@ -250,6 +270,23 @@ pub fn run(o: &BenchOptions) -> Result<BenchReport> {
         }),
         false => None,
     };
+    let int8 = match device.is_cpu() {
+        true => {
+            let in_int8 = model.with_compute(o.compute.with_precision(Precision::Int8)?)?;
+            let in_f32 = model.with_compute(o.compute.with_precision(Precision::F32)?)?;
+            let mib = |m: &Model| -> Result<f64> {
+                Ok(Sampler::new(m, 1)?.weight_bytes() as f64 / (1 << 20) as f64)
+            };
+            Some(Int8Report {
+                kernel: Int8Kernel::for_kernel(kernel).name().to_string(),
+                gen_chars_per_s: time_generation(&in_int8, o.gen_chars)?,
+                weights_mib: mib(&in_int8)?,
+                f32_weights_mib: mib(&in_f32)?,
+                step: Sampler::step_parts(&in_int8, 2000)?,
+            })
+        }
+        false => None,
+    };
     let achieved = flops / per_batch / 1e9;
     Ok(BenchReport {
         device: crate::compute::device_name(device),
@@ -273,6 +310,7 @@ pub fn run(o: &BenchOptions) -> Result<BenchReport> {
         step_product_gflops: step_product,
         gen_chars_per_s: gen_rate,
         bf16,
+        int8,
         peak_rss_mib: peak_rss_mib(),
     })
 }

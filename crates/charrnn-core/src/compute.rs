@@ -7,7 +7,7 @@ use candle_core::Device;
 use serde::{Deserialize, Serialize};
 
 use crate::choice::Choice;
-use crate::kernels::cpu::{bf16, Kernel};
+use crate::kernels::cpu::{bf16, Int8Kernel, Kernel};
 
 /// The arithmetic of the matrix products. Weights, optimizer state and gate math stay f32.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -20,6 +20,9 @@ pub enum Precision {
     Tf32,
     /// bf16 products with f32 sums on a CPU with AVX512-BF16 (AMX tiles where present).
     Bf16,
+    /// Sampling only, on a CPU: the weights of every sampling product quantized to int8 (a
+    /// scale per output row), activations per step and row, exact integer sums.
+    Int8,
 }
 
 impl Choice for Precision {
@@ -34,6 +37,11 @@ impl Choice for Precision {
             Precision::Bf16,
             "bf16",
             "bf16 products with f32 sums on a CPU with AVX512-BF16 (AMX tiles where present)",
+        ),
+        (
+            Precision::Int8,
+            "int8",
+            "Sampling on a CPU with int8 weights and activations, exact integer sums (generate, serve, eval, bench)",
         ),
     ];
 }
@@ -55,6 +63,10 @@ impl Precision {
             (Precision::Bf16, Device::Cpu) => bf16::require(),
             (Precision::Bf16, _) => {
                 bail!("--precision bf16 is not built for the GPU yet; use --precision tf32 there")
+            }
+            (Precision::Int8, Device::Cpu) => Ok(()),
+            (Precision::Int8, _) => {
+                bail!("--precision int8 samples on the CPU (--device cpu); on a GPU use f32 or tf32")
             }
         }
     }
@@ -141,13 +153,20 @@ impl Compute {
         self.precision == Precision::Tf32
     }
 
-    /// "cpu, 2 threads, avx512 kernel", or the GPU's name ("cuda:0 NVIDIA H200").
+    /// The int8 products' instructions, where the precision is int8.
+    pub fn int8_kernel(&self) -> Option<Int8Kernel> {
+        (self.precision == Precision::Int8).then(|| Int8Kernel::for_kernel(self.kernel))
+    }
+
+    /// "cpu, 2 threads, avx512 kernel" (", int8 products on avx512-vnni" in int8), or the GPU's
+    /// name ("cuda:0 NVIDIA H200").
     pub fn describe(&self) -> String {
         match self.device {
             Device::Cpu => {
                 let threads = rayon::current_num_threads();
                 let plural = if threads == 1 { "" } else { "s" };
-                format!("cpu, {threads} thread{plural}, {} kernel", self.kernel)
+                let int8 = self.int8_kernel().map(|k| format!(", int8 products on {k}")).unwrap_or_default();
+                format!("cpu, {threads} thread{plural}, {} kernel{int8}", self.kernel)
             }
             _ => device_name(&self.device),
         }

@@ -11,10 +11,12 @@ use candle_core::DType;
 use serde::Serialize;
 
 use crate::collective::{Alone, Collective};
+use crate::compute::Precision;
 use crate::data::cache::Corpus;
 use crate::data::vocab::Vocab;
-use crate::data::Sequences;
+use crate::data::{Batch, Sequences};
 use crate::model::{ids_tensor, Model, Pass};
+use crate::sample::Sampler;
 
 /// Bits per character of a loss in nats per character.
 pub fn bits(nats: f64) -> f64 {
@@ -27,7 +29,8 @@ pub fn mean_loss(model: &Model, seqs: &Sequences, batch_size: usize) -> Result<O
 }
 
 /// [`mean_loss`] computed by several ranks together: each scores every `size`-th chunk of
-/// `batch_size` sequences (the chunks one process would score), and the sums are added.
+/// `batch_size` sequences (the chunks one process would score), and the sums are added. In
+/// int8, which has no training forward, the sampler steps through the sequences.
 pub fn mean_loss_shared(
     model: &Model,
     seqs: &Sequences,
@@ -40,7 +43,15 @@ pub fn mean_loss_shared(
     let indices: Vec<usize> = (0..seqs.len()).collect();
     let mut total = [crate::compute::on_compute_thread(model.device(), || {
         let mut total = 0.0;
-        for chunk in indices.chunks(batch_size).skip(world.rank()).step_by(world.size()) {
+        let chunks = indices.chunks(batch_size).skip(world.rank()).step_by(world.size());
+        if model.compute().precision() == Precision::Int8 {
+            let mut sampler = Sampler::new(model, batch_size.min(seqs.len()))?;
+            for chunk in chunks {
+                total += sampled_loss(&mut sampler, &seqs.batch(chunk))?;
+            }
+            return Ok(total);
+        }
+        for chunk in chunks {
             let b = seqs.batch(chunk);
             let inputs = ids_tensor(&b.inputs, b.batch_size, b.seq_len, model.device())?;
             let l = model.loss(&inputs, &b.targets, &Pass::Eval)?.to_dtype(DType::F64)?.to_scalar::<f64>()?;
@@ -50,6 +61,28 @@ pub fn mean_loss_shared(
     })?];
     world.sum_f64(&mut total)?;
     Ok(Some(total[0] / seqs.len() as f64))
+}
+
+/// The summed per-sequence mean losses of a batch, stepping `sampler` through it from the zero
+/// state: the log-softmax of each step's logits at the target, in f64.
+fn sampled_loss(sampler: &mut Sampler, b: &Batch) -> Result<f64> {
+    sampler.retain_rows(|_| false);
+    sampler.add_rows(b.batch_size)?;
+    let (t, v) = (b.seq_len, sampler.vocab_size());
+    let mut ids = vec![0u32; b.batch_size];
+    let mut total = 0.0;
+    for step in 0..t {
+        for (r, id) in ids.iter_mut().enumerate() {
+            *id = b.inputs[r * t + step];
+        }
+        let logits = sampler.step(&ids);
+        for (r, row) in logits.chunks_exact(v).enumerate() {
+            let max = row.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x)) as f64;
+            let sum: f64 = row.iter().map(|&x| (x as f64 - max).exp()).sum();
+            total += max + sum.ln() - row[b.targets[r * t + step] as usize] as f64;
+        }
+    }
+    Ok(total / t as f64)
 }
 
 /// A text's score under a model.

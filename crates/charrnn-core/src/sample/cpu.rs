@@ -1,14 +1,18 @@
 //! The CPU sampler: several sequences stepped together without autograd and without
 //! allocation per character. Each step is a table lookup for the input projection, the
-//! recurrent product (the packed product, in f32 or bf16, at any batch), the same gate kernel
-//! training uses, and the dense layer.
+//! recurrent product (the packed product, in f32, bf16 or int8, at any batch), the same gate
+//! kernel training uses, and the dense layer.
+
+use std::ops::Range;
 
 use anyhow::{bail, Result};
 
-use crate::compute::CpuMath;
+use crate::compute::{Compute, Precision};
 use crate::kernels::cpu::bf16::{matmul_bf16, PackedBf16, Scratch};
-use crate::kernels::cpu::blas::{matmul_packed, Packed, View};
-use crate::kernels::cpu::Kernel;
+use crate::kernels::cpu::blas::{matmul_packed, OutPtr, Packed, View};
+use crate::kernels::cpu::int8::{matmul_int8, Activations, PackedInt8};
+use crate::kernels::cpu::team::Team;
+use crate::kernels::cpu::{Int8Kernel, Kernel};
 use crate::model::{to_host, Model};
 use crate::ops::cells::{with_cell, Cell, RecurrentCell, StepForward};
 
@@ -22,25 +26,58 @@ enum Weights {
     F32(Packed, Kernel),
     /// bf16 operands, f32 sums (`--precision bf16`): half the bytes to stream per step.
     Bf16(PackedBf16, Scratch),
+    /// int8 weights and activations, exact integer sums (`--precision int8`): a quarter.
+    Int8(PackedInt8, Activations),
+}
+
+/// The arithmetic of the sampling products.
+#[derive(Clone, Copy)]
+enum Products {
+    F32(Kernel),
+    Bf16,
+    Int8(Int8Kernel),
+}
+
+impl Products {
+    fn of(compute: &Compute) -> Products {
+        match compute.precision() {
+            Precision::Bf16 => Products::Bf16,
+            Precision::Int8 => Products::Int8(Int8Kernel::for_kernel(compute.kernel())),
+            Precision::F32 | Precision::Tf32 => Products::F32(compute.kernel()),
+        }
+    }
 }
 
 impl Weights {
-    fn new(w: Vec<f32>, rows: usize, cols: usize, math: CpuMath) -> Self {
+    fn new(w: Vec<f32>, rows: usize, cols: usize, products: Products) -> Result<Self> {
         let view = View::rows(&w, rows, cols).t();
-        match math.bf16 {
-            true => Weights::Bf16(PackedBf16::new(view), Scratch::default()),
-            false => Weights::F32(Packed::new(view), math.kernel),
+        Ok(match products {
+            Products::Bf16 => Weights::Bf16(PackedBf16::new(view), Scratch::default()),
+            Products::F32(kernel) => Weights::F32(Packed::new(view), kernel),
+            Products::Int8(kernel) => Weights::Int8(PackedInt8::new(view, kernel)?, Activations::default()),
+        })
+    }
+
+    /// Bytes of the packed operand.
+    fn bytes(&self) -> usize {
+        match self {
+            Weights::F32(p, _) => 4 * p.rows() * p.cols(),
+            Weights::Bf16(p, _) => 2 * p.rows() * p.cols(),
+            Weights::Int8(p, _) => p.bytes(),
         }
     }
 
-    /// out[b] = W · x[b] (+ bias) for `batch` inputs.
-    fn apply(&mut self, out: &mut [f32], x: &[f32], batch: usize, bias: Option<&[f32]>) {
+    /// out[b] = W · x[b] (+ bias) for `batch` inputs (int8's products shared out in `team`).
+    fn apply(&mut self, out: &mut [f32], x: &[f32], batch: usize, bias: Option<&[f32]>, team: Option<&Team>) {
         match self {
             Weights::F32(p, kernel) => {
                 matmul_packed(*kernel, &mut out[..batch * p.cols()], false, View::rows(x, batch, p.rows()), p)
             }
             Weights::Bf16(p, scratch) => {
                 matmul_bf16(&mut out[..batch * p.cols()], &x[..batch * p.rows()], batch, p, scratch)
+            }
+            Weights::Int8(p, scratch) => {
+                matmul_int8(&mut out[..batch * p.cols()], &x[..batch * p.rows()], batch, p, scratch, team)
             }
         }
         if let Some(bias) = bias {
@@ -83,9 +120,11 @@ pub struct Sampler {
     layers: Vec<LayerState>,
     dense: Weights,
     dense_b: Vec<f32>,
-    /// One row's tape, which sampling does not keep.
+    /// One row's tape per member of the team (one without), which sampling does not keep.
     tape: Vec<f32>,
     logits: Vec<f32>,
+    /// Threads that share int8's products, waiting for them spinning (int8 only).
+    team: Option<Team>,
 }
 
 /// Values per sequence of the state's parts beyond h (an LSTM's c).
@@ -100,24 +139,26 @@ fn extra_width(cell: Cell, hidden: usize) -> usize {
 fn input_table(model: &Model, kernel: Kernel) -> Result<Vec<f32>> {
     let l0 = model.layer(0);
     let (g, e, v) = (l0.w_ih.dims2()?.0, model.config.embedding_dim, model.config.vocab_size);
-    let mut w_ih = Weights::new(to_host(&l0.w_ih)?, g, e, CpuMath { kernel, bf16: false });
+    let mut w_ih = Weights::new(to_host(&l0.w_ih)?, g, e, Products::F32(kernel))?;
     let mut table = vec![0.0; v * g];
-    w_ih.apply(&mut table, &to_host(&model.embedding)?, v, Some(&to_host(&l0.b_ih)?));
+    w_ih.apply(&mut table, &to_host(&model.embedding)?, v, Some(&to_host(&l0.b_ih)?), None);
     Ok(table)
 }
 
 impl Sampler {
     /// A sampler for `batch` independent sequences, all present at the zero state, its
-    /// products and passes in the model's compute (bf16 products where it says bf16, else
-    /// f32).
+    /// products and passes in the model's compute (bf16 or int8 products where it says so, else
+    /// f32; the first layer's input table is f32 in every case).
     pub fn new(model: &Model, batch: usize) -> Result<Self> {
         let math = model.compute().cpu_math();
+        let products = Products::of(model.compute());
         let (h, v, cell) = (model.config.rnn_units, model.config.vocab_size, model.config.cell);
         let g = cell.gates() * h;
         let e = extra_width(cell, h);
         let weights = |t: &candle_core::Tensor, rows: usize| -> Result<Weights> {
-            Ok(Weights::new(to_host(t)?, rows, h, math))
+            Weights::new(to_host(t)?, rows, h, products)
         };
+        let team = matches!(products, Products::Int8(_)).then(|| Team::new(rayon::current_num_threads()));
         let mut layers = Vec::new();
         for l in 0..model.config.layers {
             let p = model.layer(l);
@@ -148,9 +189,24 @@ impl Sampler {
             layers,
             dense: weights(model.param("dense.weight"), v)?,
             dense_b: to_host(model.param("dense.bias"))?,
-            tape: vec![0.0; with_cell!(cell, C => C::TAPE) * h],
+            tape: vec![0.0; with_cell!(cell, C => C::TAPE) * h * team.as_ref().map_or(1, Team::members)],
             logits: vec![0.0; batch * v],
+            team,
         })
+    }
+
+    /// Bytes of the weights it holds (packed products and the input table).
+    pub fn weight_bytes(&self) -> usize {
+        let layers: usize = self
+            .layers
+            .iter()
+            .map(|l| {
+                l.w_hh.bytes()
+                    + l.w_ih.as_ref().map_or(0, |(w, b)| w.bytes() + 4 * b.len())
+                    + 4 * l.b_hh.len()
+            })
+            .sum();
+        layers + self.dense.bytes() + 4 * (self.dense_b.len() + self.table.len())
     }
 
     /// The sequences present.
@@ -234,32 +290,183 @@ impl Sampler {
         for l in 0..self.layers.len() {
             let (below, rest) = self.layers.split_at_mut(l);
             let layer = &mut rest[0];
+            let team = self.team.as_ref();
             if let (Some((w_ih, b_ih)), Some(below)) = (&mut layer.w_ih, below.last()) {
-                w_ih.apply(&mut layer.x, &below.h[..n * h], n, Some(b_ih));
+                w_ih.apply(&mut layer.x, &below.h[..n * h], n, Some(b_ih), team);
             }
-            layer.w_hh.apply(&mut layer.gh, &layer.h[..n * h], n, None);
-            for (b, &id) in ids.iter().enumerate() {
-                let x = match l {
-                    0 => &self.table[id as usize * g..(id as usize + 1) * g],
-                    _ => &layer.x[b * g..(b + 1) * g],
+            layer.w_hh.apply(&mut layer.gh, &layer.h[..n * h], n, None, team);
+            let (table, x, gh, b_hh, h_prev, extra_prev) =
+                (&self.table, &layer.x, &layer.gh, &layer.b_hh, &layer.h, &layer.extra);
+            // The gate passes of `rows`, into those rows' part of the next state.
+            let gate_rows =
+                |rows: Range<usize>, tape: &mut [f32], h_next: &mut [f32], extra_next: &mut [f32]| {
+                    for (i, b) in rows.enumerate() {
+                        let id = ids[b] as usize;
+                        let step = StepForward {
+                            x: if l == 0 { &table[id * g..(id + 1) * g] } else { &x[b * g..(b + 1) * g] },
+                            gh: &gh[b * g..(b + 1) * g],
+                            b_hh,
+                            h_prev: &h_prev[b * h..(b + 1) * h],
+                            extra_prev: &extra_prev[b * e..(b + 1) * e],
+                            h: &mut h_next[i * h..(i + 1) * h],
+                            extra: &mut extra_next[i * e..(i + 1) * e],
+                            tape,
+                        };
+                        C::forward(kernel, step);
+                    }
                 };
-                let step = StepForward {
-                    x,
-                    gh: &layer.gh[b * g..(b + 1) * g],
-                    b_hh: &layer.b_hh,
-                    h_prev: &layer.h[b * h..(b + 1) * h],
-                    extra_prev: &layer.extra[b * e..(b + 1) * e],
-                    h: &mut layer.h_next[b * h..(b + 1) * h],
-                    extra: &mut layer.extra_next[b * e..(b + 1) * e],
-                    tape: &mut self.tape,
-                };
-                C::forward(kernel, step);
+            let tape = self.tape.len() / self.team.as_ref().map_or(1, Team::members);
+            match self.team.as_ref().filter(|_| n > 1) {
+                // Rows are independent: the team's members take a share each (a row's result is
+                // the same whoever computes it).
+                Some(team) => {
+                    let (hs, es) = (OutPtr(layer.h_next.as_mut_ptr()), OutPtr(layer.extra_next.as_mut_ptr()));
+                    let tapes = OutPtr(self.tape.as_mut_ptr());
+                    team.run(&|m, members| {
+                        let rows = crate::collective::share(n, m, members);
+                        // SAFETY: the members' rows are disjoint and lie below n (≤ capacity), so
+                        // these are disjoint parts of h_next and extra_next; tape m is member m's
+                        // own part of `tape`, which holds one per member.
+                        let (h_next, extra_next, tape) = unsafe {
+                            (
+                                std::slice::from_raw_parts_mut(hs.at(rows.start * h), rows.len() * h),
+                                std::slice::from_raw_parts_mut(es.at(rows.start * e), rows.len() * e),
+                                std::slice::from_raw_parts_mut(tapes.at(m * tape), tape),
+                            )
+                        };
+                        gate_rows(rows, tape, h_next, extra_next);
+                    });
+                }
+                None => gate_rows(
+                    0..n,
+                    &mut self.tape[..tape],
+                    &mut layer.h_next[..n * h],
+                    &mut layer.extra_next[..n * e],
+                ),
             }
             std::mem::swap(&mut layer.h, &mut layer.h_next);
             std::mem::swap(&mut layer.extra, &mut layer.extra_next);
         }
         let top = &self.layers.last().expect("at least one layer").h[..n * h];
-        self.dense.apply(&mut self.logits, top, n, Some(&self.dense_b));
+        self.dense.apply(&mut self.logits, top, n, Some(&self.dense_b), self.team.as_ref());
         &self.logits[..n * self.vocab]
+    }
+}
+
+/// Where one batch-1 step's time goes, each part timed alone over many repetitions (µs).
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct StepParts {
+    /// The whole step.
+    pub step_us: f64,
+    /// The recurrent products (every layer's, and deeper layers' input products).
+    pub recurrent_us: f64,
+    /// The output layer's product.
+    pub output_us: f64,
+    /// The gate passes.
+    pub gates_us: f64,
+    /// Drawing the next character from the logits.
+    pub pick_us: f64,
+    /// One bare call of the team that shares int8's products (their synchronisation), where
+    /// there is one.
+    pub sync_us: Option<f64>,
+    /// Reading the int8 recurrent matrices' bytes once, by one core and by the team: the
+    /// machine's floor for the recurrent products (int8 only).
+    pub read_one_core_us: Option<f64>,
+    /// The same by the team's members together.
+    pub read_team_us: Option<f64>,
+}
+
+fn micros(reps: usize, mut f: impl FnMut()) -> f64 {
+    for _ in 0..reps / 10 {
+        f();
+    }
+    let t0 = std::time::Instant::now();
+    for _ in 0..reps {
+        f();
+    }
+    t0.elapsed().as_secs_f64() / reps as f64 * 1e6
+}
+
+impl Sampler {
+    /// Times a batch-1 step of `model` and its parts ([`StepParts`]), `reps` times each.
+    pub fn step_parts(model: &Model, reps: usize) -> Result<StepParts> {
+        let mut s = Sampler::new(model, 1)?;
+        let (v, h) = (s.vocab, s.hidden);
+        let mut id = 0u32;
+        let step_us = micros(reps, || {
+            id = (id + 1) % v as u32;
+            s.step(&[id]);
+        });
+        let team = s.team.take();
+        let mut recurrent_us = 0.0;
+        let mut gates_us = 0.0;
+        let (cell, kernel, table) = (s.cell, s.kernel, &s.table);
+        let tape = &mut s.tape[..with_cell!(cell, C => C::TAPE) * h];
+        for layer in &mut s.layers {
+            recurrent_us +=
+                micros(reps, || layer.w_hh.apply(&mut layer.gh, &layer.h, 1, None, team.as_ref()));
+            if let Some((w_ih, b_ih)) = &mut layer.w_ih {
+                recurrent_us +=
+                    micros(reps, || w_ih.apply(&mut layer.x, &layer.h, 1, Some(b_ih), team.as_ref()));
+            }
+            let (g, e) = (cell.gates() * h, extra_width(cell, h));
+            gates_us += micros(reps, || {
+                let step = StepForward {
+                    x: &table[..g],
+                    gh: &layer.gh[..g],
+                    b_hh: &layer.b_hh,
+                    h_prev: &layer.h[..h],
+                    extra_prev: &layer.extra[..e],
+                    h: &mut layer.h_next[..h],
+                    extra: &mut layer.extra_next[..e],
+                    tape: &mut *tape,
+                };
+                with_cell!(cell, C => C::forward(kernel, step))
+            });
+        }
+        let top = &s.layers.last().expect("at least one layer").h;
+        let output_us =
+            micros(reps, || s.dense.apply(&mut s.logits, top, 1, Some(&s.dense_b), team.as_ref()));
+        let mut picker = super::Picker::new(1.0, None, None);
+        let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(0);
+        let pick_us = micros(reps, || {
+            std::hint::black_box(picker.pick(&s.logits[..v], &mut rng));
+        });
+        let sync_us = team.as_ref().map(|t| micros(reps, || t.run(&|_, _| ())));
+        // Bytes as many as the int8 recurrent matrices', read a cache line at a time.
+        let int8_bytes: usize = s
+            .layers
+            .iter()
+            .filter_map(|l| match &l.w_hh {
+                Weights::Int8(p, _) => Some(p.bytes() + l.w_ih.as_ref().map_or(0, |(w, _)| w.bytes())),
+                _ => None,
+            })
+            .sum();
+        let (read_one_core_us, read_team_us) = match (&team, int8_bytes) {
+            (Some(team), bytes) if bytes > 0 => {
+                let data = vec![1u8; bytes];
+                let read = |part: &[u8]| part.chunks(64).map(|c| c[0] as u64).sum::<u64>();
+                let one = micros(reps / 10 + 1, || {
+                    std::hint::black_box(read(&data));
+                });
+                let all = micros(reps / 10 + 1, || {
+                    team.run(&|m, n| {
+                        std::hint::black_box(read(&data[bytes * m / n..bytes * (m + 1) / n]));
+                    })
+                });
+                (Some(one), Some(all))
+            }
+            _ => (None, None),
+        };
+        Ok(StepParts {
+            step_us,
+            recurrent_us,
+            output_us,
+            gates_us,
+            pick_us,
+            sync_us,
+            read_one_core_us,
+            read_team_us,
+        })
     }
 }

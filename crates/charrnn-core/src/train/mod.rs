@@ -223,6 +223,11 @@ pub fn run_among(o: &TrainOptions, observer: &mut dyn Observer, world: &dyn Coll
         folder::refuse_another_run(dir)?;
     }
     let s = &settings;
+    if s.precision == crate::compute::Precision::Int8 {
+        anyhow::bail!(
+            "--precision int8 is for sampling (generate, serve, eval, bench), whose weights stay fixed; train in f32 or bf16 and sample the checkpoint in int8"
+        );
+    }
     check_world(s, world)?;
     let compute = o.compute.with_precision(s.precision)?;
     // The fused layer refuses too, but only at the first batch, after the folder is made.

@@ -10,8 +10,12 @@ pub(crate) mod amx;
 pub(crate) mod bf16;
 pub(crate) mod blas;
 pub(crate) mod float;
+pub(crate) mod int8;
+pub(crate) mod team;
 
 use anyhow::{bail, Result};
+
+pub use int8::Int8Kernel;
 
 /// The variable that overrides the choice: `avx512`, `avx2`, `neon` or `portable`.
 pub const ENV: &str = "CHARRNN_KERNEL";
