@@ -142,7 +142,8 @@ fn scoring_in_int8_goes_through_the_sampler() {
 }
 
 /// The command line: training refuses int8; generation in int8 says so and repeats itself for a
-/// seed; eval in int8 is close to f32; bench reports the int8 sampler beside f32.
+/// seed; eval in int8 is close to f32; info gives each precision's sampler size; bench reports
+/// the int8 sampler beside f32.
 #[test]
 fn the_command_line_samples_scores_and_benches_in_int8() {
     let dir = tempfile::tempdir().unwrap();
@@ -192,6 +193,15 @@ fn the_command_line_samples_scores_and_benches_in_int8() {
     };
     let (f32_loss, int8_loss) = (score("f32"), score("int8"));
     assert!((f32_loss - int8_loss).abs() < 0.01 * f32_loss, "f32 {f32_loss} against int8 {int8_loss}");
+
+    let o = common::charrnn(&["info", "--json", ckpt]);
+    assert!(o.status.success(), "{}", common::stderr(&o));
+    let info: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let mib = |p: &str| {
+        info["sampling_mib"].as_array().unwrap().iter().find(|e| e[0] == p).unwrap()[1].as_f64().unwrap()
+    };
+    // (At this tiny size int8's 64-column panels are mostly padding, so only f32 is surely larger.)
+    assert!(mib("int8") < mib("f32") && mib("bf16") < mib("f32"), "{info}");
 
     let sizes = ["--rnn-units", "16", "--embedding-dim", "8", "--batch-size", "4", "--seq-len", "10"];
     let o = common::charrnn(

@@ -8,7 +8,7 @@ use anyhow::Result;
 use serde::Serialize;
 
 use crate::checkpoint::{self, Checkpoint, Provenance};
-use crate::compute::Compute;
+use crate::compute::{Compute, Precision};
 use crate::metrics::{self, Metrics, Record};
 use crate::model::Config;
 use crate::notice::Notify;
@@ -30,6 +30,8 @@ pub struct Info {
     pub provenance: Provenance,
     /// Whether its optimizer state lies beside it.
     pub resumable: bool,
+    /// MiB of weights a CPU sampler holds in each precision (f32, bf16, int8).
+    pub sampling_mib: Vec<(String, f64)>,
     /// The epoch records of `metrics.jsonl` beside the checkpoint, up to its step.
     pub epochs: Vec<Record>,
 }
@@ -58,6 +60,10 @@ pub fn info_of(path: &Path, ckpt: &Checkpoint, notify: Notify) -> Result<Info> {
         layer_parameters: config.layer_sizes().iter().map(|(n, c)| (n.to_string(), *c)).collect(),
         provenance: ckpt.provenance.clone(),
         resumable: checkpoint::optim_path(path).exists(),
+        sampling_mib: [Precision::F32, Precision::Bf16, Precision::Int8]
+            .into_iter()
+            .map(|p| (p.to_string(), crate::sample::sampler_bytes(&config, p) as f64 / (1 << 20) as f64))
+            .collect(),
         epochs,
         config,
     })
@@ -98,6 +104,8 @@ pub fn describe(i: &Info) -> String {
     let _ = writeln!(s, "written by  charrnn {}", p.charrnn_version);
     let _ =
         writeln!(s, "resumable   {}", if i.resumable { "yes" } else { "no (no optimizer state beside it)" });
+    let sizes: Vec<String> = i.sampling_mib.iter().map(|(p, mib)| format!("{p} {mib:.1} MiB")).collect();
+    let _ = writeln!(s, "sampling    weights in {}", sizes.join(", "));
     for r in &i.epochs {
         if let Record::Epoch { epoch, train_loss, val_loss, seconds, .. } = r {
             let _ = writeln!(

@@ -195,7 +195,8 @@ impl Sampler {
         })
     }
 
-    /// Bytes of the weights it holds (packed products and the input table).
+    /// Bytes of the weights it holds (packed products, the input table, biases); as
+    /// [`sampler_bytes`] computes them.
     pub fn weight_bytes(&self) -> usize {
         let layers: usize = self
             .layers
@@ -353,6 +354,26 @@ impl Sampler {
     }
 }
 
+/// Bytes of the weights a sampler of `config` holds in `precision` ([`Sampler::weight_bytes`],
+/// without building one): each packed product, the f32 input table and the biases.
+pub fn sampler_bytes(config: &crate::model::Config, precision: Precision) -> u64 {
+    let (h, v) = (config.rnn_units as u64, config.vocab_size as u64);
+    let gh = config.cell.gates() as u64 * h;
+    // A product of k inputs and n outputs, packed as `Weights::new` packs it.
+    let product = |k: u64, n: u64| match precision {
+        Precision::Bf16 => 2 * k * n,
+        Precision::Int8 => {
+            let (panel, group) = (crate::kernels::cpu::int8::PANEL as u64, 4);
+            n.div_ceil(panel) * panel * k.div_ceil(group) * group + 8 * n
+        }
+        Precision::F32 | Precision::Tf32 => 4 * k * n,
+    };
+    let layers = config.layers as u64;
+    let recurrent = layers * (product(h, gh) + 4 * gh);
+    let inputs = (layers - 1) * (product(h, gh) + 4 * gh);
+    recurrent + inputs + product(h, v) + 4 * v + 4 * v * gh
+}
+
 /// Where one batch-1 step's time goes, each part timed alone over many repetitions (µs).
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct StepParts {
@@ -468,5 +489,33 @@ impl Sampler {
             read_one_core_us,
             read_team_us,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use candle_core::DType;
+    use rand::{rngs::StdRng, SeedableRng};
+
+    use super::*;
+    use crate::model::{Cell, Config};
+
+    #[test]
+    fn the_planned_bytes_are_the_samplers_own() {
+        for (cell, layers) in [(Cell::Gru, 1), (Cell::Lstm, 2), (Cell::Rnn, 3)] {
+            let config = Config::gru(13, 8, 70).with_layers(layers).with_cell(cell);
+            let model =
+                Model::new_random(config.clone(), DType::F32, &Compute::cpu(), &mut StdRng::seed_from_u64(1))
+                    .unwrap();
+            for precision in [Precision::F32, Precision::Bf16, Precision::Int8] {
+                let Ok(compute) = Compute::cpu().with_precision(precision) else { continue };
+                let sampler = Sampler::new(&model.with_compute(compute).unwrap(), 1).unwrap();
+                assert_eq!(
+                    sampler.weight_bytes() as u64,
+                    sampler_bytes(&config, precision),
+                    "{cell:?} {layers} {precision}"
+                );
+            }
+        }
     }
 }

@@ -52,7 +52,7 @@ use std::io::Write;
 
 use anyhow::{bail, Result};
 
-pub use cpu::{Sampler, StepParts};
+pub use cpu::{sampler_bytes, Sampler, StepParts};
 pub use job::{Job, SampleOptions};
 pub use picker::Picker;
 
