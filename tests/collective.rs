@@ -195,3 +195,28 @@ fn ranks_that_disagree_are_refused_on_every_rank() {
     }
     assert!(!dir.path().join("ckpt_1.safetensors").exists());
 }
+
+/// A stop after an epoch's last batch (before the epoch's end) saves a point at that batch; the
+/// run resumes from it by ending the epoch, and goes on bit for bit as if never stopped.
+#[test]
+fn a_stop_after_an_epochs_last_batch_resumes_exactly() {
+    let dir = tempfile::tempdir().unwrap();
+    let straight = dir.path().join("straight");
+    train::run(&options(&straight, 5, 2), &mut |_: &Event| {}).unwrap();
+    let stopped = dir.path().join("stopped");
+    let o = options(&stopped, 5, 2);
+    let (stop, mut per_epoch) = (o.stop.clone(), 0);
+    let result = train::run(&o, &mut |e: &Event| match e {
+        Event::Started(s) => per_epoch = s.batches_per_epoch,
+        Event::Step(s) if s.epoch == 1 && s.batch + 1 == per_epoch => {
+            stop.raise();
+        }
+        _ => {}
+    });
+    assert!(result.unwrap_err().is::<train::Interrupted>());
+    let mut again = options(&stopped, 5, 2);
+    again.origin = Origin::Resume(stopped.clone());
+    train::run(&again, &mut |_: &Event| {}).unwrap();
+    let name = "ckpt_2.safetensors";
+    assert_eq!(common::tensor_bytes(&stopped.join(name)), common::tensor_bytes(&straight.join(name)));
+}

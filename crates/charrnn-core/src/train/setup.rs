@@ -117,7 +117,9 @@ pub(super) fn resumed(
             provenance.corpus_sha256
         );
     }
-    if r.position.batch >= per_epoch && r.position.batch > 0 {
+    // A run stopped after its epoch's last batch (before the epoch's end) stands at batch
+    // `per_epoch`: it resumes by ending that epoch.
+    if r.position.batch > per_epoch {
         bail!(
             "{} says the run stopped after batch {} of an epoch that has {per_epoch} batches: it is damaged or not this run's; resume from another checkpoint",
             crate::checkpoint::optim_path(&r.path).display(),
