@@ -96,13 +96,18 @@ mod with_mpi {
             })
         }
 
-        fn sum<T: Copy + Equivalence>(&self, values: &mut [T]) -> Traffic {
-            let _serial = self.calls.lock().unwrap_or_else(|e| e.into_inner());
+        /// `values` reduced by `op` over every rank, in place; `counted` (the gradients' sums)
+        /// for [`World::traffic_note`].
+        fn reduce<T: Copy + Equivalence>(&self, values: &mut [T], op: SystemOperation, counted: bool) {
+            let mut traffic = self.calls.lock().unwrap_or_else(|e| e.into_inner());
             let started = Instant::now();
             let send = values.to_vec();
-            self.comm.all_reduce_into(&send[..], values, SystemOperation::sum());
-            let bytes = std::mem::size_of_val(values) as u64;
-            Traffic { sums: 1, bytes, seconds: started.elapsed().as_secs_f64() }
+            self.comm.all_reduce_into(&send[..], values, op);
+            if counted {
+                traffic.sums += 1;
+                traffic.bytes += std::mem::size_of_val(values) as u64;
+                traffic.seconds += started.elapsed().as_secs_f64();
+            }
         }
     }
 
@@ -115,23 +120,17 @@ mod with_mpi {
         fn size(&self) -> usize {
             self.size
         }
-        /// The gradients (the only f32 sums), counted for [`World::traffic_note`].
+        /// The gradients (the only f32 sums).
         fn sum_f32(&self, values: &mut [f32]) -> Result<()> {
-            let cost = self.sum(values);
-            let mut t = self.calls.lock().unwrap_or_else(|e| e.into_inner());
-            t.sums += cost.sums;
-            t.bytes += cost.bytes;
-            t.seconds += cost.seconds;
+            self.reduce(values, SystemOperation::sum(), true);
             Ok(())
         }
         fn sum_f64(&self, values: &mut [f64]) -> Result<()> {
-            self.sum(values);
+            self.reduce(values, SystemOperation::sum(), false);
             Ok(())
         }
         fn max_u64(&self, values: &mut [u64]) -> Result<()> {
-            let _serial = self.calls.lock().unwrap_or_else(|e| e.into_inner());
-            let send = values.to_vec();
-            self.comm.all_reduce_into(&send[..], values, SystemOperation::max());
+            self.reduce(values, SystemOperation::max(), false);
             Ok(())
         }
         fn broadcast_u64(&self, values: &mut [u64]) -> Result<()> {

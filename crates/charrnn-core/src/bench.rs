@@ -13,7 +13,7 @@ use crate::data::vocab::Vocab;
 use crate::data::Batch;
 use crate::kernels::cpu::bf16::{self, matmul_bf16_on, PackedBf16, Scratch, Tiles};
 use crate::kernels::cpu::blas::{matmul_packed, Packed, View};
-use crate::kernels::cpu::{Int8Kernel, Kernel};
+use crate::kernels::cpu::Kernel;
 use crate::model::{Config, Model};
 use crate::optim::Adam;
 use crate::sample::{Engine, Job, SampleOptions, Sampler, StepParts};
@@ -278,7 +278,7 @@ pub fn run(o: &BenchOptions) -> Result<BenchReport> {
                 Ok(Sampler::new(m, 1)?.weight_bytes() as f64 / (1 << 20) as f64)
             };
             Some(Int8Report {
-                kernel: Int8Kernel::for_kernel(kernel).name().to_string(),
+                kernel: in_int8.compute().int8_kernel().map_or(String::new(), |k| k.name().to_string()),
                 gen_chars_per_s: time_generation(&in_int8, o.gen_chars)?,
                 weights_mib: mib(&in_int8)?,
                 f32_weights_mib: mib(&in_f32)?,

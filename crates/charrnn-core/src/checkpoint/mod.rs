@@ -157,11 +157,25 @@ fn tensor_from(name: &str, view: &TensorView, device: &Device) -> Result<Tensor>
     Ok(Tensor::from_vec(values, view.shape(), device)?)
 }
 
+/// The model's tensors as its checkpoint stores them.
+fn stored(model: &Model) -> Result<Vec<Stored>> {
+    model.named().map(|(name, var)| Stored::new(name, var.as_tensor())).collect()
+}
+
+fn stored_digest(stored: &[Stored]) -> String {
+    tensors_digest(stored.iter().map(|s| (s.name.as_str(), s.bytes.as_slice())))
+}
+
+/// The `tensors_sha256` a checkpoint of `model` carries: the SHA-256 of its tensors' names and
+/// f32 bytes, in name order, as lowercase hex.
+pub fn tensors_sha256(model: &Model) -> Result<String> {
+    Ok(stored_digest(&stored(model)?))
+}
+
 /// Serialises a model to safetensors bytes.
 pub fn to_bytes(model: &Model, vocab: &Vocab, provenance: &Provenance) -> Result<Vec<u8>> {
-    let stored =
-        model.named().map(|(name, var)| Stored::new(name, var.as_tensor())).collect::<Result<Vec<_>>>()?;
-    let digest = tensors_digest(stored.iter().map(|s| (s.name.as_str(), s.bytes.as_slice())));
+    let stored = stored(model)?;
+    let digest = stored_digest(&stored);
     let vocab_json: Vec<String> = vocab.chars().iter().map(|c| c.to_string()).collect();
     let metadata = HashMap::from([
         ("format".to_string(), FORMAT.to_string()),

@@ -11,7 +11,6 @@ use std::ops::Range;
 
 use anyhow::{bail, Result};
 use candle_core::Tensor;
-use sha2::{Digest, Sha256};
 
 use crate::model::{to_host, Model};
 
@@ -85,13 +84,6 @@ pub fn share(rows: usize, rank: usize, size: usize) -> Range<usize> {
     rows * rank / size..rows * (rank + 1) / size
 }
 
-/// Whether any rank says yes.
-pub fn any(world: &dyn Collective, yes: bool) -> Result<bool> {
-    let mut v = [yes as u64];
-    world.max_u64(&mut v)?;
-    Ok(v[0] != 0)
-}
-
 /// Rank 0's value, on every rank.
 pub fn agree(world: &dyn Collective, value: u64) -> Result<u64> {
     let mut v = [value];
@@ -115,17 +107,11 @@ pub fn require_same(world: &dyn Collective, what: &str, value: u64) -> Result<()
     Ok(())
 }
 
-/// A fingerprint of the model's weights: the first 8 bytes of the SHA-256 of every parameter's
-/// f32 values, in the checkpoint's order.
+/// A fingerprint of the model's weights: the leading 64 bits of the `tensors_sha256` its
+/// checkpoint would carry, so a mismatch can be read against the files.
 pub fn weights_fingerprint(model: &Model) -> Result<u64> {
-    let mut hash = Sha256::new();
-    for (name, var) in model.parameters() {
-        hash.update(name.as_bytes());
-        for x in to_host(var.as_tensor())? {
-            hash.update(x.to_le_bytes());
-        }
-    }
-    Ok(fingerprint(&hash.finalize()))
+    let digest = crate::checkpoint::tensors_sha256(model)?;
+    Ok(u64::from_str_radix(&digest[..16], 16)?)
 }
 
 /// The first 8 bytes of a digest as a number.

@@ -4,6 +4,7 @@
 //! kernel training uses, and the dense layer.
 
 use std::ops::Range;
+use std::sync::Arc;
 
 use anyhow::{bail, Result};
 
@@ -26,35 +27,47 @@ enum Weights {
     F32(Packed, Kernel),
     /// bf16 operands, f32 sums (`--precision bf16`): half the bytes to stream per step.
     Bf16(PackedBf16, Scratch),
-    /// int8 weights and activations, exact integer sums (`--precision int8`): a quarter.
-    Int8(PackedInt8, Activations),
+    /// int8 weights and activations, exact integer sums (`--precision int8`): a quarter; its
+    /// products shared out among the sampler's team.
+    Int8(PackedInt8, Activations, Arc<Team>),
 }
 
 /// The arithmetic of the sampling products.
-#[derive(Clone, Copy)]
+#[derive(Clone)]
 enum Products {
     F32(Kernel),
     Bf16,
-    Int8(Int8Kernel),
+    Int8(Int8Kernel, Arc<Team>),
 }
 
 impl Products {
+    /// As `compute` says; int8's with a team of this pool's size.
     fn of(compute: &Compute) -> Products {
-        match compute.precision() {
-            Precision::Bf16 => Products::Bf16,
-            Precision::Int8 => Products::Int8(Int8Kernel::for_kernel(compute.kernel())),
-            Precision::F32 | Precision::Tf32 => Products::F32(compute.kernel()),
+        match compute.int8_kernel() {
+            Some(kernel) => Products::Int8(kernel, Arc::new(Team::new(rayon::current_num_threads()))),
+            None if compute.precision() == Precision::Bf16 => Products::Bf16,
+            None => Products::F32(compute.kernel()),
+        }
+    }
+
+    /// The team that shares the products (int8's).
+    fn team(&self) -> Option<Arc<Team>> {
+        match self {
+            Products::Int8(_, team) => Some(team.clone()),
+            _ => None,
         }
     }
 }
 
 impl Weights {
-    fn new(w: Vec<f32>, rows: usize, cols: usize, products: Products) -> Result<Self> {
+    fn new(w: Vec<f32>, rows: usize, cols: usize, products: &Products) -> Result<Self> {
         let view = View::rows(&w, rows, cols).t();
         Ok(match products {
             Products::Bf16 => Weights::Bf16(PackedBf16::new(view), Scratch::default()),
-            Products::F32(kernel) => Weights::F32(Packed::new(view), kernel),
-            Products::Int8(kernel) => Weights::Int8(PackedInt8::new(view, kernel)?, Activations::default()),
+            Products::F32(kernel) => Weights::F32(Packed::new(view), *kernel),
+            Products::Int8(kernel, team) => {
+                Weights::Int8(PackedInt8::new(view, *kernel)?, Activations::default(), team.clone())
+            }
         })
     }
 
@@ -63,12 +76,12 @@ impl Weights {
         match self {
             Weights::F32(p, _) => 4 * p.rows() * p.cols(),
             Weights::Bf16(p, _) => 2 * p.rows() * p.cols(),
-            Weights::Int8(p, _) => p.bytes(),
+            Weights::Int8(p, _, _) => p.bytes(),
         }
     }
 
-    /// out[b] = W · x[b] (+ bias) for `batch` inputs (int8's products shared out in `team`).
-    fn apply(&mut self, out: &mut [f32], x: &[f32], batch: usize, bias: Option<&[f32]>, team: Option<&Team>) {
+    /// out[b] = W · x[b] (+ bias) for `batch` inputs.
+    fn apply(&mut self, out: &mut [f32], x: &[f32], batch: usize, bias: Option<&[f32]>) {
         match self {
             Weights::F32(p, kernel) => {
                 matmul_packed(*kernel, &mut out[..batch * p.cols()], false, View::rows(x, batch, p.rows()), p)
@@ -76,7 +89,7 @@ impl Weights {
             Weights::Bf16(p, scratch) => {
                 matmul_bf16(&mut out[..batch * p.cols()], &x[..batch * p.rows()], batch, p, scratch)
             }
-            Weights::Int8(p, scratch) => {
+            Weights::Int8(p, scratch, team) => {
                 matmul_int8(&mut out[..batch * p.cols()], &x[..batch * p.rows()], batch, p, scratch, team)
             }
         }
@@ -123,8 +136,9 @@ pub struct Sampler {
     /// One row's tape per member of the team (one without), which sampling does not keep.
     tape: Vec<f32>,
     logits: Vec<f32>,
-    /// Threads that share int8's products, waiting for them spinning (int8 only).
-    team: Option<Team>,
+    /// Threads that share int8's products, waiting for them spinning, and its gate passes at
+    /// batch > 1 (int8 only).
+    team: Option<Arc<Team>>,
 }
 
 /// Values per sequence of the state's parts beyond h (an LSTM's c).
@@ -139,9 +153,9 @@ fn extra_width(cell: Cell, hidden: usize) -> usize {
 fn input_table(model: &Model, kernel: Kernel) -> Result<Vec<f32>> {
     let l0 = model.layer(0);
     let (g, e, v) = (l0.w_ih.dims2()?.0, model.config.embedding_dim, model.config.vocab_size);
-    let mut w_ih = Weights::new(to_host(&l0.w_ih)?, g, e, Products::F32(kernel))?;
+    let mut w_ih = Weights::new(to_host(&l0.w_ih)?, g, e, &Products::F32(kernel))?;
     let mut table = vec![0.0; v * g];
-    w_ih.apply(&mut table, &to_host(&model.embedding)?, v, Some(&to_host(&l0.b_ih)?), None);
+    w_ih.apply(&mut table, &to_host(&model.embedding)?, v, Some(&to_host(&l0.b_ih)?));
     Ok(table)
 }
 
@@ -156,9 +170,9 @@ impl Sampler {
         let g = cell.gates() * h;
         let e = extra_width(cell, h);
         let weights = |t: &candle_core::Tensor, rows: usize| -> Result<Weights> {
-            Weights::new(to_host(t)?, rows, h, products)
+            Weights::new(to_host(t)?, rows, h, &products)
         };
-        let team = matches!(products, Products::Int8(_)).then(|| Team::new(rayon::current_num_threads()));
+        let team = products.team();
         let mut layers = Vec::new();
         for l in 0..model.config.layers {
             let p = model.layer(l);
@@ -189,7 +203,7 @@ impl Sampler {
             layers,
             dense: weights(model.param("dense.weight"), v)?,
             dense_b: to_host(model.param("dense.bias"))?,
-            tape: vec![0.0; with_cell!(cell, C => C::TAPE) * h * team.as_ref().map_or(1, Team::members)],
+            tape: vec![0.0; with_cell!(cell, C => C::TAPE) * h * team.as_ref().map_or(1, |t| t.members())],
             logits: vec![0.0; batch * v],
             team,
         })
@@ -291,11 +305,10 @@ impl Sampler {
         for l in 0..self.layers.len() {
             let (below, rest) = self.layers.split_at_mut(l);
             let layer = &mut rest[0];
-            let team = self.team.as_ref();
             if let (Some((w_ih, b_ih)), Some(below)) = (&mut layer.w_ih, below.last()) {
-                w_ih.apply(&mut layer.x, &below.h[..n * h], n, Some(b_ih), team);
+                w_ih.apply(&mut layer.x, &below.h[..n * h], n, Some(b_ih));
             }
-            layer.w_hh.apply(&mut layer.gh, &layer.h[..n * h], n, None, team);
+            layer.w_hh.apply(&mut layer.gh, &layer.h[..n * h], n, None);
             let (table, x, gh, b_hh, h_prev, extra_prev) =
                 (&self.table, &layer.x, &layer.gh, &layer.b_hh, &layer.h, &layer.extra);
             // The gate passes of `rows`, into those rows' part of the next state.
@@ -316,7 +329,7 @@ impl Sampler {
                         C::forward(kernel, step);
                     }
                 };
-            let tape = self.tape.len() / self.team.as_ref().map_or(1, Team::members);
+            let tape = self.tape.len() / self.team.as_ref().map_or(1, |t| t.members());
             match self.team.as_ref().filter(|_| n > 1) {
                 // Rows are independent: the team's members take a share each (a row's result is
                 // the same whoever computes it).
@@ -349,7 +362,7 @@ impl Sampler {
             std::mem::swap(&mut layer.extra, &mut layer.extra_next);
         }
         let top = &self.layers.last().expect("at least one layer").h[..n * h];
-        self.dense.apply(&mut self.logits, top, n, Some(&self.dense_b), self.team.as_ref());
+        self.dense.apply(&mut self.logits, top, n, Some(&self.dense_b));
         &self.logits[..n * self.vocab]
     }
 }
@@ -418,17 +431,15 @@ impl Sampler {
             id = (id + 1) % v as u32;
             s.step(&[id]);
         });
-        let team = s.team.take();
+        let team = s.team.clone();
         let mut recurrent_us = 0.0;
         let mut gates_us = 0.0;
         let (cell, kernel, table) = (s.cell, s.kernel, &s.table);
         let tape = &mut s.tape[..with_cell!(cell, C => C::TAPE) * h];
         for layer in &mut s.layers {
-            recurrent_us +=
-                micros(reps, || layer.w_hh.apply(&mut layer.gh, &layer.h, 1, None, team.as_ref()));
+            recurrent_us += micros(reps, || layer.w_hh.apply(&mut layer.gh, &layer.h, 1, None));
             if let Some((w_ih, b_ih)) = &mut layer.w_ih {
-                recurrent_us +=
-                    micros(reps, || w_ih.apply(&mut layer.x, &layer.h, 1, Some(b_ih), team.as_ref()));
+                recurrent_us += micros(reps, || w_ih.apply(&mut layer.x, &layer.h, 1, Some(b_ih)));
             }
             let (g, e) = (cell.gates() * h, extra_width(cell, h));
             gates_us += micros(reps, || {
@@ -446,8 +457,7 @@ impl Sampler {
             });
         }
         let top = &s.layers.last().expect("at least one layer").h;
-        let output_us =
-            micros(reps, || s.dense.apply(&mut s.logits, top, 1, Some(&s.dense_b), team.as_ref()));
+        let output_us = micros(reps, || s.dense.apply(&mut s.logits, top, 1, Some(&s.dense_b)));
         let mut picker = super::Picker::new(1.0, None, None);
         let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(0);
         let pick_us = micros(reps, || {
@@ -459,7 +469,7 @@ impl Sampler {
             .layers
             .iter()
             .filter_map(|l| match &l.w_hh {
-                Weights::Int8(p, _) => Some(p.bytes() + l.w_ih.as_ref().map_or(0, |(w, _)| w.bytes())),
+                Weights::Int8(p, _, _) => Some(p.bytes() + l.w_ih.as_ref().map_or(0, |(w, _)| w.bytes())),
                 _ => None,
             })
             .sum();

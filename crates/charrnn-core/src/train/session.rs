@@ -118,13 +118,22 @@ impl<'a> Session<'a> {
 
     /// The limit reached: rank 0's clock decides for every rank.
     fn limit_reached(&self) -> Result<Option<Limit>> {
+        Ok(self.agree_to_stop(false)?.1)
+    }
+
+    /// Whether any rank was asked to stop (`stop_here`: this one was), and the limit reached by
+    /// rank 0's clock: one collective call for both.
+    fn agree_to_stop(&self, stop_here: bool) -> Result<(bool, Option<Limit>)> {
         let (at, step) = self.started;
         let reached = self.run.limits.reached(self.state.step - step, at);
         let world = self.run.world;
         if world.size() == 1 {
-            return Ok(reached);
+            return Ok((stop_here, reached));
         }
-        Ok(decode_limit(collective::agree(world, encode_limit(reached))?))
+        // A maximum over the ranks: any rank's stop, and rank 0's limit (the others send 0).
+        let mut v = [stop_here as u64, if world.rank() == 0 { encode_limit(reached) } else { 0 }];
+        world.max_u64(&mut v)?;
+        Ok((v[0] != 0, decode_limit(v[1])))
     }
 
     /// The batches of the current epoch from where the run stands.
@@ -190,13 +199,14 @@ impl<'a> Session<'a> {
                 logged,
             }));
             // Every rank stops at the step where any of them was asked to.
-            if collective::any(world, self.run.stop.is_raised())? {
+            let (stop, limit) = self.agree_to_stop(self.run.stop.is_raised())?;
+            if stop {
                 self.save_mid_epoch()?;
                 return Err(Interrupted.into());
             }
             // At the epoch's last batch the epoch ends first (validation, its checkpoint).
             if n + 1 < batches.per_epoch {
-                if let Some(limit) = self.limit_reached()? {
+                if let Some(limit) = limit {
                     self.emit(Event::LimitReached { limit, at_epoch_end: None });
                     self.save_mid_epoch()?;
                     return Ok(Flow::Stop);

@@ -91,9 +91,12 @@ pub fn train_step_shared(
         if alone && !value.is_finite() {
             bail!(non_finite(value));
         }
-        let mut grads = loss.backward()?;
+        // A share's loss is the mean over its rows; weighted by its part of the global batch
+        // before the backward pass, its gradients come out weighted with no pass of their own.
+        let weight = batch.batch_size as f64 / share.global_rows as f64;
+        let mut grads = if alone { loss.backward()? } else { (&loss * weight)?.backward()? };
         if !alone {
-            value = sum_over_ranks(model, &mut grads, value, batch.batch_size, share)?;
+            value = sum_over_ranks(model, &mut grads, (value as f64 * weight) as f32, share)?;
             if !value.is_finite() {
                 bail!(non_finite(value));
             }
@@ -120,27 +123,20 @@ fn non_finite(loss: f32) -> String {
     format!("the loss became {loss}; training stopped with the last checkpoint kept. Try a lower --learning-rate or --clip-grad-norm 1")
 }
 
-/// Replaces each gradient by the global batch's and returns the global batch's loss. Every
-/// gradient and the loss travel in one buffer, so a step costs one all-reduce.
-fn sum_over_ranks(
-    model: &Model,
-    grads: &mut GradStore,
-    loss: f32,
-    rows: usize,
-    share: &Share,
-) -> Result<f32> {
-    // This share's mean over its rows, weighted by its part of the global batch.
-    let weight = rows as f64 / share.global_rows as f64;
+/// Replaces each (weighted) gradient by the sum over the ranks, the global batch's, and returns
+/// the sum of the weighted losses, the global batch's loss. Every gradient and the loss travel
+/// in one buffer, so a step costs one all-reduce.
+fn sum_over_ranks(model: &Model, grads: &mut GradStore, weighted_loss: f32, share: &Share) -> Result<f32> {
     let vars: Vec<&Var> = model.vars().collect();
     let mut parts = Vec::with_capacity(vars.len() + 1);
     for v in &vars {
         let g = match grads.get(v.as_tensor()) {
-            Some(g) => (g * weight)?,
-            None => v.as_tensor().zeros_like()?,
+            Some(g) => g.flatten_all()?,
+            None => v.as_tensor().zeros_like()?.flatten_all()?,
         };
-        parts.push(g.flatten_all()?);
+        parts.push(g);
     }
-    parts.push(Tensor::new(&[(loss as f64 * weight) as f32], model.device())?.to_dtype(parts[0].dtype())?);
+    parts.push(Tensor::new(&[weighted_loss], model.device())?.to_dtype(parts[0].dtype())?);
     let summed = share.world.sum_tensor(&Tensor::cat(&parts, 0)?)?;
     let mut at = 0;
     for v in &vars {

@@ -266,15 +266,15 @@ const TILE_ROWS: usize = 4;
 
 /// `out[rows × n] = x[rows × k] · b`, each row of `x` quantized to int8 with its own scale: an
 /// exact integer dot product per output, times the row's and the column's scales. The panels
-/// are shared out among the members of `team` (else rayon's workers), each taking the same
-/// ones every call, so that each keeps its part of the matrix in its own caches.
+/// are shared out among the members of `team`, each taking the same ones every call, so that
+/// each keeps its part of the matrix in its own caches.
 pub fn matmul_int8(
     out: &mut [f32],
     x: &[f32],
     rows: usize,
     b: &PackedInt8,
     scratch: &mut Activations,
-    team: Option<&Team>,
+    team: &Team,
 ) {
     assert_eq!(x.len(), rows * b.k, "input has the wrong size");
     assert_eq!(out.len(), rows * b.n, "output has the wrong size");
@@ -305,20 +305,13 @@ pub fn matmul_int8(
             }
         }
     };
-    // A product too small to repay waking the other workers (the output layer's, at a small
+    // A product too small to repay the other members' work (the output layer's, at a small
     // vocabulary) runs here.
     if rows * b.k * b.n < 1 << 20 {
         (0..panels).for_each(one_panel);
         return;
     }
-    let share =
-        |i: usize, members: usize| (panels * i / members..panels * (i + 1) / members).for_each(one_panel);
-    match team {
-        Some(team) => team.run(&share),
-        None => {
-            rayon::broadcast(|ctx| share(ctx.index(), ctx.num_threads()));
-        }
-    }
+    team.run(&|i, members| (panels * i / members..panels * (i + 1) / members).for_each(one_panel));
 }
 
 /// The integer sums of `tile` (≤ TILE_ROWS) activation rows against one panel, into
@@ -680,14 +673,18 @@ mod tests {
     use super::*;
 
     /// Every kernel this CPU has gives the reference's bits on ragged sizes (k not a multiple of
-    /// four, a last panel of 1 to 64 columns, row counts around the tile height), for rows of
+    /// four, a last panel of 1 to 64 columns, row counts around the tile height, products small
+    /// enough for the caller alone and large enough to be shared by a team of two), for rows of
     /// mixed signs and ranges, a zero row, and extreme values.
     #[test]
     fn every_kernel_gives_the_exact_reference_on_ragged_sizes() {
         let mut rng = StdRng::seed_from_u64(7);
+        let team = Team::new(2);
         let kernels: Vec<_> = Int8Kernel::ALL.into_iter().filter(|k| k.supported()).collect();
         assert!(kernels.contains(&Int8Kernel::Portable));
-        for &(k, n) in &[(1, 1), (3, 5), (4, 64), (5, 65), (63, 17), (64, 128), (130, 129), (1024, 70)] {
+        let sizes =
+            [(1, 1), (3, 5), (4, 64), (5, 65), (63, 17), (64, 128), (130, 129), (1024, 70), (1023, 1030)];
+        for &(k, n) in &sizes {
             for rows in [1, 2, 3, 4, 5, 9] {
                 let w: Vec<f32> = (0..n * k).map(|_| rng.random_range(-1.0..1.0f32).powi(3) * 4.0).collect();
                 let mut x: Vec<f32> = (0..rows * k).map(|_| rng.random_range(-1.0..1.0)).collect();
@@ -701,7 +698,7 @@ mod tests {
                 for &kernel in &kernels {
                     let packed = PackedInt8::new(b, kernel).unwrap();
                     let mut out = vec![f32::NAN; rows * n];
-                    matmul_int8(&mut out, &x, rows, &packed, &mut Activations::default(), None);
+                    matmul_int8(&mut out, &x, rows, &packed, &mut Activations::default(), &team);
                     let same = out.iter().zip(&want).all(|(a, b)| a.to_bits() == b.to_bits());
                     assert!(
                         same,
@@ -722,12 +719,13 @@ mod tests {
         let w: Vec<f32> = (0..n * k).map(|_| rng.random_range(-1.0..1.0)).collect();
         let x: Vec<f32> = (0..6 * k).map(|_| rng.random_range(-3.0..3.0)).collect();
         let kernel = Int8Kernel::for_kernel(Kernel::best());
+        let team = Team::new(2);
         let packed = PackedInt8::new(View::rows(&w, n, k).t(), kernel).unwrap();
         let mut all = vec![0.0; 6 * n];
-        matmul_int8(&mut all, &x, 6, &packed, &mut Activations::default(), None);
+        matmul_int8(&mut all, &x, 6, &packed, &mut Activations::default(), &team);
         for r in 0..6 {
             let mut one = vec![0.0; n];
-            matmul_int8(&mut one, &x[r * k..(r + 1) * k], 1, &packed, &mut Activations::default(), None);
+            matmul_int8(&mut one, &x[r * k..(r + 1) * k], 1, &packed, &mut Activations::default(), &team);
             assert_eq!(one, all[r * n..(r + 1) * n]);
         }
     }
@@ -741,9 +739,9 @@ mod tests {
         let w: Vec<f32> = (0..n * k).map(|_| rng.random_range(-0.2..0.2)).collect();
         let x: Vec<f32> = (0..k).map(|_| rng.random_range(-1.0..1.0)).collect();
         let b = View::rows(&w, n, k).t();
-        let packed = PackedInt8::new(b, Int8Kernel::Portable).unwrap();
+        let (packed, team) = (PackedInt8::new(b, Int8Kernel::Portable).unwrap(), Team::new(1));
         let mut out = vec![0.0; n];
-        matmul_int8(&mut out, &x, 1, &packed, &mut Activations::default(), None);
+        matmul_int8(&mut out, &x, 1, &packed, &mut Activations::default(), &team);
         let sx = scale_of(x.iter().copied());
         for j in 0..n {
             let col: Vec<f32> = (0..k).map(|kk| w[j * k + kk]).collect();
