@@ -8,6 +8,7 @@ pub mod cli;
 mod cluster;
 pub mod commands;
 pub mod download;
+pub mod memory;
 pub mod onnx;
 pub mod report;
 pub mod serve;

@@ -7,7 +7,7 @@ use candle_core::{DType, Device, Tensor};
 use charrnn_core::checkpoint::{self, Provenance};
 use charrnn_core::data::vocab::Vocab;
 use charrnn_core::data::Batch;
-use charrnn_core::model::{ids_tensor, Config, Model, Pass};
+use charrnn_core::model::{ids_tensor, Config, Dropout, Model, Pass};
 use charrnn_core::optim::Adam;
 use charrnn_core::sample::{generate, Engine};
 use charrnn_core::sample::{Job, SampleOptions};
@@ -61,7 +61,7 @@ fn loss_gradients_and_logits_match_the_cpu() {
         let state: Vec<Tensor> =
             (0..config.layers).map(|_| Tensor::randn(0f32, 0.5, (b, h), &Device::Cpu).unwrap()).collect();
         for from_state in [false, true] {
-            let pass = Pass::Train { dropout: 0.0, seed: 0, first_row: 0 };
+            let pass = Pass::Train { dropout: Dropout::output(0.0), seed: 0, first_row: 0 };
             let run = |model: &Model, d: &Device| {
                 let inputs = ids_tensor(&ids, b, t, d).unwrap();
                 let s: Vec<Tensor> = state.iter().map(|s| s.to_device(d).unwrap()).collect();
@@ -119,7 +119,12 @@ fn training_steps_match_the_cpu() {
             batch_size: b,
             seq_len: t,
         };
-        let o = StepOptions { learning_rate: 1e-2, clip_grad_norm: Some(0.5), dropout: 0.2, seed: step };
+        let o = StepOptions {
+            learning_rate: 1e-2,
+            clip_grad_norm: Some(0.5),
+            dropout: Dropout::output(0.2),
+            seed: step,
+        };
         let (loss_cpu, norm_cpu, s_cpu) =
             train_step_from(&cpu, &mut adam_cpu, &batch, &o, state_cpu.as_deref()).unwrap();
         let (loss_gpu, norm_gpu, s_gpu) =
@@ -308,7 +313,7 @@ fn tf32_products_stay_close_to_f32() {
     let d = relative_difference(&cpu_logits, &tf32_logits);
     println!("tf32 logits against the CPU's f32: {d:.2e}");
     assert!(d <= 1e-2, "logits {d}");
-    let pass = Pass::Train { dropout: 0.0, seed: 0, first_row: 0 };
+    let pass = Pass::Train { dropout: Dropout::output(0.0), seed: 0, first_row: 0 };
     let loss_of =
         |m: &Model, d: &Device| m.loss(&ids_tensor(&ids, b, t, d).unwrap(), &targets, &pass).unwrap();
     let (lc, lg) = (loss_of(&cpu, &Device::Cpu), loss_of(&gpu, &dev));

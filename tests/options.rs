@@ -2,7 +2,7 @@
 
 use candle_core::{DType, Device};
 use charrnn_core::data::Batch;
-use charrnn_core::model::{ids_tensor, Config, Model, Pass};
+use charrnn_core::model::{ids_tensor, Config, Dropout, Model, Pass};
 use charrnn_core::optim::Adam;
 use charrnn_core::train::presets::Preset;
 use charrnn_core::train::settings::OptimizerSettings;
@@ -31,17 +31,17 @@ fn dropout_acts_in_training_only() {
     let eval = logits(Pass::Eval);
     assert_eq!(
         eval,
-        logits(Pass::Train { dropout: 0.0, seed: 1, first_row: 0 }),
+        logits(Pass::Train { dropout: Dropout::output(0.0), seed: 1, first_row: 0 }),
         "dropout 0 is the identity"
     );
-    let dropped = logits(Pass::Train { dropout: 0.5, seed: 1, first_row: 0 });
+    let dropped = logits(Pass::Train { dropout: Dropout::output(0.5), seed: 1, first_row: 0 });
     assert_ne!(eval, dropped);
     assert_eq!(
         dropped,
-        logits(Pass::Train { dropout: 0.5, seed: 1, first_row: 0 }),
+        logits(Pass::Train { dropout: Dropout::output(0.5), seed: 1, first_row: 0 }),
         "the mask follows the seed"
     );
-    assert_ne!(dropped, logits(Pass::Train { dropout: 0.5, seed: 2, first_row: 0 }));
+    assert_ne!(dropped, logits(Pass::Train { dropout: Dropout::output(0.5), seed: 2, first_row: 0 }));
 }
 
 #[test]
@@ -79,7 +79,7 @@ fn settings(schedule: LrSchedule, warmup: u64) -> Settings {
         warmup_steps: warmup,
         min_lr: 1e-4,
         weight_decay: 0.0,
-        dropout: 0.0,
+        ..Preset::Tutorial.settings(1).optimizer
     };
     s
 }

@@ -7,7 +7,7 @@ use candle_core::{DType, Device, IndexOp, Tensor, Var};
 use charrnn_core::compute::{Compute, Precision};
 use charrnn_core::data::Sequences;
 use charrnn_core::kernels::cpu::{self as kernel, Kernel};
-use charrnn_core::model::{ids_tensor, loss, Cell, Config, Model, Pass};
+use charrnn_core::model::{ids_tensor, loss, Cell, Config, Dropout, Model, Pass};
 use charrnn_core::ops::recurrent::rnn_sequence;
 use charrnn_core::optim::Adam;
 use charrnn_core::sample::{generate, Engine, Sampler};
@@ -174,18 +174,42 @@ fn tiny_model(dtype: DType, seed: u64) -> Model {
 #[test]
 fn model_gradients_match_finite_differences_f64() {
     for cell in [Cell::Gru, Cell::Lstm, Cell::Rnn] {
-        check_finite_differences(cell, 1, 0.0);
-        check_finite_differences(cell, 2, 0.3);
+        check_finite_differences(cell, 1, Dropout::NONE, false);
+        check_finite_differences(cell, 2, Dropout::output(0.3), false);
     }
 }
 
-fn check_finite_differences(cell: Cell, layers: usize, dropout: f32) {
+/// The same with each regulariser on (its masks fixed by the seed), alone and all together,
+/// and with the output weight tied to the embedding: the gradient flows through the masked
+/// recurrent matrix into W_hh, through the per-sequence masks, through the dropped embedding
+/// rows, and into the one tied matrix from both of its uses.
+#[test]
+fn regularised_gradients_match_finite_differences_f64() {
+    let all = Dropout { output: 0.2, weight: 0.4, locked: 0.3, embedding: 0.3 };
+    for (dropout, tied) in [
+        (Dropout { weight: 0.4, ..Dropout::NONE }, false),
+        (Dropout { locked: 0.3, ..Dropout::NONE }, false),
+        (Dropout { embedding: 0.3, ..Dropout::NONE }, false),
+        (Dropout::NONE, true),
+        (all, true),
+    ] {
+        for cell in [Cell::Gru, Cell::Lstm] {
+            check_finite_differences(cell, 2, dropout, tied);
+        }
+    }
+}
+
+fn check_finite_differences(cell: Cell, layers: usize, dropout: Dropout, tied: bool) {
     let mut rng = StdRng::seed_from_u64(3);
     // A one-gate cell has a third of a GRU's weights per unit; a wider layer gives the check
     // as many to test.
     let hidden = if cell.gates() == 1 { 8 } else { 6 };
-    let config = Config::gru(7, 5, hidden).with_layers(layers).with_cell(cell);
-    let model = Model::new_random(config, DType::F64, &common::compute(), &mut rng).unwrap();
+    let embedding = if tied { hidden } else { 5 };
+    let config = Config::gru(7, embedding, hidden).with_layers(layers).with_cell(cell);
+    let mut model = Model::new_random(config, DType::F64, &common::compute(), &mut rng).unwrap();
+    if tied {
+        model = model.tie().unwrap();
+    }
     // Make the zero-initialised biases non-zero so their gradients are exercised.
     for (name, _) in model.config.parameter_shapes().into_iter().filter(|(n, _)| n.contains("bias")) {
         let p = model.param(&name);
@@ -200,10 +224,14 @@ fn check_finite_differences(cell: Cell, layers: usize, dropout: f32) {
     let pass = Pass::Train { dropout, seed: 9, first_row: 0 };
     let loss_value = || model.loss(&inputs, &targets, &pass).unwrap().to_scalar::<f64>().unwrap();
     let l = model.loss(&inputs, &targets, &pass).unwrap();
+    if dropout != Dropout::NONE {
+        let plain = model.loss(&inputs, &targets, &Pass::Eval).unwrap().to_scalar::<f64>().unwrap();
+        assert_ne!(l.to_scalar::<f64>().unwrap(), plain, "{dropout:?} must change the loss");
+    }
     let grads = l.backward().unwrap();
     let eps = 1e-6;
     let mut checked = 0;
-    for (name, var) in model.named() {
+    for (name, var) in model.trained() {
         let analytic = grads.get(var.as_tensor()).unwrap().flatten_all().unwrap().to_vec1::<f64>().unwrap();
         let original = var.as_tensor().flatten_all().unwrap().to_vec1::<f64>().unwrap();
         let shape = var.dims().to_vec();
@@ -219,7 +247,7 @@ fn check_finite_differences(cell: Cell, layers: usize, dropout: f32) {
             let err = (numeric - analytic[i]).abs();
             assert!(
                 err <= 1e-7 + 1e-5 * numeric.abs(),
-                "{cell:?} {name}[{i}]: finite difference {numeric:e}, backward {:e}",
+                "{cell:?} {dropout:?} tied {tied} {name}[{i}]: finite difference {numeric:e}, backward {:e}",
                 analytic[i]
             );
             checked += 1;
@@ -323,7 +351,7 @@ fn fused_loss_matches_the_composed_one() {
         let ids: Vec<u32> = (0..30).map(|_| rng.random_range(0..13)).collect();
         let targets: Vec<u32> = (0..30).map(|_| rng.random_range(0..13)).collect();
         let inputs = ids_tensor(&ids, 3, 10, &Device::Cpu).unwrap();
-        let pass = Pass::Train { dropout: 0.0, seed: 0, first_row: 0 };
+        let pass = Pass::Train { dropout: Dropout::output(0.0), seed: 0, first_row: 0 };
         let fused = model.loss(&inputs, &targets, &pass).unwrap();
         let composed = loss(
             &model.forward(&inputs, &pass).unwrap(),

@@ -217,6 +217,20 @@ def test_bad_training_settings_are_refused_with_the_flags_message(corpus, tmp_pa
     assert not list((tmp_path / "a").glob("*.safetensors")) if (tmp_path / "a").exists() else True
 
 
+def test_regularisers_are_keywords_and_leave_a_plain_model(corpus, tmp_path):
+    tiny = {**TINY, "embedding_dim": TINY["rnn_units"]}
+    model = charrnn.train(
+        corpus, tmp_path / "r", epochs=1, weight_drop=0.3, locked_dropout=0.2, embedding_dropout=0.1,
+        tie_weights=True, **tiny
+    )
+    assert model.config["embedding_dim"] == model.config["rnn_units"]
+    assert len(model.generate(start=corpus_text()[:3], length=40, seed=1)) >= 40
+    with pytest.raises(ValueError, match=r"--weight-drop.*must be in \[0, 1\), got 1"):
+        charrnn.train(corpus, tmp_path / "w", weight_drop=1.0, progress=False)
+    with pytest.raises(ValueError, match="--tie-weights needs --embedding-dim equal to --rnn-units"):
+        charrnn.train(corpus, tmp_path / "t", tie_weights=True, **{**TINY, "embedding_dim": 8})
+
+
 def test_missing_paths_are_file_not_found(tmp_path):
     with pytest.raises(FileNotFoundError):
         charrnn.load(tmp_path / "nothing-here")

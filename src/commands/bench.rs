@@ -102,6 +102,7 @@ pub(super) fn run(a: BenchArgs, kernel: Kernel) -> Result<()> {
             seq_len: a.seq_len,
             batches: a.batches,
             gen_chars: a.gen_chars,
+            tie_weights: m.tie_weights,
             compute: compute.with_kernel(k).context("bench --kernel")?,
         })?;
         if !a.json {

@@ -32,6 +32,8 @@ pub struct BenchOptions {
     pub batches: usize,
     /// Characters to generate for the sampling rate.
     pub gen_chars: usize,
+    /// The output weight tied to the embedding (`train --tie-weights`).
+    pub tie_weights: bool,
     /// Where and how it runs: training and generation both run in its precision.
     pub compute: Compute,
 }
@@ -226,8 +228,12 @@ pub fn run(o: &BenchOptions) -> Result<BenchReport> {
     let mut rng = StdRng::seed_from_u64(0);
     let c = &o.config;
     let device = o.compute.device();
-    let model = Model::new_random(c.clone(), DType::F32, &o.compute, &mut rng)?;
+    let mut model = Model::new_random(c.clone(), DType::F32, &o.compute, &mut rng)?;
+    if o.tie_weights {
+        model = model.tie()?;
+    }
     let mut adam = Adam::new(model.parameters())?;
+    adam.kernel = o.compute.kernel();
     let step = StepOptions::plain(1e-3);
     let n = o.batch_size * o.seq_len;
     let random_ids = |rng: &mut StdRng| (0..n).map(|_| rng.random_range(0..c.vocab_size as u32)).collect();

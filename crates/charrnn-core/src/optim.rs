@@ -8,6 +8,7 @@
 use anyhow::Result;
 use candle_core::{backprop::GradStore, Tensor, Var};
 
+use crate::kernels::cpu::Kernel;
 use crate::ops::adam::{Moment, Step};
 
 /// One parameter and its two moments.
@@ -28,6 +29,9 @@ pub struct Adam {
     pub epsilon: f64,
     /// Decoupled weight decay λ (0: plain Adam).
     pub weight_decay: f64,
+    /// The instruction set of the updates on a CPU (every kernel takes the same step; the
+    /// model's compute sets it so that `portable` runs baseline code throughout).
+    pub kernel: Kernel,
     /// Updates applied so far: t in the bias corrections.
     updates: u64,
     slots: Vec<Slot>,
@@ -54,7 +58,15 @@ impl Adam {
                 Ok(Slot { name, m, v, var })
             })
             .collect::<Result<_>>()?;
-        Ok(Adam { beta1: 0.9, beta2: 0.999, epsilon: 1e-7, weight_decay: 0.0, updates: 0, slots })
+        Ok(Adam {
+            beta1: 0.9,
+            beta2: 0.999,
+            epsilon: 1e-7,
+            weight_decay: 0.0,
+            kernel: Kernel::best(),
+            updates: 0,
+            slots,
+        })
     }
 
     /// Updates applied so far.
@@ -111,9 +123,11 @@ impl Adam {
         for slot in &mut self.slots {
             let Some(g) = grads.get(slot.var.as_tensor()) else { continue };
             let g = g.contiguous()?;
-            slot.m.inplace_op2(&g, &Moment { beta: b1, scale: grad_scale, square: false })?;
-            slot.v.inplace_op2(&g, &Moment { beta: b2, scale: grad_scale, square: true })?;
-            let step = Step { alpha, decay: 1.0 - learning_rate * self.weight_decay, epsilon: self.epsilon };
+            let kernel = self.kernel;
+            slot.m.inplace_op2(&g, &Moment { beta: b1, scale: grad_scale, square: false, kernel })?;
+            slot.v.inplace_op2(&g, &Moment { beta: b2, scale: grad_scale, square: true, kernel })?;
+            let decay = 1.0 - learning_rate * self.weight_decay;
+            let step = Step { alpha, decay, epsilon: self.epsilon, kernel };
             slot.var.as_tensor().inplace_op3(&slot.m, &slot.v, &step)?;
         }
         Ok(())

@@ -42,10 +42,14 @@ pub fn save_optim<P: Serialize>(path: &Path, adam: &Adam, position: &P, carried:
     crate::atomic::write(path, &serialize(&stored, metadata)?)
 }
 
-/// Reads what [`save_optim`] wrote into `adam` (each moment checked against its parameter
-/// before it is read) and returns the training position and the carried states (empty when
-/// none were saved).
-pub fn load_optim<P: DeserializeOwned>(path: &Path, adam: &mut Adam) -> Result<(P, Vec<Tensor>)> {
+/// Reads what [`save_optim`] wrote: the training position, then the optimizer `adam_for`
+/// makes for that position (which says, for one, whether the model's weights are tied), its
+/// moments read in (each checked against its parameter before it is read), and the carried
+/// states (empty when none were saved).
+pub fn load_optim<P: DeserializeOwned>(
+    path: &Path,
+    adam_for: impl FnOnce(&P) -> Result<Adam>,
+) -> Result<(P, Adam, Vec<Tensor>)> {
     let ctx = || format!("invalid optimizer state {}", path.display());
     let bytes = crate::files::read(path)
         .with_context(|| format!("cannot read the optimizer state {} needed to resume", path.display()))?;
@@ -58,6 +62,7 @@ pub fn load_optim<P: DeserializeOwned>(path: &Path, adam: &mut Adam) -> Result<(
     let state: P = serde_json::from_str(get("state")?)
         .context("bad training position in the optimizer state")
         .with_context(ctx)?;
+    let mut adam = adam_for(&state)?;
     let mut moments = Vec::new();
     let mut device = None;
     for (key, var) in adam.expected() {
@@ -76,5 +81,5 @@ pub fn load_optim<P: DeserializeOwned>(path: &Path, adam: &mut Adam) -> Result<(
         let Ok(view) = st.tensor(&key) else { break };
         carried.push(tensor_from(&key, &view, &device).with_context(ctx)?);
     }
-    Ok((state, carried))
+    Ok((state, adam, carried))
 }

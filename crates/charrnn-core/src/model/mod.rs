@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 use crate::compute::Compute;
 pub use crate::ops::cells::Cell;
 use crate::ops::head::dense_cross_entropy;
+use crate::ops::linear::linear;
 use crate::ops::recurrent::rnn_sequence;
 
 /// A model's shape, as the checkpoint's metadata records it.
@@ -143,8 +144,14 @@ pub struct Model {
     pub layers: Vec<Layer>,
     /// The output layer.
     pub dense: Dense,
+    /// Whether the output layer's weight is the embedding itself (weight tying): then
+    /// `dense.weight` and `embedding` are one variable, trained once and saved under both names.
+    tied: bool,
     compute: Compute,
 }
+
+/// The output layer's weight's name.
+const DENSE_WEIGHT: &str = "dense.weight";
 
 /// How a parameter starts, by its role.
 enum Init {
@@ -197,7 +204,7 @@ impl Model {
             });
         }
         let dense = Dense { weight: draw(Init::Glorot, false)?, bias: draw(Init::Zero, false)? };
-        Ok(Model { config, embedding, layers, dense, compute: compute.clone() })
+        Ok(Model { config, embedding, layers, dense, tied: false, compute: compute.clone() })
     }
 
     /// A model from named tensors (on `compute`'s device); a missing or misshapen one is an
@@ -227,23 +234,70 @@ impl Model {
             .map(|_| Layer { w_ih: next(), w_hh: next(), b_ih: next(), b_hh: next() })
             .collect();
         let dense = Dense { weight: next(), bias: next() };
-        Ok(Model { config, embedding, layers, dense, compute: compute.clone() })
+        Ok(Model { config, embedding, layers, dense, tied: false, compute: compute.clone() })
     }
 
-    /// Every parameter, in the order of [`Config::parameter_shapes`].
-    pub fn vars(&self) -> impl Iterator<Item = &Var> {
+    /// Every stored tensor's variable, in the order of [`Config::parameter_shapes`] (a tied
+    /// model's embedding twice).
+    fn stored(&self) -> impl Iterator<Item = &Var> {
         let recurrent = self.layers.iter().flat_map(|l| [&l.w_ih, &l.w_hh, &l.b_ih, &l.b_hh]);
         std::iter::once(&self.embedding).chain(recurrent).chain([&self.dense.weight, &self.dense.bias])
     }
 
-    /// Every parameter with its PyTorch state_dict name.
+    /// Every stored tensor with its PyTorch state_dict name (what a checkpoint holds: a tied
+    /// model's output weight under its own name too, so that PyTorch loads it as it is).
     pub fn named(&self) -> impl Iterator<Item = (String, &Var)> {
-        self.config.parameter_shapes().into_iter().map(|(n, _)| n).zip(self.vars())
+        self.config.parameter_shapes().into_iter().map(|(n, _)| n).zip(self.stored())
     }
 
-    /// Every parameter, named, as the optimizer takes them.
+    /// Every trained parameter once, named: what the optimizer updates and the gradient norm
+    /// and the ranks' sums cover (a tied model's output weight is its embedding).
+    pub fn trained(&self) -> impl Iterator<Item = (String, &Var)> {
+        let tied = self.tied;
+        self.named().filter(move |(n, _)| !(tied && n == DENSE_WEIGHT))
+    }
+
+    /// Every trained parameter once, in the order of [`Config::parameter_shapes`].
+    pub fn vars(&self) -> impl Iterator<Item = &Var> {
+        self.trained().map(|(_, v)| v)
+    }
+
+    /// Every trained parameter, named, as the optimizer takes them.
     pub fn parameters(&self) -> Vec<(String, Var)> {
-        self.named().map(|(n, v)| (n, v.clone())).collect()
+        self.trained().map(|(n, v)| (n, v.clone())).collect()
+    }
+
+    /// Ties the output layer's weight to the embedding (one variable from now on), which needs
+    /// the embedding as wide as the recurrent state. A model loaded from a checkpoint must
+    /// already hold the same values in both (as every checkpoint of a tied run does).
+    pub fn tie(mut self) -> Result<Model> {
+        let (e, h) = (self.config.embedding_dim, self.config.rnn_units);
+        if e != h {
+            bail!("weight tying needs --embedding-dim equal to --rnn-units (the output layer's width), not {e} and {h}");
+        }
+        self.dense.weight = self.embedding.clone();
+        self.tied = true;
+        Ok(self)
+    }
+
+    /// [`Model::tie`] for a model read from a file: refused unless its output weight already is
+    /// its embedding, value for value.
+    pub fn tie_loaded(self) -> Result<Model> {
+        if self.config.embedding_dim == self.config.rnn_units && !self.output_is_embedding()? {
+            bail!("its {DENSE_WEIGHT} differs from embedding.weight: it was not trained with tied weights");
+        }
+        self.tie()
+    }
+
+    /// Whether the output weight holds the embedding's values (as a tied model's does).
+    pub fn output_is_embedding(&self) -> Result<bool> {
+        let (e, w) = (self.embedding.as_tensor(), self.dense.weight.as_tensor());
+        Ok(e.dims() == w.dims() && to_host(e)? == to_host(w)?)
+    }
+
+    /// Whether the output weight is the embedding.
+    pub fn is_tied(&self) -> bool {
+        self.tied
     }
 
     /// The parameter with this PyTorch name.
@@ -296,6 +350,7 @@ impl Model {
                 })
                 .collect(),
             dense: Dense { weight: self.dense.weight.clone(), bias: self.dense.bias.clone() },
+            tied: self.tied,
             compute: self.compute.clone(),
         };
         other.set_compute(compute)?;
@@ -314,12 +369,20 @@ impl Model {
         Ok(a.matmul(b)?)
     }
 
+    /// An input projection x · Wᵀ + b ([N, I] · [I, O]): in bf16 on a CPU that computes in
+    /// bf16 (`ops::linear`), else candle's product, as it always was.
+    fn project(&self, x: &Tensor, w: &Tensor, b: &Tensor) -> Result<Tensor> {
+        if self.device().is_cpu() && self.compute.cpu_math().bf16 {
+            return Ok(linear(&self.compute, x, w, b)?);
+        }
+        Ok(self.product(x, &w.t()?)?.broadcast_add(b)?)
+    }
+
     /// The first layer's input projection of every vocabulary entry: embedding · W_ihᵀ + b_ih,
     /// [V, G·H]. An embedding input makes the per-token projection a lookup into this table.
     pub fn input_table(&self) -> Result<Tensor> {
         let l0 = self.layer(0);
-        let table = self.product(&self.embedding, &l0.w_ih.t()?)?;
-        Ok(table.broadcast_add(&l0.b_ih)?)
+        self.project(&self.embedding, &l0.w_ih, &l0.b_ih)
     }
 
     /// The top layer's outputs [B, T, H] for input ids [B, T], every sequence starting from a
@@ -340,36 +403,47 @@ impl Model {
         let (b, t) = inputs.dims2()?;
         let mut finals = Vec::with_capacity(self.config.layers);
         let h = self.config.rnn_units;
-        let training = matches!(pass, Pass::Train { .. });
-        // Layer 0 looks its input projections up in the V-row table; deeper layers project
-        // the layer below ([B·T, H] · W_ihᵀ) and look up row b·T + t of that.
-        let mut table = self.input_table()?;
-        let mut ids = inputs.clone();
+        let (training, masks) = match *pass {
+            Pass::Train { dropout, seed, first_row } => {
+                (true, Masks { p: dropout, seed, first_row, rows: b })
+            }
+            Pass::Eval => (false, Masks { p: Dropout::NONE, seed: 0, first_row: 0, rows: b }),
+        };
+        // Layer 0 looks its input projections up in the V-row table; deeper layers (and a first
+        // layer whose inputs are masked per sequence) project their inputs ([B·T, in] · W_ihᵀ)
+        // and look up row b·T + t of that.
+        let rows = || -> Result<Tensor> {
+            Ok(Tensor::arange(0u32, (b * t) as u32, inputs.device())?.reshape((b, t))?)
+        };
+        let l0 = self.layer(0);
+        let embedding = masks.embedding(self.embedding.as_tensor())?;
+        let (mut table, mut ids) = match masks.p.locked > 0.0 {
+            false => (self.project(&embedding, &l0.w_ih, &l0.b_ih)?, inputs.clone()),
+            true => {
+                let e = self.config.embedding_dim;
+                let x = embedding.index_select(&inputs.flatten_all()?, 0)?.reshape((b, t, e))?;
+                let x = masks.locked(&x, 0)?.reshape((b * t, e))?;
+                (self.project(&x, &l0.w_ih, &l0.b_ih)?, rows()?)
+            }
+        };
         let mut hs: Option<Tensor> = None;
         for l in 0..self.config.layers {
             let layer = self.layer(l);
             if let Some(below) = &hs {
                 let below = below.reshape((b * t, h))?;
-                table = self.product(&below, &layer.w_ih.t()?)?.broadcast_add(&layer.b_ih)?;
-                ids = Tensor::arange(0u32, (b * t) as u32, inputs.device())?.reshape((b, t))?;
+                table = self.project(&below, &layer.w_ih, &layer.b_ih)?;
+                ids = rows()?;
             }
             let cell = self.config.cell;
             let state0 = state.map(|s| &s[l]);
+            let w_hh = masks.recurrent(layer.w_hh.as_tensor(), l)?;
             let (out, last) =
-                rnn_sequence(&self.compute, cell, &table, &ids, &layer.w_hh, &layer.b_hh, state0, training)?;
+                rnn_sequence(&self.compute, cell, &table, &ids, &w_hh, &layer.b_hh, state0, training)?;
             finals.push(last);
-            // Dropout between layers and before the output layer.
-            hs = Some(match *pass {
-                Pass::Train { dropout, seed, first_row } if dropout > 0.0 => {
-                    let per_row = out.elem_count() / b;
-                    let first = first_row * per_row;
-                    let mask =
-                        dropout_mask(out.dims(), dropout, seed.wrapping_add(l as u64), first, out.device())?
-                            .to_dtype(out.dtype())?;
-                    (out * mask)?
-                }
-                _ => out,
-            });
+            // Dropout between layers and before the output layer: per element and time step,
+            // then the same mask for every time step of a sequence.
+            let out = masks.output(out, l)?;
+            hs = Some(masks.locked(&out, l + 1)?);
         }
         Ok((hs.expect("at least one layer"), finals))
     }
@@ -411,17 +485,111 @@ impl Model {
 pub enum Pass {
     /// No dropout, nothing kept for a backward pass.
     Eval,
-    /// Keeps what the backward pass needs; inverted dropout with probability `dropout` after
-    /// each recurrent layer, its masks drawn from `seed`.
+    /// Keeps what the backward pass needs; the dropouts `dropout` says, their masks drawn from
+    /// `seed`.
     Train {
-        /// The probability an output is dropped.
-        dropout: f32,
+        /// What is dropped, with which probabilities.
+        dropout: Dropout,
         /// Seeds the masks.
         seed: u64,
         /// Where these rows start in the global batch (0 but for a rank's share of one): the
         /// masks are the global batch's, so a share drops what one process would.
         first_row: usize,
     },
+}
+
+/// The regularisers a training pass applies, each a probability (0: off). Every mask is an
+/// inverted-dropout mask ([`dropout_mask`]), so the expected values are those of the pass
+/// without it; none of them changes what is saved or how a checkpoint samples.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Dropout {
+    /// Each recurrent layer's outputs, every element of every time step on its own.
+    pub output: f32,
+    /// DropConnect on each layer's recurrent matrix W_hh: one mask per batch, the same for
+    /// every time step and sequence (AWD-LSTM's weight drop).
+    pub weight: f32,
+    /// Variational (locked) dropout of each layer's input and output: one mask per sequence,
+    /// the same for every time step.
+    pub locked: f32,
+    /// Whole characters: rows of the embedding, one mask per batch.
+    pub embedding: f32,
+}
+
+impl Dropout {
+    /// Nothing dropped.
+    pub const NONE: Dropout = Dropout { output: 0.0, weight: 0.0, locked: 0.0, embedding: 0.0 };
+
+    /// Only each layer's outputs, with probability `p`.
+    pub fn output(p: f32) -> Dropout {
+        Dropout { output: p, ..Dropout::NONE }
+    }
+}
+
+/// The masks of one training pass: `rows` sequences of the global batch starting at
+/// `first_row`.
+struct Masks {
+    p: Dropout,
+    seed: u64,
+    first_row: usize,
+    rows: usize,
+}
+
+/// Salts that give each kind of mask its own stream of the pass's seed (the output dropout's
+/// is the seed itself, as it always was).
+const WEIGHT_SALT: u64 = 0x5745_4947_4854_0001;
+const LOCKED_SALT: u64 = 0x4c4f_434b_4544_0002;
+const EMBEDDING_SALT: u64 = 0x454d_4245_4444_0003;
+
+impl Masks {
+    fn seed(&self, salt: u64, index: usize) -> u64 {
+        splitmix64(self.seed ^ salt).wrapping_add(index as u64)
+    }
+
+    /// Layer `l`'s outputs [B, T, H], per element.
+    fn output(&self, out: Tensor, l: usize) -> Result<Tensor> {
+        if self.p.output <= 0.0 {
+            return Ok(out);
+        }
+        let per_row = out.elem_count() / self.rows;
+        let first = self.first_row * per_row;
+        let seed = self.seed.wrapping_add(l as u64);
+        let mask =
+            dropout_mask(out.dims(), self.p.output, seed, first, out.device())?.to_dtype(out.dtype())?;
+        Ok((out * mask)?)
+    }
+
+    /// `x` [B, T, W] with one mask [B, W] for all its time steps: the input of layer `at` (0:
+    /// the embedded characters) or, past the last layer, the input of the output layer.
+    fn locked(&self, x: &Tensor, at: usize) -> Result<Tensor> {
+        if self.p.locked <= 0.0 {
+            return Ok(x.clone());
+        }
+        let (b, _, w) = x.dims3()?;
+        let seed = self.seed(LOCKED_SALT, at);
+        let mask = dropout_mask(&[b, w], self.p.locked, seed, self.first_row * w, x.device())?;
+        Ok(x.broadcast_mul(&mask.to_dtype(x.dtype())?.unsqueeze(1)?)?)
+    }
+
+    /// Layer `l`'s recurrent matrix, DropConnect-masked: one mask for the whole batch (the same
+    /// on every rank, whatever its rows).
+    fn recurrent(&self, w_hh: &Tensor, l: usize) -> Result<Tensor> {
+        if self.p.weight <= 0.0 {
+            return Ok(w_hh.clone());
+        }
+        let mask = dropout_mask(w_hh.dims(), self.p.weight, self.seed(WEIGHT_SALT, l), 0, w_hh.device())?;
+        Ok((w_hh * mask.to_dtype(w_hh.dtype())?)?)
+    }
+
+    /// The embedding [V, E] with whole rows (characters) dropped for this batch.
+    fn embedding(&self, embedding: &Tensor) -> Result<Tensor> {
+        if self.p.embedding <= 0.0 {
+            return Ok(embedding.clone());
+        }
+        let v = embedding.dim(0)?;
+        let mask =
+            dropout_mask(&[v, 1], self.p.embedding, self.seed(EMBEDDING_SALT, 0), 0, embedding.device())?;
+        Ok(embedding.broadcast_mul(&mask.to_dtype(embedding.dtype())?)?)
+    }
 }
 
 /// A tensor's values as f32 in host memory, row-major (a transposed view comes out transposed).

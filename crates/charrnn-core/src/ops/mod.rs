@@ -4,4 +4,5 @@
 pub(crate) mod adam;
 pub mod cells;
 pub(crate) mod head;
+pub(crate) mod linear;
 pub mod recurrent;

@@ -52,6 +52,8 @@ impl Parent {
         base.model.rnn_units = c.rnn_units;
         base.model.layers = c.layers;
         base.model.cell = c.cell;
+        // Tying is not part of the saved shape: `start` checks the parent allows it.
+        base.model.tie_weights |= typed.model.tie_weights;
         let s = Settings::fresh(base.clone(), typed)?;
         if let Some(d) = base.model.first_difference(&s.model) {
             bail!(
@@ -69,8 +71,19 @@ impl Parent {
     /// A fresh start (the seed's initialisation, a new optimizer and run) with the parent's
     /// weights in place: whole tensors, or the first rows where the vocabulary grew.
     pub fn start(&self, s: &Settings, corpus: &Corpus, compute: &Compute) -> Result<Start> {
+        if s.model.tie_weights && !self.checkpoint.model.output_is_embedding()? {
+            bail!(
+                "--tie-weights: {} was trained with an output weight of its own, which tying would replace by its embedding; start from it untied (leave --tie-weights out)",
+                self.path.display()
+            );
+        }
         let mut start = setup::fresh(s, corpus, compute)?;
-        for ((name, var), (parent_name, parent)) in start.model.named().zip(self.checkpoint.model.named()) {
+        // A tied model's output weight is its embedding: set once, from the parent's embedding.
+        let parents = self.checkpoint.model.named();
+        for ((name, var), (parent_name, parent)) in start.model.named().zip(parents) {
+            if start.model.is_tied() && name == "dense.weight" {
+                continue;
+            }
             assert_eq!(name, parent_name, "one parameter layout");
             let parent = parent.as_tensor().to_device(compute.device())?;
             let (have, want) = (parent.dims().to_vec(), var.dims().to_vec());

@@ -54,10 +54,19 @@ pub(super) fn find(path: &Path, compute: &Compute, notify: Notify) -> Result<Res
 
 /// A checkpoint, its optimizer state and the training position, checked to belong together.
 fn load(path: &Path, compute: &Compute) -> Result<Resumed> {
-    let ckpt = checkpoint::load(path, compute)?;
-    let mut adam = Adam::new(ckpt.model.parameters())?;
-    let (position, carried): (Position, _) =
-        checkpoint::load_optim(&checkpoint::optim_path(path), &mut adam)?;
+    let mut ckpt = checkpoint::load(path, compute)?;
+    let mut model = Some(ckpt.model);
+    let (position, adam, carried) =
+        checkpoint::load_optim(&checkpoint::optim_path(path), |position: &Position| {
+            let mut m = model.take().expect("one optimizer per model");
+            if position.settings.model.tie_weights {
+                m = m.tie_loaded().with_context(|| format!("{} cannot be resumed", path.display()))?;
+            }
+            let adam = Adam::new(m.parameters());
+            model = Some(m);
+            adam
+        })?;
+    ckpt.model = model.expect("the model comes back with its optimizer");
     if adam.updates() != ckpt.provenance.step {
         bail!(
             "{} is at step {} but its optimizer state at step {}; resume from another checkpoint",

@@ -167,7 +167,7 @@ impl<'a> Session<'a> {
             let step_options = StepOptions {
                 learning_rate: learning_rate(s, self.state.step, self.run.total_steps),
                 clip_grad_norm: s.optimizer.clip_grad_norm,
-                dropout: s.optimizer.dropout as f32,
+                dropout: s.optimizer.dropouts(),
                 seed: s.seed ^ self.state.step.wrapping_mul(0x9E37_79B9_7F4A_7C15),
             };
             let carried = self.carried.as_deref();

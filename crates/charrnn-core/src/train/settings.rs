@@ -77,6 +77,11 @@ macro_rules! with_settings_groups {
                 #[arg(long, value_parser = choice::<$crate::ops::cells::Cell>())]
                 #[serde(default)]
                 value cell: $crate::ops::cells::Cell as Option<$crate::ops::cells::Cell>;
+                /// Tie the output layer's weight to the embedding (one matrix, saved under both
+                /// names); needs --embedding-dim equal to --rnn-units
+                #[arg(long)]
+                #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+                switch tie_weights: bool as bool;
             }
         }
 
@@ -146,6 +151,21 @@ macro_rules! with_settings_groups {
                 #[arg(long, value_parser = fraction, allow_negative_numbers = true)]
                 #[serde(default)]
                 value dropout: f64 as Option<f64> => $crate::checks::FRACTION;
+                /// DropConnect on each layer's recurrent matrix: one mask per batch for all time
+                /// steps (AWD-LSTM's weight drop; training only) [default: 0]
+                #[arg(long, value_parser = fraction, allow_negative_numbers = true, value_name = "P")]
+                #[serde(default, skip_serializing_if = "is_zero")]
+                value weight_drop: f64 as Option<f64> => $crate::checks::FRACTION;
+                /// Variational (locked) dropout of each layer's input and output: one mask per
+                /// sequence for all time steps (training only) [default: 0]
+                #[arg(long, value_parser = fraction, allow_negative_numbers = true, value_name = "P")]
+                #[serde(default, skip_serializing_if = "is_zero")]
+                value locked_dropout: f64 as Option<f64> => $crate::checks::FRACTION;
+                /// Drop whole characters: rows of the embedding, one mask per batch (training
+                /// only) [default: 0]
+                #[arg(long, value_parser = fraction, allow_negative_numbers = true, value_name = "P")]
+                #[serde(default, skip_serializing_if = "is_zero")]
+                value embedding_dropout: f64 as Option<f64> => $crate::checks::FRACTION;
             }
         }
 
@@ -277,6 +297,10 @@ impl std::fmt::Display for LrSchedule {
     }
 }
 
+fn is_zero(x: &f64) -> bool {
+    *x == 0.0
+}
+
 fn one() -> usize {
     1
 }
@@ -289,6 +313,18 @@ fn blank_line() -> String {
 /// runs saved before they existed.
 fn is_blank_line(s: &str) -> bool {
     s == "\n\n"
+}
+
+impl OptimizerSettings {
+    /// What a training step drops.
+    pub fn dropouts(&self) -> crate::model::Dropout {
+        crate::model::Dropout {
+            output: self.dropout as f32,
+            weight: self.weight_drop as f32,
+            locked: self.locked_dropout as f32,
+            embedding: self.embedding_dropout as f32,
+        }
+    }
 }
 
 impl ModelSettings {
@@ -402,6 +438,14 @@ impl Settings {
             .or_else(|| self.control.problem());
         if let Some(p) = problem {
             bail!(p);
+        }
+        let m = &self.model;
+        if m.tie_weights && m.embedding_dim != m.rnn_units {
+            bail!(
+                "--tie-weights needs --embedding-dim equal to --rnn-units (the output layer's width); got {} and {}",
+                m.embedding_dim,
+                m.rnn_units
+            );
         }
         // One batch's characters, and a step's activations (batch × steps × width), are
         // computed in usize; refuse settings whose products overflow it.

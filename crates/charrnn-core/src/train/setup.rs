@@ -87,9 +87,13 @@ pub(super) struct Start {
 pub(super) fn fresh(s: &Settings, corpus: &Corpus, compute: &Compute) -> Result<Start> {
     let config = s.model.config(corpus.vocab.len());
     check_memory(&config, s)?;
-    let model = Model::new_random(config, DType::F32, compute, &mut StdRng::seed_from_u64(s.seed))?;
+    let mut model = Model::new_random(config, DType::F32, compute, &mut StdRng::seed_from_u64(s.seed))?;
+    if s.model.tie_weights {
+        model = model.tie()?;
+    }
     let mut adam = Adam::new(model.parameters())?;
     adam.weight_decay = s.optimizer.weight_decay;
+    adam.kernel = compute.kernel();
     let state = RunState::fresh(RunIdentity {
         run_id: Some(format!("{:016x}", rand::random::<u64>())),
         seed: s.seed,
@@ -128,6 +132,7 @@ pub(super) fn resumed(
     }
     let mut adam = r.adam;
     adam.weight_decay = s.optimizer.weight_decay;
+    adam.kernel = compute.kernel();
     check_memory(&r.checkpoint.model.config, s)?;
     let carried = (!r.carried.is_empty()).then_some(r.carried);
     let identity = RunIdentity {

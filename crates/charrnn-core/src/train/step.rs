@@ -6,7 +6,7 @@ use candle_core::{backprop::GradStore, DType, Tensor, Var};
 
 use crate::collective::{Alone, Collective};
 use crate::data::Batch;
-use crate::model::{ids_tensor, Model, Pass};
+use crate::model::{ids_tensor, Dropout, Model, Pass};
 use crate::optim::Adam;
 use crate::train::settings::{LrSchedule, Settings};
 
@@ -18,16 +18,16 @@ pub struct StepOptions {
     /// Rescale the gradients when their global L2 norm exceeds this (PyTorch's
     /// `clip_grad_norm_`).
     pub clip_grad_norm: Option<f64>,
-    /// Dropout probability after each recurrent layer.
-    pub dropout: f32,
-    /// Seeds this step's dropout mask.
+    /// What this step drops, with which probabilities.
+    pub dropout: Dropout,
+    /// Seeds this step's dropout masks.
     pub seed: u64,
 }
 
 impl StepOptions {
     /// The tutorial's step: constant rate, no clipping, no dropout.
     pub fn plain(learning_rate: f64) -> Self {
-        StepOptions { learning_rate, clip_grad_norm: None, dropout: 0.0, seed: 0 }
+        StepOptions { learning_rate, clip_grad_norm: None, dropout: Dropout::NONE, seed: 0 }
     }
 }
 
