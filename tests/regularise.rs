@@ -68,12 +68,8 @@ impl Runs {
     }
 }
 
-fn tensors(path: &Path) -> Vec<(String, Vec<u8>)> {
-    tensor_bytes(path)
-}
-
 fn tensor(path: &Path, name: &str) -> Vec<u8> {
-    let all = tensors(path);
+    let all = tensor_bytes(path);
     all.into_iter().find(|(n, _)| n == name).unwrap_or_else(|| panic!("{name} in {}", path.display())).1
 }
 
@@ -83,7 +79,7 @@ fn tensor(path: &Path, name: &str) -> Vec<u8> {
 fn each_regulariser_changes_training() {
     let runs = Runs::new();
     runs.train("plain", &["--epochs", "1"]);
-    let plain = tensors(&runs.folder("plain").join("ckpt_1.safetensors"));
+    let plain = tensor_bytes(&runs.folder("plain").join("ckpt_1.safetensors"));
     for (i, flags) in [
         &["--weight-drop", "0.3"][..],
         &["--locked-dropout", "0.2"],
@@ -96,7 +92,7 @@ fn each_regulariser_changes_training() {
     {
         let name = format!("r{i}");
         runs.train(&name, &[&["--epochs", "1"], *flags].concat());
-        let got = tensors(&runs.folder(&name).join("ckpt_1.safetensors"));
+        let got = tensor_bytes(&runs.folder(&name).join("ckpt_1.safetensors"));
         assert_eq!(got.len(), plain.len(), "{flags:?}: the same tensors are saved");
         assert_ne!(got, plain, "{flags:?} changed nothing");
     }
@@ -114,7 +110,7 @@ fn regularised_runs_resume_bit_for_bit() {
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(stderr(&o).contains("resuming"), "{}", stderr(&o));
     let name = "ckpt_2.safetensors";
-    assert_eq!(tensors(&runs.folder("straight").join(name)), tensors(&split.join(name)));
+    assert_eq!(tensor_bytes(&runs.folder("straight").join(name)), tensor_bytes(&split.join(name)));
     // A resumed run keeps its regularisers: another value is refused, naming the flag.
     let o = charrnn(&[
         "train",

@@ -208,7 +208,7 @@ fn check_finite_differences(cell: Cell, layers: usize, dropout: Dropout, tied: b
     let config = Config::gru(7, embedding, hidden).with_layers(layers).with_cell(cell);
     let mut model = Model::new_random(config, DType::F64, &common::compute(), &mut rng).unwrap();
     if tied {
-        model = model.tie().unwrap();
+        model.tie().unwrap();
     }
     // Make the zero-initialised biases non-zero so their gradients are exercised.
     for (name, _) in model.config.parameter_shapes().into_iter().filter(|(n, _)| n.contains("bias")) {

@@ -230,7 +230,7 @@ pub fn run(o: &BenchOptions) -> Result<BenchReport> {
     let device = o.compute.device();
     let mut model = Model::new_random(c.clone(), DType::F32, &o.compute, &mut rng)?;
     if o.tie_weights {
-        model = model.tie()?;
+        model.tie()?;
     }
     let mut adam = Adam::new(model.parameters())?;
     adam.kernel = o.compute.kernel();

@@ -237,8 +237,8 @@ impl Model {
         Ok(Model { config, embedding, layers, dense, tied: false, compute: compute.clone() })
     }
 
-    /// Every stored tensor's variable, in the order of [`Config::parameter_shapes`] (a tied
-    /// model's embedding twice).
+    /// Every stored tensor's variable, in the order of [`Config::parameter_shapes`]: the
+    /// embedding, four per layer, the output weight and bias (a tied model's embedding twice).
     fn stored(&self) -> impl Iterator<Item = &Var> {
         let recurrent = self.layers.iter().flat_map(|l| [&l.w_ih, &l.w_hh, &l.b_ih, &l.b_hh]);
         std::iter::once(&self.embedding).chain(recurrent).chain([&self.dense.weight, &self.dense.bias])
@@ -253,13 +253,20 @@ impl Model {
     /// Every trained parameter once, named: what the optimizer updates and the gradient norm
     /// and the ranks' sums cover (a tied model's output weight is its embedding).
     pub fn trained(&self) -> impl Iterator<Item = (String, &Var)> {
-        let tied = self.tied;
-        self.named().filter(move |(n, _)| !(tied && n == DENSE_WEIGHT))
+        let skipped = self.skipped();
+        self.named().enumerate().filter(move |(i, _)| Some(*i) != skipped).map(|(_, nv)| nv)
     }
 
     /// Every trained parameter once, in the order of [`Config::parameter_shapes`].
     pub fn vars(&self) -> impl Iterator<Item = &Var> {
-        self.trained().map(|(_, v)| v)
+        let skipped = self.skipped();
+        self.stored().enumerate().filter(move |(i, _)| Some(*i) != skipped).map(|(_, v)| v)
+    }
+
+    /// Where a tied model's output weight stands among the stored tensors (the embedding is
+    /// trained in its place).
+    fn skipped(&self) -> Option<usize> {
+        self.tied.then_some(1 + 4 * self.layers.len())
     }
 
     /// Every trained parameter, named, as the optimizer takes them.
@@ -268,25 +275,26 @@ impl Model {
     }
 
     /// Ties the output layer's weight to the embedding (one variable from now on), which needs
-    /// the embedding as wide as the recurrent state. A model loaded from a checkpoint must
-    /// already hold the same values in both (as every checkpoint of a tied run does).
-    pub fn tie(mut self) -> Result<Model> {
+    /// the embedding as wide as the recurrent state.
+    pub fn tie(&mut self) -> Result<()> {
         let (e, h) = (self.config.embedding_dim, self.config.rnn_units);
         if e != h {
             bail!("weight tying needs --embedding-dim equal to --rnn-units (the output layer's width), not {e} and {h}");
         }
         self.dense.weight = self.embedding.clone();
         self.tied = true;
-        Ok(self)
+        Ok(())
     }
 
     /// [`Model::tie`] for a model read from a file: refused unless its output weight already is
-    /// its embedding, value for value.
-    pub fn tie_loaded(self) -> Result<Model> {
-        if self.config.embedding_dim == self.config.rnn_units && !self.output_is_embedding()? {
+    /// its embedding, value for value (as every checkpoint of a tied run holds it).
+    pub fn tie_loaded(&mut self) -> Result<()> {
+        let same = self.output_is_embedding()?;
+        self.tie()?;
+        if !same {
             bail!("its {DENSE_WEIGHT} differs from embedding.weight: it was not trained with tied weights");
         }
-        self.tie()
+        Ok(())
     }
 
     /// Whether the output weight holds the embedding's values (as a tied model's does).
@@ -404,10 +412,8 @@ impl Model {
         let mut finals = Vec::with_capacity(self.config.layers);
         let h = self.config.rnn_units;
         let (training, masks) = match *pass {
-            Pass::Train { dropout, seed, first_row } => {
-                (true, Masks { p: dropout, seed, first_row, rows: b })
-            }
-            Pass::Eval => (false, Masks { p: Dropout::NONE, seed: 0, first_row: 0, rows: b }),
+            Pass::Train { dropout, seed, first_row } => (true, Masks { p: dropout, seed, first_row }),
+            Pass::Eval => (false, Masks { p: Dropout::NONE, seed: 0, first_row: 0 }),
         };
         // Layer 0 looks its input projections up in the V-row table; deeper layers (and a first
         // layer whose inputs are masked per sequence) project their inputs ([B·T, in] · W_ihᵀ)
@@ -525,13 +531,11 @@ impl Dropout {
     }
 }
 
-/// The masks of one training pass: `rows` sequences of the global batch starting at
-/// `first_row`.
+/// The masks of one training pass over rows of the global batch starting at `first_row`.
 struct Masks {
     p: Dropout,
     seed: u64,
     first_row: usize,
-    rows: usize,
 }
 
 /// Salts that give each kind of mask its own stream of the pass's seed (the output dropout's
@@ -550,7 +554,7 @@ impl Masks {
         if self.p.output <= 0.0 {
             return Ok(out);
         }
-        let per_row = out.elem_count() / self.rows;
+        let per_row = out.elem_count() / out.dim(0)?;
         let first = self.first_row * per_row;
         let seed = self.seed.wrapping_add(l as u64);
         let mask =

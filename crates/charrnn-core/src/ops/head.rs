@@ -7,14 +7,12 @@
 
 use std::sync::Mutex;
 
-use candle_core::{
-    backend::BackendStorage, bail, CpuStorage, CustomOp3, Layout, Result, Shape, Storage, Tensor,
-};
+use candle_core::{backend::BackendStorage, bail, CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
 use crate::compute::{Compute, CpuMath};
 use crate::kernels::cpu::blas::{transpose, View};
-use crate::kernels::cpu::float::{storage_slice, Float};
+use crate::kernels::cpu::float::{storage_slice, with_cpu_slice, Float};
 
 /// The softmax probabilities of every row, kept for the backward pass.
 enum Saved {
@@ -125,17 +123,15 @@ impl DenseCrossEntropy {
                 *x *= scale;
             }
         });
-        let (hs_guard, hs_layout) = hs.storage_and_layout();
-        let (w_guard, w_layout) = w.storage_and_layout();
-        let (Storage::Cpu(hs_s), Storage::Cpu(w_s)) = (&*hs_guard, &*w_guard) else {
-            bail!("output layer: CPU tensors expected");
-        };
-        let (hs_data, w_data) = (storage_slice::<T>(hs_s, hs_layout)?, storage_slice::<T>(w_s, w_layout)?);
         let mut d_hs = vec![T::zero(); n * h];
-        T::matmul_once(self.math, &mut d_hs, false, View::rows(&d, n, v), View::rows(w_data, v, h));
+        with_cpu_slice::<T, _>(w, |w| {
+            T::matmul_once(self.math, &mut d_hs, false, View::rows(&d, n, v), View::rows(w, v, h))
+        })?;
         let d_t = transpose(&d, n, v);
         let mut d_w = vec![T::zero(); v * h];
-        T::matmul_once(self.math, &mut d_w, false, View::rows(&d_t, v, n), View::rows(hs_data, n, h));
+        with_cpu_slice::<T, _>(hs, |hs| {
+            T::matmul_once(self.math, &mut d_w, false, View::rows(&d_t, v, n), View::rows(hs, n, h))
+        })?;
         let d_b: Vec<T> = d_t.chunks_exact(n).map(|col| col.iter().fold(T::zero(), |a, &x| a + x)).collect();
         let dev = hs.device();
         Ok((

@@ -6,18 +6,19 @@
 //! per-sequence-masked embeddings would otherwise be the f32 part of a bf16 step. f32 models
 //! keep candle's composition (`Model::project`), so their arithmetic is what it was.
 
-use candle_core::{
-    backend::BackendStorage, bail, CpuStorage, CustomOp3, Layout, Result, Shape, Storage, Tensor,
-};
+use candle_core::{backend::BackendStorage, bail, CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
 use crate::compute::{Compute, CpuMath};
 use crate::kernels::cpu::blas::View;
-use crate::kernels::cpu::float::{storage_slice, Float};
+use crate::kernels::cpu::float::{storage_slice, with_cpu_slice, Float};
 
 struct Linear {
     math: CpuMath,
 }
+
+/// Columns of the bias gradient each thread sums (over every row, in row order).
+const BIAS_COLUMNS: usize = 256;
 
 impl Linear {
     /// Checks that x [N, I], W [O, I] and b [O] fit; returns (N, I, O).
@@ -29,32 +30,58 @@ impl Linear {
         Ok((n, i, o))
     }
 
+    /// y = b + x·Wᵀ: the bias rows first, the product accumulated onto them (one pass over y
+    /// fewer than adding the bias after).
     fn forward<T: Float>(&self, x: &[T], w: &[T], b: &[T], (n, i, o): (usize, usize, usize)) -> Vec<T> {
         let mut y = vec![T::zero(); n * o];
-        T::matmul_once(self.math, &mut y, false, View::rows(x, n, i), View::rows(w, o, i).t());
-        y.par_chunks_mut(o).for_each(|row| row.iter_mut().zip(b).for_each(|(y, b)| *y += *b));
+        y.par_chunks_mut(o).for_each(|row| row.copy_from_slice(b));
+        T::matmul_once(self.math, &mut y, true, View::rows(x, n, i), View::rows(w, o, i).t());
         y
     }
 
-    /// dx = dy·W, dW = dyᵀ·x, db = the column sums of dy.
-    fn grads<T: Float>(&self, x: &[T], w: &[T], dy: &[T], (n, i, o): (usize, usize, usize)) -> [Vec<T>; 3] {
-        let mut dx = vec![T::zero(); n * i];
-        T::matmul_once(self.math, &mut dx, false, View::rows(dy, n, o), View::rows(w, o, i));
-        let mut dw = vec![T::zero(); o * i];
-        T::matmul_once(self.math, &mut dw, false, View::rows(dy, n, o).t(), View::rows(x, n, i));
-        let mut db = vec![T::zero(); o];
-        for row in dy.chunks_exact(o) {
-            db.iter_mut().zip(row).for_each(|(s, g)| *s += *g);
-        }
-        [dx, dw, db]
+    fn run<T: Float>(
+        &self,
+        x: (&CpuStorage, &Layout),
+        w: (&CpuStorage, &Layout),
+        b: (&CpuStorage, &Layout),
+    ) -> Result<(CpuStorage, Shape)> {
+        let dims = Self::dims(x.1.shape(), w.1.shape(), b.1.shape())?;
+        let (xs, ws, bs) = (storage_slice(x.0, x.1)?, storage_slice(w.0, w.1)?, storage_slice(b.0, b.1)?);
+        Ok((T::to_cpu_storage_owned(self.forward::<T>(xs, ws, bs, dims)), Shape::from((dims.0, dims.2))))
     }
-}
 
-/// The CPU slice of a contiguous tensor, for the backward pass.
-fn with_slice<T: Float, R>(t: &Tensor, f: impl FnOnce(&[T]) -> Result<R>) -> Result<R> {
-    let (guard, layout) = t.storage_and_layout();
-    let Storage::Cpu(s) = &*guard else { bail!("input projection: CPU tensors expected") };
-    f(storage_slice::<T>(s, layout)?)
+    /// dx = dy·W, dW = dyᵀ·x, db = the column sums of dy (each column's in row order, so the
+    /// sum does not depend on the threads).
+    fn grads<T: Float>(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        dy: &Tensor,
+        (n, i, o): (usize, usize, usize),
+    ) -> Result<[Tensor; 3]> {
+        let (mut dx, mut dw, mut db) = (vec![T::zero(); n * i], vec![T::zero(); o * i], vec![T::zero(); o]);
+        with_cpu_slice::<T, _>(dy, |dy| {
+            with_cpu_slice::<T, _>(w, |w| {
+                T::matmul_once(self.math, &mut dx, false, View::rows(dy, n, o), View::rows(w, o, i))
+            })?;
+            with_cpu_slice::<T, _>(x, |x| {
+                T::matmul_once(self.math, &mut dw, false, View::rows(dy, n, o).t(), View::rows(x, n, i))
+            })?;
+            db.par_chunks_mut(BIAS_COLUMNS).enumerate().for_each(|(c, sums)| {
+                for row in dy.chunks_exact(o) {
+                    let part = &row[c * BIAS_COLUMNS..][..sums.len()];
+                    sums.iter_mut().zip(part).for_each(|(s, g)| *s += *g);
+                }
+            });
+            Ok::<(), candle_core::Error>(())
+        })??;
+        let dev = x.device();
+        Ok([
+            Tensor::from_vec(dx, (n, i), dev)?,
+            Tensor::from_vec(dw, (o, i), dev)?,
+            Tensor::from_vec(db, o, dev)?,
+        ])
+    }
 }
 
 impl CustomOp3 for Linear {
@@ -71,17 +98,9 @@ impl CustomOp3 for Linear {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let dims = Self::dims(l1.shape(), l2.shape(), l3.shape())?;
-        let shape = Shape::from((dims.0, dims.2));
         match s1 {
-            CpuStorage::F32(_) => {
-                let (x, w, b) = (storage_slice(s1, l1)?, storage_slice(s2, l2)?, storage_slice(s3, l3)?);
-                Ok((CpuStorage::F32(self.forward::<f32>(x, w, b, dims)), shape))
-            }
-            CpuStorage::F64(_) => {
-                let (x, w, b) = (storage_slice(s1, l1)?, storage_slice(s2, l2)?, storage_slice(s3, l3)?);
-                Ok((CpuStorage::F64(self.forward::<f64>(x, w, b, dims)), shape))
-            }
+            CpuStorage::F32(_) => self.run::<f32>((s1, l1), (s2, l2), (s3, l3)),
+            CpuStorage::F64(_) => self.run::<f64>((s1, l1), (s2, l2), (s3, l3)),
             other => bail!("input projection: unsupported dtype {:?}", other.dtype()),
         }
     }
@@ -96,30 +115,12 @@ impl CustomOp3 for Linear {
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let dims = Self::dims(x.shape(), w.shape(), b.shape())?;
         let (x, w, dy) = (x.contiguous()?, w.contiguous()?, grad.contiguous()?);
-        let (n, i, o) = dims;
-        let dev = x.device();
-        let tensors = |[dx, dw, db]: [Tensor; 3]| (Some(dx), Some(dw), Some(db));
-        macro_rules! run {
-            ($t:ty) => {
-                with_slice::<$t, _>(&x, |xs| {
-                    with_slice::<$t, _>(&w, |ws| {
-                        with_slice::<$t, _>(&dy, |dys| {
-                            let [dx, dw, db] = self.grads::<$t>(xs, ws, dys, dims);
-                            Ok([
-                                Tensor::from_vec(dx, (n, i), dev)?,
-                                Tensor::from_vec(dw, (o, i), dev)?,
-                                Tensor::from_vec(db, o, dev)?,
-                            ])
-                        })
-                    })
-                })
-            };
-        }
-        match x.dtype() {
-            candle_core::DType::F32 => Ok(tensors(run!(f32)?)),
-            candle_core::DType::F64 => Ok(tensors(run!(f64)?)),
+        let [dx, dw, db] = match x.dtype() {
+            candle_core::DType::F32 => self.grads::<f32>(&x, &w, &dy, dims)?,
+            candle_core::DType::F64 => self.grads::<f64>(&x, &w, &dy, dims)?,
             other => bail!("input projection: unsupported dtype {other:?}"),
-        }
+        };
+        Ok((Some(dx), Some(dw), Some(db)))
     }
 }
 
@@ -139,11 +140,17 @@ mod tests {
     }
 
     /// The op's value and its three gradients are candle's composition's (x·Wᵀ + b through
-    /// matmul, transpose and broadcast_add), in f64, for a loss that weights every output.
+    /// matmul, transpose and broadcast_add), in f64, for a loss that weights every output; the
+    /// second size spreads the bias gradient over several threads' columns.
     #[test]
     fn matches_candles_composition_and_its_gradients() {
+        for dims in [(7, 5, 9), (6, 4, 2 * BIAS_COLUMNS + 3)] {
+            matches_candle_at(dims);
+        }
+    }
+
+    fn matches_candle_at((n, i, o): (usize, usize, usize)) {
         let dev = Device::Cpu;
-        let (n, i, o) = (7, 5, 9);
         let var = |len, salt, shape: &[usize]| {
             Var::from_tensor(&Tensor::from_vec(values(len, salt), shape, &dev).unwrap()).unwrap()
         };

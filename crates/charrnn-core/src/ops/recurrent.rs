@@ -13,14 +13,12 @@
 
 use std::sync::Mutex;
 
-use candle_core::{
-    backend::BackendStorage, bail, CpuStorage, CustomOp3, Layout, Result, Shape, Storage, Tensor,
-};
+use candle_core::{backend::BackendStorage, bail, CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
 use crate::compute::{Compute, CpuMath};
 use crate::kernels::cpu::blas::View;
-use crate::kernels::cpu::float::{give_buffer, storage_slice, take_buffer, Float};
+use crate::kernels::cpu::float::{give_buffer, storage_slice, take_buffer, with_cpu_slice, Float};
 use crate::ops::cells::{with_cell, Cell, RecurrentCell, StepBackward, StepForward};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -388,11 +386,7 @@ impl FusedRnn {
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let grad = grad.contiguous()?.flatten_all()?.to_vec1::<T>()?;
-        let g = {
-            let (storage, layout) = w.storage_and_layout();
-            let Storage::Cpu(cpu) = &*storage else { bail!("fused recurrent layer: CPU tensors expected") };
-            tape.backward(&grad, &self.ids, storage_slice(cpu, layout)?)
-        };
+        let g = with_cpu_slice::<T, _>(w, |w| tape.backward(&grad, &self.ids, w))?;
         let dev = table.device();
         Ok((
             Some(Tensor::from_vec(g.table, table.shape(), dev)?),

@@ -55,18 +55,14 @@ pub(super) fn find(path: &Path, compute: &Compute, notify: Notify) -> Result<Res
 /// A checkpoint, its optimizer state and the training position, checked to belong together.
 fn load(path: &Path, compute: &Compute) -> Result<Resumed> {
     let mut ckpt = checkpoint::load(path, compute)?;
-    let mut model = Some(ckpt.model);
+    let model = &mut ckpt.model;
     let (position, adam, carried) =
         checkpoint::load_optim(&checkpoint::optim_path(path), |position: &Position| {
-            let mut m = model.take().expect("one optimizer per model");
             if position.settings.model.tie_weights {
-                m = m.tie_loaded().with_context(|| format!("{} cannot be resumed", path.display()))?;
+                model.tie_loaded().with_context(|| format!("{} cannot be resumed", path.display()))?;
             }
-            let adam = Adam::new(m.parameters());
-            model = Some(m);
-            adam
+            Adam::new(model.parameters())
         })?;
-    ckpt.model = model.expect("the model comes back with its optimizer");
     if adam.updates() != ckpt.provenance.step {
         bail!(
             "{} is at step {} but its optimizer state at step {}; resume from another checkpoint",

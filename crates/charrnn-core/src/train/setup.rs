@@ -89,7 +89,7 @@ pub(super) fn fresh(s: &Settings, corpus: &Corpus, compute: &Compute) -> Result<
     check_memory(&config, s)?;
     let mut model = Model::new_random(config, DType::F32, compute, &mut StdRng::seed_from_u64(s.seed))?;
     if s.model.tie_weights {
-        model = model.tie()?;
+        model.tie()?;
     }
     let mut adam = Adam::new(model.parameters())?;
     adam.weight_decay = s.optimizer.weight_decay;

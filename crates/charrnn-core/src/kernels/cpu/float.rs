@@ -8,7 +8,7 @@
 
 use std::sync::Mutex;
 
-use candle_core::{bail, CpuStorage, Layout, WithDType};
+use candle_core::{bail, CpuStorage, Layout, Storage, Tensor, WithDType};
 
 use crate::kernels::cpu::blas::PackedMatmul;
 use crate::kernels::cpu::Isa;
@@ -47,6 +47,14 @@ pub fn layout_slice_mut<'a, T>(data: &'a mut [T], l: &Layout) -> candle_core::Re
         Some((a, b)) => Ok(&mut data[a..b]),
         None => bail!("a custom operation was handed a non-contiguous tensor"),
     }
+}
+
+/// `f` of a contiguous CPU tensor's values (a custom operation's backward pass is handed
+/// tensors, not storages).
+pub fn with_cpu_slice<T: WithDType, R>(t: &Tensor, f: impl FnOnce(&[T]) -> R) -> candle_core::Result<R> {
+    let (guard, layout) = t.storage_and_layout();
+    let Storage::Cpu(s) = &*guard else { bail!("a custom operation's CPU pass was handed a device tensor") };
+    Ok(f(storage_slice::<T>(s, layout)?))
 }
 
 /// [`layout_slice`] of a CPU storage of element type `T`.
