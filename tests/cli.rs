@@ -858,6 +858,10 @@ fn every_numeric_flag_survives_hostile_values() {
                 "--rnn-units",
                 "--layers",
                 "--vocab-size",
+                "--dropout",
+                "--weight-drop",
+                "--locked-dropout",
+                "--embedding-dropout",
             ],
         ),
         (
@@ -962,6 +966,42 @@ fn bench_reports_the_f32_and_bf16_rates() {
         let has_amx = cpu_has("amx_bf16");
         assert_eq!(r["bf16"]["tiles"], if has_amx { "amx" } else { "dot" }, "{r}");
     }
+}
+
+/// `bench --preset` times that run's model with its regularisers on in the timed steps; sizes
+/// and dropout flags typed beside it override the preset's.
+#[test]
+fn bench_times_a_presets_model_and_regularisers() {
+    let small = ["--rnn-units", "16", "--embedding-dim", "8", "--batch-size", "4", "--seq-len", "10"];
+    let bench = |extra: &[&str]| -> serde_json::Value {
+        let quick = ["bench", "--device", "cpu", "--batches", "1", "--gen-chars", "100", "--json"];
+        let o = charrnn(&[&quick[..], &small, extra].concat());
+        assert!(o.status.success(), "{}", stderr(&o));
+        serde_json::from_slice(&o.stdout).unwrap()
+    };
+    let plain = bench(&[]);
+    assert_eq!(plain["layers"], 1, "{plain}");
+    for kind in ["output", "weight", "locked", "embedding"] {
+        assert_eq!(plain["dropout"][kind], 0.0, "the tutorial drops nothing: {plain}");
+    }
+    let hour = bench(&["--preset", "hour", "--weight-drop", "0.5"]);
+    assert_eq!((hour["layers"].as_u64(), hour["rnn_units"].as_u64()), (Some(2), Some(16)), "{hour}");
+    assert_eq!(hour["dropout"]["weight"], 0.5, "the typed flag wins: {hour}");
+    for kind in ["output", "embedding"] {
+        assert!(hour["dropout"][kind].as_f64().is_some_and(|p| p > 0.0), "{kind}: {hour}");
+    }
+    let o = charrnn(
+        &[
+            &["bench", "--device", "cpu", "--batches", "1", "--gen-chars", "100"][..],
+            &small,
+            &["--locked-dropout", "0.3"],
+        ]
+        .concat(),
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let table = String::from_utf8_lossy(&o.stdout);
+    assert!(table.contains("training with locked dropout 0.3"), "{table}");
+    assert_fails_with(&charrnn(&["bench", "--device", "cpu", "--weight-drop", "1.5"]), "--weight-drop");
 }
 
 /// Trains into `dir` with the small settings and `extra`; returns the losses printed per epoch.

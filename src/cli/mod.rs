@@ -62,7 +62,9 @@ pub enum Command {
     )]
     Serve(ServeArgs),
     /// Measure training and sampling speed against this machine's GEMM rate
-    #[command(after_help = "Example:\n  charrnn bench --rnn-units 256 --json")]
+    #[command(
+        after_help = "Example:\n  charrnn bench --rnn-units 256 --json\n  charrnn bench --preset hour --precision bf16"
+    )]
     Bench(BenchArgs),
     /// Write a trained model out to run elsewhere: a static web page that samples in the
     /// browser, or an ONNX graph for standard runtimes
@@ -427,6 +429,10 @@ pub struct NetworkArgs {
 
 #[derive(Args, Debug)]
 pub struct BenchArgs {
+    /// The run to time: its model and the regularisers its training step applies (sizes and
+    /// dropout flags given here override them)
+    #[arg(long, value_parser = choice::<Preset>(), default_value_t = Preset::Tutorial)]
+    pub preset: Preset,
     /// Arithmetic of the matrix products: f32, bf16 (f32 sums) on a CPU with AVX512-BF16, tf32
     /// on a GPU, or int8 for generation on a CPU (training then runs in f32)
     #[arg(long, value_parser = choice::<Precision>(), default_value_t = Precision::F32)]
@@ -437,15 +443,27 @@ pub struct BenchArgs {
     /// Characters to generate for the sampling rate
     #[arg(long, default_value_t = 5000, value_parser = positive)]
     pub gen_chars: usize,
-    /// Sequences per batch
-    #[arg(long, default_value_t = 64, value_parser = positive)]
-    pub batch_size: usize,
-    /// Characters per training sequence
-    #[arg(long, default_value_t = 100, value_parser = positive)]
-    pub seq_len: usize,
-    /// The model to time (the tutorial's where a size is not given)
+    /// Sequences per batch [default: the preset's, 64]
+    #[arg(long, value_parser = positive)]
+    pub batch_size: Option<usize>,
+    /// Characters per training sequence [default: the preset's, 100]
+    #[arg(long, value_parser = positive)]
+    pub seq_len: Option<usize>,
+    /// The model to time (the preset's where a size is not given)
     #[command(flatten)]
     pub model: ModelArgs,
+    /// Dropout after each recurrent layer in the timed steps [default: the preset's]
+    #[arg(long, value_parser = fraction, allow_negative_numbers = true, value_name = "P")]
+    pub dropout: Option<f64>,
+    /// DropConnect on each recurrent matrix in the timed steps [default: the preset's]
+    #[arg(long, value_parser = fraction, allow_negative_numbers = true, value_name = "P")]
+    pub weight_drop: Option<f64>,
+    /// Locked dropout of each layer's input and output in the timed steps [default: the preset's]
+    #[arg(long, value_parser = fraction, allow_negative_numbers = true, value_name = "P")]
+    pub locked_dropout: Option<f64>,
+    /// Embedding dropout in the timed steps [default: the preset's]
+    #[arg(long, value_parser = fraction, allow_negative_numbers = true, value_name = "P")]
+    pub embedding_dropout: Option<f64>,
     /// Vocabulary size (Shakespeare's is 65)
     #[arg(long, default_value_t = 65, value_parser = positive)]
     pub vocab_size: usize,

@@ -3,7 +3,7 @@
 
 use anyhow::{Context, Result};
 use charrnn_core::bench::{self, BenchOptions, BenchReport};
-use charrnn_core::train::presets::Preset;
+use charrnn_core::model::Dropout;
 use charrnn_core::{budget, Kernel};
 
 use super::{compute, emit};
@@ -26,6 +26,20 @@ fn table(r: &BenchReport) -> String {
         r.kernel,
         r.precision
     );
+    let d = &r.dropout;
+    let dropped = [
+        ("dropout", d.output),
+        ("weight drop", d.weight),
+        ("locked dropout", d.locked),
+        ("embedding dropout", d.embedding),
+    ]
+    .into_iter()
+    .filter(|(_, p)| *p > 0.0)
+    .map(|(name, p)| format!("{name} {p}"))
+    .collect::<Vec<_>>();
+    if !dropped.is_empty() {
+        out.push_str(&format!("; training with {}", dropped.join(", ")));
+    }
     let generation = format!("generation in {}, characters per second (batch 1)", r.precision);
     let mut rows: Vec<(&str, String)> = vec![
         ("training, ms per batch (median)", format!("{:.1}", r.train_ms_per_batch)),
@@ -82,14 +96,24 @@ pub(super) fn run(a: BenchArgs, kernel: Kernel) -> Result<()> {
         Some(named) if named.is_empty() => vec![kernel],
         Some(named) => named,
     };
-    let m = Preset::Tutorial.settings(0).model.overlay(&a.model.clone().into());
+    let preset = a.preset.settings(0);
+    let m = preset.model.overlay(&a.model.clone().into());
     let config = m.config(a.vocab_size);
+    let batch_size = a.batch_size.unwrap_or(preset.data.batch_size);
+    let seq_len = a.seq_len.unwrap_or(preset.data.seq_len);
+    let o = &preset.optimizer;
+    let dropout = Dropout {
+        output: a.dropout.unwrap_or(o.dropout) as f32,
+        weight: a.weight_drop.unwrap_or(o.weight_drop) as f32,
+        locked: a.locked_dropout.unwrap_or(o.locked_dropout) as f32,
+        embedding: a.embedding_dropout.unwrap_or(o.embedding_dropout) as f32,
+    };
     let sizes = format!(
         "--vocab-size {} --embedding-dim {} --rnn-units {} --layers {} --batch-size {} --seq-len {} --gen-chars {}",
-        a.vocab_size, m.embedding_dim, m.rnn_units, m.layers, a.batch_size, a.seq_len, a.gen_chars
+        a.vocab_size, m.embedding_dim, m.rnn_units, m.layers, batch_size, seq_len, a.gen_chars
     );
     // Training, sampling, and the generated ids (4 bytes each).
-    let need = budget::training_bytes(&config, a.batch_size, a.seq_len)
+    let need = budget::training_bytes(&config, batch_size, seq_len)
         .zip(budget::sampling_bytes(&config, 1))
         .and_then(|(t, s)| t.checked_add(s)?.checked_add((a.gen_chars as u128).checked_mul(4)?));
     budget::check("benchmarking", need, &sizes)?;
@@ -98,11 +122,12 @@ pub(super) fn run(a: BenchArgs, kernel: Kernel) -> Result<()> {
     for k in kernels {
         let report = bench::run(&BenchOptions {
             config: config.clone(),
-            batch_size: a.batch_size,
-            seq_len: a.seq_len,
+            batch_size,
+            seq_len,
             batches: a.batches,
             gen_chars: a.gen_chars,
             tie_weights: m.tie_weights,
+            dropout,
             compute: compute.with_kernel(k).context("bench --kernel")?,
         })?;
         if !a.json {

@@ -14,7 +14,7 @@ use crate::data::Batch;
 use crate::kernels::cpu::bf16::{self, matmul_bf16_on, PackedBf16, Scratch, Tiles};
 use crate::kernels::cpu::blas::{matmul_packed, Packed, View};
 use crate::kernels::cpu::Kernel;
-use crate::model::{Config, Model};
+use crate::model::{Config, Dropout, Model};
 use crate::optim::Adam;
 use crate::sample::{Engine, Job, SampleOptions, Sampler, StepParts};
 use crate::train::{train_step, StepOptions};
@@ -34,6 +34,8 @@ pub struct BenchOptions {
     pub gen_chars: usize,
     /// The output weight tied to the embedding (`train --tie-weights`).
     pub tie_weights: bool,
+    /// What the timed training steps drop (`train`'s regularisers).
+    pub dropout: Dropout,
     /// Where and how it runs: training and generation both run in its precision.
     pub compute: Compute,
 }
@@ -65,6 +67,8 @@ pub struct BenchReport {
     pub cell: String,
     /// Characters in the vocabulary.
     pub vocab_size: usize,
+    /// What the timed training steps dropped.
+    pub dropout: Dropout,
     /// Milliseconds per training batch, the median.
     pub train_ms_per_batch: f64,
     /// Every timed batch, in milliseconds.
@@ -234,7 +238,8 @@ pub fn run(o: &BenchOptions) -> Result<BenchReport> {
     }
     let mut adam = Adam::new(model.parameters())?;
     adam.kernel = o.compute.kernel();
-    let step = StepOptions::plain(1e-3);
+    // Each step draws its own masks, as a run's steps do.
+    let step = |seed: u64| StepOptions { dropout: o.dropout, seed, ..StepOptions::plain(1e-3) };
     let n = o.batch_size * o.seq_len;
     let random_ids = |rng: &mut StdRng| (0..n).map(|_| rng.random_range(0..c.vocab_size as u32)).collect();
     let batch = Batch {
@@ -243,11 +248,11 @@ pub fn run(o: &BenchOptions) -> Result<BenchReport> {
         batch_size: o.batch_size,
         seq_len: o.seq_len,
     };
-    train_step(&model, &mut adam, &batch, &step)?; // warm-up
+    train_step(&model, &mut adam, &batch, &step(0))?; // warm-up
     let mut times = Vec::new();
-    for _ in 0..o.batches {
+    for i in 1..=o.batches as u64 {
         let t0 = Instant::now();
-        train_step(&model, &mut adam, &batch, &step)?;
+        train_step(&model, &mut adam, &batch, &step(i))?;
         device.synchronize()?;
         times.push(t0.elapsed().as_secs_f64());
     }
@@ -306,6 +311,7 @@ pub fn run(o: &BenchOptions) -> Result<BenchReport> {
         layers: c.layers,
         cell: c.cell.name().to_string(),
         vocab_size: c.vocab_size,
+        dropout: o.dropout,
         train_ms_per_batch: per_batch * 1e3,
         train_ms_per_batch_all: times.iter().map(|t| t * 1e3).collect(),
         train_chars_per_s: n as f64 / per_batch,

@@ -507,7 +507,7 @@ pub enum Pass {
 /// The regularisers a training pass applies, each a probability (0: off). Every mask is an
 /// inverted-dropout mask ([`dropout_mask`]), so the expected values are those of the pass
 /// without it; none of them changes what is saved or how a checkpoint samples.
-#[derive(Clone, Copy, Debug, Default, PartialEq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, serde::Serialize)]
 pub struct Dropout {
     /// Each recurrent layer's outputs, every element of every time step on its own.
     pub output: f32,
