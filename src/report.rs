@@ -84,6 +84,11 @@ impl Observer for TrainReport<'_> {
                     self.line(&line);
                 }
             }
+            Event::Planned { batches_left, .. } => {
+                if let Some(bar) = &self.progress {
+                    bar.set_length(bar.position() + batches_left);
+                }
+            }
             Event::Step(r) => {
                 if let Some(bar) = &self.progress {
                     bar.set_message(format!("loss {:.4}  {:.0} chars/s", r.loss, r.chars_per_s));
@@ -121,6 +126,15 @@ pub fn lines(event: &Event, dir: &Path) -> Vec<String> {
         Event::LimitReached { limit, at_epoch_end: None } => vec![format!("reached {limit}")],
         Event::LimitReached { limit, at_epoch_end: Some(epoch) } => {
             vec![format!("reached {limit} at the end of epoch {epoch}"), continue_with()]
+        }
+        Event::Planned { epochs, asked, minutes, epoch_seconds, .. } => {
+            let pace = format!("{epoch_seconds:.1} s per epoch, validation included");
+            vec![match epochs < asked {
+                true => format!(
+                    "--fit-minutes {minutes}: {epochs} of the {asked} epochs fit at {pace}; the run and its learning-rate schedule end after epoch {epochs}"
+                ),
+                false => format!("--fit-minutes {minutes}: all {asked} epochs fit at {pace}"),
+            }]
         }
         Event::EarlyStop { patience: p, best, best_path } => {
             let best = best.map_or("none".into(), |b| format!("{b:.4}"));

@@ -837,6 +837,7 @@ fn every_numeric_flag_survives_hostile_values() {
                 "--min-lr",
                 "--weight-decay",
                 "--dropout",
+                "--fit-minutes",
             ],
         ),
         (

@@ -2,10 +2,10 @@
 //! the command line: they change training, resume bit for bit, and leave a checkpoint that
 //! samples, scores and loads by PyTorch's names like any other.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 mod common;
-use common::{charrnn, stderr, tensor_bytes};
+use common::{charrnn, stderr, tensor_bytes, Runs};
 
 /// The embedding as wide as the state, so the output weight can be tied to it.
 const SMALL: &[&str] = &[
@@ -37,37 +37,6 @@ const ALL: &[&str] = &[
     "--tie-weights",
 ];
 
-struct Runs {
-    dir: tempfile::TempDir,
-    data: String,
-}
-
-impl Runs {
-    fn new() -> Runs {
-        let dir = tempfile::tempdir().unwrap();
-        let data = dir.path().join("tiny.txt");
-        std::fs::write(&data, common::tiny_text()).unwrap();
-        Runs { data: data.to_string_lossy().into_owned(), dir }
-    }
-
-    fn folder(&self, name: &str) -> PathBuf {
-        self.dir.path().join(name)
-    }
-
-    /// `charrnn train` into folder `name` with `extra`; returns its stderr.
-    fn train(&self, name: &str, extra: &[&str]) -> String {
-        let dir = self.folder(name);
-        let mut args = vec!["train", "--data", &self.data, "--save-every", "1"];
-        let dir_s = dir.to_str().unwrap().to_string();
-        args.extend(["--checkpoint-dir", &dir_s]);
-        args.extend_from_slice(SMALL);
-        args.extend_from_slice(extra);
-        let o = charrnn(&args);
-        assert!(o.status.success(), "{}", stderr(&o));
-        stderr(&o)
-    }
-}
-
 fn tensor(path: &Path, name: &str) -> Vec<u8> {
     let all = tensor_bytes(path);
     all.into_iter().find(|(n, _)| n == name).unwrap_or_else(|| panic!("{name} in {}", path.display())).1
@@ -77,7 +46,7 @@ fn tensor(path: &Path, name: &str) -> Vec<u8> {
 /// it), and so do all together.
 #[test]
 fn each_regulariser_changes_training() {
-    let runs = Runs::new();
+    let runs = Runs::new(SMALL);
     runs.train("plain", &["--epochs", "1"]);
     let plain = tensor_bytes(&runs.folder("plain").join("ckpt_1.safetensors"));
     for (i, flags) in [
@@ -102,7 +71,7 @@ fn each_regulariser_changes_training() {
 /// with every regulariser on: the masks follow the step, not the process.
 #[test]
 fn regularised_runs_resume_bit_for_bit() {
-    let runs = Runs::new();
+    let runs = Runs::new(SMALL);
     runs.train("straight", &[&["--epochs", "2"], ALL].concat());
     runs.train("split", &[&["--epochs", "2", "--max-steps", "13"], ALL].concat());
     let split = runs.folder("split");
@@ -132,7 +101,7 @@ fn regularised_runs_resume_bit_for_bit() {
 /// reported, and a seeded `generate` the same text twice.
 #[test]
 fn a_regularised_checkpoint_samples_and_scores_as_any_other() {
-    let runs = Runs::new();
+    let runs = Runs::new(SMALL);
     let log = runs.train("tied", &[&["--epochs", "2"], ALL].concat());
     let ckpt = runs.folder("tied").join("ckpt_2.safetensors");
     let (embedding, dense) = (tensor(&ckpt, "embedding.weight"), tensor(&ckpt, "dense.weight"));
@@ -181,7 +150,7 @@ fn a_regularised_checkpoint_samples_and_scores_as_any_other() {
 /// Tying needs the embedding as wide as the state; the probabilities are fractions.
 #[test]
 fn bad_regulariser_flags_are_refused_with_the_fix() {
-    let runs = Runs::new();
+    let runs = Runs::new(SMALL);
     let o = charrnn(&[
         "train",
         "--data",
@@ -206,7 +175,7 @@ fn bad_regulariser_flags_are_refused_with_the_fix() {
 /// continues tied; an untied one is refused with the way out, its weights untouched.
 #[test]
 fn fine_tuning_ties_only_a_tied_parent() {
-    let runs = Runs::new();
+    let runs = Runs::new(SMALL);
     runs.train("untied", &["--epochs", "1"]);
     runs.train("tied", &["--epochs", "1", "--tie-weights"]);
     let parent = |name: &str| runs.folder(name).join("ckpt_1.safetensors").to_string_lossy().into_owned();

@@ -24,6 +24,8 @@ class Report:
                 self._line(line)
         if kind == "started" and self.show:
             self._start_bar(fields["batches_left"])
+        elif kind == "planned":
+            self._resize(fields["batches_left"])
         elif kind == "step":
             self._advance(fields)
         elif kind == "epoch" and self.on_epoch is not None:
@@ -55,6 +57,14 @@ class Report:
                 self.plain = _PlainBar(total)
             return
         self.bar = tqdm(total=total, unit="batch", file=sys.stderr, dynamic_ncols=True)
+
+    def _resize(self, left: int) -> None:
+        """A plan changed the run's length: `left` batches from here."""
+        if self.bar is not None:
+            self.bar.total = self.bar.n + left
+            self.bar.refresh()
+        elif self.plain is not None:
+            self.plain.total = max(self.plain.done + left, 1)
 
     def _advance(self, fields: Dict[str, Any]) -> None:
         message = f"loss {fields['loss']:.4f}  {fields['chars_per_s']:.0f} chars/s"

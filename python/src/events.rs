@@ -73,6 +73,7 @@ fn kind(event: &Event) -> &'static str {
         Event::Sample { .. } => "sample",
         Event::SampleFailed { .. } => "sample_failed",
         Event::LimitReached { .. } => "limit_reached",
+        Event::Planned { .. } => "planned",
         Event::EarlyStop { .. } => "early_stop",
         Event::Paused { .. } => "paused",
     }
@@ -84,6 +85,7 @@ fn values<'py>(py: Python<'py>, event: &Event) -> PyResult<Bound<'py, PyDict>> {
     let d = PyDict::new(py);
     match event {
         Event::Started(s) => d.set_item("batches_left", s.batches_left)?,
+        Event::Planned { batches_left, .. } => d.set_item("batches_left", batches_left)?,
         Event::Step(r) => {
             d.set_item("loss", r.loss)?;
             d.set_item("chars_per_s", r.chars_per_s)?;

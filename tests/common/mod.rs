@@ -105,3 +105,35 @@ pub fn compute_on(device: &candle_core::Device) -> charrnn_core::Compute {
     let kernel = charrnn_core::Kernel::from_env().unwrap();
     charrnn_core::Compute::new(device.clone(), kernel, charrnn_core::Precision::F32).unwrap()
 }
+
+/// Training runs side by side on the tiny text, each in its own folder of one temporary
+/// directory, all with the same `settings` (a test's small model).
+pub struct Runs {
+    dir: tempfile::TempDir,
+    /// The tiny text's file.
+    pub data: String,
+    settings: &'static [&'static str],
+}
+
+impl Runs {
+    pub fn new(settings: &'static [&'static str]) -> Runs {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("tiny.txt");
+        std::fs::write(&data, tiny_text()).unwrap();
+        Runs { data: data.to_string_lossy().into_owned(), dir, settings }
+    }
+
+    pub fn folder(&self, name: &str) -> std::path::PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// `charrnn train` into folder `name`, checkpoints every epoch, with the settings and
+    /// `extra`; returns its stderr.
+    pub fn train(&self, name: &str, extra: &[&str]) -> String {
+        let dir = self.folder(name).to_string_lossy().into_owned();
+        let run = ["train", "--data", &self.data, "--save-every", "1", "--checkpoint-dir", &dir];
+        let o = charrnn(&[&run[..], self.settings, extra].concat());
+        assert!(o.status.success(), "{}", stderr(&o));
+        stderr(&o)
+    }
+}

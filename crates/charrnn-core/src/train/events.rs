@@ -108,6 +108,20 @@ pub enum Event {
         /// The epoch that just ended, when the limit came at an epoch's end; None mid-epoch.
         at_epoch_end: Option<usize>,
     },
+    /// `fit_minutes` set the run's epochs from the pace of the first whole epoch it timed; the
+    /// learning-rate schedule ends with them.
+    Planned {
+        /// The epochs the run now trains.
+        epochs: usize,
+        /// The epochs asked for.
+        asked: usize,
+        /// The budget, in minutes.
+        minutes: f64,
+        /// The timed epoch's seconds (its validation included).
+        epoch_seconds: f64,
+        /// Batches this invocation has still to run.
+        batches_left: u64,
+    },
     /// The validation loss has not improved for `patience` epochs: the run ends early.
     EarlyStop {
         /// The patience.

@@ -13,6 +13,7 @@ pub mod events;
 mod finetune;
 mod folder;
 pub mod limits;
+mod plan;
 pub mod presets;
 mod resume;
 mod session;

@@ -86,7 +86,7 @@ impl Preset {
                 locked_dropout: 0.0,
                 embedding_dropout: 0.0,
             },
-            control: RunControl { epochs: 10, save_every: 5, keep: None },
+            control: RunControl { epochs: 10, save_every: 5, keep: None, fit_minutes: None },
             seed,
             precision: Precision::F32,
         };

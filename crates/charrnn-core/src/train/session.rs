@@ -25,7 +25,7 @@ use crate::model::Model;
 use crate::optim::Adam;
 use crate::sample::{generate, Engine, Job, SampleOptions};
 use crate::score::{bits, mean_loss_shared};
-use crate::train::settings::Settings;
+use crate::train::settings::{RunControl, Settings};
 
 /// What a run is, for the whole of this invocation.
 pub(super) struct Run<'a> {
@@ -54,6 +54,10 @@ pub(super) struct Session<'a> {
     started: (Instant, u64),
     /// Epochs since the best validation loss (of this invocation's epochs).
     since_best: usize,
+    /// The run's control settings as they stand: a `fit_minutes` plan changes its epochs.
+    control: RunControl,
+    /// Steps of the whole run as planned (the learning-rate schedule's length).
+    total_steps: u64,
 }
 
 /// Whether the epoch loop goes on.
@@ -80,6 +84,8 @@ impl<'a> Session<'a> {
             observer,
             started: (Instant::now(), step),
             since_best: 0,
+            control: run.settings.control.clone(),
+            total_steps: run.total_steps,
         })
     }
 
@@ -95,8 +101,7 @@ impl<'a> Session<'a> {
     /// Trains the remaining epochs; a stop request saves and ends as [`Interrupted`]; a limit
     /// of this invocation saves a resumable checkpoint and ends the run normally.
     pub fn run(mut self) -> Result<()> {
-        let epochs = self.run.settings.control.epochs;
-        while self.state.epoch < epochs {
+        while self.state.epoch < self.control.epochs {
             let started = Instant::now();
             let first = self.state.batch;
             if self.train_epoch()? == Flow::Stop {
@@ -105,7 +110,7 @@ impl<'a> Session<'a> {
             if self.end_epoch(first, started.elapsed().as_secs_f64())? == Flow::Stop {
                 break;
             }
-            if self.state.epoch < epochs {
+            if self.state.epoch < self.control.epochs {
                 if let Some(limit) = self.limit_reached()? {
                     self.save_epoch_end()?;
                     self.emit(Event::LimitReached { limit, at_epoch_end: Some(self.state.epoch) });
@@ -165,7 +170,7 @@ impl<'a> Session<'a> {
             };
             let t0 = Instant::now();
             let step_options = StepOptions {
-                learning_rate: learning_rate(s, self.state.step, self.run.total_steps),
+                learning_rate: learning_rate(s, self.state.step, self.total_steps),
                 clip_grad_norm: s.optimizer.clip_grad_norm,
                 dropout: s.optimizer.dropouts(),
                 seed: s.seed ^ self.state.step.wrapping_mul(0x9E37_79B9_7F4A_7C15),
@@ -249,8 +254,13 @@ impl<'a> Session<'a> {
             let what = format!("weights after epoch {epoch}");
             collective::require_same(world, &what, collective::weights_fingerprint(&self.model)?)?;
         }
+        let validation = Instant::now();
         let val_loss = mean_loss_shared(&self.model, &batches.val, s.data.batch_size, world)?;
+        let validation = validation.elapsed().as_secs_f64();
         self.emit(Event::EpochEnd(EpochReport { epoch, train_loss, val_loss, first_batch, seconds }));
+        if first_batch == 0 {
+            self.plan(seconds + validation)?;
+        }
         if self.writes() {
             self.metrics.push(Record::Epoch {
                 epoch,
@@ -264,10 +274,10 @@ impl<'a> Session<'a> {
         }
         self.state.end_epoch(train_loss, val_loss);
         self.track_best(val_loss)?;
-        if epoch.is_multiple_of(s.control.save_every) || epoch == s.control.epochs {
+        if epoch.is_multiple_of(self.control.save_every) || epoch == self.control.epochs {
             let path = self.run.dir.join(checkpoint::file_name(epoch));
             self.save_point(&path, &[])?;
-            if let (Some(keep), true) = (s.control.keep, self.writes()) {
+            if let (Some(keep), true) = (self.control.keep, self.writes()) {
                 prune(self.run.dir, keep, &self.state.identity.run_id, epoch)?;
             }
             self.emit(Event::Saved { path });
@@ -280,7 +290,7 @@ impl<'a> Session<'a> {
             }
         }
         if let Some(patience) = self.run.limits.patience.filter(|&p| self.since_best >= p) {
-            if epoch < s.control.epochs {
+            if epoch < self.control.epochs {
                 self.save_epoch_end()?;
                 let best_path = self.run.dir.join(checkpoint::BEST);
                 self.emit(Event::EarlyStop { patience, best: self.state.best_val_loss, best_path });
@@ -288,6 +298,23 @@ impl<'a> Session<'a> {
             }
         }
         Ok(Flow::Continue)
+    }
+
+    /// With `fit_minutes` not yet planned, sets the run's epochs to those of the just-ended
+    /// whole epoch's `seconds` that fit (rank 0's clock decides for every rank). The plan
+    /// replaces the budget in the saved settings, so a resumed run keeps it.
+    fn plan(&mut self, seconds: f64) -> Result<()> {
+        let Some(minutes) = self.control.fit_minutes else { return Ok(()) };
+        let (done, asked) = (self.state.epoch + 1, self.control.epochs);
+        let fit = super::plan::epochs_that_fit(minutes, seconds, done, asked) as u64;
+        let epochs = collective::agree(self.run.world, fit)? as usize;
+        let per_epoch = self.run.batches.per_epoch as u64;
+        // No more steps than the epochs asked for, whose count was checked when the run began.
+        self.total_steps = epochs as u64 * per_epoch;
+        self.control = RunControl { epochs, fit_minutes: None, ..self.control.clone() };
+        let batches_left = (epochs - done) as u64 * per_epoch;
+        self.emit(Event::Planned { epochs, asked, minutes, epoch_seconds: seconds, batches_left });
+        Ok(())
     }
 
     /// Keeps `best.safetensors` at the best validation loss, and counts the epochs since.
@@ -344,7 +371,8 @@ impl<'a> Session<'a> {
         if !self.writes() {
             return Ok(());
         }
-        let position = self.state.position(self.run.settings);
+        let settings = Settings { control: self.control.clone(), ..self.run.settings.clone() };
+        let position = self.state.position(&settings);
         checkpoint::save_optim(&checkpoint::optim_path(path), &self.adam, &position, carried)?;
         checkpoint::save(path, &self.model, &self.run.corpus.vocab, &self.state.provenance())
     }
