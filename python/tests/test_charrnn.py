@@ -231,6 +231,17 @@ def test_regularisers_are_keywords_and_leave_a_plain_model(corpus, tmp_path):
         charrnn.train(corpus, tmp_path / "t", tie_weights=True, **{**TINY, "embedding_dim": 8})
 
 
+def test_a_time_budget_plans_the_epochs_and_the_bar_follows(corpus, tmp_path, capsys):
+    epochs = []
+    settings = {**TINY, "progress": True}
+    model = charrnn.train(corpus, tmp_path / "f", epochs=3, fit_minutes=0.00001, on_epoch=epochs.append, **settings)
+    assert [e["epoch"] for e in epochs] == [1], "a budget below one epoch ends the run after it"
+    assert Path(model.path) == tmp_path / "f" / "ckpt_1.safetensors"
+    assert "1 of the 3 epochs fit" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="--fit-minutes"):
+        charrnn.train(corpus, tmp_path / "g", fit_minutes=0, progress=False)
+
+
 def test_missing_paths_are_file_not_found(tmp_path):
     with pytest.raises(FileNotFoundError):
         charrnn.load(tmp_path / "nothing-here")
