@@ -3,7 +3,7 @@
 
 use anyhow::{Context, Result};
 use charrnn_core::bench::{self, BenchOptions, BenchReport};
-use charrnn_core::model::Dropout;
+use charrnn_core::train::settings::OptimizerSettings;
 use charrnn_core::{budget, Kernel};
 
 use super::{compute, emit};
@@ -101,13 +101,16 @@ pub(super) fn run(a: BenchArgs, kernel: Kernel) -> Result<()> {
     let config = m.config(a.vocab_size);
     let batch_size = a.batch_size.unwrap_or(preset.data.batch_size);
     let seq_len = a.seq_len.unwrap_or(preset.data.seq_len);
+    // The typed dropouts over the preset's, turned into a step's masks as `train` turns them.
     let o = &preset.optimizer;
-    let dropout = Dropout {
-        output: a.dropout.unwrap_or(o.dropout) as f32,
-        weight: a.weight_drop.unwrap_or(o.weight_drop) as f32,
-        locked: a.locked_dropout.unwrap_or(o.locked_dropout) as f32,
-        embedding: a.embedding_dropout.unwrap_or(o.embedding_dropout) as f32,
-    };
+    let dropout = OptimizerSettings {
+        dropout: a.dropout.unwrap_or(o.dropout),
+        weight_drop: a.weight_drop.unwrap_or(o.weight_drop),
+        locked_dropout: a.locked_dropout.unwrap_or(o.locked_dropout),
+        embedding_dropout: a.embedding_dropout.unwrap_or(o.embedding_dropout),
+        ..o.clone()
+    }
+    .dropouts();
     let sizes = format!(
         "--vocab-size {} --embedding-dim {} --rnn-units {} --layers {} --batch-size {} --seq-len {} --gen-chars {}",
         a.vocab_size, m.embedding_dim, m.rnn_units, m.layers, batch_size, seq_len, a.gen_chars
