@@ -250,7 +250,8 @@ pub fn run_among(o: &TrainOptions, observer: &mut dyn Observer, world: &dyn Coll
         crate::sample::Job::new(&corpus.vocab, &start).context("--start")?;
     }
     let begun = start.begin(s, corpus, &batches, &compute, observer)?;
-    let total_steps = (batches.per_epoch as u64).checked_mul(s.control.epochs as u64).ok_or_else(|| {
+    // The learning-rate schedule counts the run's steps; a plan only ever shortens it.
+    (batches.per_epoch as u64).checked_mul(s.control.epochs as u64).ok_or_else(|| {
         anyhow::anyhow!(
             "--epochs {} × {} batches per epoch is too many steps to count",
             s.control.epochs,
@@ -276,16 +277,8 @@ pub fn run_among(o: &TrainOptions, observer: &mut dyn Observer, world: &dyn Coll
     // Rank 0 alone keeps the folder (the others may not even share its file system).
     let _lock =
         if world.rank() == 0 { Some(prepare_folder(o, !resumed && o.overwrite, observer)?) } else { None };
-    let run = session::Run {
-        settings: s,
-        dir,
-        corpus,
-        batches: &batches,
-        limits: &o.limits,
-        total_steps,
-        stop: &o.stop,
-        world,
-    };
+    let run =
+        session::Run { settings: s, dir, corpus, batches: &batches, limits: &o.limits, stop: &o.stop, world };
     session::Session::open(&run, begun, observer)?.run()
 }
 

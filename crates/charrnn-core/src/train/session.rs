@@ -34,8 +34,6 @@ pub(super) struct Run<'a> {
     pub corpus: &'a Corpus,
     pub batches: &'a Batches<'a>,
     pub limits: &'a RunLimits,
-    /// Steps of the whole run (the learning-rate schedule's length).
-    pub total_steps: u64,
     pub stop: &'a StopFlag,
     /// The ranks training together; rank 0 alone writes the run's files.
     pub world: &'a dyn Collective,
@@ -54,10 +52,9 @@ pub(super) struct Session<'a> {
     started: (Instant, u64),
     /// Epochs since the best validation loss (of this invocation's epochs).
     since_best: usize,
-    /// The run's control settings as they stand: a `fit_minutes` plan changes its epochs.
+    /// The run's control settings as they stand: a `fit_minutes` plan changes its epochs (and
+    /// so the learning-rate schedule's length, [`Session::total_steps`]).
     control: RunControl,
-    /// Steps of the whole run as planned (the learning-rate schedule's length).
-    total_steps: u64,
 }
 
 /// Whether the epoch loop goes on.
@@ -85,7 +82,6 @@ impl<'a> Session<'a> {
             started: (Instant::now(), step),
             since_best: 0,
             control: run.settings.control.clone(),
-            total_steps: run.total_steps,
         })
     }
 
@@ -170,7 +166,7 @@ impl<'a> Session<'a> {
             };
             let t0 = Instant::now();
             let step_options = StepOptions {
-                learning_rate: learning_rate(s, self.state.step, self.total_steps),
+                learning_rate: learning_rate(s, self.state.step, self.total_steps()),
                 clip_grad_norm: s.optimizer.clip_grad_norm,
                 dropout: s.optimizer.dropouts(),
                 seed: s.seed ^ self.state.step.wrapping_mul(0x9E37_79B9_7F4A_7C15),
@@ -308,13 +304,16 @@ impl<'a> Session<'a> {
         let (done, asked) = (self.state.epoch + 1, self.control.epochs);
         let fit = super::plan::epochs_that_fit(minutes, seconds, done, asked) as u64;
         let epochs = collective::agree(self.run.world, fit)? as usize;
-        let per_epoch = self.run.batches.per_epoch as u64;
-        // No more steps than the epochs asked for, whose count was checked when the run began.
-        self.total_steps = epochs as u64 * per_epoch;
         self.control = RunControl { epochs, fit_minutes: None, ..self.control.clone() };
-        let batches_left = (epochs - done) as u64 * per_epoch;
+        let batches_left = (epochs - done) as u64 * self.run.batches.per_epoch as u64;
         self.emit(Event::Planned { epochs, asked, minutes, epoch_seconds: seconds, batches_left });
         Ok(())
+    }
+
+    /// Steps of the whole run, the learning-rate schedule's length: no more than those of the
+    /// epochs asked for, whose count was checked when the run began.
+    fn total_steps(&self) -> u64 {
+        self.control.epochs as u64 * self.run.batches.per_epoch as u64
     }
 
     /// Keeps `best.safetensors` at the best validation loss, and counts the epochs since.
