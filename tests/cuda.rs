@@ -12,6 +12,7 @@ use charrnn_core::optim::Adam;
 use charrnn_core::sample::{generate, Engine};
 use charrnn_core::sample::{Job, SampleOptions};
 use charrnn_core::train::{train_step_from, StepOptions};
+use charrnn_core::Kernel;
 use rand::{rngs::StdRng, Rng, SeedableRng};
 
 mod common;
@@ -278,8 +279,9 @@ fn gpu_dropout_masks_are_the_cpus_bit_for_bit() {
         (vec![3, 7, 13], 0.5, u64::MAX),
         (vec![1, 1, 257], 0.05, 42),
     ] {
-        let cpu = charrnn_core::model::dropout_mask(&shape, p, seed, 0, &Device::Cpu).unwrap();
-        let gpu = charrnn_core::model::dropout_mask(&shape, p, seed, 0, &dev).unwrap();
+        let cpu =
+            charrnn_core::model::dropout_mask(Kernel::best(), &shape, p, seed, 0, &Device::Cpu).unwrap();
+        let gpu = charrnn_core::model::dropout_mask(Kernel::best(), &shape, p, seed, 0, &dev).unwrap();
         assert!(gpu.device().is_cuda());
         let (a, b): (Vec<f32>, Vec<f32>) =
             (cpu.flatten_all().unwrap().to_vec1().unwrap(), gpu.flatten_all().unwrap().to_vec1().unwrap());

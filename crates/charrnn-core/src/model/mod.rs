@@ -9,6 +9,8 @@ use rand::{distr::Uniform, Rng};
 use serde::{Deserialize, Serialize};
 
 use crate::compute::Compute;
+use crate::kernels::cpu::float::Float;
+use crate::kernels::cpu::{per_kernel, Kernel};
 pub use crate::ops::cells::Cell;
 use crate::ops::head::dense_cross_entropy;
 use crate::ops::linear::linear;
@@ -411,9 +413,10 @@ impl Model {
         let (b, t) = inputs.dims2()?;
         let mut finals = Vec::with_capacity(self.config.layers);
         let h = self.config.rnn_units;
+        let kernel = self.compute.cpu_math().kernel;
         let (training, masks) = match *pass {
-            Pass::Train { dropout, seed, first_row } => (true, Masks { p: dropout, seed, first_row }),
-            Pass::Eval => (false, Masks { p: Dropout::NONE, seed: 0, first_row: 0 }),
+            Pass::Train { dropout, seed, first_row } => (true, Masks { p: dropout, seed, first_row, kernel }),
+            Pass::Eval => (false, Masks { p: Dropout::NONE, seed: 0, first_row: 0, kernel }),
         };
         // Layer 0 looks its input projections up in the V-row table; deeper layers (and a first
         // layer whose inputs are masked per sequence) project their inputs ([B·T, in] · W_ihᵀ)
@@ -536,6 +539,8 @@ struct Masks {
     p: Dropout,
     seed: u64,
     first_row: usize,
+    /// The instruction set the masks are hashed on.
+    kernel: Kernel,
 }
 
 /// Salts that give each kind of mask its own stream of the pass's seed (the output dropout's
@@ -557,8 +562,8 @@ impl Masks {
         let per_row = out.elem_count() / out.dim(0)?;
         let first = self.first_row * per_row;
         let seed = self.seed.wrapping_add(l as u64);
-        let mask =
-            dropout_mask(out.dims(), self.p.output, seed, first, out.device())?.to_dtype(out.dtype())?;
+        let mask = dropout_mask(self.kernel, out.dims(), self.p.output, seed, first, out.device())?
+            .to_dtype(out.dtype())?;
         Ok((out * mask)?)
     }
 
@@ -570,7 +575,7 @@ impl Masks {
         }
         let (b, _, w) = x.dims3()?;
         let seed = self.seed(LOCKED_SALT, at);
-        let mask = dropout_mask(&[b, w], self.p.locked, seed, self.first_row * w, x.device())?;
+        let mask = dropout_mask(self.kernel, &[b, w], self.p.locked, seed, self.first_row * w, x.device())?;
         Ok(x.broadcast_mul(&mask.to_dtype(x.dtype())?.unsqueeze(1)?)?)
     }
 
@@ -580,7 +585,14 @@ impl Masks {
         if self.p.weight <= 0.0 {
             return Ok(w_hh.clone());
         }
-        let mask = dropout_mask(w_hh.dims(), self.p.weight, self.seed(WEIGHT_SALT, l), 0, w_hh.device())?;
+        let mask = dropout_mask(
+            self.kernel,
+            w_hh.dims(),
+            self.p.weight,
+            self.seed(WEIGHT_SALT, l),
+            0,
+            w_hh.device(),
+        )?;
         Ok((w_hh * mask.to_dtype(w_hh.dtype())?)?)
     }
 
@@ -590,8 +602,14 @@ impl Masks {
             return Ok(embedding.clone());
         }
         let v = embedding.dim(0)?;
-        let mask =
-            dropout_mask(&[v, 1], self.p.embedding, self.seed(EMBEDDING_SALT, 0), 0, embedding.device())?;
+        let mask = dropout_mask(
+            self.kernel,
+            &[v, 1],
+            self.p.embedding,
+            self.seed(EMBEDDING_SALT, 0),
+            0,
+            embedding.device(),
+        )?;
         Ok(embedding.broadcast_mul(&mask.to_dtype(embedding.dtype())?)?)
     }
 }
@@ -606,8 +624,16 @@ pub fn to_host(t: &Tensor) -> Result<Vec<f32>> {
 /// of (seed, first + i) falls below p: every element is drawn on its
 /// own, so the mask is made in parallel (a sequential generator took most of a 3-layer GPU
 /// step at the tutorial's sizes), and it is the same on every device and thread count. On a
-/// GPU it is made there, by the same hash (bit for bit; tests/cuda.rs).
-pub fn dropout_mask(shape: &[usize], p: f32, seed: u64, first: usize, device: &Device) -> Result<Tensor> {
+/// GPU it is made there, by the same hash (bit for bit; tests/cuda.rs); on the CPU it is hashed
+/// on `kernel`'s instruction set, every one giving the same bits.
+pub fn dropout_mask(
+    kernel: Kernel,
+    shape: &[usize],
+    p: f32,
+    seed: u64,
+    first: usize,
+    device: &Device,
+) -> Result<Tensor> {
     use rayon::prelude::*;
     const CHUNK: usize = 1 << 15;
     let keep = 1.0 / (1.0 - p);
@@ -621,15 +647,25 @@ pub fn dropout_mask(shape: &[usize], p: f32, seed: u64, first: usize, device: &D
     }
     let mut mask = vec![0f32; n];
     mask.par_chunks_mut(CHUNK).enumerate().for_each(|(c, chunk)| {
-        for (k, m) in chunk.iter_mut().enumerate() {
-            let draw = splitmix64(base ^ (first + c * CHUNK + k) as u64) >> 32;
-            *m = if draw < threshold { 0.0 } else { keep };
-        }
+        fill_mask::<f32>(kernel, chunk, (first + c * CHUNK) as u64, base, threshold, keep)
     });
     Ok(Tensor::from_vec(mask, shape, device)?)
 }
 
+per_kernel! {
+/// Elements `first ..` of a mask into `chunk`. Compiled per instruction set: the hash's 64-bit
+/// products vectorise only where the kernel's vectors are wide (SSE2 keeps them scalar, and
+/// the masks of a weight-dropped 2-layer step were a twentieth of it).
+fn fill_mask<T: Float, I: Isa>(chunk: &mut [f32], first: u64, base: u64, threshold: u64, keep: f32) {
+    for (k, m) in chunk.iter_mut().enumerate() {
+        let draw = splitmix64(base ^ (first + k as u64)) >> 32;
+        *m = if draw < threshold { 0.0 } else { keep };
+    }
+}
+}
+
 /// SplitMix64's output function: a bijective mix of all 64 bits.
+#[inline(always)]
 fn splitmix64(x: u64) -> u64 {
     let mut z = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
     z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
@@ -664,7 +700,7 @@ mod tests {
     fn dropout_mask_drops_p_and_keeps_the_mean() {
         for p in [0.1f32, 0.45] {
             let values = |seed| {
-                dropout_mask(&[200, 500], p, seed, 0, &Device::Cpu)
+                dropout_mask(Kernel::best(), &[200, 500], p, seed, 0, &Device::Cpu)
                     .unwrap()
                     .flatten_all()
                     .unwrap()
@@ -679,6 +715,22 @@ mod tests {
             assert!((mean - 1.0).abs() < 0.02, "p {p}: mean {mean}");
             assert_eq!(mask, values(7));
             assert_ne!(mask, values(8));
+        }
+    }
+
+    /// Every instruction set hashes the same mask, bit for bit, from any first element (the
+    /// wide kernels vectorise the hash; their loops have tails).
+    #[test]
+    fn every_kernel_hashes_the_same_mask() {
+        let mask = |kernel, first| {
+            let m = dropout_mask(kernel, &[3, 1001], 0.3, 11, first, &Device::Cpu).unwrap();
+            m.flatten_all().unwrap().to_vec1::<f32>().unwrap().iter().map(|v| v.to_bits()).collect::<Vec<_>>()
+        };
+        for first in [0, 5, 1 << 20] {
+            let portable = mask(Kernel::Portable, first);
+            for kernel in Kernel::available() {
+                assert_eq!(mask(kernel, first), portable, "{kernel} from element {first}");
+            }
         }
     }
 }
