@@ -394,6 +394,7 @@ unsafe fn round_avx512(src: &[f32], dst: &mut [u32]) {
 /// Where a tile's rows × 32 sums go: row i to the 32 values at `ptr + i · stride`, added to
 /// them when `accumulate`.
 #[derive(Clone, Copy)]
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))] // the tiles exist on x86-64 only
 struct Dst {
     ptr: *mut f32,
     stride: usize,

@@ -330,6 +330,8 @@ fn dot_tile(
     debug_assert!(kernel.supported());
     // SAFETY: the asserts above bound every read (tile rows of row_words words; groups × PANEL
     // × GROUP panel bytes), and a PackedInt8 exists only for a kernel this CPU supports.
+    // (Where no kernel of the architecture is compiled in, only the safe portable arm is left.)
+    #[cfg_attr(not(any(target_arch = "x86_64", target_arch = "aarch64")), allow(unused_unsafe))]
     unsafe {
         match kernel {
             #[cfg(target_arch = "x86_64")]
@@ -348,7 +350,9 @@ fn dot_tile(
 }
 
 /// Calls `$kernel::<R>(args)` with the tile's row count (1 ..= TILE_ROWS) as a constant, so
-/// that each height gets its own unrolled code with its accumulators in registers.
+/// that each height gets its own unrolled code with its accumulators in registers (unused
+/// where the architecture has no integer kernels, as on wasm32).
+#[cfg_attr(not(any(target_arch = "x86_64", target_arch = "aarch64")), allow(unused_macros))]
 macro_rules! with_tile {
     ($rows:expr, $($kernel:ident)::+ ($($arg:expr),*)) => {
         match $rows {
@@ -359,6 +363,7 @@ macro_rules! with_tile {
         }
     };
 }
+#[cfg_attr(not(any(target_arch = "x86_64", target_arch = "aarch64")), allow(unused_imports))]
 use with_tile;
 
 /// Plain integer loops (signed activation bytes).
