@@ -207,21 +207,21 @@ pub fn matmul_bf16_on(
                 let mut block = [0.0f32; 8 * PANEL];
                 for r0 in (0..m).step_by(8) {
                     let rows = 8.min(m - r0);
-                    if cols == PANEL {
-                        // A whole panel: the tile's sums go from its registers into the output.
+                    // A whole panel takes the tile's sums from its registers; a ragged one
+                    // goes through `block`, of which `emit` copies the columns that exist.
+                    let whole = cols == PANEL;
+                    let dst = match whole {
                         // SAFETY: rows r0 .. r0 + rows ≤ m and columns p·32 .. p·32 + 32 ≤ n
                         // lie inside `out` ([m × n], checked above), which only this panel's
                         // task writes there.
-                        let first = unsafe { out_ptr.at(r0 * n + p * PANEL) };
-                        let dst = Dst { ptr: first, stride: n, accumulate };
-                        // SAFETY: `dst` names those rows and columns, as just above.
-                        unsafe { dot_rows(&a_pairs[r0 * pairs..], pairs, panel, rows, dst) };
-                    } else {
-                        let block = &mut block[..rows * PANEL];
-                        let dst = Dst { ptr: block.as_mut_ptr(), stride: PANEL, accumulate: false };
-                        // SAFETY: `block` holds `rows` rows of 32.
-                        unsafe { dot_rows(&a_pairs[r0 * pairs..], pairs, panel, rows, dst) };
-                        emit(r0, block);
+                        true => Dst { ptr: unsafe { out_ptr.at(r0 * n + p * PANEL) }, stride: n, accumulate },
+                        false => Dst { ptr: block.as_mut_ptr(), stride: PANEL, accumulate: false },
+                    };
+                    // SAFETY: `dst` names `rows` rows of 32 values that only this task writes:
+                    // of the output, as just above, or of `block` (8 rows).
+                    unsafe { dot_rows(&a_pairs[r0 * pairs..], pairs, panel, rows, dst) };
+                    if !whole {
+                        emit(r0, &block[..rows * PANEL]);
                     }
                 }
             }
