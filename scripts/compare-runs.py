@@ -1,13 +1,14 @@
 #!/usr/bin/env python3
 """Puts the loss curves of several training runs in one plot, and prints their epochs side by side.
 
-    scripts/compare-runs.py OUT.svg LABEL=RUN_DIR [LABEL=RUN_DIR ...]
+    scripts/compare-runs.py [--minutes] OUT.svg LABEL=RUN_DIR [LABEL=RUN_DIR ...]
 
 Each RUN_DIR is a checkpoint folder of `charrnn train` (its metrics.jsonl is read). The plot has
-each run's train loss (thin) and validation loss (thick) per epoch, every other run dashed; the
-table, on stdout in
-Markdown, has per epoch each run's validation loss and seconds, then each run's best epoch and
-total seconds.
+each run's train loss (thin) and validation loss (thick) per epoch, every other run dashed; with
+--minutes each point sits at the minutes of epochs done by its epoch's end instead, so that runs
+of different epoch lengths compare by the compute they took. The table, on stdout in Markdown,
+has per epoch each run's validation loss and seconds, then each run's best epoch and total
+seconds.
 """
 
 import json
@@ -26,16 +27,27 @@ def epochs(run_dir):
     return rows
 
 
-def svg(runs, width=720, height=420, margin=60):
-    points = [(r["epoch"], r[key]) for _, rows in runs for r in rows for key in ("train_loss", "val_loss")
+def with_minutes(rows):
+    """Each epoch's record with "minutes": the seconds of epochs up to its end, in minutes."""
+    done = 0.0
+    for r in rows:
+        done += r["seconds"]
+        r["minutes"] = done / 60
+    return rows
+
+
+def svg(runs, by="epoch", width=720, height=420, margin=60):
+    points = [(r[by], r[key]) for _, rows in runs for r in rows for key in ("train_loss", "val_loss")
               if r.get(key) is not None]
-    x_max = max(e for e, _ in points)
+    # Epochs count from 1; minutes from 0.
+    x_min = 1 if by == "epoch" else 0
+    x_max = max(x for x, _ in points)
     y_min, y_max = min(v for _, v in points), max(v for _, v in points)
     pad = (y_max - y_min) * 0.05 or 0.1
     y_min, y_max = y_min - pad, y_max + pad
 
-    def at(epoch, value):
-        x = margin + (epoch - 1) / max(x_max - 1, 1) * (width - 2 * margin)
+    def at(x_value, value):
+        x = margin + (x_value - x_min) / max(x_max - x_min, 1) * (width - 2 * margin)
         y = height - margin - (value - y_min) / (y_max - y_min) * (height - 2 * margin)
         return f"{x:.1f},{y:.1f}"
 
@@ -44,12 +56,16 @@ def svg(runs, width=720, height=420, margin=60):
              f'<rect width="{width}" height="{height}" fill="white"/>',
              f'<line x1="{margin}" y1="{height - margin}" x2="{width - margin}" y2="{height - margin}" stroke="black"/>',
              f'<line x1="{margin}" y1="{margin}" x2="{margin}" y2="{height - margin}" stroke="black"/>',
-             f'<text x="{width / 2}" y="{height - 20}" text-anchor="middle">epoch</text>',
+             f'<text x="{width / 2}" y="{height - 20}" text-anchor="middle">'
+             f'{"epoch" if by == "epoch" else "minutes of epochs"}</text>',
              f'<text x="15" y="{height / 2}" transform="rotate(-90 15 {height / 2})" '
              f'text-anchor="middle">loss (nats/char)</text>']
-    for e in range(1, x_max + 1):
-        x = at(e, y_min).split(",")[0]
-        parts.append(f'<text x="{x}" y="{height - margin + 16}" text-anchor="middle">{e}</text>')
+    # Every epoch labelled, or a minute mark about every 50 pixels at a round step.
+    step = 1 if by == "epoch" else next(s for s in (1, 2, 5, 10, 15, 20, 30, 60, 120, 240)
+                                        if x_max / s <= (width - 2 * margin) / 50 or s == 240)
+    for tick in range(x_min, int(x_max) + 1, step):
+        x = at(tick, y_min).split(",")[0]
+        parts.append(f'<text x="{x}" y="{height - margin + 16}" text-anchor="middle">{tick}</text>')
     for i in range(6):
         value = y_min + (y_max - y_min) * i / 5
         y = at(1, value).split(",")[1]
@@ -60,7 +76,7 @@ def svg(runs, width=720, height=420, margin=60):
         # Every other run dashed, so that curves lying on each other both show.
         dash = ' stroke-dasharray="7 5"' if n % 2 else ""
         for key, stroke, name in (("train_loss", 1, "train"), ("val_loss", 2.5, "validation")):
-            line = " ".join(at(r["epoch"], r[key]) for r in rows if r.get(key) is not None)
+            line = " ".join(at(r[by], r[key]) for r in rows if r.get(key) is not None)
             parts.append(f'<polyline fill="none" stroke="{colour}" stroke-width="{stroke}"{dash} points="{line}"/>')
             y = margin + 16 * (2 * n + (key == "val_loss"))
             parts.append(f'<line x1="{width - margin - 170}" y1="{y}" x2="{width - margin - 145}" y2="{y}" '
@@ -88,10 +104,13 @@ def table(runs):
 
 
 def main():
-    if len(sys.argv) < 3 or any("=" not in a for a in sys.argv[2:]):
+    args = sys.argv[1:]
+    by = "minutes" if args[:1] == ["--minutes"] else "epoch"
+    args = args[1:] if by == "minutes" else args
+    if len(args) < 2 or any("=" not in a for a in args[1:]):
         sys.exit(__doc__)
-    runs = [(a.split("=", 1)[0], epochs(a.split("=", 1)[1])) for a in sys.argv[2:]]
-    Path(sys.argv[1]).write_text(svg(runs))
+    runs = [(a.split("=", 1)[0], with_minutes(epochs(a.split("=", 1)[1]))) for a in args[1:]]
+    Path(args[0]).write_text(svg(runs, by))
     print(table(runs))
 
 
