@@ -15,7 +15,10 @@ use charrnn_core::sample::{Job, SampleOptions};
 use charrnn_core::train::{train_step, StepOptions};
 use rand::{rngs::StdRng, Rng, SeedableRng};
 
-mod common;
+/// The CPU with the kernel `CHARRNN_KERNEL` names (CI runs these tests once per kernel), in f32.
+fn compute() -> Compute {
+    Compute::new(Device::Cpu, Kernel::from_env().unwrap(), Precision::F32).unwrap()
+}
 
 fn sigmoid(x: &Tensor) -> Tensor {
     (x.neg().unwrap().exp().unwrap() + 1.0).unwrap().recip().unwrap()
@@ -118,7 +121,7 @@ fn fused_and_reference(cell: Cell, dtype: DType, tol_fwd: f64, tol_grad: f64, wi
     let state0 =
         with_state.then(|| random(&[b, cell.state_parts() * h], 0.8, dtype, &mut rng).as_tensor().detach());
     let (fused, fused_final) =
-        rnn_sequence(&common::compute(), cell, &table, &ids, &w, &bias, state0.as_ref(), true).unwrap();
+        rnn_sequence(&compute(), cell, &table, &ids, &w, &bias, state0.as_ref(), true).unwrap();
     let x = table.index_select(&ids.flatten_all().unwrap(), 0).unwrap().reshape((b, t, g)).unwrap();
     let (reference, reference_final) = match cell {
         Cell::Gru => {
@@ -165,7 +168,7 @@ fn fused_layers_match_the_reference_composition_f32() {
 
 fn tiny_model(dtype: DType, seed: u64) -> Model {
     let mut rng = StdRng::seed_from_u64(seed);
-    Model::new_random(Config::gru(7, 5, 6), dtype, &common::compute(), &mut rng).unwrap()
+    Model::new_random(Config::gru(7, 5, 6), dtype, &compute(), &mut rng).unwrap()
 }
 
 /// Every parameter of the whole model (embedding, recurrent layers, dense) against central
@@ -206,7 +209,7 @@ fn check_finite_differences(cell: Cell, layers: usize, dropout: Dropout, tied: b
     let hidden = if cell.gates() == 1 { 8 } else { 6 };
     let embedding = if tied { hidden } else { 5 };
     let config = Config::gru(7, embedding, hidden).with_layers(layers).with_cell(cell);
-    let mut model = Model::new_random(config, DType::F64, &common::compute(), &mut rng).unwrap();
+    let mut model = Model::new_random(config, DType::F64, &compute(), &mut rng).unwrap();
     if tied {
         model.tie().unwrap();
     }
@@ -273,7 +276,7 @@ fn stepwise_matches(cell: Cell, layers: usize, batch: usize) {
     let (vocab, steps) = (11, 40);
     let mut rng = StdRng::seed_from_u64(5);
     let config = Config::gru(vocab, 8, 48).with_layers(layers).with_cell(cell);
-    let model = Model::new_random(config, DType::F32, &common::compute(), &mut rng).unwrap();
+    let model = Model::new_random(config, DType::F32, &compute(), &mut rng).unwrap();
     let ids: Vec<u32> = (0..batch * steps).map(|_| rng.random_range(0..vocab as u32)).collect();
     let logits = model.forward(&ids_tensor(&ids, batch, steps, &Device::Cpu).unwrap(), &Pass::Eval).unwrap();
     assert_eq!(logits.dims(), &[batch, steps, vocab]);
@@ -306,7 +309,7 @@ fn sampler_rows_join_and_leave_without_touching_each_other() {
         let (vocab, steps) = (11, 24);
         let mut rng = StdRng::seed_from_u64(8);
         let config = Config::gru(vocab, 8, 40).with_layers(2).with_cell(cell);
-        let compute = common::compute().with_precision(precision).unwrap();
+        let compute = compute().with_precision(precision).unwrap();
         let model = Model::new_random(config, DType::F32, &compute, &mut rng).unwrap();
         let inputs: Vec<Vec<u32>> =
             (0..3).map(|_| (0..steps).map(|_| rng.random_range(0..vocab as u32)).collect()).collect();
@@ -346,7 +349,7 @@ fn sampler_rows_join_and_leave_without_touching_each_other() {
 fn fused_loss_matches_the_composed_one() {
     for (dtype, tol) in [(DType::F64, 1e-12), (DType::F32, 1e-5)] {
         let mut rng = StdRng::seed_from_u64(21);
-        let model = Model::new_random(Config::gru(13, 6, 24), dtype, &common::compute(), &mut rng).unwrap();
+        let model = Model::new_random(Config::gru(13, 6, 24), dtype, &compute(), &mut rng).unwrap();
         model.param("dense.bias").set(&random(&[13], 0.5, dtype, &mut rng)).unwrap();
         let ids: Vec<u32> = (0..30).map(|_| rng.random_range(0..13)).collect();
         let targets: Vec<u32> = (0..30).map(|_| rng.random_range(0..13)).collect();
@@ -389,7 +392,7 @@ fn loss_falls(cell: Cell) {
     let seqs = Sequences::new(&ids, 16);
     let mut rng = StdRng::seed_from_u64(9);
     let config = Config::gru(vocab.len(), 8, 32).with_cell(cell);
-    let model = Model::new_random(config, DType::F32, &common::compute(), &mut rng).unwrap();
+    let model = Model::new_random(config, DType::F32, &compute(), &mut rng).unwrap();
     let mut adam = Adam::new(model.parameters()).unwrap();
     let initial = (vocab.len() as f32).ln();
     let mut last = f32::INFINITY;
@@ -424,7 +427,7 @@ fn backward_without_a_training_forward_is_an_error_not_a_silent_zero() {
     let ids = Tensor::new(&[[0u32, 2]], &Device::Cpu).unwrap();
     let w = random(&[6, 2], 1.0, DType::F32, &mut rng);
     let b = random(&[6], 1.0, DType::F32, &mut rng);
-    let out = rnn_sequence(&common::compute(), Cell::Gru, &table, &ids, &w, &b, None, false).unwrap().0;
+    let out = rnn_sequence(&compute(), Cell::Gru, &table, &ids, &w, &b, None, false).unwrap().0;
     assert!(out.sum_all().unwrap().backward().is_err());
 }
 
@@ -454,8 +457,7 @@ fn lstm_parameters_follow_pytorch_and_the_forget_gate_starts_open() {
     );
     assert_eq!(shapes[1].1, [4 * h, e]);
     assert_eq!(shapes[6].1, [4 * h, h]);
-    let model =
-        Model::new_random(config, DType::F32, &common::compute(), &mut StdRng::seed_from_u64(1)).unwrap();
+    let model = Model::new_random(config, DType::F32, &compute(), &mut StdRng::seed_from_u64(1)).unwrap();
     for l in 0..2 {
         let b_ih = model.param(&format!("lstm.bias_ih_l{l}")).to_vec1::<f32>().unwrap();
         let expected: Vec<f32> =
@@ -499,8 +501,8 @@ fn elman_parameters_follow_pytorch_nn_rnn() {
 #[test]
 fn the_requested_kernel_is_the_one_in_use() {
     match std::env::var(kernel::ENV) {
-        Ok(name) if !name.is_empty() => assert_eq!(common::compute().kernel().name(), name),
-        _ => assert_eq!(common::compute().kernel(), Kernel::best()),
+        Ok(name) if !name.is_empty() => assert_eq!(compute().kernel().name(), name),
+        _ => assert_eq!(compute().kernel(), Kernel::best()),
     }
 }
 
@@ -512,13 +514,13 @@ fn models_of_different_kernels_and_precisions_run_side_by_side() {
     let (vocab, steps) = (13, 60);
     let mut rng = StdRng::seed_from_u64(21);
     let config = Config::gru(vocab, 8, 64).with_layers(2);
-    let model = Model::new_random(config, DType::F32, &common::compute(), &mut rng).unwrap();
+    let model = Model::new_random(config, DType::F32, &compute(), &mut rng).unwrap();
     let ids: Vec<u32> = (0..steps).map(|_| rng.random_range(0..vocab as u32)).collect();
     let mut computes: Vec<Compute> =
-        Kernel::available().into_iter().map(|k| common::compute().with_kernel(k).unwrap()).collect();
+        Kernel::available().into_iter().map(|k| compute().with_kernel(k).unwrap()).collect();
     let has_bf16 = has_bf16();
     if has_bf16 {
-        computes.push(common::compute().with_precision(Precision::Bf16).unwrap());
+        computes.push(compute().with_precision(Precision::Bf16).unwrap());
     }
     // Each model's logits over `ids`, and a training loss and its gradient's norm.
     let run = |compute: &Compute| -> (Vec<Vec<f32>>, f32) {
@@ -559,7 +561,7 @@ fn values(n: usize, scale: f32, rng: &mut StdRng) -> Vec<f32> {
 /// A layer's outputs and the gradients of table, W_hh and b_hh for one weighted-sum loss, with
 /// the products in `precision`.
 fn layer_run(cell: Cell, precision: Precision, seed: u64) -> Vec<Tensor> {
-    let compute = common::compute().with_precision(precision).unwrap();
+    let compute = compute().with_precision(precision).unwrap();
     let mut rng = StdRng::seed_from_u64(seed);
     let (b, t, h, v) = (3, 7, 40, 5);
     let g = cell.gates() * h;
