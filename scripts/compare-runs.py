@@ -19,20 +19,13 @@ COLOURS = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e"]
 
 
 def epochs(run_dir):
-    rows = []
+    """The run's epoch records, each with "minutes": the minutes of epochs up to its end."""
+    rows, done = [], 0.0
     for line in Path(run_dir, "metrics.jsonl").read_text().splitlines():
         record = json.loads(line)
         if record.get("kind") == "epoch":
-            rows.append(record)
-    return rows
-
-
-def with_minutes(rows):
-    """Each epoch's record with "minutes": the seconds of epochs up to its end, in minutes."""
-    done = 0.0
-    for r in rows:
-        done += r["seconds"]
-        r["minutes"] = done / 60
+            done += record["seconds"]
+            rows.append({**record, "minutes": done / 60})
     return rows
 
 
@@ -61,8 +54,8 @@ def svg(runs, by="epoch", width=720, height=420, margin=60):
              f'<text x="15" y="{height / 2}" transform="rotate(-90 15 {height / 2})" '
              f'text-anchor="middle">loss (nats/char)</text>']
     # Every epoch labelled, or a minute mark about every 50 pixels at a round step.
-    step = 1 if by == "epoch" else next(s for s in (1, 2, 5, 10, 15, 20, 30, 60, 120, 240)
-                                        if x_max / s <= (width - 2 * margin) / 50 or s == 240)
+    marks = (width - 2 * margin) / 50
+    step = 1 if by == "epoch" else next((s for s in (1, 2, 5, 10, 15, 20, 30, 60, 120) if x_max / s <= marks), 240)
     for tick in range(x_min, int(x_max) + 1, step):
         x = at(tick, y_min).split(",")[0]
         parts.append(f'<text x="{x}" y="{height - margin + 16}" text-anchor="middle">{tick}</text>')
@@ -109,7 +102,7 @@ def main():
     args = args[1:] if by == "minutes" else args
     if len(args) < 2 or any("=" not in a for a in args[1:]):
         sys.exit(__doc__)
-    runs = [(a.split("=", 1)[0], with_minutes(epochs(a.split("=", 1)[1]))) for a in args[1:]]
+    runs = [(a.split("=", 1)[0], epochs(a.split("=", 1)[1])) for a in args[1:]]
     Path(args[0]).write_text(svg(runs, by))
     print(table(runs))
 

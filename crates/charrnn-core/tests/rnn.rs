@@ -17,7 +17,7 @@ use rand::{rngs::StdRng, Rng, SeedableRng};
 
 /// The CPU with the kernel `CHARRNN_KERNEL` names (CI runs these tests once per kernel), in f32.
 fn compute() -> Compute {
-    Compute::new(Device::Cpu, Kernel::from_env().unwrap(), Precision::F32).unwrap()
+    Compute::cpu().with_kernel(Kernel::from_env().unwrap()).unwrap()
 }
 
 fn sigmoid(x: &Tensor) -> Tensor {
