@@ -76,6 +76,12 @@ pub struct PackedBf16 {
 
 impl PackedBf16 {
     pub fn new(b: View<f32>) -> Self {
+        Self::pack_into(b, Vec::new())
+    }
+
+    /// Packs `b` into the memory of `data`, whose values are all overwritten: a product that
+    /// packs a fresh operand every call (a weight gradient's) hands back the last one's.
+    fn pack_into(b: View<f32>, mut data: Vec<u32>) -> Self {
         b.assert_in_bounds();
         let (k, n) = (b.rows, b.cols);
         let (pairs, panels) = (k.div_ceil(2).next_multiple_of(amx::PAIRS), n.div_ceil(PANEL));
@@ -86,7 +92,8 @@ impl PackedBf16 {
                 0.0
             }
         };
-        let mut data = vec![0u32; panels * pairs * PANEL];
+        // Only growth is zero-filled; every value is written below.
+        data.resize(panels * pairs * PANEL, 0);
         let zeros = [0.0f32; PANEL];
         data.par_chunks_mut(pairs * PANEL).enumerate().for_each(|(p, panel)| {
             let c0 = p * PANEL;
@@ -157,6 +164,8 @@ impl Tiles {
 pub struct Scratch {
     /// The left operand in bf16 pairs, [rows × pairs], zero-padded.
     a_pairs: Vec<u32>,
+    /// The memory of the last right operand packed for one product ([`matmul_bf16_once`]).
+    b_pairs: Vec<u32>,
 }
 
 /// `out = a · b` on AVX512-BF16 dot products, so that each row's result is the same whatever
@@ -246,6 +255,22 @@ pub fn matmul_bf16_on(
             });
         }
     }
+}
+
+/// [`matmul_bf16_on`] with a right operand used once, packed into memory `scratch` keeps:
+/// the weight gradients' operands are megabytes each, and fresh ones came from the kernel
+/// zero-filled, page by page, every batch.
+pub fn matmul_bf16_once(
+    tiles: Tiles,
+    out: &mut [f32],
+    accumulate: bool,
+    a: View<f32>,
+    b: View<f32>,
+    scratch: &mut Scratch,
+) {
+    let b = PackedBf16::pack_into(b, std::mem::take(&mut scratch.b_pairs));
+    matmul_bf16_on(tiles, out, accumulate, a, &b, scratch);
+    scratch.b_pairs = b.data;
 }
 
 /// Rounds `a` [m × k] to bf16 pairs in `dst` [rows × pairs], zero past k and below m. Rows in
@@ -527,6 +552,11 @@ mod tests {
         }
         assert_eq!(PackedBf16::new(View::rows(&b, k, n)).data, expected);
         assert_eq!(PackedBf16::new(View::rows(&bt, n, k).t()).data, expected);
+        // Into reused memory: stale values, longer or shorter than the packing, are all replaced.
+        for stale in [vec![u32::MAX; expected.len() + 100], vec![u32::MAX; 5]] {
+            assert_eq!(PackedBf16::pack_into(View::rows(&b, k, n), stale.clone()).data, expected);
+            assert_eq!(PackedBf16::pack_into(View::rows(&bt, n, k).t(), stale).data, expected);
+        }
     }
 
     /// Against an f64 product of the same inputs, on both engines, with `a` in rows and

@@ -159,25 +159,28 @@ impl PackedMatmul for f32 {
     fn matmul_packed(out: &mut [f32], accumulate: bool, a: View<f32>, b: &PackedF32) {
         match b {
             PackedF32::F32(b, kernel) => matmul_packed(*kernel, out, accumulate, a, b),
-            PackedF32::Bf16(b) => bf16_product(out, accumulate, a, b),
+            PackedF32::Bf16(b) => with_bf16_scratch(|scratch| {
+                bf16::matmul_bf16_on(Tiles::best(), out, accumulate, a, b, scratch)
+            }),
         }
     }
     fn matmul_once(math: CpuMath, out: &mut [f32], accumulate: bool, a: View<f32>, b: View<f32>) {
         match math.bf16 {
-            true => bf16_product(out, accumulate, a, &PackedBf16::new(b)),
+            true => with_bf16_scratch(|scratch| {
+                bf16::matmul_bf16_once(Tiles::best(), out, accumulate, a, b, scratch)
+            }),
             false => matmul(out, accumulate, a, b),
         }
     }
 }
 
-/// A bf16 product on the best instructions, its rounded left operand in a buffer this thread
-/// keeps: dW_hh's alone is tens of megabytes, which a fresh allocation per batch would fault
-/// in page by page.
-fn bf16_product(out: &mut [f32], accumulate: bool, a: View<f32>, b: &PackedBf16) {
+/// Runs a bf16 product on the buffers this thread keeps for its operands' pairs: dW_hh's
+/// alone are tens of megabytes, which fresh allocations per batch would fault in page by page.
+fn with_bf16_scratch(product: impl FnOnce(&mut bf16::Scratch)) {
     thread_local! {
         static SCRATCH: std::cell::RefCell<bf16::Scratch> = Default::default();
     }
-    SCRATCH.with_borrow_mut(|scratch| bf16::matmul_bf16_on(Tiles::best(), out, accumulate, a, b, scratch));
+    SCRATCH.with_borrow_mut(product)
 }
 
 impl PackedMatmul for f64 {
