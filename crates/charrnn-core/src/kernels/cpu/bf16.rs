@@ -79,8 +79,8 @@ impl PackedBf16 {
         Self::pack_into(b, Vec::new())
     }
 
-    /// Packs `b` into the memory of `data`, whose values are all overwritten: a product that
-    /// packs a fresh operand every call (a weight gradient's) hands back the last one's.
+    /// Packs `b` into the memory of `data`, whose values are all overwritten, so that products
+    /// packing a new operand every call ([`matmul_bf16_once`]) reuse one buffer.
     fn pack_into(b: View<f32>, mut data: Vec<u32>) -> Self {
         b.assert_in_bounds();
         let (k, n) = (b.rows, b.cols);
@@ -257,9 +257,9 @@ pub fn matmul_bf16_on(
     }
 }
 
-/// [`matmul_bf16_on`] with a right operand used once, packed into memory `scratch` keeps:
-/// the weight gradients' operands are megabytes each, and fresh ones came from the kernel
-/// zero-filled, page by page, every batch.
+/// [`matmul_bf16_on`] with a right operand used once (a weight gradient's h or input, or
+/// weights that change every batch), packed into memory `scratch` keeps: such operands are
+/// megabytes each, and a fresh buffer would be zero-filled before packing overwrote it.
 pub fn matmul_bf16_once(
     tiles: Tiles,
     out: &mut [f32],

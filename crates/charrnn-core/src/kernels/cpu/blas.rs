@@ -175,7 +175,8 @@ impl PackedMatmul for f32 {
 }
 
 /// Runs a bf16 product on the buffers this thread keeps for its operands' pairs: dW_hh's
-/// alone are tens of megabytes, which fresh allocations per batch would fault in page by page.
+/// alone are tens of megabytes, which fresh allocations would zero-fill every batch (and
+/// fault in page by page in a process that returns freed memory to the system).
 fn with_bf16_scratch(product: impl FnOnce(&mut bf16::Scratch)) {
     thread_local! {
         static SCRATCH: std::cell::RefCell<bf16::Scratch> = Default::default();
