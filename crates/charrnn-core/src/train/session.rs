@@ -52,6 +52,9 @@ pub(super) struct Session<'a> {
     started: (Instant, u64),
     /// Epochs since the best validation loss (of this invocation's epochs).
     since_best: usize,
+    /// Seconds this invocation has spent in epochs (training and validation), so that a
+    /// `fit_minutes` plan knows the time it spent on anything else.
+    epoch_seconds: f64,
     /// The run's control settings as they stand: a `fit_minutes` plan changes its epochs (and
     /// so the learning-rate schedule's length, [`Session::total_steps`]).
     control: RunControl,
@@ -81,6 +84,7 @@ impl<'a> Session<'a> {
             observer,
             started: (Instant::now(), step),
             since_best: 0,
+            epoch_seconds: 0.0,
             control: run.settings.control.clone(),
         })
     }
@@ -253,6 +257,7 @@ impl<'a> Session<'a> {
         let validation = Instant::now();
         let val_loss = mean_loss_shared(&self.model, &batches.val, s.data.batch_size, world)?;
         let validation = validation.elapsed().as_secs_f64();
+        self.epoch_seconds += seconds + validation;
         self.emit(Event::EpochEnd(EpochReport { epoch, train_loss, val_loss, first_batch, seconds }));
         if first_batch == 0 {
             self.plan(seconds + validation)?;
@@ -302,7 +307,9 @@ impl<'a> Session<'a> {
     fn plan(&mut self, seconds: f64) -> Result<()> {
         let Some(minutes) = self.control.fit_minutes else { return Ok(()) };
         let (done, asked) = (self.state.epoch + 1, self.control.epochs);
-        let fit = super::plan::epochs_that_fit(minutes, seconds, done, asked) as u64;
+        // This invocation's time outside its epochs: opening the run, saving.
+        let other = self.started.0.elapsed().as_secs_f64() - self.epoch_seconds;
+        let fit = super::plan::epochs_that_fit(minutes, seconds, other, done, asked) as u64;
         let epochs = collective::agree(self.run.world, fit)? as usize;
         self.control = RunControl { epochs, fit_minutes: None, ..self.control.clone() };
         let batches_left = (epochs - done) as u64 * self.run.batches.per_epoch as u64;

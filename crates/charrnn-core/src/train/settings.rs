@@ -181,10 +181,10 @@ macro_rules! with_settings_groups {
                 /// Keep only the newest N periodic checkpoints
                 #[arg(long, value_parser = positive)]
                 optional keep: Option<usize> as Option<usize> => $crate::checks::AT_LEAST_ONE;
-                /// Fit the run into M minutes of epochs: at the end of its first whole epoch,
-                /// --epochs becomes the number of epochs of that one's length (validation
-                /// included) that fit, at most the --epochs given, and the learning-rate schedule
-                /// ends with them
+                /// Fit the run into M minutes: at the end of its first whole epoch, --epochs
+                /// becomes the number of epochs of that one's length (validation included, plus
+                /// 3% for drift) that fit into what loading and saving have left of M, at most
+                /// the --epochs given, and the learning-rate schedule ends with them [default: none; hour: 60]
                 #[arg(long, value_parser = positive_f64, allow_negative_numbers = true, value_name = "M")]
                 #[serde(default, skip_serializing_if = "Option::is_none")]
                 optional fit_minutes: Option<f64> as Option<f64> => $crate::checks::POSITIVE;
