@@ -124,9 +124,9 @@ impl Preset {
             // `best` with AWD-LSTM's weight drop and embedding dropout, which let it train
             // several times as long before it over-fits, at 768 units: 0.6 of GRU 1024's time
             // per epoch. Its schedule is planned into the hour on whatever CPU runs it (44
-            // epochs on a 2-core Xeon with AMX); over those 44, dropouts heavier than the
-            // 28-epoch runs' kept the validation loss falling to the end (the sweep is in the
-            // README's Quality section).
+            // epochs on a 2-core Xeon with AMX); dropouts heavier than the earlier 28-epoch
+            // runs' kept the validation loss falling to the end over 44 epochs and over 28
+            // (the sweep is in the README's Quality section).
             Preset::Hour => {
                 let best = Preset::Best.settings(seed);
                 Settings {
