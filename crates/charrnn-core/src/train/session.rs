@@ -54,7 +54,7 @@ pub(super) struct Session<'a> {
     since_best: usize,
     /// Seconds this invocation has spent in epochs (training and validation), so that a
     /// `fit_minutes` plan knows the time it spent on anything else.
-    epoch_seconds: f64,
+    seconds_in_epochs: f64,
     /// The run's control settings as they stand: a `fit_minutes` plan changes its epochs (and
     /// so the learning-rate schedule's length, [`Session::total_steps`]).
     control: RunControl,
@@ -84,7 +84,7 @@ impl<'a> Session<'a> {
             observer,
             started: (Instant::now(), step),
             since_best: 0,
-            epoch_seconds: 0.0,
+            seconds_in_epochs: 0.0,
             control: run.settings.control.clone(),
         })
     }
@@ -256,11 +256,11 @@ impl<'a> Session<'a> {
         }
         let validation = Instant::now();
         let val_loss = mean_loss_shared(&self.model, &batches.val, s.data.batch_size, world)?;
-        let validation = validation.elapsed().as_secs_f64();
-        self.epoch_seconds += seconds + validation;
+        let with_validation = seconds + validation.elapsed().as_secs_f64();
+        self.seconds_in_epochs += with_validation;
         self.emit(Event::EpochEnd(EpochReport { epoch, train_loss, val_loss, first_batch, seconds }));
         if first_batch == 0 {
-            self.plan(seconds + validation)?;
+            self.plan(with_validation)?;
         }
         if self.writes() {
             self.metrics.push(Record::Epoch {
@@ -308,7 +308,7 @@ impl<'a> Session<'a> {
         let Some(minutes) = self.control.fit_minutes else { return Ok(()) };
         let (done, asked) = (self.state.epoch + 1, self.control.epochs);
         // This invocation's time outside its epochs: opening the run, saving.
-        let other = self.started.0.elapsed().as_secs_f64() - self.epoch_seconds;
+        let other = self.started.0.elapsed().as_secs_f64() - self.seconds_in_epochs;
         let fit = super::plan::epochs_that_fit(minutes, seconds, other, done, asked) as u64;
         let epochs = collective::agree(self.run.world, fit)? as usize;
         self.control = RunControl { epochs, fit_minutes: None, ..self.control.clone() };

@@ -184,7 +184,8 @@ macro_rules! with_settings_groups {
                 /// Fit the run into M minutes: at the end of its first whole epoch, --epochs
                 /// becomes the number of epochs of that one's length (validation included, plus
                 /// 3% for drift) that fit into what loading and saving have left of M, at most
-                /// the --epochs given, and the learning-rate schedule ends with them [default: none; hour: 60]
+                /// the --epochs given, and the learning-rate schedule ends with them
+                /// [default: none; hour: 60]
                 #[arg(long, value_parser = positive_f64, allow_negative_numbers = true, value_name = "M")]
                 #[serde(default, skip_serializing_if = "Option::is_none")]
                 optional fit_minutes: Option<f64> as Option<f64> => $crate::checks::POSITIVE;
